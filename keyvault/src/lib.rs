@@ -1,0 +1,1 @@
+//! Lethe key vault (see issue 3).
