@@ -1,1 +1,102 @@
-//! Lethe key vault (see issue 3).
+//! Lethe's key vault: one data-encryption key (DEK) per stream, stored only wrapped by a
+//! key-encryption key (KEK), destroyable for good.
+//!
+//! Module map (one job each):
+//! - [`envelope`]: the ciphertext format (AES-256-GCM), AAD helper, keyed digests.
+//! - [`kek`]: loading, creating and using the KEK.
+//! - `keys`: the value types ([`KeyId`], [`Dek`], [`KeyLookup`], ...).
+//! - `storage`: the storage trait and its SQLite and PostgreSQL implementations.
+//! - [`local`]: the in-process vault ([`LocalVault`]), including KEK rotation.
+//! - [`server`]: the HTTP server (`lethe keyvault serve`).
+//! - [`client`]: the HTTP client ([`HttpVault`]), the same trait over the network.
+//! - [`cli`]: the `lethe keyvault ...` subcommands.
+//!
+//! Architecture invariant: nothing in this crate depends on Lethe's event store; the only
+//! dependency arrow points from Lethe to the vault.
+
+pub mod cli;
+pub mod client;
+pub mod envelope;
+mod error;
+pub mod kek;
+mod keys;
+pub mod local;
+pub mod server;
+mod storage;
+
+use std::sync::Arc;
+
+pub use client::HttpVault;
+pub use error::VaultError;
+pub use kek::{Kek, KekError};
+pub use keys::{Dek, KEY_LEN, KeyId, KeyLookup, NewKey, VaultStats};
+pub use local::{LocalVault, RotateOptions, RotationReport};
+
+/// The vault's operations, implemented in-process ([`LocalVault`]) and over HTTP
+/// ([`HttpVault`]) so Lethe switches between them by URL alone.
+#[async_trait::async_trait]
+pub trait KeyVault: Send + Sync + 'static {
+    /// Create DEKs for streams, or return the stream's existing live DEK (idempotent per
+    /// stream). An existing live key bound to a different subject (None vs Some counts as
+    /// different) fails with `SubjectMismatch`; a stream whose key was destroyed fails with
+    /// `KeyDestroyed` (a destroyed stream never gets a key again). Any error fails the whole
+    /// batch and creates nothing. The result is in input order. One transaction per batch.
+    async fn create_keys(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, VaultError>;
+    /// Fetch many DEKs in one call; one entry per requested id, in request order.
+    async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<(KeyId, KeyLookup)>, VaultError>;
+    /// Destroy all live DEKs bound to a subject; returns the ids destroyed by this call (empty
+    /// on a repeat). Idempotent. When it returns, the key material is physically deleted from
+    /// the vault's live storage.
+    async fn destroy_subject_keys(&self, subject: &str) -> Result<Vec<KeyId>, VaultError>;
+    /// Destroy one stream's DEK; returns its id if it was live. Idempotent.
+    async fn destroy_stream_key(&self, stream: &str) -> Result<Option<KeyId>, VaultError>;
+    async fn stats(&self) -> Result<VaultStats, VaultError>;
+    async fn health(&self) -> Result<(), VaultError>;
+}
+
+/// What [`open`] needs besides the URL.
+#[derive(Default)]
+pub struct OpenOptions {
+    /// The KEK, for `sqlite:` and `postgres://` URLs.
+    pub kek: Option<Kek>,
+    /// The other KEK of an interrupted rotation (see `SECURITY.md`), for local URLs.
+    pub other_keks: Vec<Kek>,
+    /// The vault server's bearer token, for `http(s)://` URLs.
+    pub token: Option<String>,
+}
+
+// Hand-written: the token must not reach logs through `{:?}` (KEKs redact themselves).
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("kek", &self.kek)
+            .field("other_keks", &self.other_keks)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Opens a vault by URL: `sqlite://path` or `postgres://...` (in-process [`LocalVault`],
+/// needs `kek`), or `http(s)://host:port` ([`HttpVault`], needs `token`).
+pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn KeyVault>, VaultError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        let token = options.token.ok_or_else(|| {
+            VaultError::InvalidInput("an http(s) key vault URL needs the vault token".into())
+        })?;
+        return Ok(Arc::new(HttpVault::new(url, &token)?));
+    }
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        let kek = options.kek.ok_or_else(|| {
+            VaultError::InvalidInput("an in-process key vault needs the KEK".into())
+        })?;
+        return Ok(Arc::new(
+            LocalVault::open(url, kek, options.other_keks).await?,
+        ));
+    }
+    Err(VaultError::InvalidInput(
+        "key vault URL must start with sqlite:, postgres://, http:// or https://".into(),
+    ))
+}

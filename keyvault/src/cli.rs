@@ -1,0 +1,189 @@
+//! `lethe keyvault <command>`: run the vault server, rotate the KEK, generate a KEK file.
+//! The root binary mounts [`KeyvaultCommand`] and calls [`run`]; `anyhow` is used only here,
+//! at the edge where errors become messages for an operator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::{Kek, LocalVault, RotateOptions};
+
+/// Environment variable holding a base64 KEK when no KEK file is given.
+pub const KEK_ENV: &str = "LETHE_KEK";
+
+#[derive(clap::Subcommand)]
+pub enum KeyvaultCommand {
+    /// Run the key vault as its own HTTP server.
+    Serve {
+        #[arg(long, env = "LETHE_KEYVAULT_LISTEN", default_value = "127.0.0.1:2114")]
+        listen: SocketAddr,
+        /// The vault's own database: sqlite://path or postgres://... (never the event database).
+        #[arg(long, env = "LETHE_KEYVAULT_DATABASE_URL")]
+        database_url: String,
+        /// File holding the 32-byte KEK (mode 0600). Without it, LETHE_KEK (base64) is used.
+        #[arg(long, env = "LETHE_KEK_FILE")]
+        kek_file: Option<PathBuf>,
+        /// The other KEK of an interrupted rotation, so every key stays readable until
+        /// `rotate-kek` is re-run.
+        #[arg(long, env = "LETHE_KEK_FILE_OTHER")]
+        other_kek_file: Option<PathBuf>,
+        /// Bearer token clients must present (at least 16 characters).
+        #[arg(long, env = "LETHE_KEYVAULT_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Re-wrap every key under a new KEK (resumable: re-run with the same files to finish).
+    RotateKek {
+        #[arg(long, env = "LETHE_KEYVAULT_DATABASE_URL")]
+        database_url: String,
+        /// The current (old) KEK file. Without it, LETHE_KEK (base64) is used.
+        #[arg(long, env = "LETHE_KEK_FILE")]
+        kek_file: Option<PathBuf>,
+        /// The new KEK file (see `generate-kek`).
+        #[arg(long)]
+        new_kek_file: PathBuf,
+        /// Keys re-wrapped per transaction.
+        #[arg(long, default_value_t = crate::local::ROTATION_BATCH_DEFAULT)]
+        batch_size: usize,
+    },
+    /// Write a new random KEK file with mode 0600 (refuses to overwrite).
+    GenerateKek {
+        /// Where to write it.
+        path: PathBuf,
+    },
+}
+
+// Hand-written so the token never reaches a log through `{:?}`.
+impl std::fmt::Debug for KeyvaultCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyvaultCommand::Serve {
+                listen,
+                database_url: _,
+                kek_file,
+                other_kek_file,
+                token: _,
+            } => f
+                .debug_struct("Serve")
+                .field("listen", listen)
+                .field("database_url", &"<redacted>")
+                .field("kek_file", kek_file)
+                .field("other_kek_file", other_kek_file)
+                .field("token", &"<redacted>")
+                .finish(),
+            KeyvaultCommand::RotateKek {
+                kek_file,
+                new_kek_file,
+                batch_size,
+                ..
+            } => f
+                .debug_struct("RotateKek")
+                .field("database_url", &"<redacted>")
+                .field("kek_file", kek_file)
+                .field("new_kek_file", new_kek_file)
+                .field("batch_size", batch_size)
+                .finish(),
+            KeyvaultCommand::GenerateKek { path } => {
+                f.debug_struct("GenerateKek").field("path", path).finish()
+            }
+        }
+    }
+}
+
+fn load_kek(file: Option<&Path>) -> anyhow::Result<Kek> {
+    match file {
+        Some(path) => Kek::from_file(path).context("loading the KEK"),
+        None => Kek::from_base64_env(KEK_ENV)
+            .context("no KEK file given (--kek-file / LETHE_KEK_FILE), and LETHE_KEK is unusable"),
+    }
+}
+
+pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeyvaultCommand::Serve {
+            listen,
+            database_url,
+            kek_file,
+            other_kek_file,
+            token,
+        } => {
+            let kek = load_kek(kek_file.as_deref())?;
+            let others = match other_kek_file {
+                Some(p) => vec![Kek::from_file(&p).context("loading the other KEK")?],
+                None => Vec::new(),
+            };
+            let vault = LocalVault::open(&database_url, kek, others)
+                .await
+                .context("opening the key vault database")?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "key vault listening");
+            crate::server::serve(listener, Arc::new(vault), &token, shutdown_signal()).await?;
+            Ok(())
+        }
+        KeyvaultCommand::RotateKek {
+            database_url,
+            kek_file,
+            new_kek_file,
+            batch_size,
+        } => {
+            let old = load_kek(kek_file.as_deref())?;
+            let new = Kek::from_file(&new_kek_file).context("loading the new KEK")?;
+            // The new KEK is also offered at open, so a re-run after an interruption (when some
+            // keys are already wrapped with it) can read every key.
+            let new_again = Kek::from_file(&new_kek_file).context("loading the new KEK")?;
+            let vault = LocalVault::open(&database_url, old, vec![new_again])
+                .await
+                .context("opening the key vault database")?;
+            let report = vault
+                .rotate_kek_with(
+                    new,
+                    RotateOptions {
+                        batch_size,
+                        max_batches: None,
+                    },
+                )
+                .await
+                .context("rotating the KEK")?;
+            println!("{}", serde_json::to_string(&report)?);
+            eprintln!(
+                "KEK rotation complete: every key is wrapped with KEK version {}. Point \
+                 LETHE_KEK_FILE at the new KEK, restart the vault's users, then destroy the old \
+                 KEK and every copy of it.",
+                report.to_version
+            );
+            Ok(())
+        }
+        KeyvaultCommand::GenerateKek { path } => {
+            if path.exists() {
+                anyhow::bail!("{} exists; refusing to overwrite a KEK", path.display());
+            }
+            Kek::load_or_create(&path).context("writing the KEK file")?;
+            eprintln!("wrote a new KEK to {} (mode 0600)", path.display());
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

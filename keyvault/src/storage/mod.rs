@@ -1,0 +1,217 @@
+//! Where wrapped keys live. One small trait, one implementation per engine; the vault logic in
+//! `local.rs` never branches on the engine.
+//!
+//! Architecture invariant: storage sees wrapped keys only. It never holds a KEK or a DEK, so
+//! nothing here can leak one.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::VaultError;
+use crate::keys::KeyId;
+
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+/// Name of the migrations bookkeeping table: distinct from sqlx's default so that even a
+/// misconfigured shared database cannot mix up the vault's and the event store's migrations.
+pub(crate) const MIGRATIONS_TABLE: &str = "_lethe_keyvault_migrations";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KekState {
+    Active,
+    Pending,
+    Retired,
+}
+
+impl KekState {
+    pub(crate) fn parse(s: &str) -> Result<KekState, VaultError> {
+        match s {
+            "active" => Ok(KekState::Active),
+            "pending" => Ok(KekState::Pending),
+            "retired" => Ok(KekState::Retired),
+            other => Err(VaultError::Corrupt(format!("unknown KEK state {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct KekVersionRow {
+    pub version: u32,
+    pub check_value: Vec<u8>,
+    pub state: KekState,
+}
+
+/// A wrapped DEK as stored. Wrapped bytes are ciphertext, but Debug still omits them: they are
+/// exactly what physical deletion must remove, so they should not end up in logs either.
+#[derive(Clone)]
+pub(crate) struct WrappedKey {
+    pub kek_version: u32,
+    pub wrapped: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WrappedKey {{ kek_version: {}, wrapped: <{} bytes> }}",
+            self.kek_version,
+            self.wrapped.len()
+        )
+    }
+}
+
+/// A new key, already wrapped, to insert if its stream has none.
+#[derive(Debug)]
+pub(crate) struct NewRow<'a> {
+    pub id: KeyId,
+    pub stream: &'a str,
+    pub subject: Option<&'a str>,
+    pub wrapped: WrappedKey,
+}
+
+/// Per requested stream: our new row went in, or the stream's live key already existed.
+#[derive(Debug)]
+pub(crate) enum Created {
+    Inserted(KeyId),
+    Existing(KeyId, WrappedKey),
+}
+
+#[derive(Debug)]
+pub(crate) enum CreateResult {
+    Done(Vec<Created>),
+    /// The KEK version the rows were wrapped with is no longer active or pending (another
+    /// process finished a rotation); nothing was written.
+    KekVersionRetired,
+}
+
+#[derive(Debug)]
+pub(crate) enum Stored {
+    Live(WrappedKey),
+    Destroyed,
+    NotFound,
+}
+
+/// One re-wrapped key of a rotation batch.
+#[derive(Debug)]
+pub(crate) struct Rewrap {
+    pub id: KeyId,
+    pub from_version: u32,
+    pub to: WrappedKey,
+}
+
+#[derive(Debug)]
+pub(crate) struct MaterialRow {
+    pub id: KeyId,
+    pub key: WrappedKey,
+}
+
+#[async_trait]
+pub(crate) trait Storage: Send + Sync + 'static {
+    async fn kek_versions(&self) -> Result<Vec<KekVersionRow>, VaultError>;
+    /// Records `check_value` as KEK version 1 (active) if no version exists yet.
+    async fn init_kek(&self, check_value: &[u8]) -> Result<(), VaultError>;
+    /// Records `check_value` as the pending rotation target (max version + 1) unless a pending
+    /// version exists already; returns the pending version row either way.
+    async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError>;
+    /// One transaction: for each row, insert it unless its stream has a key; rows whose stream
+    /// has a live key bound to another subject, or a destroyed key, fail the whole batch.
+    async fn create_keys(
+        &self,
+        rows: &[NewRow<'_>],
+        kek_version: u32,
+    ) -> Result<CreateResult, VaultError>;
+    async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<Stored>, VaultError>;
+    /// Deletes the key material of every live key of `subject`, leaving tombstones.
+    async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError>;
+    async fn destroy_stream(&self, stream: &str) -> Result<Option<KeyId>, VaultError>;
+    /// Makes earlier deletions physical (WAL checkpoint / VACUUM). Runs outside any transaction.
+    async fn purge(&self) -> Result<(), VaultError>;
+    /// (live, destroyed)
+    async fn counts(&self) -> Result<(u64, u64), VaultError>;
+    /// Up to `limit` live keys not yet wrapped with `target`.
+    async fn rotation_batch(
+        &self,
+        target: u32,
+        limit: usize,
+    ) -> Result<Vec<MaterialRow>, VaultError>;
+    /// One transaction; a row is updated only if still live and still at `from_version`.
+    async fn rewrap(&self, batch: &[Rewrap]) -> Result<u64, VaultError>;
+    /// One transaction: retire the active version and activate `target`, but only if no live
+    /// key is still wrapped with another version (returns false and changes nothing then).
+    async fn finish_rotation(&self, target: u32) -> Result<bool, VaultError>;
+    /// KEK versions that at least one live key is wrapped with.
+    async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError>;
+    async fn health(&self) -> Result<(), VaultError>;
+}
+
+/// Shared rule for an existing stream row met by `create_keys`.
+pub(crate) fn check_existing(
+    stream: &str,
+    requested_subject: Option<&str>,
+    existing_subject: Option<&str>,
+    destroyed: bool,
+) -> Result<(), VaultError> {
+    if destroyed {
+        return Err(VaultError::KeyDestroyed {
+            stream: stream.to_string(),
+        });
+    }
+    if requested_subject != existing_subject {
+        return Err(VaultError::SubjectMismatch {
+            stream: stream.to_string(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn version_from_db(v: i64) -> Result<u32, VaultError> {
+    u32::try_from(v).map_err(|_| VaultError::Corrupt(format!("KEK version {v} out of range")))
+}
+
+pub(crate) fn count_from_db(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Builds a migrator from migration files embedded at compile time, so a deployed binary needs
+/// no migrations directory (sqlx's `migrate!` macro would need the `macros` feature).
+pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr as _;
+    let migrations = files
+        .iter()
+        .map(|(version, description, sql)| {
+            sqlx::migrate::Migration::new(
+                *version,
+                (*description).into(),
+                sqlx::migrate::MigrationType::Simple,
+                sqlx::AssertSqlSafe(*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut m = sqlx::migrate::Migrator::with_migrations(migrations);
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_rows_do_not_print_their_bytes() {
+        let key = WrappedKey {
+            kek_version: 3,
+            wrapped: vec![0xAB; 61],
+        };
+        let row = MaterialRow {
+            id: KeyId(uuid::Uuid::nil()),
+            key: key.clone(),
+        };
+        for text in [format!("{key:?}"), format!("{row:?}")] {
+            assert!(!text.contains("ab, ab") && !text.contains("171") && !text.contains("abab"));
+            assert!(text.contains("<61 bytes>"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Typed errors of the library, each with a stable machine-readable code.
+//!
+//! The codes are part of the contract (`../shared/design.md`, HTTP API): clients match on them,
+//! so they never change once released. Messages carry stream names, subject ids and event ids
+//! (which the contract keeps free of personal data), never event data or key bytes.
+
+use uuid::Uuid;
+
+/// One stream whose expectation failed, with the version it actually has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionConflict {
+    pub stream: String,
+    pub expected: crate::model::ExpectedVersion,
+    /// The stream's last version; `None` when it has no events.
+    pub current: Option<u64>,
+}
+
+/// Input that Lethe refuses before touching any storage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("invalid stream name {stream:?}: it {reason}")]
+    InvalidStreamName {
+        stream: String,
+        reason: &'static str,
+    },
+    #[error("stream names starting with '$' are reserved for system streams: {stream:?}")]
+    ReservedStreamName { stream: String },
+    #[error("invalid subject id: it {reason}")]
+    InvalidSubject { reason: &'static str },
+    #[error("invalid event type: it must be 1 to 200 characters without control characters")]
+    InvalidEventType,
+    #[error("an append needs at least one event for each stream")]
+    NoEvents,
+    #[error("a multi-stream append needs at least one stream")]
+    NoStreams,
+    #[error("too many events in one append: {count} (at most {max})")]
+    TooManyEvents { count: usize, max: usize },
+    #[error("too many streams in one append: {count} (at most {max})")]
+    TooManyStreams { count: usize, max: usize },
+    #[error("event {index} is too large: {bytes} bytes of data and metadata (at most {max})")]
+    EventTooLarge {
+        index: usize,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("append is too large: {bytes} bytes of data and metadata (at most {max})")]
+    AppendTooLarge { bytes: usize, max: usize },
+    #[error("event id {event_id} appears twice in one append")]
+    DuplicateEventIdInAppend { event_id: Uuid },
+    #[error("stream {stream:?} appears twice in one append")]
+    DuplicateStreamInAppend { stream: String },
+    #[error("metadata must be a JSON object")]
+    MetadataNotObject,
+    #[error("invalid limit: it must be 1 to {max}")]
+    InvalidLimit { max: usize },
+    #[error("too many event types in a filter: {count} (at most {max})")]
+    TooManyTypes { count: usize, max: usize },
+}
+
+impl ValidationError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ValidationError::InvalidStreamName { .. }
+            | ValidationError::ReservedStreamName { .. } => "invalid_stream_name",
+            ValidationError::EventTooLarge { .. } | ValidationError::AppendTooLarge { .. } => {
+                "payload_too_large"
+            }
+            _ => "invalid_request",
+        }
+    }
+}
+
+/// A failure of the event database itself (connection, SQL, corrupt row).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (expected sqlite:// or postgres://)")]
+    UnsupportedUrl,
+    #[error("corrupt row in the event database: {0}")]
+    Corrupt(String),
+}
+
+/// Every error the Lethe library returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("wrong expected version for {}", describe_conflicts(.conflicts))]
+    WrongExpectedVersion { conflicts: Vec<VersionConflict> },
+    #[error("stream {stream:?} has been erased")]
+    StreamErased { stream: String },
+    #[error("stream {stream:?} has been deleted")]
+    StreamDeleted { stream: String },
+    #[error("stream {stream:?} is bound to another subject (or to none)")]
+    SubjectMismatch { stream: String },
+    #[error("event id {event_id} is already stored with other content or at another place")]
+    DuplicateEventId { event_id: Uuid },
+    #[error("stream {stream:?} not found")]
+    StreamNotFound { stream: String },
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+fn describe_conflicts(conflicts: &[VersionConflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| {
+            let current = c
+                .current
+                .map_or_else(|| "no stream".to_owned(), |v| v.to_string());
+            format!(
+                "{:?} (expected {}, current {current})",
+                c.stream, c.expected
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Error {
+    /// The stable code for this error (the `code` of the HTTP problem JSON).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::WrongExpectedVersion { .. } => "wrong_expected_version",
+            Error::StreamErased { .. } => "stream_erased",
+            Error::StreamDeleted { .. } => "stream_deleted",
+            Error::SubjectMismatch { .. } => "subject_mismatch",
+            Error::DuplicateEventId { .. } => "duplicate_event_id",
+            Error::StreamNotFound { .. } => "not_found",
+            Error::Invalid(v) => v.code(),
+            Error::Storage(_) => "storage_unavailable",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Storage(StorageError::Database(e))
+    }
+}

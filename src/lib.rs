@@ -1,0 +1,24 @@
+//! Lethe: an event store that can forget.
+//!
+//! Every stream's payloads are encrypted with a key of their own, held in a separate key vault;
+//! forgetting a data subject destroys the keys of that subject's streams. This crate is the
+//! event store: [`EventStore`] over SQLite (embedded) or PostgreSQL (production).
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod error;
+pub mod limits;
+pub mod model;
+pub mod store;
+
+mod group_commit;
+mod payload;
+mod storage;
+mod subscription;
+
+pub use error::{Error, StorageError, ValidationError, VersionConflict};
+pub use group_commit::WriterStats;
+pub use model::{
+    AppendOutcome, AppendResult, Direction, ExpectedVersion, LogFilter, LogPage, NewEvent,
+    RecordedEvent, StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId,
+};
+pub use store::{EventStore, StoreConfig};

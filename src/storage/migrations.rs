@@ -1,0 +1,56 @@
+//! Schema migrations, embedded in the binary from the files under `migrations/`.
+//!
+//! sqlx's `migrate!` macro would need the `macros` feature (and its compile time); a small
+//! `MigrationSource` over `include_str!` gives the same versioned, checksummed migrations.
+
+use std::borrow::Cow;
+
+use futures::future::BoxFuture;
+use sqlx::SqlSafeStr;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// `(version, description, sql)` of each migration, in order.
+type MigrationFile = (i64, &'static str, &'static str);
+
+pub(crate) const SQLITE: &[MigrationFile] = &[(
+    1,
+    "events",
+    include_str!("../../migrations/sqlite/0001_events.sql"),
+)];
+
+pub(crate) const POSTGRES: &[MigrationFile] = &[(
+    1,
+    "events",
+    include_str!("../../migrations/postgres/0001_events.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded(&'static [MigrationFile]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// A migrator for one engine's embedded migrations.
+pub(crate) async fn migrator(
+    files: &'static [MigrationFile],
+) -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Embedded(files)).await
+}

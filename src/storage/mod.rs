@@ -1,0 +1,276 @@
+//! The event database, behind one trait.
+//!
+//! [`Storage`] is everything Lethe asks of an engine: store a group of appends in one
+//! transaction, read a stream, read the global log, and say when others committed. Two
+//! implementations exist, [`sqlite::SqliteStorage`] (the embedded default) and
+//! [`postgres::PostgresStorage`] (production; several processes on one database). What an
+//! append *means* (expected versions, idempotent retries, subject binding, positions) is decided
+//! once, engine-independently, by [`plan`]; the engines only load the state the plan needs and
+//! write what it decided.
+//!
+//! Rows here are opaque bytes: payloads arrive already encrypted and leave still encrypted.
+//! This module never sees key bytes or plaintext.
+
+/// The head of every event query (both engines use the same names): the columns
+/// [`decode_event`] reads, in its order, joined with the stream's status. A macro so that
+/// queries stay `&'static str` literals built with `concat!`.
+macro_rules! select_events {
+    () => {
+        "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.payload, \
+         e.metadata, e.key_id, e.recorded_at, s.status \
+         FROM events e JOIN streams s ON s.name = e.stream "
+    };
+}
+
+pub(crate) mod plan;
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+mod migrations;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::{Error, StorageError};
+use crate::model::{
+    AppendOutcome, Direction, ExpectedVersion, LogFilter, StreamInfo, StreamName, StreamStatus,
+    SubjectId,
+};
+
+/// An event ready to be stored: its payload already encoded (encrypted) by the store layer.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    /// Ciphertext (or, for tests of the storage layer alone, any bytes).
+    pub payload: Vec<u8>,
+    /// JSON text, stored in clear.
+    pub metadata: String,
+    /// Keyed digest of the event's content, compared on idempotent retries.
+    pub digest: [u8; 32],
+}
+
+/// One stream's part of an atomic append.
+#[derive(Debug, Clone)]
+pub struct StreamWrite {
+    pub stream: StreamName,
+    pub expected: ExpectedVersion,
+    pub subject: Option<SubjectId>,
+    /// The key this stream's payloads are encrypted with (recorded on the stream's first write).
+    pub key_id: Option<Uuid>,
+    pub events: Vec<EncodedEvent>,
+    /// System writes (tombstones) may append to erased or deleted streams.
+    pub allow_closed: bool,
+}
+
+/// One append: all of its stream writes are stored, or none.
+#[derive(Debug, Clone)]
+pub struct AtomicAppend {
+    pub writes: Vec<StreamWrite>,
+}
+
+impl AtomicAppend {
+    pub fn event_count(&self) -> usize {
+        self.writes.iter().map(|w| w.events.len()).sum()
+    }
+}
+
+/// The result of one append of a group.
+pub type AppendReply = Result<AppendOutcome, Error>;
+
+/// A stored event row, payload still encoded.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub id: Uuid,
+    pub event_type: String,
+    /// Ciphertext; `None` once the payload itself has been removed.
+    pub payload: Option<Vec<u8>>,
+    pub metadata: String,
+    pub key_id: Option<Uuid>,
+    pub recorded_at_us: i64,
+    /// The status of the event's stream at the time of the read (the source of truth for
+    /// whether the payload may be decrypted).
+    pub stream_status: StreamStatus,
+}
+
+/// Everything Lethe needs from an event database engine.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Stores a group of independent appends in one database transaction. Each append is
+    /// checked on its own (a conflict rejects only that append); the `Vec` has one reply per
+    /// append, in order. `Err` means the transaction itself failed and nothing was stored.
+    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError>;
+
+    /// A stream's metadata, or `None` if it was never written.
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError>;
+
+    /// Up to `limit` events of a stream from version `from` (inclusive) in `direction`.
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StorageError>;
+
+    /// Up to `limit` events of the global log from position `from` (inclusive), never past the
+    /// returned head: every position up to the head is committed, so a reader that continues
+    /// from `head + 1` skips nothing.
+    async fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StorageError>;
+
+    /// The last committed position (0 for an empty log).
+    async fn head(&self) -> Result<u64, StorageError>;
+
+    /// Starts forwarding commits made by *other* processes into `commits` (PostgreSQL
+    /// LISTEN/NOTIFY). Engines without other writers do nothing.
+    async fn watch_foreign_commits(&self, commits: watch::Sender<u64>) -> Result<(), StorageError>;
+
+    /// Closes the connection pools.
+    async fn close(&self);
+}
+
+/// Opens an event database by URL (`sqlite://path` or `postgres://…`), applying migrations.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStorage::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(std::sync::Arc::new(
+            postgres::PostgresStorage::open(url).await?,
+        ))
+    } else {
+        Err(StorageError::UnsupportedUrl)
+    }
+}
+
+/// Converts a stored (signed) integer to the unsigned one the model uses.
+pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, StorageError> {
+    u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("negative {what}")))
+}
+
+/// Converts a model integer to the signed column type both engines use.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    // Positions and versions come from counters that would take millennia to pass i64::MAX.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<StreamStatus, StorageError> {
+    StreamStatus::from_db(s)
+        .ok_or_else(|| StorageError::Corrupt(format!("unknown stream status {s:?}")))
+}
+
+/// Decodes a row selected with [`select_events`], on either engine.
+pub(crate) fn decode_event<R>(row: &R) -> Result<StoredEvent, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get(9)?;
+    Ok(StoredEvent {
+        position: to_u64(row.try_get(0)?, "position")?,
+        stream: row.try_get(1)?,
+        version: to_u64(row.try_get(2)?, "version")?,
+        id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        payload: row.try_get(5)?,
+        metadata: row.try_get(6)?,
+        key_id: row.try_get(7)?,
+        recorded_at_us: row.try_get(8)?,
+        stream_status: parse_status(&status)?,
+    })
+}
+
+/// Decodes a `streams` row selected as `name, subject, status, version`.
+pub(crate) fn decode_stream_info<R>(row: &R) -> Result<StreamInfo, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let name: String = row.try_get(0)?;
+    let subject: Option<String> = row.try_get(1)?;
+    let status: String = row.try_get(2)?;
+    let version: Option<i64> = row.try_get(3)?;
+    Ok(StreamInfo {
+        stream: StreamName::parse_readable(&name)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        subject: subject
+            .map(SubjectId::new)
+            .transpose()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        status: parse_status(&status)?,
+        version: version.map(|v| to_u64(v, "version")).transpose()?,
+    })
+}
+
+/// Decodes a `streams` row selected as `name, version, status, subject, key_id` for planning.
+pub(crate) fn decode_stream_state<R>(row: &R) -> Result<(String, plan::StreamState), StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let version: Option<i64> = row.try_get(1)?;
+    let status: String = row.try_get(2)?;
+    Ok((
+        row.try_get(0)?,
+        plan::StreamState {
+            version: version.map(|v| to_u64(v, "version")).transpose()?,
+            status: parse_status(&status)?,
+            subject: row.try_get(3)?,
+            key_id: row.try_get(4)?,
+        },
+    ))
+}
+
+/// Decodes an `events` row selected as `event_id, stream, version, position, digest`.
+pub(crate) fn decode_existing<R>(row: &R) -> Result<(Uuid, plan::ExistingEvent), StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        row.try_get(0)?,
+        plan::ExistingEvent {
+            stream: row.try_get(1)?,
+            version: to_u64(row.try_get(2)?, "version")?,
+            position: to_u64(row.try_get(3)?, "position")?,
+            digest: row.try_get(4)?,
+        },
+    ))
+}
+
+/// The current time in unix microseconds (the `recorded_at` of events).
+pub(crate) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Raises the announced head to `head` (never lowers it), waking readers that wait for commits.
+pub(crate) fn advance_head(commits: &watch::Sender<u64>, head: u64) {
+    commits.send_if_modified(|seen| {
+        let newer = head > *seen;
+        if newer {
+            *seen = head;
+        }
+        newer
+    });
+}

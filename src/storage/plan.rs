@@ -1,0 +1,531 @@
+//! What a group of appends means, decided once for every engine.
+//!
+//! An engine opens a transaction, takes the commit-order lock, loads the [`StreamState`] of
+//! every stream the group touches and the [`ExistingEvent`] for every event id it carries, and
+//! hands them to [`plan_group`]. The plan says, per append, whether it is stored, is an
+//! idempotent retry, or is rejected (and why); and lists exactly the rows to insert and the
+//! stream rows to write. Appends are planned in order against a working copy of the state, so
+//! two appends to one stream in the same group see each other, exactly as if they had been
+//! committed one after the other.
+//!
+//! Pure code: no I/O, so the rules of Guarantees 1–3 are unit-testable here.
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use super::{AppendReply, AtomicAppend, EncodedEvent};
+use crate::error::{Error, VersionConflict};
+use crate::model::{AppendOutcome, AppendResult, ExpectedVersion, StreamStatus};
+
+/// A stream as stored before the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamState {
+    /// Last version; `None`: no events.
+    pub version: Option<u64>,
+    pub status: StreamStatus,
+    pub subject: Option<String>,
+    pub key_id: Option<Uuid>,
+}
+
+/// Where an already stored event id lives (for idempotent retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingEvent {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub digest: Vec<u8>,
+}
+
+/// One event row to insert.
+#[derive(Debug)]
+pub struct EventRow<'a> {
+    pub position: u64,
+    pub version: u64,
+    pub stream: &'a str,
+    pub key_id: Option<Uuid>,
+    pub event: &'a EncodedEvent,
+    pub recorded_at_us: i64,
+}
+
+/// The state of a stream after the group, to write back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRow {
+    pub name: String,
+    pub state: StreamState,
+    /// Not stored before this group: insert rather than update.
+    pub is_new: bool,
+}
+
+/// What an engine must do for a group.
+#[derive(Debug)]
+pub struct GroupPlan<'a> {
+    pub replies: Vec<AppendReply>,
+    pub rows: Vec<EventRow<'a>>,
+    pub streams: Vec<StreamRow>,
+    /// The last position after the group (unchanged if nothing is written).
+    pub head: u64,
+}
+
+/// Decides a group. `states` holds every stored stream the group names (absent: never
+/// written); `existing` every stored event whose id the group carries; `head` the last
+/// committed position.
+pub fn plan_group<'a>(
+    group: &'a [AtomicAppend],
+    mut states: HashMap<String, StreamState>,
+    mut existing: HashMap<Uuid, ExistingEvent>,
+    mut head: u64,
+    now_us: i64,
+) -> GroupPlan<'a> {
+    let mut replies = Vec::with_capacity(group.len());
+    let mut rows = Vec::new();
+    // Streams this group writes, in first-touch order, and whether each is new.
+    let mut touched: Vec<(String, bool)> = Vec::new();
+    let mut touched_names: HashSet<String> = HashSet::new();
+
+    for append in group {
+        let reply = match check_retry(append, &states, &existing) {
+            Retry::No => match check_append(append, &states) {
+                Ok(()) => {
+                    let mut results = Vec::with_capacity(append.writes.len());
+                    for write in &append.writes {
+                        let name = write.stream.as_str();
+                        let state = match states.get_mut(name) {
+                            Some(state) => state,
+                            None => {
+                                touched_names.insert(name.to_owned());
+                                touched.push((name.to_owned(), true));
+                                states.entry(name.to_owned()).or_insert(StreamState {
+                                    version: None,
+                                    status: StreamStatus::Active,
+                                    subject: write.subject.as_ref().map(|s| s.as_str().to_owned()),
+                                    key_id: write.key_id,
+                                })
+                            }
+                        };
+                        if touched_names.insert(name.to_owned()) {
+                            touched.push((name.to_owned(), false));
+                        }
+                        if state.key_id.is_none() {
+                            state.key_id = write.key_id;
+                        }
+                        let first_version = state.version.map_or(0, |v| v + 1);
+                        let first_position = head + 1;
+                        for (i, event) in write.events.iter().enumerate() {
+                            head += 1;
+                            let version = first_version + i as u64;
+                            rows.push(EventRow {
+                                position: head,
+                                version,
+                                stream: name,
+                                key_id: state.key_id,
+                                event,
+                                recorded_at_us: now_us,
+                            });
+                            existing.insert(
+                                event.id,
+                                ExistingEvent {
+                                    stream: name.to_owned(),
+                                    version,
+                                    position: head,
+                                    digest: event.digest.to_vec(),
+                                },
+                            );
+                        }
+                        let last_version = first_version + write.events.len() as u64 - 1;
+                        state.version = Some(last_version);
+                        results.push(AppendResult {
+                            stream: write.stream.clone(),
+                            first_version,
+                            last_version,
+                            first_position,
+                            last_position: head,
+                        });
+                    }
+                    Ok(AppendOutcome {
+                        streams: results,
+                        idempotent_retry: false,
+                    })
+                }
+                Err(e) => Err(e),
+            },
+            Retry::Same(results) => Ok(AppendOutcome {
+                streams: results,
+                idempotent_retry: true,
+            }),
+            Retry::Invalid(e) => Err(e),
+        };
+        replies.push(reply);
+    }
+
+    let streams = touched
+        .into_iter()
+        .filter_map(|(name, is_new)| {
+            let state = states.remove(&name)?;
+            Some(StreamRow {
+                name,
+                state,
+                is_new,
+            })
+        })
+        .collect();
+    GroupPlan {
+        replies,
+        rows,
+        streams,
+        head,
+    }
+}
+
+/// Whether an append repeats one already stored.
+enum Retry {
+    /// None of its event ids is stored: a new append.
+    No,
+    /// Every event is stored exactly where this append would have put it: its original result.
+    Same(Vec<AppendResult>),
+    /// Some ids are stored, but not as this append says.
+    Invalid(Error),
+}
+
+fn check_retry(
+    append: &AtomicAppend,
+    states: &HashMap<String, StreamState>,
+    existing: &HashMap<Uuid, ExistingEvent>,
+) -> Retry {
+    let first_stored = append
+        .writes
+        .iter()
+        .flat_map(|w| w.events.iter())
+        .find(|e| existing.contains_key(&e.id));
+    let Some(first_stored_id) = first_stored.map(|e| e.id) else {
+        return Retry::No;
+    };
+    let mut results = Vec::with_capacity(append.writes.len());
+    let mut conflicts = Vec::new();
+    for write in &append.writes {
+        let name = write.stream.as_str();
+        let mut first: Option<&ExistingEvent> = None;
+        let mut last: Option<&ExistingEvent> = None;
+        for (i, event) in write.events.iter().enumerate() {
+            let Some(stored) = existing.get(&event.id) else {
+                // Partly stored: never half-apply a retry.
+                return Retry::Invalid(Error::DuplicateEventId {
+                    event_id: first_stored_id,
+                });
+            };
+            let in_place = stored.stream == name
+                && stored.digest == event.digest
+                && first.is_none_or(|f| stored.version == f.version + i as u64)
+                && first.is_none_or(|f| stored.position == f.position + i as u64);
+            if !in_place {
+                return Retry::Invalid(Error::DuplicateEventId { event_id: event.id });
+            }
+            first.get_or_insert(stored);
+            last = Some(stored);
+        }
+        let (Some(first), Some(last)) = (first, last) else {
+            return Retry::Invalid(Error::Invalid(crate::error::ValidationError::NoEvents));
+        };
+        // "At the same versions": the expectation must describe the stream as it was then.
+        let before = first.version.checked_sub(1);
+        if !write.expected.is_satisfied_by(before) && write.expected != ExpectedVersion::Any {
+            conflicts.push(VersionConflict {
+                stream: name.to_owned(),
+                expected: write.expected,
+                current: states.get(name).and_then(|s| s.version),
+            });
+        }
+        results.push(AppendResult {
+            stream: write.stream.clone(),
+            first_version: first.version,
+            last_version: last.version,
+            first_position: first.position,
+            last_position: last.position,
+        });
+    }
+    if conflicts.is_empty() {
+        Retry::Same(results)
+    } else {
+        Retry::Invalid(Error::WrongExpectedVersion { conflicts })
+    }
+}
+
+/// Checks a new append against the current state of its streams.
+fn check_append(append: &AtomicAppend, states: &HashMap<String, StreamState>) -> Result<(), Error> {
+    for write in &append.writes {
+        let name = write.stream.as_str();
+        let Some(state) = states.get(name) else {
+            continue;
+        };
+        if !write.allow_closed {
+            match state.status {
+                StreamStatus::Active => {}
+                StreamStatus::Erased => {
+                    return Err(Error::StreamErased {
+                        stream: name.to_owned(),
+                    });
+                }
+                StreamStatus::Deleted => {
+                    return Err(Error::StreamDeleted {
+                        stream: name.to_owned(),
+                    });
+                }
+            }
+        }
+        // A later append may omit the subject; naming one must name the bound one.
+        if let Some(subject) = &write.subject
+            && state.subject.as_deref() != Some(subject.as_str())
+        {
+            return Err(Error::SubjectMismatch {
+                stream: name.to_owned(),
+            });
+        }
+    }
+    let conflicts: Vec<VersionConflict> = append
+        .writes
+        .iter()
+        .filter_map(|write| {
+            let current = states.get(write.stream.as_str()).and_then(|s| s.version);
+            (!write.expected.is_satisfied_by(current)).then(|| VersionConflict {
+                stream: write.stream.as_str().to_owned(),
+                expected: write.expected,
+                current,
+            })
+        })
+        .collect();
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::WrongExpectedVersion { conflicts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{StreamName, SubjectId};
+    use crate::storage::StreamWrite;
+
+    fn event(id: u128, digest: u8) -> EncodedEvent {
+        EncodedEvent {
+            id: Uuid::from_u128(id),
+            event_type: "t".into(),
+            payload: vec![],
+            metadata: "{}".into(),
+            digest: [digest; 32],
+        }
+    }
+
+    fn write(stream: &str, expected: ExpectedVersion, events: Vec<EncodedEvent>) -> StreamWrite {
+        StreamWrite {
+            stream: StreamName::new(stream).unwrap(),
+            expected,
+            subject: None,
+            key_id: None,
+            events,
+            allow_closed: false,
+        }
+    }
+
+    fn single(w: StreamWrite) -> AtomicAppend {
+        AtomicAppend { writes: vec![w] }
+    }
+
+    fn state(version: Option<u64>) -> StreamState {
+        StreamState {
+            version,
+            status: StreamStatus::Active,
+            subject: None,
+            key_id: None,
+        }
+    }
+
+    fn code(reply: &AppendReply) -> &'static str {
+        match reply {
+            Ok(o) if o.idempotent_retry => "retry",
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    /// One case: the stream `s` at `current`, an append to it with `expected`.
+    fn check(current: Option<u64>, expected: ExpectedVersion, want: &str) {
+        let group = [single(write("s", expected, vec![event(1, 1)]))];
+        let states = current
+            .map(|v| ("s".to_owned(), state(Some(v))))
+            .into_iter()
+            .collect();
+        let plan = plan_group(&group, states, HashMap::new(), 10, 0);
+        assert_eq!(
+            code(&plan.replies[0]),
+            want,
+            "current {current:?}, expected {expected}"
+        );
+    }
+
+    #[test]
+    fn expected_version_rules() {
+        use ExpectedVersion::*;
+        check(None, Any, "ok");
+        check(Some(3), Any, "ok");
+        check(None, NoStream, "ok");
+        check(Some(0), NoStream, "wrong_expected_version");
+        check(None, Exists, "wrong_expected_version");
+        check(Some(0), Exists, "ok");
+        check(Some(3), Exact(3), "ok");
+        check(Some(3), Exact(2), "wrong_expected_version");
+        check(None, Exact(0), "wrong_expected_version");
+    }
+
+    #[test]
+    fn appends_in_one_group_see_each_other() {
+        let group = [
+            single(write(
+                "s",
+                ExpectedVersion::NoStream,
+                vec![event(1, 1), event(2, 2)],
+            )),
+            single(write("s", ExpectedVersion::Exact(1), vec![event(3, 3)])),
+            single(write("s", ExpectedVersion::Exact(1), vec![event(4, 4)])),
+        ];
+        let plan = plan_group(&group, HashMap::new(), HashMap::new(), 7, 0);
+        assert_eq!(code(&plan.replies[0]), "ok");
+        assert_eq!(code(&plan.replies[1]), "ok");
+        assert_eq!(code(&plan.replies[2]), "wrong_expected_version");
+        let positions: Vec<_> = plan.rows.iter().map(|r| (r.position, r.version)).collect();
+        assert_eq!(positions, vec![(8, 0), (9, 1), (10, 2)]);
+        assert_eq!(plan.head, 10);
+        assert_eq!(plan.streams.len(), 1);
+        assert!(plan.streams[0].is_new);
+        assert_eq!(plan.streams[0].state.version, Some(2));
+    }
+
+    #[test]
+    fn retry_returns_original_result_and_writes_nothing() {
+        let group = [single(write(
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event(1, 1), event(2, 2)],
+        ))];
+        let first = plan_group(&group, HashMap::new(), HashMap::new(), 0, 0);
+        let existing: HashMap<_, _> = first
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.event.id,
+                    ExistingEvent {
+                        stream: "s".into(),
+                        version: r.version,
+                        position: r.position,
+                        digest: r.event.digest.to_vec(),
+                    },
+                )
+            })
+            .collect();
+        let states: HashMap<_, _> = [("s".to_owned(), state(Some(1)))].into();
+        let again = plan_group(&group, states.clone(), existing.clone(), 2, 0);
+        assert_eq!(code(&again.replies[0]), "retry");
+        assert!(again.rows.is_empty());
+        assert_eq!(
+            again.replies[0].as_ref().unwrap().streams,
+            first.replies[0].as_ref().unwrap().streams
+        );
+
+        // Same id, different content.
+        let changed = [single(write(
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event(1, 9), event(2, 2)],
+        ))];
+        let plan = plan_group(&changed, states.clone(), existing.clone(), 2, 0);
+        assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
+
+        // Partly stored.
+        let partial = [single(write(
+            "s",
+            ExpectedVersion::Any,
+            vec![event(2, 2), event(5, 5)],
+        ))];
+        let plan = plan_group(&partial, states.clone(), existing.clone(), 2, 0);
+        assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
+        assert!(plan.rows.is_empty());
+
+        // Same ids in another stream.
+        let elsewhere = [single(write(
+            "t",
+            ExpectedVersion::Any,
+            vec![event(1, 1), event(2, 2)],
+        ))];
+        let plan = plan_group(&elsewhere, states, existing, 2, 0);
+        assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
+    }
+
+    #[test]
+    fn closed_streams_and_subjects() {
+        let mut erased = state(Some(0));
+        erased.status = StreamStatus::Erased;
+        let mut bound = state(Some(0));
+        bound.subject = Some("456".into());
+        let states: HashMap<_, _> = [("e".to_owned(), erased), ("b".to_owned(), bound)].into();
+
+        let mut to_bound_other = write("b", ExpectedVersion::Any, vec![event(1, 1)]);
+        to_bound_other.subject = Some(SubjectId::new("789").unwrap());
+        let mut to_bound_same = write("b", ExpectedVersion::Any, vec![event(2, 1)]);
+        to_bound_same.subject = Some(SubjectId::new("456").unwrap());
+        let group = [
+            single(write("e", ExpectedVersion::Any, vec![event(3, 1)])),
+            single(to_bound_other),
+            single(to_bound_same),
+            single(write("b", ExpectedVersion::Any, vec![event(4, 1)])),
+        ];
+        let plan = plan_group(&group, states, HashMap::new(), 5, 0);
+        let codes: Vec<_> = plan.replies.iter().map(code).collect();
+        assert_eq!(codes, ["stream_erased", "subject_mismatch", "ok", "ok"]);
+    }
+
+    #[test]
+    fn multi_stream_append_is_all_or_nothing_and_lists_every_conflict() {
+        let states: HashMap<_, _> = [
+            ("a".to_owned(), state(Some(4))),
+            ("b".to_owned(), state(Some(1))),
+        ]
+        .into();
+        let group = [
+            AtomicAppend {
+                writes: vec![
+                    write("a", ExpectedVersion::Exact(3), vec![event(1, 1)]),
+                    write("b", ExpectedVersion::NoStream, vec![event(2, 1)]),
+                    write("c", ExpectedVersion::NoStream, vec![event(3, 1)]),
+                ],
+            },
+            AtomicAppend {
+                writes: vec![
+                    write("c", ExpectedVersion::NoStream, vec![event(4, 1)]),
+                    write(
+                        "a",
+                        ExpectedVersion::Exact(4),
+                        vec![event(5, 1), event(6, 1)],
+                    ),
+                ],
+            },
+        ];
+        let plan = plan_group(&group, states, HashMap::new(), 100, 0);
+        match &plan.replies[0] {
+            Err(Error::WrongExpectedVersion { conflicts }) => {
+                let got: Vec<_> = conflicts
+                    .iter()
+                    .map(|c| (c.stream.as_str(), c.current))
+                    .collect();
+                assert_eq!(got, vec![("a", Some(4)), ("b", Some(1))]);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let ok = plan.replies[1].as_ref().unwrap();
+        assert_eq!(ok.streams[0].first_position, 101);
+        assert_eq!(ok.streams[1].first_position, 102);
+        assert_eq!(ok.streams[1].last_position, 103);
+        assert_eq!(plan.rows.len(), 3);
+        assert_eq!(plan.streams.len(), 2, "the failed append touched nothing");
+    }
+}

@@ -1,0 +1,309 @@
+//! The PostgreSQL engine: production, several Lethe processes on one database.
+//!
+//! Ordering (Guarantee 4): every write transaction first locks the single `log_head` row
+//! (`SELECT … FOR UPDATE`), assigns positions after it, and holds that lock until COMMIT. So
+//! write transactions commit one after the other in position order, and a reader that sees
+//! position P can never later see a new event at a position ≤ P — whichever process wrote it.
+//! A plain `bigserial` would hand out positions at INSERT time and let a later position commit
+//! first, which a tailing reader would skip forever. Group commit (many appends per transaction)
+//! is what keeps this serialisation from costing throughput; see ARCHITECTURE.md.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::plan::{self, ExistingEvent, StreamState};
+use super::{
+    AppendReply, AtomicAppend, Storage, StoredEvent, advance_head, decode_event, decode_existing,
+    decode_stream_info, decode_stream_state, now_us, to_i64, to_u64,
+};
+use crate::error::StorageError;
+use crate::model::{Direction, LogFilter, StreamInfo, StreamName};
+
+/// The NOTIFY channel on which every commit announces the new head position.
+const COMMITS_CHANNEL: &str = "lethe_commits";
+const CONNECTIONS_MAX: u32 = 16;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before re-listening after the notification connection broke.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+pub struct PostgresStorage {
+    pool: PgPool,
+    /// Tells the LISTEN task to stop (it holds a pool connection that `close` waits for).
+    stop_listening: watch::Sender<bool>,
+}
+
+impl PostgresStorage {
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(CONNECTIONS_MAX)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        // The migrator takes an advisory lock, so processes starting together migrate once.
+        super::migrations::migrator(super::migrations::POSTGRES)
+            .await?
+            .run(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            stop_listening: watch::channel(false).0,
+        })
+    }
+}
+
+const INSERT_EVENTS: &str = "INSERT INTO events \
+     (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at) \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
+                          $6::bytea[], $7::text[], $8::uuid[], $9::bytea[], $10::bigint[])";
+const INSERT_STREAMS: &str = "INSERT INTO streams (name, subject, status, version, key_id, created_at) \
+     SELECT u.name, u.subject, u.status, u.version, u.key_id, $6 \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::uuid[]) \
+          AS u(name, subject, status, version, key_id)";
+const UPDATE_STREAMS: &str = "UPDATE streams s SET version = u.version, key_id = u.key_id \
+     FROM UNNEST($1::text[], $2::bigint[], $3::uuid[]) AS u(name, version, key_id) \
+     WHERE s.name = u.name";
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+
+        // The commit-order lock: held until COMMIT (module comment).
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+
+        let names: Vec<&str> = group
+            .iter()
+            .flat_map(|a| a.writes.iter().map(|w| w.stream.as_str()))
+            .collect();
+        let mut states: HashMap<String, StreamState> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)",
+        )
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let (name, state) = decode_stream_state(&row)?;
+            states.insert(name, state);
+        }
+
+        let ids: Vec<Uuid> = group
+            .iter()
+            .flat_map(|a| a.writes.iter().flat_map(|w| w.events.iter()))
+            .map(|e| e.id)
+            .collect();
+        let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT event_id, stream, version, position, digest FROM events WHERE event_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let (id, event) = decode_existing(&row)?;
+            existing.insert(id, event);
+        }
+
+        let plan = plan::plan_group(group, states, existing, to_u64(head, "head")?, now_us());
+
+        if !plan.rows.is_empty() {
+            let rows = &plan.rows;
+            sqlx::query(INSERT_EVENTS)
+                .bind(rows.iter().map(|r| to_i64(r.position)).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| to_i64(r.version)).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.event.id).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|r| r.event.event_type.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|r| r.event.payload.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|r| r.event.metadata.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|r| r.event.digest.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|r| r.recorded_at_us).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (new, old): (Vec<_>, Vec<_>) = plan.streams.iter().partition(|s| s.is_new);
+        if !new.is_empty() {
+            sqlx::query(INSERT_STREAMS)
+                .bind(new.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
+                .bind(
+                    new.iter()
+                        .map(|s| s.state.subject.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    new.iter()
+                        .map(|s| s.state.status.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    new.iter()
+                        .map(|s| s.state.version.map(to_i64))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(new.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
+                .bind(now_us())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !old.is_empty() {
+            sqlx::query(UPDATE_STREAMS)
+                .bind(old.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
+                .bind(
+                    old.iter()
+                        .map(|s| s.state.version.map(to_i64))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(old.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !plan.rows.is_empty() {
+            sqlx::query("UPDATE log_head SET position = $1 WHERE id = 1")
+                .bind(to_i64(plan.head))
+                .execute(&mut *tx)
+                .await?;
+            // Delivered to listeners at COMMIT, never before.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(COMMITS_CHANNEL)
+                .bind(plan.head.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(plan.replies)
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
+        let row = sqlx::query("SELECT name, subject, status, version FROM streams WHERE name = $1")
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_stream_info).transpose()
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
+        let sql = match direction {
+            Direction::Forward => concat!(
+                select_events!(),
+                "WHERE e.stream = $1 AND e.version >= $2 ORDER BY e.version ASC LIMIT $3"
+            ),
+            Direction::Backward => concat!(
+                select_events!(),
+                "WHERE e.stream = $1 AND e.version <= $2 ORDER BY e.version DESC LIMIT $3"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StorageError> {
+        // Read the head first: every position up to it is committed (the commit-order lock),
+        // so rows up to it are complete even though the second statement has a newer snapshot.
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let types: Option<&[String]> =
+            (!filter.types.is_empty()).then_some(filter.types.as_slice());
+        let rows = sqlx::query(concat!(
+            select_events!(),
+            "WHERE e.position >= $1 AND e.position <= $2 \
+               AND ($3::text IS NULL OR starts_with(e.stream, $3)) \
+               AND ($4::text[] IS NULL OR e.event_type = ANY($4)) \
+             ORDER BY e.position ASC LIMIT $5"
+        ))
+        .bind(to_i64(from))
+        .bind(head)
+        .bind(filter.stream_prefix.as_deref())
+        .bind(types)
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        let events = rows
+            .iter()
+            .map(decode_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((events, to_u64(head, "head")?))
+    }
+
+    async fn head(&self) -> Result<u64, StorageError> {
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(head, "head")
+    }
+
+    async fn watch_foreign_commits(&self, commits: watch::Sender<u64>) -> Result<(), StorageError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(COMMITS_CHANNEL).await?;
+        let mut stop = self.stop_listening.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = commits.closed() => return,
+                    _ = stop.changed() => return,
+                    received = listener.recv() => match received {
+                        Ok(note) => {
+                            if let Ok(head) = note.payload().parse::<u64>() {
+                                advance_head(&commits, head);
+                            }
+                        }
+                        Err(e) => {
+                            // PgListener reconnects on the next recv; readers also poll, so a
+                            // missed notification only delays them.
+                            tracing::warn!(error = %e, "commit notifications interrupted");
+                            tokio::time::sleep(LISTEN_RETRY).await;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let _ = self.stop_listening.send(true);
+        self.pool.close().await;
+    }
+}

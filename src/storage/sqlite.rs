@@ -1,0 +1,260 @@
+//! The SQLite engine: the embedded default, one process, one file.
+//!
+//! One writer connection (SQLite allows one writer at a time anyway) takes every write
+//! transaction with `BEGIN IMMEDIATE`, so a write never has to upgrade a read lock and never
+//! fails with "database is locked"; a separate pool of readers works beside it thanks to WAL.
+//! `synchronous=FULL` makes every commit durable before it is acknowledged.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::plan::{self, ExistingEvent, StreamState};
+use super::{
+    AppendReply, AtomicAppend, Storage, StoredEvent, decode_event, decode_existing,
+    decode_stream_info, decode_stream_state, now_us, to_i64, to_u64,
+};
+use crate::error::StorageError;
+use crate::model::{Direction, LogFilter, StreamInfo, StreamName};
+
+/// How long a connection waits for a lock held by another connection (or process).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent readers.
+const READ_CONNECTIONS_MAX: u32 = 8;
+
+pub struct SqliteStorage {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStorage {
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(false);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        super::migrations::migrator(super::migrations::SQLITE)
+            .await?
+            .run(&writer)
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS_MAX)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+}
+
+const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM streams \
+     WHERE name IN (SELECT value FROM json_each(?1))";
+const SELECT_EXISTING: &str = "SELECT event_id, stream, version, position, digest FROM events \
+     WHERE event_id IN (SELECT unhex(value) FROM json_each(?1))";
+const INSERT_EVENT: &str = "INSERT INTO events \
+     (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const INSERT_STREAM: &str = "INSERT INTO streams (name, subject, status, version, key_id, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE name = ?1";
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+
+        let names: Vec<&str> = group
+            .iter()
+            .flat_map(|a| a.writes.iter().map(|w| w.stream.as_str()))
+            .collect();
+        let names_json =
+            serde_json::to_string(&names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let mut states: HashMap<String, StreamState> = HashMap::new();
+        for row in sqlx::query(SELECT_STATES)
+            .bind(names_json)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let (name, state) = decode_stream_state(&row)?;
+            states.insert(name, state);
+        }
+
+        let ids: Vec<String> = group
+            .iter()
+            .flat_map(|a| a.writes.iter().flat_map(|w| w.events.iter()))
+            .map(|e| hex::encode(e.id.as_bytes()))
+            .collect();
+        let ids_json =
+            serde_json::to_string(&ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
+        for row in sqlx::query(SELECT_EXISTING)
+            .bind(ids_json)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let (id, event) = decode_existing(&row)?;
+            existing.insert(id, event);
+        }
+
+        let plan = plan::plan_group(group, states, existing, to_u64(head, "head")?, now_us());
+
+        for row in &plan.rows {
+            sqlx::query(INSERT_EVENT)
+                .bind(to_i64(row.position))
+                .bind(row.stream)
+                .bind(to_i64(row.version))
+                .bind(row.event.id)
+                .bind(row.event.event_type.as_str())
+                .bind(row.event.payload.as_slice())
+                .bind(row.event.metadata.as_str())
+                .bind(row.key_id)
+                .bind(row.event.digest.as_slice())
+                .bind(row.recorded_at_us)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let created_at = now_us();
+        for stream in &plan.streams {
+            let version = stream.state.version.map(to_i64);
+            if stream.is_new {
+                sqlx::query(INSERT_STREAM)
+                    .bind(stream.name.as_str())
+                    .bind(stream.state.subject.as_deref())
+                    .bind(stream.state.status.as_str())
+                    .bind(version)
+                    .bind(stream.state.key_id)
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(UPDATE_STREAM)
+                    .bind(stream.name.as_str())
+                    .bind(version)
+                    .bind(stream.state.key_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if !plan.rows.is_empty() {
+            sqlx::query("UPDATE log_head SET position = ?1 WHERE id = 1")
+                .bind(to_i64(plan.head))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(plan.replies)
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
+        let row = sqlx::query("SELECT name, subject, status, version FROM streams WHERE name = ?1")
+            .bind(stream.as_str())
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(decode_stream_info).transpose()
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
+        let sql = match direction {
+            Direction::Forward => concat!(
+                select_events!(),
+                "WHERE e.stream = ?1 AND e.version >= ?2 ORDER BY e.version ASC LIMIT ?3"
+            ),
+            Direction::Backward => concat!(
+                select_events!(),
+                "WHERE e.stream = ?1 AND e.version <= ?2 ORDER BY e.version DESC LIMIT ?3"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StorageError> {
+        // Both statements run in one read transaction: one snapshot for head and rows.
+        let mut tx = self.readers.begin().await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let types_json = if filter.types.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&filter.types)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+            )
+        };
+        let sql = concat!(
+            select_events!(),
+            "WHERE e.position >= ?1 AND e.position <= ?2 \
+               AND (?3 IS NULL OR substr(e.stream, 1, length(?3)) = ?3) \
+               AND (?4 IS NULL OR e.event_type IN (SELECT value FROM json_each(?4))) \
+             ORDER BY e.position ASC LIMIT ?5"
+        );
+        let rows = sqlx::query(sql)
+            .bind(to_i64(from))
+            .bind(head)
+            .bind(filter.stream_prefix.as_deref())
+            .bind(types_json)
+            .bind(to_i64(limit as u64))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let events = rows
+            .iter()
+            .map(decode_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((events, to_u64(head, "head")?))
+    }
+
+    async fn head(&self) -> Result<u64, StorageError> {
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&self.readers)
+            .await?;
+        to_u64(head, "head")
+    }
+
+    async fn watch_foreign_commits(
+        &self,
+        _commits: watch::Sender<u64>,
+    ) -> Result<(), StorageError> {
+        // One process owns the file; its own commits are announced by the store.
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}

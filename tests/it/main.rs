@@ -1,0 +1,10 @@
+//! Lethe's integration tests: one binary (fast to link), one module per area. Each module
+//! reads as a specification of the behaviour it covers; most tests run on both engines
+//! through `backend_tests!`.
+
+mod support;
+
+mod appends;
+mod ordering;
+mod reads;
+mod validation;

@@ -1,0 +1,187 @@
+//! Test harness: fresh databases on both engines, and a macro that runs one test body on each.
+//!
+//! SQLite tests get a file in a temporary directory. PostgreSQL tests get a database of their
+//! own (`CREATE DATABASE lethe_t_…`), created through `LETHE_TEST_POSTGRES_URL` and dropped
+//! afterwards; when that variable is unset they are skipped with one notice, and when it is set
+//! a failure to connect fails the test.
+
+use std::sync::Once;
+
+use lethe::{EventStore, StoreConfig};
+use sqlx::Connection;
+
+pub const POSTGRES_URL_VAR: &str = "LETHE_TEST_POSTGRES_URL";
+
+/// Which engine a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty event database, removed when dropped.
+pub struct TestDb {
+    pub engine: Engine,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        TestDb {
+            engine: Engine::Sqlite,
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// `None` (after one notice) when PostgreSQL tests are not configured.
+    pub async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+            static NOTICE: Once = Once::new();
+            NOTICE.call_once(|| eprintln!("PostgreSQL tests skipped: {POSTGRES_URL_VAR} not set"));
+            return None;
+        };
+        let name = format!("lethe_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {e}")
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let url = with_database(&admin_url, &name);
+        Some(TestDb {
+            engine: Engine::Postgres,
+            url,
+            _dir: None,
+            postgres: Some((admin_url, name)),
+        })
+    }
+
+    pub async fn open(&self) -> EventStore {
+        EventStore::open(StoreConfig::new(&self.url))
+            .await
+            .expect("open store")
+    }
+
+    /// Runs raw SQL against the database (for failure injection and inspection).
+    pub async fn execute(&self, sql: &str) {
+        match self.engine {
+            Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .expect("sql");
+            }
+            Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .expect("sql");
+            }
+        }
+    }
+
+    /// Makes inserting an event of type `poison` fail inside the database.
+    pub async fn poison_event_type(&self) {
+        match self.engine {
+            Engine::Sqlite => {
+                self.execute(
+                    "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.event_type = 'poison' \
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+                )
+                .await
+            }
+            Engine::Postgres => {
+                self.execute(
+                    "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                       IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'injected failure'; END IF; \
+                       RETURN NEW; END $$ LANGUAGE plpgsql; \
+                     CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison();",
+                )
+                .await
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside async context: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], database);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Declares tests that run one `async fn(TestDb)` on SQLite and on PostgreSQL:
+/// `backend_tests!(name_a, name_b);` makes `name_a::sqlite`, `name_a::postgres`, …
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    super::$name($crate::support::TestDb::sqlite().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    if let Some(db) = $crate::support::TestDb::postgres().await {
+                        super::$name(db).await;
+                    }
+                }
+            }
+        )*
+    };
+}
