@@ -19,10 +19,7 @@ pub struct VersionConflict {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     #[error("invalid stream name {stream:?}: it {reason}")]
-    InvalidStreamName {
-        stream: String,
-        reason: &'static str,
-    },
+    InvalidStreamName { stream: String, reason: &'static str },
     #[error("stream names starting with '$' are reserved for system streams: {stream:?}")]
     ReservedStreamName { stream: String },
     #[error("invalid subject id: it {reason}")]
@@ -38,19 +35,15 @@ pub enum ValidationError {
     #[error("too many streams in one append: {count} (at most {max})")]
     TooManyStreams { count: usize, max: usize },
     #[error("event {index} is too large: {bytes} bytes of data and metadata (at most {max})")]
-    EventTooLarge {
-        index: usize,
-        bytes: usize,
-        max: usize,
-    },
+    EventTooLarge { index: usize, bytes: usize, max: usize },
     #[error("append is too large: {bytes} bytes of data and metadata (at most {max})")]
     AppendTooLarge { bytes: usize, max: usize },
     #[error("event id {event_id} appears twice in one append")]
     DuplicateEventIdInAppend { event_id: Uuid },
     #[error("stream {stream:?} appears twice in one append")]
     DuplicateStreamInAppend { stream: String },
-    #[error("metadata must be a JSON object")]
-    MetadataNotObject,
+    #[error("event data or metadata cannot be serialized as JSON")]
+    InvalidData,
     #[error("invalid limit: it must be 1 to {max}")]
     InvalidLimit { max: usize },
     #[error("too many event types in a filter: {count} (at most {max})")]
@@ -60,11 +53,10 @@ pub enum ValidationError {
 impl ValidationError {
     pub fn code(&self) -> &'static str {
         match self {
-            ValidationError::InvalidStreamName { .. }
-            | ValidationError::ReservedStreamName { .. } => "invalid_stream_name",
-            ValidationError::EventTooLarge { .. } | ValidationError::AppendTooLarge { .. } => {
-                "payload_too_large"
+            ValidationError::InvalidStreamName { .. } | ValidationError::ReservedStreamName { .. } => {
+                "invalid_stream_name"
             }
+            ValidationError::EventTooLarge { .. } | ValidationError::AppendTooLarge { .. } => "payload_too_large",
             _ => "invalid_request",
         }
     }
@@ -104,19 +96,35 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// Stored data failed a check (an event that does not decrypt, a key the vault does not
+    /// know). Never returned as data.
+    #[error("corrupt data: {detail}")]
+    Corrupt { detail: String },
+    #[error("key vault: {0}")]
+    KeyVault(lethe_keyvault::VaultError),
+    /// A test-only fault point fired (see `StoreConfig::fault`).
+    #[doc(hidden)]
+    #[error("injected fault")]
+    InjectedFault,
+}
+
+impl Error {
+    /// Maps a vault error to the store's words where they mean the same thing.
+    pub(crate) fn from_vault(e: lethe_keyvault::VaultError) -> Self {
+        match e {
+            lethe_keyvault::VaultError::SubjectMismatch { stream } => Error::SubjectMismatch { stream },
+            lethe_keyvault::VaultError::KeyDestroyed { stream } => Error::StreamErased { stream },
+            other => Error::KeyVault(other),
+        }
+    }
 }
 
 fn describe_conflicts(conflicts: &[VersionConflict]) -> String {
     conflicts
         .iter()
         .map(|c| {
-            let current = c
-                .current
-                .map_or_else(|| "no stream".to_owned(), |v| v.to_string());
-            format!(
-                "{:?} (expected {}, current {current})",
-                c.stream, c.expected
-            )
+            let current = c.current.map_or_else(|| "no stream".to_owned(), |v| v.to_string());
+            format!("{:?} (expected {}, current {current})", c.stream, c.expected)
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -135,6 +143,9 @@ impl Error {
             Error::Invalid(v) => v.code(),
             Error::Storage(_) => "storage_unavailable",
             Error::ShuttingDown => "shutting_down",
+            Error::Corrupt { .. } => "corrupt_data",
+            Error::KeyVault(_) => "keyvault_unavailable",
+            Error::InjectedFault => "injected_fault",
         }
     }
 }

@@ -112,19 +112,12 @@ async fn run(
                 Err(_) => break,
             }
         }
-        stats
-            .appends
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        stats.appends.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         commit_group(storage.as_ref(), jobs, &commits, &stats).await;
     }
 }
 
-async fn commit_group(
-    storage: &dyn Storage,
-    jobs: Vec<Job>,
-    commits: &watch::Sender<u64>,
-    stats: &WriterCounters,
-) {
+async fn commit_group(storage: &dyn Storage, jobs: Vec<Job>, commits: &watch::Sender<u64>, stats: &WriterCounters) {
     let (appends, replies): (Vec<AtomicAppend>, Vec<oneshot::Sender<AppendReply>>) =
         jobs.into_iter().map(|j| (j.append, j.reply)).unzip();
     stats.transactions.fetch_add(1, Ordering::Relaxed);

@@ -10,15 +10,19 @@ pub mod limits;
 pub mod model;
 pub mod store;
 
+mod crypto;
+pub mod erasure;
 mod group_commit;
 mod payload;
 mod storage;
 mod subscription;
 
+pub use crypto::KeyCacheStats;
+pub use erasure::{Erasure, ErasureReason, ErasureStatus, ErasureTarget, ShreddedStream};
 pub use error::{Error, StorageError, ValidationError, VersionConflict};
 pub use group_commit::WriterStats;
 pub use model::{
-    AppendOutcome, AppendResult, Direction, ExpectedVersion, LogFilter, LogPage, NewEvent,
-    RecordedEvent, StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId,
+    AppendOutcome, AppendResult, Direction, ExpectedVersion, LogFilter, LogPage, NewEvent, RecordedEvent, StreamAppend,
+    StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId,
 };
 pub use store::{EventStore, StoreConfig};

@@ -62,12 +62,14 @@ impl StreamName {
     /// Parses any legal name, system streams included (for reads).
     pub fn parse_readable(name: &str) -> Result<Self, ValidationError> {
         match name.strip_prefix('$') {
-            Some(rest) => check_name(rest)
-                .map(|()| Self(name.to_owned()))
-                .map_err(|reason| ValidationError::InvalidStreamName {
-                    stream: truncate_for_error(name),
-                    reason,
-                }),
+            Some(rest) => {
+                check_name(rest)
+                    .map(|()| Self(name.to_owned()))
+                    .map_err(|reason| ValidationError::InvalidStreamName {
+                        stream: truncate_for_error(name),
+                        reason,
+                    })
+            }
             None => Self::new(name),
         }
     }
@@ -215,11 +217,7 @@ pub struct StreamAppend {
 }
 
 impl StreamAppend {
-    pub fn new(
-        stream: StreamName,
-        expected_version: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Self {
+    pub fn new(stream: StreamName, expected_version: ExpectedVersion, events: Vec<NewEvent>) -> Self {
         Self {
             stream,
             expected_version,

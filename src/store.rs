@@ -4,36 +4,56 @@
 //! group committer and reads back through the storage trait. It knows nothing of SQL (that is
 //! [`crate::storage`]) nor of HTTP.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures::Stream;
+use lethe_keyvault::{Dek, KeyId, KeyVault, NewKey};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
-use crate::error::{Error, ValidationError};
+use crate::crypto::{KeyCacheStats, KeyState, Keyring};
+use crate::erasure::{self, Erasure, ErasureContext, ErasureFault, ErasureReason, ErasureTarget};
+use crate::error::{Error, ValidationError, VersionConflict};
 use crate::group_commit::{GroupCommitter, WriterStats};
-use crate::limits::{
-    APPEND_BYTES_MAX, APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, FILTER_TYPES_MAX, READ_PAGE_EVENTS_MAX,
-};
+use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, FILTER_TYPES_MAX, READ_PAGE_EVENTS_MAX};
 use crate::model::{
-    AppendOutcome, AppendResult, Direction, LogFilter, LogPage, StreamAppend, StreamName,
-    StreamSlice, check_event_type,
+    AppendOutcome, AppendResult, Direction, ExpectedVersion, LogFilter, LogPage, RecordedEvent, StreamAppend,
+    StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId, check_event_type,
 };
-use crate::storage::{self, AtomicAppend, Storage, StreamWrite};
+use crate::storage::plan::StreamState;
+use crate::storage::{self, AtomicAppend, ChangeFeed, Storage, StoredEvent, StreamWrite};
 use crate::{payload, subscription};
 
 /// How to open a store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     /// `sqlite://path/to/events.db` or `postgres://…`.
     pub database_url: String,
+    /// Where the per-stream keys live (see `lethe_keyvault::open`).
+    pub keyvault: Arc<dyn KeyVault>,
+    /// DEKs kept in memory at most.
+    pub key_cache_keys_max: usize,
+    /// Makes erasures stop at a step as if the process had crashed (tests only).
+    #[doc(hidden)]
+    pub erasure_fault: Option<ErasureFault>,
 }
 
+/// Default size of the DEK cache: enough for the hot streams of a busy service, small in memory
+/// (a DEK is 32 bytes).
+pub const KEY_CACHE_KEYS_DEFAULT: usize = 10_000;
+/// How often a store retries unfinished erasures (e.g. after the vault was unreachable).
+const ERASURE_RESUME_INTERVAL: Duration = Duration::from_secs(10);
+
 impl StoreConfig {
-    pub fn new(database_url: impl Into<String>) -> Self {
+    pub fn new(database_url: impl Into<String>, keyvault: Arc<dyn KeyVault>) -> Self {
         Self {
             database_url: database_url.into(),
+            keyvault,
+            key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
+            erasure_fault: None,
         }
     }
 }
@@ -46,7 +66,9 @@ pub struct EventStore {
 
 struct Inner {
     storage: Arc<dyn Storage>,
+    keyring: Arc<Keyring>,
     committer: GroupCommitter,
+    erasure_fault: Option<ErasureFault>,
     /// The last position known committed (ours, or another process's on PostgreSQL).
     commits: watch::Receiver<u64>,
     shutdown: watch::Sender<bool>,
@@ -54,24 +76,35 @@ struct Inner {
 }
 
 impl EventStore {
-    /// Opens (and migrates) the event database and starts the writer.
+    /// Opens (and migrates) the event database, starts the writer, and resumes any erasure a
+    /// previous run left unfinished (in the background, retrying until it completes).
     pub async fn open(config: StoreConfig) -> Result<Self, Error> {
         let storage = storage::open(&config.database_url).await?;
+        let keyring = Arc::new(Keyring::new(config.keyvault, config.key_cache_keys_max));
         let head = storage.head().await?;
         let (commits_tx, commits) = watch::channel(head);
-        storage.watch_foreign_commits(commits_tx.clone()).await?;
+        let revoker = keyring.clone();
+        storage
+            .watch_foreign_changes(ChangeFeed {
+                commits: commits_tx.clone(),
+                revoked_keys: Arc::new(move |keys| revoker.revoke(keys)),
+            })
+            .await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (committer, writer_task) =
-            GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx);
-        Ok(Self {
+        let (committer, writer_task) = GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx.clone());
+        let store = Self {
             inner: Arc::new(Inner {
                 storage,
+                keyring,
                 committer,
+                erasure_fault: config.erasure_fault,
                 commits,
                 shutdown,
                 writer_task: Mutex::new(Some(writer_task)),
             }),
-        })
+        };
+        tokio::spawn(resume_erasures_periodically(Arc::downgrade(&store.inner), shutdown_rx));
+        Ok(store)
     }
 
     /// Appends events to one stream. See [`EventStore::append_multi`] for several at once.
@@ -93,8 +126,87 @@ impl EventStore {
     /// with its own expected version, and the events take contiguous positions in the order
     /// given.
     pub async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, Error> {
-        let atomic = prepare_append(appends, false)?;
+        validate_append(&appends)?;
+        let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
+        let states = self.inner.storage.stream_states(&names).await?;
+        let keys = self.keys_for_append(&appends, &states).await?;
+        let atomic = encode_append(appends, &keys)?;
         self.inner.committer.submit(atomic).await
+    }
+
+    /// The DEK of every stream of an append: existing streams' from the cache or the vault,
+    /// new streams' created in the vault (one call for all) before any event is written.
+    async fn keys_for_append(
+        &self,
+        appends: &[StreamAppend],
+        states: &HashMap<String, StreamState>,
+    ) -> Result<HashMap<String, (KeyId, Dek)>, Error> {
+        let mut new_streams = Vec::new();
+        let mut existing = Vec::new();
+        for append in appends {
+            match states.get(append.stream.as_str()) {
+                Some(state) => {
+                    let key = state.key_id.ok_or_else(|| Error::Corrupt {
+                        detail: format!("stream {:?} has no key", append.stream.as_str()),
+                    })?;
+                    existing.push((append.stream.as_str(), state.status, KeyId(key)));
+                }
+                None => new_streams.push(append),
+            }
+        }
+        // A stream that does not exist cannot satisfy `exists` or a version: fail before a key
+        // is created for nothing (this is never a retry: a retry's streams exist).
+        if new_streams
+            .iter()
+            .any(|a| matches!(a.expected_version, ExpectedVersion::Exists | ExpectedVersion::Exact(_)))
+        {
+            let conflicts = appends
+                .iter()
+                .filter_map(|a| {
+                    let current = states.get(a.stream.as_str()).and_then(|s| s.version);
+                    (!a.expected_version.is_satisfied_by(current)).then(|| VersionConflict {
+                        stream: a.stream.to_string(),
+                        expected: a.expected_version,
+                        current,
+                    })
+                })
+                .collect();
+            return Err(Error::WrongExpectedVersion { conflicts });
+        }
+
+        let mut keys = HashMap::with_capacity(appends.len());
+        let requests: Vec<NewKey> = new_streams
+            .iter()
+            .map(|a| NewKey {
+                stream: a.stream.to_string(),
+                subject: a.subject.as_ref().map(|s| s.as_str().to_owned()),
+            })
+            .collect();
+        let created = self.inner.keyring.create(&requests).await?;
+        for (request, (id, dek)) in requests.into_iter().zip(created) {
+            keys.insert(request.stream, (id, dek));
+        }
+
+        let ids: Vec<KeyId> = existing.iter().map(|(_, _, id)| *id).collect();
+        let found = self.inner.keyring.lookup(&ids).await?;
+        for (stream, status, id) in existing {
+            match (found.get(&id), status) {
+                (Some(KeyState::Live(dek)), _) => {
+                    keys.insert(stream.to_owned(), (id, dek.clone()));
+                }
+                (_, StreamStatus::Deleted) => {
+                    return Err(Error::StreamDeleted {
+                        stream: stream.to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(Error::StreamErased {
+                        stream: stream.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(keys)
     }
 
     /// Reads up to `limit` events of a stream from version `from` (inclusive). Backward reads
@@ -115,25 +227,25 @@ impl EventStore {
             .ok_or_else(|| Error::StreamNotFound {
                 stream: stream.to_string(),
             })?;
-        let stored = self
-            .inner
-            .storage
-            .read_stream(stream, from, direction, limit)
-            .await?;
-        let events = stored
-            .into_iter()
-            .map(payload::decode)
-            .collect::<Result<_, _>>()?;
+        let stored = self.inner.storage.read_stream(stream, from, direction, limit).await?;
+        let events = self.decode(stored).await?;
         Ok(StreamSlice { info, events })
     }
 
     /// Reads up to `limit` events of the global log from position `from` (inclusive).
-    pub async fn read_log(
+    pub async fn read_log(&self, from: u64, filter: &LogFilter, limit: usize) -> Result<LogPage, Error> {
+        let (stored, next, head) = self.read_log_stored(from, filter, limit).await?;
+        let events = self.decode(stored).await?;
+        Ok(LogPage { events, next, head })
+    }
+
+    /// A page of the global log, still encrypted: `(events, next, head)`.
+    pub(crate) async fn read_log_stored(
         &self,
         from: u64,
         filter: &LogFilter,
         limit: usize,
-    ) -> Result<LogPage, Error> {
+    ) -> Result<(Vec<StoredEvent>, u64, u64), Error> {
         check_limit(limit)?;
         if filter.types.len() > FILTER_TYPES_MAX {
             return Err(ValidationError::TooManyTypes {
@@ -151,11 +263,134 @@ impl EventStore {
         } else {
             head.max(from - 1) + 1
         };
-        let events = stored
+        Ok((stored, next, head))
+    }
+
+    /// Decrypts a page of stored events: one key lookup for the page (cache, then at most one
+    /// vault call). The stream status read with the rows decides: a shredded stream's events
+    /// are never decrypted, even with the key still at hand, and its key is evicted.
+    pub(crate) async fn decode(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
+        let keys = self.page_keys(&stored).await?;
+        stored
             .into_iter()
-            .map(payload::decode)
-            .collect::<Result<_, _>>()?;
-        Ok(LogPage { events, next, head })
+            .map(|event| {
+                let key = event.key_id.and_then(|k| keys.get(&KeyId(k)));
+                payload::decode(event, key)
+            })
+            .collect()
+    }
+
+    /// Puts the keys a page will need into the cache (subscriptions decrypt lazily).
+    pub(crate) async fn warm_keys(&self, stored: &[StoredEvent]) -> Result<(), Error> {
+        self.page_keys(stored).await.map(drop)
+    }
+
+    /// The keys of a page's live events (at most one vault call); keys of shredded streams
+    /// are revoked instead.
+    async fn page_keys(&self, stored: &[StoredEvent]) -> Result<HashMap<KeyId, KeyState>, Error> {
+        let mut needed = HashSet::new();
+        let mut revoked = HashSet::new();
+        for event in stored {
+            if let Some(key) = event.key_id.map(KeyId) {
+                if payload::is_shredded(event) {
+                    revoked.insert(key);
+                } else {
+                    needed.insert(key);
+                }
+            }
+        }
+        if !revoked.is_empty() {
+            self.inner.keyring.revoke(&revoked.into_iter().collect::<Vec<_>>());
+        }
+        self.inner.keyring.lookup(&needed.into_iter().collect::<Vec<_>>()).await
+    }
+
+    /// Forgets a data subject (GDPR Art. 17): every stream bound to it is shredded — its key
+    /// destroyed in the vault, its events readable only as `data: null, erased: true` — and
+    /// tombstones are written (`$erased` in each stream, `SubjectForgotten` in `$erasures`).
+    /// Idempotent: forgetting a forgotten subject completes at once and shreds nothing new.
+    /// If this fails part-way (vault unreachable, crash), the request is resumed by the next
+    /// [`EventStore::resume_erasures`] — which every store runs at open and periodically.
+    pub async fn forget(&self, subject: &SubjectId, reason: ErasureReason) -> Result<Erasure, Error> {
+        let erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
+        self.inner.storage.insert_erasure(&erasure).await?;
+        tracing::info!(request_id = %erasure.id, subject = %subject, "erasure requested");
+        self.drive_erasure(erasure.id).await
+    }
+
+    /// Shreds one stream (its key destroyed, a `$erased` tombstone, `StreamDeleted` in
+    /// `$erasures`); appends to it then fail with `stream_deleted`.
+    pub async fn delete_stream(&self, stream: &StreamName, reason: ErasureReason) -> Result<Erasure, Error> {
+        let info = self
+            .inner
+            .storage
+            .stream_info(stream)
+            .await?
+            .ok_or_else(|| Error::StreamNotFound {
+                stream: stream.to_string(),
+            })?;
+        match info.status {
+            StreamStatus::Active => {}
+            StreamStatus::Erased => {
+                return Err(Error::StreamErased {
+                    stream: stream.to_string(),
+                });
+            }
+            StreamStatus::Deleted => {
+                return Err(Error::StreamDeleted {
+                    stream: stream.to_string(),
+                });
+            }
+        }
+        if stream.is_system() {
+            return Err(ValidationError::ReservedStreamName {
+                stream: stream.to_string(),
+            }
+            .into());
+        }
+        let erasure = Erasure::new(ErasureTarget::Stream(stream.clone()), reason);
+        self.inner.storage.insert_erasure(&erasure).await?;
+        self.drive_erasure(erasure.id).await
+    }
+
+    /// An erasure request by id.
+    pub async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, Error> {
+        Ok(self.inner.storage.erasure(id).await?)
+    }
+
+    /// Drives every unfinished erasure to completion; returns how many it completed.
+    pub async fn resume_erasures(&self) -> Result<usize, Error> {
+        let mut completed = 0;
+        for erasure in self.inner.storage.unfinished_erasures().await? {
+            self.drive_erasure(erasure.id).await?;
+            completed += 1;
+        }
+        Ok(completed)
+    }
+
+    async fn drive_erasure(&self, id: Uuid) -> Result<Erasure, Error> {
+        let ctx = ErasureContext {
+            storage: self.inner.storage.as_ref(),
+            keyring: &self.inner.keyring,
+            committer: &self.inner.committer,
+            fault: self.inner.erasure_fault,
+        };
+        erasure::drive(&ctx, id).await
+    }
+
+    /// Streams bound to a subject.
+    pub async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, Error> {
+        Ok(self.inner.storage.subject_streams(subject).await?)
+    }
+
+    /// Counters of the DEK cache.
+    pub fn key_cache_stats(&self) -> KeyCacheStats {
+        self.inner.keyring.stats()
+    }
+
+    /// DEKs currently held in memory.
+    pub fn cached_keys(&self) -> usize {
+        self.inner.keyring.cached_keys()
     }
 
     /// The last committed position (0: empty log).
@@ -188,12 +423,7 @@ impl EventStore {
     /// Finishes every queued append, then closes the database connections.
     pub async fn close(&self) {
         let _ = self.inner.shutdown.send(true);
-        let task = self
-            .inner
-            .writer_task
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
+        let task = self.inner.writer_task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -211,8 +441,8 @@ fn check_limit(limit: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Validates an append and encodes its events. Nothing is stored if this fails.
-fn prepare_append(appends: Vec<StreamAppend>, allow_closed: bool) -> Result<AtomicAppend, Error> {
+/// Checks an append's shape before any I/O: sizes are checked while encoding.
+fn validate_append(appends: &[StreamAppend]) -> Result<(), Error> {
     if appends.is_empty() {
         return Err(ValidationError::NoStreams.into());
     }
@@ -233,28 +463,40 @@ fn prepare_append(appends: Vec<StreamAppend>, allow_closed: bool) -> Result<Atom
     }
     let mut streams = HashSet::new();
     let mut ids = HashSet::new();
-    let mut bytes = 0;
-    let mut index = 0;
-    let mut writes = Vec::with_capacity(appends.len());
     for append in appends {
         if append.events.is_empty() {
             return Err(ValidationError::NoEvents.into());
         }
-        if !streams.insert(append.stream.clone()) {
+        if !streams.insert(append.stream.as_str()) {
             return Err(ValidationError::DuplicateStreamInAppend {
                 stream: append.stream.to_string(),
             }
             .into());
         }
-        let mut events = Vec::with_capacity(append.events.len());
-        for event in append.events {
+        for event in &append.events {
             check_event_type(&event.event_type)?;
             if let Some(id) = event.id
                 && !ids.insert(id)
             {
                 return Err(ValidationError::DuplicateEventIdInAppend { event_id: id }.into());
             }
-            let encoded = payload::encode(event, index)?;
+        }
+    }
+    Ok(())
+}
+
+/// Encrypts an append's events with their streams' keys. Nothing is stored if this fails.
+fn encode_append(appends: Vec<StreamAppend>, keys: &HashMap<String, (KeyId, Dek)>) -> Result<AtomicAppend, Error> {
+    let mut bytes = 0;
+    let mut index = 0;
+    let mut writes = Vec::with_capacity(appends.len());
+    for append in appends {
+        let (key_id, dek) = keys.get(append.stream.as_str()).ok_or_else(|| Error::Corrupt {
+            detail: format!("no key for stream {:?}", append.stream.as_str()),
+        })?;
+        let mut events = Vec::with_capacity(append.events.len());
+        for event in append.events {
+            let encoded = payload::encode(append.stream.as_str(), event, index, Some(dek))?;
             bytes += encoded.payload.len() + encoded.metadata.len();
             if bytes > APPEND_BYTES_MAX {
                 return Err(ValidationError::AppendTooLarge {
@@ -270,10 +512,29 @@ fn prepare_append(appends: Vec<StreamAppend>, allow_closed: bool) -> Result<Atom
             stream: append.stream,
             expected: append.expected_version,
             subject: append.subject,
-            key_id: None,
+            key_id: Some(key_id.0),
             events,
-            allow_closed,
+            allow_closed: false,
         });
     }
     Ok(AtomicAppend { writes })
+}
+
+/// Retries unfinished erasures at open and then every [`ERASURE_RESUME_INTERVAL`], until the
+/// store shuts down. Holds only a weak reference, so it never keeps a dropped store alive.
+async fn resume_erasures_periodically(inner: Weak<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let store = EventStore { inner };
+        if let Err(e) = store.resume_erasures().await {
+            tracing::warn!(error = %e, "resuming erasures failed; will retry");
+        }
+        drop(store);
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(ERASURE_RESUME_INTERVAL) => {}
+        }
+    }
 }

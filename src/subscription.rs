@@ -5,6 +5,9 @@
 //! visible in increasing order (the storage's ordering guarantee) and every read continues
 //! exactly after the last position seen, there is no separate "live" mode that could open a
 //! gap or repeat an event at the switch: live is catch-up that has caught up.
+//!
+//! Pages are buffered still encrypted and each event is decrypted only when it is handed out,
+//! so an event buffered before a forget is never yielded with its data after the forget.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::model::{LogFilter, RecordedEvent};
+use crate::storage::StoredEvent;
 use crate::store::EventStore;
 
 /// Events fetched per read.
@@ -26,7 +30,7 @@ struct State {
     store: EventStore,
     filter: LogFilter,
     next: u64,
-    buffered: VecDeque<RecordedEvent>,
+    buffered: VecDeque<StoredEvent>,
     commits: watch::Receiver<u64>,
     failed: bool,
 }
@@ -46,8 +50,18 @@ pub(crate) fn subscribe(
     };
     futures::stream::unfold(state, |mut state| async move {
         loop {
-            if let Some(event) = state.buffered.pop_front() {
-                return Some((Ok(event), state));
+            if let Some(stored) = state.buffered.pop_front() {
+                // The keys are cached by the page's decode below; this is a cache hit, or a
+                // revoked key (the stream was shredded meanwhile) that yields the event erased.
+                let decoded = state.store.decode(vec![stored]).await.map(|mut e| e.pop());
+                match decoded {
+                    Ok(Some(event)) => return Some((Ok(event), state)),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        state.failed = true;
+                        return Some((Err(e), state));
+                    }
+                }
             }
             if state.failed {
                 return None;
@@ -57,16 +71,19 @@ pub(crate) fn subscribe(
             state.commits.borrow_and_update();
             match state
                 .store
-                .read_log(state.next, &state.filter, PAGE_EVENTS)
+                .read_log_stored(state.next, &state.filter, PAGE_EVENTS)
                 .await
             {
-                Ok(page) => {
-                    state.next = page.next;
-                    if page.events.is_empty() {
+                Ok((events, next, _head)) => {
+                    state.next = next;
+                    if events.is_empty() {
                         // A closed channel means the store is gone; the poll then ends us.
                         let _ = tokio::time::timeout(IDLE_POLL, state.commits.changed()).await;
+                    } else if let Err(e) = state.store.warm_keys(&events).await {
+                        state.failed = true;
+                        return Some((Err(e), state));
                     } else {
-                        state.buffered.extend(page.events);
+                        state.buffered.extend(events);
                     }
                 }
                 Err(e) => {

@@ -84,9 +84,7 @@ impl std::fmt::Debug for KeyvaultCommand {
                 .field("new_kek_file", new_kek_file)
                 .field("batch_size", batch_size)
                 .finish(),
-            KeyvaultCommand::GenerateKek { path } => {
-                f.debug_struct("GenerateKek").field("path", path).finish()
-            }
+            KeyvaultCommand::GenerateKek { path } => f.debug_struct("GenerateKek").field("path", path).finish(),
         }
     }
 }

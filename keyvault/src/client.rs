@@ -16,8 +16,7 @@ use tracing::warn;
 use zeroize::Zeroizing;
 
 use crate::server::{
-    CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchResponse, Problem,
-    WireStatus,
+    CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchResponse, Problem, WireStatus,
 };
 use crate::{Dek, KeyId, KeyLookup, KeyVault, NewKey, VaultError, VaultStats};
 
@@ -42,8 +41,8 @@ impl std::fmt::Debug for HttpVault {
 impl HttpVault {
     /// A client for the vault server at `url` (`http(s)://host:port`).
     pub fn new(url: &str, token: &str) -> Result<HttpVault, VaultError> {
-        let mut base = reqwest::Url::parse(url)
-            .map_err(|e| VaultError::InvalidInput(format!("bad key vault URL: {e}")))?;
+        let mut base =
+            reqwest::Url::parse(url).map_err(|e| VaultError::InvalidInput(format!("bad key vault URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(VaultError::InvalidInput(
                 "key vault URL must be http:// or https://".into(),
@@ -75,11 +74,7 @@ impl HttpVault {
             .map_err(|e| VaultError::Internal(format!("building URL: {e}")))
     }
 
-    async fn post<B: Serialize + ?Sized, R: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<R, VaultError> {
+    async fn post<B: Serialize + ?Sized, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, VaultError> {
         let request = self.http.post(self.url(path)?).json(body);
         self.send(request).await
     }
@@ -89,10 +84,7 @@ impl HttpVault {
         self.send(request).await
     }
 
-    async fn send<R: DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<R, VaultError> {
+    async fn send<R: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<R, VaultError> {
         let response = request
             .bearer_auth(self.token.as_str())
             .send()
@@ -176,18 +168,12 @@ impl KeyVault for HttpVault {
                 "key vault returned a different number of keys than requested".into(),
             ));
         }
-        response
-            .keys
-            .iter()
-            .map(|k| Ok((k.id, decode_key(&k.key)?)))
-            .collect()
+        response.keys.iter().map(|k| Ok((k.id, decode_key(&k.key)?))).collect()
     }
 
     async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<(KeyId, KeyLookup)>, VaultError> {
         let response: FetchResponse = self.post("v1/keys/fetch", &FetchBody { ids }).await?;
-        if response.keys.len() != ids.len()
-            || response.keys.iter().zip(ids).any(|(k, id)| k.id != *id)
-        {
+        if response.keys.len() != ids.len() || response.keys.iter().zip(ids).any(|(k, id)| k.id != *id) {
             return Err(VaultError::Internal(
                 "key vault answered for different key ids than requested".into(),
             ));
@@ -199,9 +185,7 @@ impl KeyVault for HttpVault {
                 let lookup = match (k.status, &k.key) {
                     (WireStatus::Live, Some(key)) => KeyLookup::Live(decode_key(key)?),
                     (WireStatus::Live, None) => {
-                        return Err(VaultError::Internal(
-                            "key vault said live but sent no key".into(),
-                        ));
+                        return Err(VaultError::Internal("key vault said live but sent no key".into()));
                     }
                     (WireStatus::Destroyed, _) => KeyLookup::Destroyed,
                     (WireStatus::NotFound, _) => KeyLookup::NotFound,
@@ -213,20 +197,14 @@ impl KeyVault for HttpVault {
 
     async fn destroy_subject_keys(&self, subject: &str) -> Result<Vec<KeyId>, VaultError> {
         let response: DestroySubjectResponse = self
-            .post(
-                "v1/subjects/destroy",
-                &serde_json::json!({ "subject": subject }),
-            )
+            .post("v1/subjects/destroy", &serde_json::json!({ "subject": subject }))
             .await?;
         Ok(response.destroyed)
     }
 
     async fn destroy_stream_key(&self, stream: &str) -> Result<Option<KeyId>, VaultError> {
         let response: DestroyStreamResponse = self
-            .post(
-                "v1/streams/destroy",
-                &serde_json::json!({ "stream": stream }),
-            )
+            .post("v1/streams/destroy", &serde_json::json!({ "stream": stream }))
             .await?;
         Ok(response.destroyed)
     }

@@ -103,11 +103,7 @@ fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
     Aes256Gcm::new(key.into())
 }
 
-pub(crate) fn seal_raw(
-    key: &[u8; KEY_LEN],
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<Vec<u8>, EnvelopeError> {
+pub(crate) fn seal_raw(key: &[u8; KEY_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
     // Pre-sized so the buffer holding plaintext is never reallocated (which would leave an
     // un-zeroized copy behind); after encryption it only holds ciphertext.
     let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
@@ -128,11 +124,7 @@ pub(crate) fn seal_raw(
     Ok(out)
 }
 
-pub(crate) fn open_raw(
-    key: &[u8; KEY_LEN],
-    aad: &[u8],
-    sealed: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+pub(crate) fn open_raw(key: &[u8; KEY_LEN], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     let Some(&version) = sealed.first() else {
         return Err(EnvelopeError::Truncated { len: 0 });
     };
@@ -150,12 +142,7 @@ pub(crate) fn open_raw(
     tag.copy_from_slice(&sealed[tag_start..]);
     let mut plain = Zeroizing::new(sealed[nonce_end..tag_start].to_vec());
     cipher(key)
-        .decrypt_inout_detached(
-            &Nonce::from(nonce),
-            aad,
-            (&mut plain[..]).into(),
-            &Tag::from(tag),
-        )
+        .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut plain[..]).into(), &Tag::from(tag))
         .map_err(|_| EnvelopeError::Authentication)?;
     Ok(plain)
 }
@@ -188,36 +175,21 @@ mod tests {
     fn bad_inputs_are_errors() {
         let k = key();
         let sealed = seal(&k, b"aad", b"hello");
-        assert_eq!(
-            open(&k, b"aad", &[]),
-            Err(EnvelopeError::Truncated { len: 0 })
-        );
+        assert_eq!(open(&k, b"aad", &[]), Err(EnvelopeError::Truncated { len: 0 }));
         assert_eq!(
             open(&k, b"aad", &sealed[..10]),
             Err(EnvelopeError::Truncated { len: 10 })
         );
         let mut v2 = sealed.clone();
         v2[0] = 2;
-        assert_eq!(
-            open(&k, b"aad", &v2),
-            Err(EnvelopeError::UnsupportedVersion(2))
-        );
-        assert_eq!(
-            open(&k, b"other", &sealed),
-            Err(EnvelopeError::Authentication)
-        );
+        assert_eq!(open(&k, b"aad", &v2), Err(EnvelopeError::UnsupportedVersion(2)));
+        assert_eq!(open(&k, b"other", &sealed), Err(EnvelopeError::Authentication));
         let mut flipped = sealed.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert_eq!(
-            open(&k, b"aad", &flipped),
-            Err(EnvelopeError::Authentication)
-        );
+        assert_eq!(open(&k, b"aad", &flipped), Err(EnvelopeError::Authentication));
         let other = Dek::from_slice(&[8u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            open(&other, b"aad", &sealed),
-            Err(EnvelopeError::Authentication)
-        );
+        assert_eq!(open(&other, b"aad", &sealed), Err(EnvelopeError::Authentication));
         // Empty plaintext is valid.
         let empty = seal(&k, b"", b"");
         assert_eq!(open(&k, b"", &empty).map(|p| p.len()), Ok(0));

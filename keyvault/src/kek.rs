@@ -26,9 +26,7 @@ pub enum KekError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "KEK file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)"
-    )]
+    #[error("KEK file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("KEK file {path} is not a regular file")]
     NotAFile { path: PathBuf },
@@ -108,9 +106,7 @@ impl Kek {
         // Read at most one byte more than a key, into a pre-sized zeroizing buffer, so a
         // wrong-length file is detected without ever reallocating secret bytes.
         let mut buf = Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
-        file.take(KEY_LEN as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(io)?;
+        file.take(KEY_LEN as u64 + 1).read_to_end(&mut buf).map_err(io)?;
         if buf.len() != KEY_LEN {
             return Err(KekError::WrongLength {
                 source_name: path.display().to_string(),
@@ -122,17 +118,13 @@ impl Kek {
 
     /// Reads a base64 KEK (standard alphabet, padding optional) from an environment variable.
     pub fn from_base64_env(var: &str) -> Result<Kek, KekError> {
-        let value = Zeroizing::new(std::env::var(var).map_err(|_| KekError::EnvMissing {
-            var: var.to_string(),
-        })?);
+        let value = Zeroizing::new(std::env::var(var).map_err(|_| KekError::EnvMissing { var: var.to_string() })?);
         Kek::from_base64(value.trim()).map_err(|e| match e {
             KekError::WrongLength { len, .. } => KekError::WrongLength {
                 source_name: format!("environment variable {var}"),
                 len,
             },
-            KekError::EnvNotBase64 { .. } => KekError::EnvNotBase64 {
-                var: var.to_string(),
-            },
+            KekError::EnvNotBase64 { .. } => KekError::EnvNotBase64 { var: var.to_string() },
             other => other,
         })
     }
@@ -144,14 +136,11 @@ impl Kek {
             base64::engine::GeneralPurposeConfig::new()
                 .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
         );
-        let bytes =
-            Zeroizing::new(
-                engine
-                    .decode(text.as_bytes())
-                    .map_err(|_| KekError::EnvNotBase64 {
-                        var: "value".into(),
-                    })?,
-            );
+        let bytes = Zeroizing::new(
+            engine
+                .decode(text.as_bytes())
+                .map_err(|_| KekError::EnvNotBase64 { var: "value".into() })?,
+        );
         Kek::from_slice(&bytes).map_err(|e| match e {
             KekError::WrongLength { len, .. } => KekError::WrongLength {
                 source_name: "base64 value".into(),

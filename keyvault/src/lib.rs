@@ -80,21 +80,16 @@ impl std::fmt::Debug for OpenOptions {
 /// needs `kek`), or `http(s)://host:port` ([`HttpVault`], needs `token`).
 pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn KeyVault>, VaultError> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        let token = options.token.ok_or_else(|| {
-            VaultError::InvalidInput("an http(s) key vault URL needs the vault token".into())
-        })?;
+        let token = options
+            .token
+            .ok_or_else(|| VaultError::InvalidInput("an http(s) key vault URL needs the vault token".into()))?;
         return Ok(Arc::new(HttpVault::new(url, &token)?));
     }
-    if url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
-        let kek = options.kek.ok_or_else(|| {
-            VaultError::InvalidInput("an in-process key vault needs the KEK".into())
-        })?;
-        return Ok(Arc::new(
-            LocalVault::open(url, kek, options.other_keks).await?,
-        ));
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let kek = options
+            .kek
+            .ok_or_else(|| VaultError::InvalidInput("an in-process key vault needs the KEK".into()))?;
+        return Ok(Arc::new(LocalVault::open(url, kek, options.other_keks).await?));
     }
     Err(VaultError::InvalidInput(
         "key vault URL must start with sqlite:, postgres://, http:// or https://".into(),

@@ -17,9 +17,7 @@ use crate::kek::{Kek, KekError};
 use crate::keys::{Dek, KeyId, KeyLookup, NewKey, VaultStats, validate_stream, validate_subject};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{
-    CreateResult, Created, KekState, KekVersionRow, NewRow, Rewrap, Storage, Stored, WrappedKey,
-};
+use crate::storage::{CreateResult, Created, KekState, KekVersionRow, NewRow, Rewrap, Storage, Stored, WrappedKey};
 
 /// Most keys one `create_keys` or `fetch_keys` call may ask for: bounds transaction size and
 /// request bodies. A page of reads needs far fewer.
@@ -101,11 +99,7 @@ impl LocalVault {
         LocalVault::with_storage(storage, kek, other_keks).await
     }
 
-    async fn with_storage(
-        storage: Box<dyn Storage>,
-        kek: Kek,
-        other_keks: Vec<Kek>,
-    ) -> Result<LocalVault, VaultError> {
+    async fn with_storage(storage: Box<dyn Storage>, kek: Kek, other_keks: Vec<Kek>) -> Result<LocalVault, VaultError> {
         // A fresh vault adopts the first KEK it is opened with as version 1.
         storage.init_kek(&kek.check_value()).await?;
         let versions = storage.kek_versions().await?;
@@ -128,9 +122,7 @@ impl LocalVault {
                      version {missing}: supply both the old and the new KEK, or re-run rotate-kek",
                     p.version
                 ),
-                None => format!(
-                    "keys are wrapped with KEK version {missing}, whose KEK was not supplied"
-                ),
+                None => format!("keys are wrapped with KEK version {missing}, whose KEK was not supplied"),
             })
             .into());
         }
@@ -154,11 +146,7 @@ impl LocalVault {
     /// by a vault holding the old and the new KEK. When no key is left on another version the
     /// pending version becomes active and the old one retired in one transaction. Running it
     /// again with the same new KEK resumes (or, once finished, does nothing).
-    pub async fn rotate_kek_with(
-        &self,
-        new: Kek,
-        options: RotateOptions,
-    ) -> Result<RotationReport, VaultError> {
+    pub async fn rotate_kek_with(&self, new: Kek, options: RotateOptions) -> Result<RotationReport, VaultError> {
         let batch_size = options.batch_size.clamp(1, BATCH_KEYS_MAX);
         let _guard = self.rotation.lock().await;
         let check = new.check_value();
@@ -218,11 +206,7 @@ impl LocalVault {
                 continue;
             }
             if options.max_batches.is_some_and(|m| report.batches >= m) {
-                info!(
-                    to = target,
-                    rewrapped = report.rewrapped,
-                    "KEK rotation paused"
-                );
+                info!(to = target, rewrapped = report.rewrapped, "KEK rotation paused");
                 return Ok(report);
             }
             let batch = {
@@ -247,11 +231,7 @@ impl LocalVault {
             };
             report.rewrapped += self.storage.rewrap(&batch).await?;
             report.batches += 1;
-            debug!(
-                to = target,
-                batch = report.batches,
-                "KEK rotation batch committed"
-            );
+            debug!(to = target, batch = report.batches, "KEK rotation batch committed");
         }
         // Old-KEK copies of re-wrapped keys linger in dead rows / WAL frames until purged.
         self.storage.purge().await?;
@@ -345,10 +325,7 @@ fn build_ring(versions: &[KekVersionRow], keks: HashMap<u32, Kek>) -> Result<Key
             .into());
         }
     };
-    Ok(KeyRing {
-        keks,
-        write_version,
-    })
+    Ok(KeyRing { keks, write_version })
 }
 
 fn unwrap_with(ring: &KeyRing, id: KeyId, key: &WrappedKey) -> Result<Dek, VaultError> {
@@ -423,9 +400,7 @@ impl KeyVault for LocalVault {
                         out.push((id, dek));
                     }
                     // Our freshly generated DEK is dropped (zeroized) unused.
-                    Created::Existing(id, wrapped) => {
-                        out.push((id, unwrap_with(&ring, id, &wrapped)?))
-                    }
+                    Created::Existing(id, wrapped) => out.push((id, unwrap_with(&ring, id, &wrapped)?)),
                 }
             }
             if !new_ids.is_empty() {
@@ -433,9 +408,7 @@ impl KeyVault for LocalVault {
             }
             return Ok(out);
         }
-        Err(VaultError::Internal(
-            "create_keys retry loop exhausted".into(),
-        ))
+        Err(VaultError::Internal("create_keys retry loop exhausted".into()))
     }
 
     async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<(KeyId, KeyLookup)>, VaultError> {

@@ -68,9 +68,7 @@ pub fn router(vault: Arc<dyn KeyVault>, token: &str) -> Result<Router, VaultErro
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
-            CONCURRENT_REQUESTS_MAX,
-        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(CONCURRENT_REQUESTS_MAX))
         .with_state(state))
 }
 
@@ -103,10 +101,7 @@ fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };
-    let Some(token) = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-    else {
+    let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
         return false;
     };
     let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
@@ -233,10 +228,7 @@ fn secret_json<T: Serialize>(body: &T) -> Response {
         Ok(bytes) => {
             let mut response = (StatusCode::OK, bytes).into_response();
             let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
@@ -259,10 +251,7 @@ async fn create_keys(
     Ok(secret_json(&CreateResponse { keys }))
 }
 
-async fn fetch_keys(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<FetchRequest>,
-) -> Result<Response, ApiError> {
+async fn fetch_keys(State(state): State<AppState>, ApiJson(req): ApiJson<FetchRequest>) -> Result<Response, ApiError> {
     let found = state.vault.fetch_keys(&req.ids).await?;
     let keys = found
         .iter()
@@ -313,12 +302,7 @@ async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 }
 
 async fn not_found() -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route".into(),
-        None,
-    )
+    problem(StatusCode::NOT_FOUND, "not_found", "no such route".into(), None)
 }
 
 async fn method_not_allowed() -> Response {
@@ -349,10 +333,9 @@ fn status_of(e: &VaultError) -> StatusCode {
         VaultError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
         VaultError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-        VaultError::Corrupt(_)
-        | VaultError::Storage(_)
-        | VaultError::Kek(_)
-        | VaultError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        VaultError::Corrupt(_) | VaultError::Storage(_) | VaultError::Kek(_) | VaultError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -363,9 +346,7 @@ impl IntoResponse for ApiError {
             warn!(code = self.0.code(), error = %self.0, "key vault request failed");
         }
         let stream = match &self.0 {
-            VaultError::KeyDestroyed { stream } | VaultError::SubjectMismatch { stream } => {
-                Some(stream.clone())
-            }
+            VaultError::KeyDestroyed { stream } | VaultError::SubjectMismatch { stream } => Some(stream.clone()),
             _ => None,
         };
         let mut response = problem(status, self.0.code(), self.0.to_string(), stream);
@@ -389,9 +370,8 @@ fn problem(status: StatusCode, code: &str, detail: String, stream: Option<String
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = (status, bytes).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     response
 }

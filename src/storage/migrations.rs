@@ -13,17 +13,19 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 /// `(version, description, sql)` of each migration, in order.
 type MigrationFile = (i64, &'static str, &'static str);
 
-pub(crate) const SQLITE: &[MigrationFile] = &[(
-    1,
-    "events",
-    include_str!("../../migrations/sqlite/0001_events.sql"),
-)];
+pub(crate) const SQLITE: &[MigrationFile] = &[
+    (1, "events", include_str!("../../migrations/sqlite/0001_events.sql")),
+    (2, "erasures", include_str!("../../migrations/sqlite/0002_erasures.sql")),
+];
 
-pub(crate) const POSTGRES: &[MigrationFile] = &[(
-    1,
-    "events",
-    include_str!("../../migrations/postgres/0001_events.sql"),
-)];
+pub(crate) const POSTGRES: &[MigrationFile] = &[
+    (1, "events", include_str!("../../migrations/postgres/0001_events.sql")),
+    (
+        2,
+        "erasures",
+        include_str!("../../migrations/postgres/0002_erasures.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded(&'static [MigrationFile]);
@@ -49,8 +51,6 @@ impl<'s> MigrationSource<'s> for Embedded {
 }
 
 /// A migrator for one engine's embedded migrations.
-pub(crate) async fn migrator(
-    files: &'static [MigrationFile],
-) -> Result<Migrator, sqlx::migrate::MigrateError> {
+pub(crate) async fn migrator(files: &'static [MigrationFile]) -> Result<Migrator, sqlx::migrate::MigrateError> {
     Migrator::new(Embedded(files)).await
 }

@@ -22,20 +22,34 @@ macro_rules! select_events {
     };
 }
 
+/// The head of every erasure-request query: the columns [`decode_erasure`] reads, in order.
+macro_rules! select_erasures {
+    () => {
+        "SELECT id, kind, subject, stream, status, streams, keys_destroyed, reason, requested_by, \
+         reference, requested_at, keys_destroyed_at, completed_at, tombstone_position \
+         FROM erasure_requests "
+    };
+}
+
 pub(crate) mod plan;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 mod migrations;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use lethe_keyvault::KeyId;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::erasure::{Erasure, ErasureReason, ErasureStatus, ErasureTarget, ShreddedStream};
+
 use crate::error::{Error, StorageError};
 use crate::model::{
-    AppendOutcome, Direction, ExpectedVersion, LogFilter, StreamInfo, StreamName, StreamStatus,
-    SubjectId,
+    AppendOutcome, Direction, ExpectedVersion, LogFilter, StreamInfo, StreamName, StreamStatus, SubjectId,
 };
 
 /// An event ready to be stored: its payload already encoded (encrypted) by the store layer.
@@ -74,6 +88,18 @@ impl AtomicAppend {
     pub fn event_count(&self) -> usize {
         self.writes.iter().map(|w| w.events.len()).sum()
     }
+}
+
+/// Called with keys that must be evicted from the cache.
+pub type KeyRevoker = Arc<dyn Fn(&[KeyId]) + Send + Sync>;
+
+/// Where an engine reports changes made by other processes.
+#[derive(Clone)]
+pub struct ChangeFeed {
+    /// Raised to each new head committed elsewhere.
+    pub commits: watch::Sender<u64>,
+    /// Called with the keys another process's erasure destroyed.
+    pub revoked_keys: KeyRevoker,
 }
 
 /// The result of one append of a group.
@@ -130,9 +156,34 @@ pub trait Storage: Send + Sync + 'static {
     /// The last committed position (0 for an empty log).
     async fn head(&self) -> Result<u64, StorageError>;
 
-    /// Starts forwarding commits made by *other* processes into `commits` (PostgreSQL
-    /// LISTEN/NOTIFY). Engines without other writers do nothing.
-    async fn watch_foreign_commits(&self, commits: watch::Sender<u64>) -> Result<(), StorageError>;
+    /// The stored state of these streams (absent: never written).
+    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, plan::StreamState>, StorageError>;
+
+    /// Streams bound to a subject.
+    async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;
+
+    /// Records a new erasure request.
+    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError>;
+
+    /// Step 1 of an erasure, in one transaction serialised with appends: marks its target's
+    /// active streams erased (subject) or deleted (stream), removes their ciphertext, and
+    /// records the list on the request. Once: a repeat returns the recorded list unchanged.
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError>;
+
+    /// Step 2 done: the vault destroyed `keys`. Other processes are told to evict them.
+    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError>;
+
+    /// Step 3 done: tombstones written (the `$erasures` event at `tombstone_position`).
+    async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError>;
+
+    async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError>;
+
+    /// Requests not yet completed (to resume after a crash).
+    async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError>;
+
+    /// Starts forwarding what *other* processes do — new commits, revoked keys — into `feed`
+    /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
+    async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError>;
 
     /// Closes the connection pools.
     async fn close(&self);
@@ -143,9 +194,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Storage>, StorageError
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStorage::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(std::sync::Arc::new(
-            postgres::PostgresStorage::open(url).await?,
-        ))
+        Ok(std::sync::Arc::new(postgres::PostgresStorage::open(url).await?))
     } else {
         Err(StorageError::UnsupportedUrl)
     }
@@ -163,8 +212,7 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 }
 
 pub(crate) fn parse_status(s: &str) -> Result<StreamStatus, StorageError> {
-    StreamStatus::from_db(s)
-        .ok_or_else(|| StorageError::Corrupt(format!("unknown stream status {s:?}")))
+    StreamStatus::from_db(s).ok_or_else(|| StorageError::Corrupt(format!("unknown stream status {s:?}")))
 }
 
 /// Decodes a row selected with [`select_events`], on either engine.
@@ -205,8 +253,7 @@ where
     let status: String = row.try_get(2)?;
     let version: Option<i64> = row.try_get(3)?;
     Ok(StreamInfo {
-        stream: StreamName::parse_readable(&name)
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        stream: StreamName::parse_readable(&name).map_err(|e| StorageError::Corrupt(e.to_string()))?,
         subject: subject
             .map(SubjectId::new)
             .transpose()
@@ -273,4 +320,94 @@ pub(crate) fn advance_head(commits: &watch::Sender<u64>, head: u64) {
         }
         newer
     });
+}
+
+/// Decodes an `erasure_requests` row selected with [`select_erasures`].
+pub(crate) fn decode_erasure<R>(row: &R) -> Result<Erasure, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let corrupt = |what: &str| StorageError::Corrupt(format!("erasure request: {what}"));
+    let kind: String = row.try_get(1)?;
+    let subject: Option<String> = row.try_get(2)?;
+    let stream: Option<String> = row.try_get(3)?;
+    let target = match (kind.as_str(), subject, stream) {
+        ("subject", Some(s), _) => ErasureTarget::Subject(SubjectId::new(s).map_err(|_| corrupt("bad subject"))?),
+        ("stream", _, Some(s)) => {
+            ErasureTarget::Stream(StreamName::parse_readable(&s).map_err(|_| corrupt("bad stream"))?)
+        }
+        _ => return Err(corrupt("bad target")),
+    };
+    let status: String = row.try_get(4)?;
+    let streams: Option<String> = row.try_get(5)?;
+    let streams = streams
+        .map(|json| serde_json::from_str::<Vec<(String, Option<Uuid>)>>(&json))
+        .transpose()
+        .map_err(|_| corrupt("bad stream list"))?
+        .map(|list| {
+            list.into_iter()
+                .map(|(stream, key_id)| ShreddedStream { stream, key_id })
+                .collect()
+        });
+    let time = |v: Option<i64>| -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+        v.map(|us| chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt("bad time")))
+            .transpose()
+    };
+    let requested_at: i64 = row.try_get(10)?;
+    let tombstone: Option<i64> = row.try_get(13)?;
+    Ok(Erasure {
+        id: row.try_get(0)?,
+        target,
+        status: ErasureStatus::from_db(&status).ok_or_else(|| corrupt("bad status"))?,
+        streams,
+        keys_destroyed: to_u64(row.try_get(6)?, "keys_destroyed")?,
+        reason: ErasureReason {
+            reason: row.try_get(7)?,
+            requested_by: row.try_get(8)?,
+            reference: row.try_get(9)?,
+        },
+        requested_at: time(Some(requested_at))?.ok_or_else(|| corrupt("bad time"))?,
+        keys_destroyed_at: time(row.try_get(11)?)?,
+        completed_at: time(row.try_get(12)?)?,
+        tombstone_position: tombstone.map(|p| to_u64(p, "tombstone_position")).transpose()?,
+    })
+}
+
+/// The stream list recorded on an erasure request, as JSON `[[stream, key_id], ...]`.
+pub(crate) fn encode_shredded(streams: &[ShreddedStream]) -> String {
+    let list: Vec<(&str, Option<Uuid>)> = streams.iter().map(|s| (s.stream.as_str(), s.key_id)).collect();
+    serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The `kind`, `subject` and `stream` columns of an erasure target.
+pub(crate) fn target_columns(target: &ErasureTarget) -> (&'static str, Option<&str>, Option<&str>) {
+    match target {
+        ErasureTarget::Subject(s) => ("subject", Some(s.as_str()), None),
+        ErasureTarget::Stream(s) => ("stream", None, Some(s.as_str())),
+    }
+}
+
+/// Decodes `name, key_id` rows of shredded streams, sorted by name.
+pub(crate) fn decode_shredded<R>(rows: &[R]) -> Result<Vec<ShreddedStream>, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut shredded = rows
+        .iter()
+        .map(|r| {
+            Ok(ShreddedStream {
+                stream: r.try_get(0)?,
+                key_id: r.try_get(1)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    shredded.sort_by(|a, b| a.stream.cmp(&b.stream));
+    Ok(shredded)
 }

@@ -118,7 +118,9 @@ pub fn plan_group<'a>(
                                 position: head,
                                 version,
                                 stream: name,
-                                key_id: state.key_id,
+                                // The key these events were sealed with (none for system
+                                // events, which are stored in clear).
+                                key_id: write.key_id,
                                 event,
                                 recorded_at_us: now_us,
                             });
@@ -162,11 +164,7 @@ pub fn plan_group<'a>(
         .into_iter()
         .filter_map(|(name, is_new)| {
             let state = states.remove(&name)?;
-            Some(StreamRow {
-                name,
-                state,
-                is_new,
-            })
+            Some(StreamRow { name, state, is_new })
         })
         .collect();
     GroupPlan {
@@ -250,11 +248,36 @@ fn check_retry(
     }
 }
 
+/// What [`check_writes`] needs to know of one stream's part of an append.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteHead<'a> {
+    pub stream: &'a str,
+    pub expected: ExpectedVersion,
+    pub subject: Option<&'a str>,
+    pub allow_closed: bool,
+}
+
 /// Checks a new append against the current state of its streams.
 fn check_append(append: &AtomicAppend, states: &HashMap<String, StreamState>) -> Result<(), Error> {
-    for write in &append.writes {
-        let name = write.stream.as_str();
-        let Some(state) = states.get(name) else {
+    let heads: Vec<WriteHead<'_>> = append
+        .writes
+        .iter()
+        .map(|w| WriteHead {
+            stream: w.stream.as_str(),
+            expected: w.expected,
+            subject: w.subject.as_ref().map(|s| s.as_str()),
+            allow_closed: w.allow_closed,
+        })
+        .collect();
+    check_writes(&heads, states)
+}
+
+/// The rules for appending to streams in their current state: closed streams refuse, a named
+/// subject must be the bound one, and every expectation must hold (all conflicts are listed).
+/// Also used before an append is encrypted, to fail fast without calling the vault.
+pub fn check_writes(writes: &[WriteHead<'_>], states: &HashMap<String, StreamState>) -> Result<(), Error> {
+    for write in writes {
+        let Some(state) = states.get(write.stream) else {
             continue;
         };
         if !write.allow_closed {
@@ -262,32 +285,31 @@ fn check_append(append: &AtomicAppend, states: &HashMap<String, StreamState>) ->
                 StreamStatus::Active => {}
                 StreamStatus::Erased => {
                     return Err(Error::StreamErased {
-                        stream: name.to_owned(),
+                        stream: write.stream.to_owned(),
                     });
                 }
                 StreamStatus::Deleted => {
                     return Err(Error::StreamDeleted {
-                        stream: name.to_owned(),
+                        stream: write.stream.to_owned(),
                     });
                 }
             }
         }
         // A later append may omit the subject; naming one must name the bound one.
-        if let Some(subject) = &write.subject
-            && state.subject.as_deref() != Some(subject.as_str())
+        if let Some(subject) = write.subject
+            && state.subject.as_deref() != Some(subject)
         {
             return Err(Error::SubjectMismatch {
-                stream: name.to_owned(),
+                stream: write.stream.to_owned(),
             });
         }
     }
-    let conflicts: Vec<VersionConflict> = append
-        .writes
+    let conflicts: Vec<VersionConflict> = writes
         .iter()
         .filter_map(|write| {
-            let current = states.get(write.stream.as_str()).and_then(|s| s.version);
+            let current = states.get(write.stream).and_then(|s| s.version);
             (!write.expected.is_satisfied_by(current)).then(|| VersionConflict {
-                stream: write.stream.as_str().to_owned(),
+                stream: write.stream.to_owned(),
                 expected: write.expected,
                 current,
             })
@@ -351,16 +373,9 @@ mod tests {
     /// One case: the stream `s` at `current`, an append to it with `expected`.
     fn check(current: Option<u64>, expected: ExpectedVersion, want: &str) {
         let group = [single(write("s", expected, vec![event(1, 1)]))];
-        let states = current
-            .map(|v| ("s".to_owned(), state(Some(v))))
-            .into_iter()
-            .collect();
+        let states = current.map(|v| ("s".to_owned(), state(Some(v)))).into_iter().collect();
         let plan = plan_group(&group, states, HashMap::new(), 10, 0);
-        assert_eq!(
-            code(&plan.replies[0]),
-            want,
-            "current {current:?}, expected {expected}"
-        );
+        assert_eq!(code(&plan.replies[0]), want, "current {current:?}, expected {expected}");
     }
 
     #[test]
@@ -380,11 +395,7 @@ mod tests {
     #[test]
     fn appends_in_one_group_see_each_other() {
         let group = [
-            single(write(
-                "s",
-                ExpectedVersion::NoStream,
-                vec![event(1, 1), event(2, 2)],
-            )),
+            single(write("s", ExpectedVersion::NoStream, vec![event(1, 1), event(2, 2)])),
             single(write("s", ExpectedVersion::Exact(1), vec![event(3, 3)])),
             single(write("s", ExpectedVersion::Exact(1), vec![event(4, 4)])),
         ];
@@ -442,21 +453,13 @@ mod tests {
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
 
         // Partly stored.
-        let partial = [single(write(
-            "s",
-            ExpectedVersion::Any,
-            vec![event(2, 2), event(5, 5)],
-        ))];
+        let partial = [single(write("s", ExpectedVersion::Any, vec![event(2, 2), event(5, 5)]))];
         let plan = plan_group(&partial, states.clone(), existing.clone(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
         assert!(plan.rows.is_empty());
 
         // Same ids in another stream.
-        let elsewhere = [single(write(
-            "t",
-            ExpectedVersion::Any,
-            vec![event(1, 1), event(2, 2)],
-        ))];
+        let elsewhere = [single(write("t", ExpectedVersion::Any, vec![event(1, 1), event(2, 2)]))];
         let plan = plan_group(&elsewhere, states, existing, 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
     }
@@ -486,11 +489,7 @@ mod tests {
 
     #[test]
     fn multi_stream_append_is_all_or_nothing_and_lists_every_conflict() {
-        let states: HashMap<_, _> = [
-            ("a".to_owned(), state(Some(4))),
-            ("b".to_owned(), state(Some(1))),
-        ]
-        .into();
+        let states: HashMap<_, _> = [("a".to_owned(), state(Some(4))), ("b".to_owned(), state(Some(1)))].into();
         let group = [
             AtomicAppend {
                 writes: vec![
@@ -502,21 +501,14 @@ mod tests {
             AtomicAppend {
                 writes: vec![
                     write("c", ExpectedVersion::NoStream, vec![event(4, 1)]),
-                    write(
-                        "a",
-                        ExpectedVersion::Exact(4),
-                        vec![event(5, 1), event(6, 1)],
-                    ),
+                    write("a", ExpectedVersion::Exact(4), vec![event(5, 1), event(6, 1)]),
                 ],
             },
         ];
         let plan = plan_group(&group, states, HashMap::new(), 100, 0);
         match &plan.replies[0] {
             Err(Error::WrongExpectedVersion { conflicts }) => {
-                let got: Vec<_> = conflicts
-                    .iter()
-                    .map(|c| (c.stream.as_str(), c.current))
-                    .collect();
+                let got: Vec<_> = conflicts.iter().map(|c| (c.stream.as_str(), c.current)).collect();
                 assert_eq!(got, vec![("a", Some(4)), ("b", Some(1))]);
             }
             other => panic!("expected a conflict, got {other:?}"),

@@ -19,14 +19,22 @@ use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::{
-    AppendReply, AtomicAppend, Storage, StoredEvent, advance_head, decode_event, decode_existing,
-    decode_stream_info, decode_stream_state, now_us, to_i64, to_u64,
+    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, advance_head, decode_erasure, decode_event,
+    decode_existing, decode_shredded, decode_stream_info, decode_stream_state, encode_shredded, now_us, target_columns,
+    to_i64, to_u64,
 };
+use crate::erasure::{Erasure, ErasureTarget};
 use crate::error::StorageError;
-use crate::model::{Direction, LogFilter, StreamInfo, StreamName};
+use crate::model::{Direction, LogFilter, StreamInfo, StreamName, SubjectId};
+use lethe_keyvault::KeyId;
 
 /// The NOTIFY channel on which every commit announces the new head position.
 const COMMITS_CHANNEL: &str = "lethe_commits";
+/// The NOTIFY channel on which erasures announce destroyed keys (comma-separated ids).
+const REVOKED_CHANNEL: &str = "lethe_revoked_keys";
+/// 200 uuids of 36 characters plus commas stay under NOTIFY's 8000-byte payload limit.
+const REVOKED_KEYS_PER_NOTIFY: usize = 200;
+const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)";
 const CONNECTIONS_MAX: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before re-listening after the notification connection broke.
@@ -85,13 +93,7 @@ impl Storage for PostgresStorage {
             .flat_map(|a| a.writes.iter().map(|w| w.stream.as_str()))
             .collect();
         let mut states: HashMap<String, StreamState> = HashMap::new();
-        for row in sqlx::query(
-            "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)",
-        )
-        .bind(&names)
-        .fetch_all(&mut *tx)
-        .await?
-        {
+        for row in sqlx::query(SELECT_STATES).bind(&names).fetch_all(&mut *tx).await? {
             let (name, state) = decode_stream_state(&row)?;
             states.insert(name, state);
         }
@@ -102,12 +104,11 @@ impl Storage for PostgresStorage {
             .map(|e| e.id)
             .collect();
         let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
-        for row in sqlx::query(
-            "SELECT event_id, stream, version, position, digest FROM events WHERE event_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
+        for row in
+            sqlx::query("SELECT event_id, stream, version, position, digest FROM events WHERE event_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
         {
             let (id, event) = decode_existing(&row)?;
             existing.insert(id, event);
@@ -122,27 +123,11 @@ impl Storage for PostgresStorage {
                 .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| to_i64(r.version)).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| r.event.id).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|r| r.event.event_type.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|r| r.event.payload.as_slice())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|r| r.event.metadata.as_str())
-                        .collect::<Vec<_>>(),
-                )
+                .bind(rows.iter().map(|r| r.event.event_type.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.event.payload.as_slice()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.event.metadata.as_str()).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|r| r.event.digest.as_slice())
-                        .collect::<Vec<_>>(),
-                )
+                .bind(rows.iter().map(|r| r.event.digest.as_slice()).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| r.recorded_at_us).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
@@ -151,21 +136,9 @@ impl Storage for PostgresStorage {
         if !new.is_empty() {
             sqlx::query(INSERT_STREAMS)
                 .bind(new.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
-                .bind(
-                    new.iter()
-                        .map(|s| s.state.subject.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    new.iter()
-                        .map(|s| s.state.status.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    new.iter()
-                        .map(|s| s.state.version.map(to_i64))
-                        .collect::<Vec<_>>(),
-                )
+                .bind(new.iter().map(|s| s.state.subject.as_deref()).collect::<Vec<_>>())
+                .bind(new.iter().map(|s| s.state.status.as_str()).collect::<Vec<_>>())
+                .bind(new.iter().map(|s| s.state.version.map(to_i64)).collect::<Vec<_>>())
                 .bind(new.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
                 .bind(now_us())
                 .execute(&mut *tx)
@@ -174,11 +147,7 @@ impl Storage for PostgresStorage {
         if !old.is_empty() {
             sqlx::query(UPDATE_STREAMS)
                 .bind(old.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
-                .bind(
-                    old.iter()
-                        .map(|s| s.state.version.map(to_i64))
-                        .collect::<Vec<_>>(),
-                )
+                .bind(old.iter().map(|s| s.state.version.map(to_i64)).collect::<Vec<_>>())
                 .bind(old.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
@@ -244,8 +213,7 @@ impl Storage for PostgresStorage {
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
-        let types: Option<&[String]> =
-            (!filter.types.is_empty()).then_some(filter.types.as_slice());
+        let types: Option<&[String]> = (!filter.types.is_empty()).then_some(filter.types.as_slice());
         let rows = sqlx::query(concat!(
             select_events!(),
             "WHERE e.position >= $1 AND e.position <= $2 \
@@ -260,10 +228,7 @@ impl Storage for PostgresStorage {
         .bind(to_i64(limit as u64))
         .fetch_all(&self.pool)
         .await?;
-        let events = rows
-            .iter()
-            .map(decode_event)
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = rows.iter().map(decode_event).collect::<Result<Vec<_>, _>>()?;
         Ok((events, to_u64(head, "head")?))
     }
 
@@ -274,25 +239,170 @@ impl Storage for PostgresStorage {
         to_u64(head, "head")
     }
 
-    async fn watch_foreign_commits(&self, commits: watch::Sender<u64>) -> Result<(), StorageError> {
+    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
+        let rows = sqlx::query(SELECT_STATES).bind(names).fetch_all(&self.pool).await?;
+        rows.iter().map(decode_stream_state).collect()
+    }
+
+    async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError> {
+        let rows = sqlx::query("SELECT name, subject, status, version FROM streams WHERE subject = $1 ORDER BY name")
+            .bind(subject.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_stream_info).collect()
+    }
+
+    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
+        let (kind, subject, stream) = target_columns(&erasure.target);
+        sqlx::query(
+            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, requested_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(erasure.id)
+        .bind(kind)
+        .bind(subject)
+        .bind(stream)
+        .bind(erasure.status.as_str())
+        .bind(erasure.reason.reason.as_deref())
+        .bind(erasure.reason.requested_by.as_deref())
+        .bind(erasure.reason.reference.as_deref())
+        .bind(erasure.requested_at.timestamp_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // The commit-order lock: an append either committed before this (its events are
+        // shredded with the rest) or runs after it and finds the stream closed.
+        sqlx::query("SELECT position FROM log_head WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id} not found")))?;
+        let mut erasure = decode_erasure(&row)?;
+        if erasure.streams.is_some() {
+            tx.commit().await?;
+            return Ok(erasure);
+        }
+        let rows = match &erasure.target {
+            ErasureTarget::Subject(subject) => {
+                sqlx::query(
+                    "UPDATE streams SET status = 'erased' WHERE subject = $1 AND status = 'active' \
+                     RETURNING name, key_id",
+                )
+                .bind(subject.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            ErasureTarget::Stream(stream) => {
+                sqlx::query(
+                    "UPDATE streams SET status = 'deleted' WHERE name = $1 AND status = 'active' \
+                     RETURNING name, key_id",
+                )
+                .bind(stream.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        let shredded = decode_shredded(&rows)?;
+        let names: Vec<&str> = shredded.iter().map(|s| s.stream.as_str()).collect();
+        sqlx::query("UPDATE events SET payload = NULL WHERE stream = ANY($1)")
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE erasure_requests SET streams = $2 WHERE id = $1")
+            .bind(id)
+            .bind(encode_shredded(&shredded))
+            .execute(&mut *tx)
+            .await?;
+        // Other processes evict these keys now, not only after the vault destroyed them.
+        let keys: Vec<KeyId> = shredded.iter().filter_map(|s| s.key_id.map(KeyId)).collect();
+        notify_revoked(&mut tx, &keys).await?;
+        tx.commit().await?;
+        erasure.streams = Some(shredded);
+        Ok(erasure)
+    }
+
+    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'keys_destroyed', keys_destroyed = $2, keys_destroyed_at = $3 \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(to_i64(count))
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
+        // Again: a process that fetched a key between the shred and the destruction drops it.
+        notify_revoked(&mut tx, keys).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'completed', completed_at = $2, tombstone_position = $3 \
+             WHERE id = $1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(now_us())
+        .bind(tombstone_position.map(to_i64))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError> {
+        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_erasure).transpose()
+    }
+
+    async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_erasures!(),
+            "WHERE status <> 'completed' ORDER BY requested_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_erasure).collect()
+    }
+
+    async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(COMMITS_CHANNEL).await?;
+        listener.listen_all([COMMITS_CHANNEL, REVOKED_CHANNEL]).await?;
         let mut stop = self.stop_listening.subscribe();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = commits.closed() => return,
+                    () = feed.commits.closed() => return,
                     _ = stop.changed() => return,
                     received = listener.recv() => match received {
-                        Ok(note) => {
+                        Ok(note) if note.channel() == COMMITS_CHANNEL => {
                             if let Ok(head) = note.payload().parse::<u64>() {
-                                advance_head(&commits, head);
+                                advance_head(&feed.commits, head);
                             }
                         }
+                        Ok(note) => {
+                            let keys: Vec<KeyId> = note
+                                .payload()
+                                .split(',')
+                                .filter_map(|id| id.parse().ok().map(KeyId))
+                                .collect();
+                            (feed.revoked_keys)(&keys);
+                        }
                         Err(e) => {
-                            // PgListener reconnects on the next recv; readers also poll, so a
-                            // missed notification only delays them.
-                            tracing::warn!(error = %e, "commit notifications interrupted");
+                            // PgListener reconnects on the next recv; readers also poll, and
+                            // reads check stream status, so a missed notification only delays.
+                            tracing::warn!(error = %e, "change notifications interrupted");
                             tokio::time::sleep(LISTEN_RETRY).await;
                         }
                     },
@@ -306,4 +416,18 @@ impl Storage for PostgresStorage {
         let _ = self.stop_listening.send(true);
         self.pool.close().await;
     }
+}
+
+/// Tells every process (at COMMIT) to evict these keys. NOTIFY payloads are limited to 8000
+/// bytes, so the ids go in chunks.
+async fn notify_revoked(tx: &mut sqlx::PgConnection, keys: &[KeyId]) -> Result<(), StorageError> {
+    for chunk in keys.chunks(REVOKED_KEYS_PER_NOTIFY) {
+        let ids: Vec<String> = chunk.iter().map(|k| k.0.to_string()).collect();
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REVOKED_CHANNEL)
+            .bind(ids.join(","))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }

@@ -10,19 +10,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use tokio::sync::watch;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::{
-    AppendReply, AtomicAppend, Storage, StoredEvent, decode_event, decode_existing,
-    decode_stream_info, decode_stream_state, now_us, to_i64, to_u64,
+    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, decode_erasure, decode_event, decode_existing,
+    decode_shredded, decode_stream_info, decode_stream_state, encode_shredded, now_us, target_columns, to_i64, to_u64,
 };
+use crate::erasure::{Erasure, ErasureTarget};
 use crate::error::StorageError;
-use crate::model::{Direction, LogFilter, StreamInfo, StreamName};
+use crate::model::{Direction, LogFilter, StreamInfo, StreamName, SubjectId};
+use lethe_keyvault::KeyId;
 
 /// How long a connection waits for a lock held by another connection (or process).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,14 +83,9 @@ impl Storage for SqliteStorage {
             .iter()
             .flat_map(|a| a.writes.iter().map(|w| w.stream.as_str()))
             .collect();
-        let names_json =
-            serde_json::to_string(&names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let names_json = serde_json::to_string(&names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let mut states: HashMap<String, StreamState> = HashMap::new();
-        for row in sqlx::query(SELECT_STATES)
-            .bind(names_json)
-            .fetch_all(&mut *tx)
-            .await?
-        {
+        for row in sqlx::query(SELECT_STATES).bind(names_json).fetch_all(&mut *tx).await? {
             let (name, state) = decode_stream_state(&row)?;
             states.insert(name, state);
         }
@@ -101,14 +95,9 @@ impl Storage for SqliteStorage {
             .flat_map(|a| a.writes.iter().flat_map(|w| w.events.iter()))
             .map(|e| hex::encode(e.id.as_bytes()))
             .collect();
-        let ids_json =
-            serde_json::to_string(&ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let ids_json = serde_json::to_string(&ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
-        for row in sqlx::query(SELECT_EXISTING)
-            .bind(ids_json)
-            .fetch_all(&mut *tx)
-            .await?
-        {
+        for row in sqlx::query(SELECT_EXISTING).bind(ids_json).fetch_all(&mut *tx).await? {
             let (id, event) = decode_existing(&row)?;
             existing.insert(id, event);
         }
@@ -210,10 +199,7 @@ impl Storage for SqliteStorage {
         let types_json = if filter.types.is_empty() {
             None
         } else {
-            Some(
-                serde_json::to_string(&filter.types)
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
-            )
+            Some(serde_json::to_string(&filter.types).map_err(|e| StorageError::Corrupt(e.to_string()))?)
         };
         let sql = concat!(
             select_events!(),
@@ -231,10 +217,7 @@ impl Storage for SqliteStorage {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let events = rows
-            .iter()
-            .map(decode_event)
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = rows.iter().map(decode_event).collect::<Result<Vec<_>, _>>()?;
         Ok((events, to_u64(head, "head")?))
     }
 
@@ -245,11 +228,139 @@ impl Storage for SqliteStorage {
         to_u64(head, "head")
     }
 
-    async fn watch_foreign_commits(
-        &self,
-        _commits: watch::Sender<u64>,
-    ) -> Result<(), StorageError> {
-        // One process owns the file; its own commits are announced by the store.
+    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
+        let names_json = serde_json::to_string(names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(SELECT_STATES)
+            .bind(names_json)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(decode_stream_state).collect()
+    }
+
+    async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError> {
+        let rows = sqlx::query("SELECT name, subject, status, version FROM streams WHERE subject = ?1 ORDER BY name")
+            .bind(subject.as_str())
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(decode_stream_info).collect()
+    }
+
+    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
+        let (kind, subject, stream) = target_columns(&erasure.target);
+        sqlx::query(
+            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, requested_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(erasure.id)
+        .bind(kind)
+        .bind(subject)
+        .bind(stream)
+        .bind(erasure.status.as_str())
+        .bind(erasure.reason.reason.as_deref())
+        .bind(erasure.reason.requested_by.as_deref())
+        .bind(erasure.reason.reference.as_deref())
+        .bind(erasure.requested_at.timestamp_micros())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
+        // The single writer connection serialises this with every append.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id} not found")))?;
+        let mut erasure = decode_erasure(&row)?;
+        if erasure.streams.is_some() {
+            tx.commit().await?;
+            return Ok(erasure);
+        }
+        let rows = match &erasure.target {
+            ErasureTarget::Subject(subject) => {
+                sqlx::query(
+                    "UPDATE streams SET status = 'erased' WHERE subject = ?1 AND status = 'active' \
+                     RETURNING name, key_id",
+                )
+                .bind(subject.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            ErasureTarget::Stream(stream) => {
+                sqlx::query(
+                    "UPDATE streams SET status = 'deleted' WHERE name = ?1 AND status = 'active' \
+                     RETURNING name, key_id",
+                )
+                .bind(stream.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        let shredded = decode_shredded(&rows)?;
+        let names: Vec<&str> = shredded.iter().map(|s| s.stream.as_str()).collect();
+        let names_json = serde_json::to_string(&names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE events SET payload = NULL WHERE stream IN (SELECT value FROM json_each(?1))")
+            .bind(names_json)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE erasure_requests SET streams = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(encode_shredded(&shredded))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        erasure.streams = Some(shredded);
+        Ok(erasure)
+    }
+
+    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, _keys: &[KeyId]) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'keys_destroyed', keys_destroyed = ?2, keys_destroyed_at = ?3 \
+             WHERE id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(to_i64(count))
+        .bind(now_us())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'completed', completed_at = ?2, tombstone_position = ?3 \
+             WHERE id = ?1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(now_us())
+        .bind(tombstone_position.map(to_i64))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError> {
+        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(decode_erasure).transpose()
+    }
+
+    async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_erasures!(),
+            "WHERE status <> 'completed' ORDER BY requested_at"
+        ))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(decode_erasure).collect()
+    }
+
+    async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {
+        // One process owns the file; its own commits and erasures are handled in-process.
         Ok(())
     }
 

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 
 use futures::future::join_all;
-use lethe::{
-    Direction, Error, EventStore, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName,
-};
+use lethe::{Direction, Error, EventStore, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -18,9 +16,7 @@ pub fn stream(name: &str) -> StreamName {
 }
 
 pub fn events(n: usize, kind: &str) -> Vec<NewEvent> {
-    (0..n)
-        .map(|i| NewEvent::new(kind, json!({ "i": i })))
-        .collect()
+    (0..n).map(|i| NewEvent::new(kind, json!({ "i": i }))).collect()
 }
 
 pub fn append(name: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> StreamAppend {
@@ -31,10 +27,7 @@ async fn all_events(store: &EventStore) -> Vec<lethe::RecordedEvent> {
     let mut out = Vec::new();
     let mut from = 1;
     loop {
-        let page = store
-            .read_log(from, &LogFilter::default(), 1000)
-            .await
-            .unwrap();
+        let page = store.read_log(from, &LogFilter::default(), 1000).await.unwrap();
         if page.events.is_empty() {
             return out;
         }
@@ -59,11 +52,7 @@ backend_tests!(
 async fn same_expected_version_exactly_one_of_32_wins(db: TestDb) {
     let store = db.open().await;
     store
-        .append(append(
-            "race",
-            ExpectedVersion::NoStream,
-            events(1, "created"),
-        ))
+        .append(append("race", ExpectedVersion::NoStream, events(1, "created")))
         .await
         .unwrap();
 
@@ -89,11 +78,7 @@ async fn same_expected_version_exactly_one_of_32_wins(db: TestDb) {
             }
             Err(Error::WrongExpectedVersion { conflicts }) => {
                 assert_eq!(conflicts.len(), 1);
-                assert_eq!(
-                    conflicts[0].current,
-                    Some(1),
-                    "the loser learns the winner's version"
-                );
+                assert_eq!(conflicts[0].current, Some(1), "the loser learns the winner's version");
             }
             Err(other) => panic!("unexpected error {other}"),
         }
@@ -111,11 +96,7 @@ async fn any_appends_all_succeed_with_contiguous_versions(db: TestDb) {
     let store = db.open().await;
     let tasks = (0..32).map(|_| {
         let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .append(append("busy", ExpectedVersion::Any, events(3, "e")))
-                .await
-        })
+        tokio::spawn(async move { store.append(append("busy", ExpectedVersion::Any, events(3, "e"))).await })
     });
     let mut ranges: Vec<(u64, u64)> = join_all(tasks)
         .await
@@ -167,15 +148,9 @@ async fn conflict_reports_current_version_and_appends_nothing(db: TestDb) {
         Err(Error::WrongExpectedVersion { conflicts }) => assert_eq!(conflicts[0].current, None),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(
-        store.head().await.unwrap(),
-        3,
-        "no conflicting append stored anything"
-    );
+    assert_eq!(store.head().await.unwrap(), 3, "no conflicting append stored anything");
     assert!(matches!(
-        store
-            .read_stream(&stream("missing"), 0, Direction::Forward, 10)
-            .await,
+        store.read_stream(&stream("missing"), 0, Direction::Forward, 10).await,
         Err(Error::StreamNotFound { .. })
     ));
 }
@@ -226,9 +201,7 @@ async fn failed_append_does_not_fail_its_group_neighbours(db: TestDb) {
             };
             (
                 i,
-                store
-                    .append(append(&format!("s-{i}"), expected, events(2, kind)))
-                    .await,
+                store.append(append(&format!("s-{i}"), expected, events(2, kind))).await,
             )
         })
     });
@@ -259,10 +232,7 @@ async fn retry_with_same_ids_returns_original_result_and_stores_nothing(db: Test
         .append(append("other", ExpectedVersion::Any, events(1, "e")))
         .await
         .unwrap();
-    let batch: Vec<NewEvent> = events(3, "e")
-        .into_iter()
-        .map(|e| e.with_id(Uuid::new_v4()))
-        .collect();
+    let batch: Vec<NewEvent> = events(3, "e").into_iter().map(|e| e.with_id(Uuid::new_v4())).collect();
     let request = append("s", ExpectedVersion::NoStream, batch.clone());
     let first = store.append_with_outcome(request.clone()).await.unwrap();
     assert!(!first.idempotent_retry);
@@ -319,11 +289,7 @@ async fn reusing_an_event_id_for_other_content_is_an_error(db: TestDb) {
         .append(append("t", ExpectedVersion::Any, vec![original]))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
-        "duplicate_event_id",
-        "same id in another stream"
-    );
+    assert_eq!(err.code(), "duplicate_event_id", "same id in another stream");
     assert_eq!(all_events(&store).await.len(), 1);
 }
 
@@ -332,11 +298,7 @@ async fn acknowledged_appends_survive_reopen(db: TestDb) {
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let r = store
-            .append(append(
-                &format!("s-{}", i % 4),
-                ExpectedVersion::Any,
-                events(2, "e"),
-            ))
+            .append(append(&format!("s-{}", i % 4), ExpectedVersion::Any, events(2, "e")))
             .await
             .unwrap();
         acknowledged.push(r.last_position);
@@ -344,11 +306,7 @@ async fn acknowledged_appends_survive_reopen(db: TestDb) {
     // No close(): as if the process had died after the acknowledgements.
     drop(store);
     let reopened = db.open().await;
-    let stored: BTreeSet<u64> = all_events(&reopened)
-        .await
-        .iter()
-        .map(|e| e.position)
-        .collect();
+    let stored: BTreeSet<u64> = all_events(&reopened).await.iter().map(|e| e.position).collect();
     for p in acknowledged {
         assert!(stored.contains(&p), "acknowledged position {p} survived");
     }
@@ -378,11 +336,7 @@ async fn concurrent_appends_share_transactions(db: TestDb) {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .append(append(
-                    &format!("g-{i}"),
-                    ExpectedVersion::NoStream,
-                    events(1, "e"),
-                ))
+                .append(append(&format!("g-{i}"), ExpectedVersion::NoStream, events(1, "e")))
                 .await
         })
     });

@@ -7,4 +7,5 @@ mod support;
 mod appends;
 mod ordering;
 mod reads;
+mod shredding;
 mod validation;

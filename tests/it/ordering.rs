@@ -39,10 +39,7 @@ async fn tail(store: EventStore, expected: usize, deadline: Duration) -> Vec<u64
     let mut from = 1;
     let start = tokio::time::Instant::now();
     while seen.len() < expected && start.elapsed() < deadline {
-        let page = store
-            .read_log(from, &LogFilter::default(), 100)
-            .await
-            .unwrap();
+        let page = store.read_log(from, &LogFilter::default(), 100).await.unwrap();
         from = page.next;
         if page.events.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -55,10 +52,7 @@ async fn tail(store: EventStore, expected: usize, deadline: Duration) -> Vec<u64
 fn assert_exactly_once_in_order(seen: &[u64], committed: &BTreeSet<u64>) {
     let unique: BTreeSet<u64> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "no event delivered twice");
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "delivered in position order"
-    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "delivered in position order");
     let missing: Vec<_> = committed.difference(&unique).take(10).collect();
     assert!(
         missing.is_empty(),
@@ -72,11 +66,7 @@ async fn tailing_reader_sees_every_commit_once_in_order(db: TestDb) {
     if two_processes {
         slow_inserts(&db, 0).await;
     }
-    let second = if two_processes {
-        db.open().await
-    } else {
-        first.clone()
-    };
+    let second = if two_processes { db.open().await } else { first.clone() };
     const WRITERS: usize = 16;
     const APPENDS: usize = 15;
     let total = 2 * WRITERS * APPENDS;
@@ -94,11 +84,7 @@ async fn tailing_reader_sees_every_commit_once_in_order(db: TestDb) {
                         let kind = if two_processes { "jitter" } else { "e" };
                         let event = NewEvent::new(kind, json!({ "p": p, "w": w, "i": i }));
                         let r = store
-                            .append(append(
-                                &format!("p{p}-w{w}"),
-                                ExpectedVersion::Any,
-                                vec![event],
-                            ))
+                            .append(append(&format!("p{p}-w{w}"), ExpectedVersion::Any, vec![event]))
                             .await
                             .unwrap();
                         positions.push(r.first_position);
@@ -107,11 +93,7 @@ async fn tailing_reader_sees_every_commit_once_in_order(db: TestDb) {
                 })
             })
         });
-    let committed: BTreeSet<u64> = join_all(writers)
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap())
-        .collect();
+    let committed: BTreeSet<u64> = join_all(writers).await.into_iter().flat_map(|r| r.unwrap()).collect();
     assert_eq!(committed.len(), total);
     let seen = reader.await.unwrap();
     assert_exactly_once_in_order(&seen, &committed);
@@ -161,26 +143,17 @@ async fn postgres_slow_commit_is_not_skipped_by_a_reader() {
     let mut from = 1;
     let start = tokio::time::Instant::now();
     while seen.len() < 2 && start.elapsed() < Duration::from_secs(10) {
-        let page = reader
-            .read_log(from, &LogFilter::default(), 10)
-            .await
-            .unwrap();
+        let page = reader.read_log(from, &LogFilter::default(), 10).await.unwrap();
         from = page.next;
         seen.extend(page.events.iter().map(|e| (e.position, e.stream.clone())));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let a = a.await.unwrap().unwrap();
     let b = b.await.unwrap().unwrap();
-    assert!(
-        a.first_position < b.first_position,
-        "positions follow commit order"
-    );
+    assert!(a.first_position < b.first_position, "positions follow commit order");
     assert_eq!(
         seen,
-        vec![
-            (a.first_position, "a".to_owned()),
-            (b.first_position, "b".to_owned())
-        ],
+        vec![(a.first_position, "a".to_owned()), (b.first_position, "b".to_owned())],
         "both delivered, in order"
     );
 }

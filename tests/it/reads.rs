@@ -26,32 +26,19 @@ async fn stream_reads_forward_backward_and_page(db: TestDb) {
         .await
         .unwrap();
     let s = stream("s");
-    let versions =
-        |slice: &lethe::StreamSlice| slice.events.iter().map(|e| e.version).collect::<Vec<_>>();
+    let versions = |slice: &lethe::StreamSlice| slice.events.iter().map(|e| e.version).collect::<Vec<_>>();
 
-    let forward = store
-        .read_stream(&s, 3, Direction::Forward, 4)
-        .await
-        .unwrap();
+    let forward = store.read_stream(&s, 3, Direction::Forward, 4).await.unwrap();
     assert_eq!(versions(&forward), [3, 4, 5, 6]);
     assert_eq!(forward.info.version, Some(9));
     assert_eq!(forward.info.status, StreamStatus::Active);
 
-    let backward = store
-        .read_stream(&s, u64::MAX, Direction::Backward, 3)
-        .await
-        .unwrap();
+    let backward = store.read_stream(&s, u64::MAX, Direction::Backward, 3).await.unwrap();
     assert_eq!(versions(&backward), [9, 8, 7]);
-    let backward = store
-        .read_stream(&s, 2, Direction::Backward, 10)
-        .await
-        .unwrap();
+    let backward = store.read_stream(&s, 2, Direction::Backward, 10).await.unwrap();
     assert_eq!(versions(&backward), [2, 1, 0]);
 
-    let past_end = store
-        .read_stream(&s, 10, Direction::Forward, 10)
-        .await
-        .unwrap();
+    let past_end = store.read_stream(&s, 10, Direction::Forward, 10).await.unwrap();
     assert!(past_end.events.is_empty());
 }
 
@@ -64,8 +51,7 @@ async fn events_keep_everything_they_were_given(db: TestDb) {
         .with_metadata(json!({"correlation": "c-1"}));
     let r = store
         .append(
-            append("user-private-1", ExpectedVersion::NoStream, vec![event])
-                .with_subject(SubjectId::new("1").unwrap()),
+            append("user-private-1", ExpectedVersion::NoStream, vec![event]).with_subject(SubjectId::new("1").unwrap()),
         )
         .await
         .unwrap();
@@ -136,16 +122,10 @@ async fn log_paging_skips_filtered_ranges(db: TestDb) {
         types: vec![],
     };
     let page = store.read_log(1, &filter, 2).await.unwrap();
-    assert_eq!(
-        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
-        [6, 7]
-    );
+    assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), [6, 7]);
     assert_eq!(page.next, 8);
     let page = store.read_log(page.next, &filter, 10).await.unwrap();
-    assert_eq!(
-        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
-        [8, 9, 10]
-    );
+    assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), [8, 9, 10]);
     assert_eq!(page.next, 11, "a short page has read up to the head");
     let empty = store.read_log(11, &filter, 10).await.unwrap();
     assert!(empty.events.is_empty());
@@ -200,10 +180,7 @@ async fn subscription_catches_up_then_goes_live(db: TestDb) {
     }
     writer.await.unwrap();
     assert_eq!(positions[0], 2, "starts at the requested position");
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "in order, no duplicate"
-    );
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate");
     let log = {
         let mut all = Vec::new();
         let mut from = 1;
@@ -223,12 +200,7 @@ async fn subscription_catches_up_then_goes_live(db: TestDb) {
                 break all;
             }
             from = page.next;
-            all.extend(
-                page.events
-                    .into_iter()
-                    .map(|e| e.position)
-                    .filter(|p| *p >= 2),
-            );
+            all.extend(page.events.into_iter().map(|e| e.position).filter(|p| *p >= 2));
         }
     };
     assert_eq!(positions, log, "no gap");

@@ -5,9 +5,10 @@
 //! afterwards; when that variable is unset they are skipped with one notice, and when it is set
 //! a failure to connect fails the test.
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use lethe::{EventStore, StoreConfig};
+use lethe_keyvault::{Kek, KeyVault, OpenOptions};
 use sqlx::Connection;
 
 pub const POSTGRES_URL_VAR: &str = "LETHE_TEST_POSTGRES_URL";
@@ -19,22 +20,26 @@ pub enum Engine {
     Postgres,
 }
 
-/// A fresh, empty event database, removed when dropped.
+/// A fresh, empty event database and key vault (its own database), removed when dropped.
 pub struct TestDb {
     pub engine: Engine,
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
-    postgres: Option<(String, String)>,
+    pub vault_url: String,
+    pub dir: tempfile::TempDir,
+    /// `(admin url, [databases to drop])`.
+    postgres: Option<(String, Vec<String>)>,
 }
 
 impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        let vault_url = format!("sqlite://{}", dir.path().join("keyvault.db").display());
         TestDb {
             engine: Engine::Sqlite,
             url,
-            _dir: Some(dir),
+            vault_url,
+            dir,
             postgres: None,
         }
     }
@@ -47,46 +52,63 @@ impl TestDb {
             return None;
         };
         let name = format!("lethe_t_{}", uuid::Uuid::new_v4().simple());
+        let vault_name = format!("{name}_vault");
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
-            .unwrap_or_else(|e| {
-                panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {e}")
-            });
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        let url = with_database(&admin_url, &name);
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {e}"));
+        for db in [&name, &vault_name] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut admin)
+                .await
+                .expect("create test database");
+        }
         Some(TestDb {
             engine: Engine::Postgres,
-            url,
-            _dir: None,
-            postgres: Some((admin_url, name)),
+            url: with_database(&admin_url, &name),
+            vault_url: with_database(&admin_url, &vault_name),
+            dir: tempfile::tempdir().expect("temp dir"),
+            postgres: Some((admin_url, vec![name, vault_name])),
         })
     }
 
+    /// The test's key vault (in-process, on its own database, KEK in the temp dir).
+    pub async fn vault(&self) -> Arc<dyn KeyVault> {
+        let kek = Kek::load_or_create(self.dir.path().join("kek.key")).expect("KEK");
+        lethe_keyvault::open(
+            &self.vault_url,
+            OpenOptions {
+                kek: Some(kek),
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .expect("open vault")
+    }
+
+    pub async fn config(&self) -> StoreConfig {
+        StoreConfig::new(&self.url, self.vault().await)
+    }
+
     pub async fn open(&self) -> EventStore {
-        EventStore::open(StoreConfig::new(&self.url))
-            .await
-            .expect("open store")
+        self.open_with(self.config().await).await
+    }
+
+    pub async fn open_with(&self, config: StoreConfig) -> EventStore {
+        EventStore::open(config).await.expect("open store")
     }
 
     /// Runs raw SQL against the database (for failure injection and inspection).
     pub async fn execute(&self, sql: &str) {
         match self.engine {
             Engine::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.expect("connect");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
                     .execute(&mut c)
                     .await
                     .expect("sql");
             }
             Engine::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
+                let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
                     .execute(&mut c)
                     .await
@@ -120,24 +142,23 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((admin_url, name)) = self.postgres.take() else {
+        let Some((admin_url, names)) = self.postgres.take() else {
             return;
         };
         // Drop runs outside async context: use a thread with its own small runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await;
+                    for name in names {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut admin)
+                        .await;
+                    }
                 }
             });
         })
@@ -152,9 +173,7 @@ fn with_database(url: &str, database: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{}", &base[..host_end], database);
     if let Some(q) = query {
         out.push('?');

@@ -1,10 +1,7 @@
 //! Bad input gets a distinct, stable error and changes nothing.
 
 use lethe::limits::{APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, EVENT_BYTES_MAX, READ_PAGE_EVENTS_MAX};
-use lethe::{
-    Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId,
-    ValidationError,
-};
+use lethe::{Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId, ValidationError};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -46,10 +43,7 @@ fn stream_names() {
         "system streams can be read"
     );
     assert!(StreamName::parse_readable("$bad name").is_err());
-    assert_eq!(
-        StreamName::new("").unwrap_err().code(),
-        "invalid_stream_name"
-    );
+    assert_eq!(StreamName::new("").unwrap_err().code(), "invalid_stream_name");
 }
 
 #[test]
@@ -78,11 +72,7 @@ async fn invalid_appends_are_refused_and_change_nothing(db: TestDb) {
         ),
         (
             "empty type",
-            vec![append(
-                "s",
-                ExpectedVersion::Any,
-                vec![NewEvent::new("", json!({}))],
-            )],
+            vec![append("s", ExpectedVersion::Any, vec![NewEvent::new("", json!({}))])],
             "invalid_request",
         ),
         (
@@ -105,11 +95,7 @@ async fn invalid_appends_are_refused_and_change_nothing(db: TestDb) {
         ),
         (
             "too many events",
-            vec![append(
-                "s",
-                ExpectedVersion::Any,
-                events(APPEND_EVENTS_MAX + 1, "e"),
-            )],
+            vec![append("s", ExpectedVersion::Any, events(APPEND_EVENTS_MAX + 1, "e"))],
             "invalid_request",
         ),
         (
@@ -123,9 +109,7 @@ async fn invalid_appends_are_refused_and_change_nothing(db: TestDb) {
                 "s",
                 ExpectedVersion::Any,
                 (0..6)
-                    .map(|_| {
-                        NewEvent::new("e", json!({ "blob": "x".repeat(EVENT_BYTES_MAX - 100) }))
-                    })
+                    .map(|_| NewEvent::new("e", json!({ "blob": "x".repeat(EVENT_BYTES_MAX - 100) })))
                     .collect(),
             )],
             "payload_too_large",
@@ -165,10 +149,7 @@ async fn invalid_appends_are_refused_and_change_nothing(db: TestDb) {
     assert_eq!(store.head().await.unwrap(), 0, "nothing was stored");
 
     for limit in [0, READ_PAGE_EVENTS_MAX + 1] {
-        let err = store
-            .read_log(1, &LogFilter::default(), limit)
-            .await
-            .unwrap_err();
+        let err = store.read_log(1, &LogFilter::default(), limit).await.unwrap_err();
         assert_eq!(err.code(), "invalid_request");
         let err = store
             .read_stream(&stream("s"), 0, Direction::Forward, limit)

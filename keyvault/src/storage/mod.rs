@@ -117,11 +117,7 @@ pub(crate) trait Storage: Send + Sync + 'static {
     async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError>;
     /// One transaction: for each row, insert it unless its stream has a key; rows whose stream
     /// has a live key bound to another subject, or a destroyed key, fail the whole batch.
-    async fn create_keys(
-        &self,
-        rows: &[NewRow<'_>],
-        kek_version: u32,
-    ) -> Result<CreateResult, VaultError>;
+    async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError>;
     async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<Stored>, VaultError>;
     /// Deletes the key material of every live key of `subject`, leaving tombstones.
     async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError>;
@@ -131,11 +127,7 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// (live, destroyed)
     async fn counts(&self) -> Result<(u64, u64), VaultError>;
     /// Up to `limit` live keys not yet wrapped with `target`.
-    async fn rotation_batch(
-        &self,
-        target: u32,
-        limit: usize,
-    ) -> Result<Vec<MaterialRow>, VaultError>;
+    async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError>;
     /// One transaction; a row is updated only if still live and still at `from_version`.
     async fn rewrap(&self, batch: &[Rewrap]) -> Result<u64, VaultError>;
     /// One transaction: retire the active version and activate `target`, but only if no live

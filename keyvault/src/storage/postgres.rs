@@ -16,17 +16,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    CreateResult, Created, KekState, KekVersionRow, MaterialRow, NewRow, Rewrap, Storage, Stored,
-    WrappedKey, check_existing, count_from_db, version_from_db,
+    CreateResult, Created, KekState, KekVersionRow, MaterialRow, NewRow, Rewrap, Storage, Stored, WrappedKey,
+    check_existing, count_from_db, version_from_db,
 };
 use crate::error::VaultError;
 use crate::keys::KeyId;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "vault",
-    include_str!("../../migrations/postgres/0001_vault.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "vault", include_str!("../../migrations/postgres/0001_vault.sql"))];
 const POOL_CONNECTIONS_MAX: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,10 +67,9 @@ fn wrapped(row: &sqlx::postgres::PgRow) -> Result<Option<WrappedKey>, VaultError
 #[async_trait]
 impl Storage for PgStorage {
     async fn kek_versions(&self) -> Result<Vec<KekVersionRow>, VaultError> {
-        let rows =
-            sqlx::query("SELECT version, check_value, state FROM kek_versions ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT version, check_value, state FROM kek_versions ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(KekVersionRow {
@@ -106,10 +101,9 @@ impl Storage for PgStorage {
         sqlx::query("LOCK TABLE kek_versions IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
-        let pending =
-            sqlx::query("SELECT version, check_value FROM kek_versions WHERE state = 'pending'")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let pending = sqlx::query("SELECT version, check_value FROM kek_versions WHERE state = 'pending'")
+            .fetch_optional(&mut *tx)
+            .await?;
         let row = match pending {
             Some(r) => KekVersionRow {
                 version: version_from_db(i64::from(r.try_get::<i32, _>("version")?))?,
@@ -117,17 +111,14 @@ impl Storage for PgStorage {
                 state: KekState::Pending,
             },
             None => {
-                let next: i32 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                sqlx::query(
-                    "INSERT INTO kek_versions (version, check_value, state) VALUES ($1, $2, 'pending')",
-                )
-                .bind(next)
-                .bind(check_value)
-                .execute(&mut *tx)
-                .await?;
+                let next: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO kek_versions (version, check_value, state) VALUES ($1, $2, 'pending')")
+                    .bind(next)
+                    .bind(check_value)
+                    .execute(&mut *tx)
+                    .await?;
                 KekVersionRow {
                     version: version_from_db(i64::from(next))?,
                     check_value: check_value.to_vec(),
@@ -139,17 +130,12 @@ impl Storage for PgStorage {
         Ok(row)
     }
 
-    async fn create_keys(
-        &self,
-        rows: &[NewRow<'_>],
-        kek_version: u32,
-    ) -> Result<CreateResult, VaultError> {
+    async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM kek_versions WHERE version = $1 FOR SHARE")
-                .bind(version_to_db(kek_version)?)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM kek_versions WHERE version = $1 FOR SHARE")
+            .bind(version_to_db(kek_version)?)
+            .fetch_optional(&mut *tx)
+            .await?;
         if !matches!(state.as_deref(), Some("active" | "pending")) {
             return Ok(CreateResult::KekVersionRetired);
         }
@@ -168,14 +154,12 @@ impl Storage for PgStorage {
             .await?
             .rows_affected();
             if inserted == 1 {
-                sqlx::query(
-                    "INSERT INTO vault_key_material (id, kek_version, wrapped) VALUES ($1, $2, $3)",
-                )
-                .bind(row.id.0)
-                .bind(version_to_db(row.wrapped.kek_version)?)
-                .bind(&row.wrapped.wrapped)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("INSERT INTO vault_key_material (id, kek_version, wrapped) VALUES ($1, $2, $3)")
+                    .bind(row.id.0)
+                    .bind(version_to_db(row.wrapped.kek_version)?)
+                    .bind(&row.wrapped.wrapped)
+                    .execute(&mut *tx)
+                    .await?;
                 out.push(Created::Inserted(row.id));
                 continue;
             }
@@ -191,8 +175,8 @@ impl Storage for PgStorage {
             // Returning early drops `tx`, which rolls the whole batch back.
             check_existing(row.stream, row.subject, subject.as_deref(), destroyed)?;
             let id = key_id(&e, "id")?;
-            let material = wrapped(&e)?
-                .ok_or_else(|| VaultError::Corrupt(format!("live key {id} has no key material")))?;
+            let material =
+                wrapped(&e)?.ok_or_else(|| VaultError::Corrupt(format!("live key {id} has no key material")))?;
             out.push(Created::Existing(id, material));
         }
         tx.commit().await?;
@@ -217,9 +201,7 @@ impl Storage for PgStorage {
                 (true, _) => Stored::Destroyed,
                 (false, Some(w)) => Stored::Live(w),
                 (false, None) => {
-                    return Err(VaultError::Corrupt(format!(
-                        "live key {id} has no key material"
-                    )));
+                    return Err(VaultError::Corrupt(format!("live key {id} has no key material")));
                 }
             };
             found.insert(id, stored);
@@ -282,9 +264,7 @@ impl Storage for PgStorage {
     async fn purge(&self) -> Result<(), VaultError> {
         // VACUUM cannot run inside a transaction block; raw_sql sends it as a simple query on a
         // pooled connection outside any transaction.
-        sqlx::raw_sql("VACUUM vault_key_material")
-            .execute(&self.pool)
-            .await?;
+        sqlx::raw_sql("VACUUM vault_key_material").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -301,11 +281,7 @@ impl Storage for PgStorage {
         ))
     }
 
-    async fn rotation_batch(
-        &self,
-        target: u32,
-        limit: usize,
-    ) -> Result<Vec<MaterialRow>, VaultError> {
+    async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError> {
         let rows = sqlx::query(
             "SELECT id, kek_version, wrapped FROM vault_key_material \
              WHERE kek_version <> $1 ORDER BY id LIMIT $2",
@@ -317,8 +293,7 @@ impl Storage for PgStorage {
         rows.iter()
             .map(|r| {
                 let id = key_id(r, "id")?;
-                let key = wrapped(r)?
-                    .ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
+                let key = wrapped(r)?.ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
                 Ok(MaterialRow { id, key })
             })
             .collect()
@@ -351,17 +326,14 @@ impl Storage for PgStorage {
         sqlx::query("UPDATE kek_versions SET state = 'retired' WHERE state = 'active'")
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE kek_versions SET state = 'active' WHERE version = $1 AND state = 'pending'",
-        )
-        .bind(version_to_db(target)?)
-        .execute(&mut *tx)
-        .await?;
-        let remaining: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM vault_key_material WHERE kek_version <> $1")
-                .bind(version_to_db(target)?)
-                .fetch_one(&mut *tx)
-                .await?;
+        sqlx::query("UPDATE kek_versions SET state = 'active' WHERE version = $1 AND state = 'pending'")
+            .bind(version_to_db(target)?)
+            .execute(&mut *tx)
+            .await?;
+        let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM vault_key_material WHERE kek_version <> $1")
+            .bind(version_to_db(target)?)
+            .fetch_one(&mut *tx)
+            .await?;
         if remaining > 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -371,13 +343,10 @@ impl Storage for PgStorage {
     }
 
     async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError> {
-        let rows: Vec<i32> =
-            sqlx::query_scalar("SELECT DISTINCT kek_version FROM vault_key_material ORDER BY 1")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|v| version_from_db(i64::from(v)))
-            .collect()
+        let rows: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT kek_version FROM vault_key_material ORDER BY 1")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(|v| version_from_db(i64::from(v))).collect()
     }
 
     async fn health(&self) -> Result<(), VaultError> {

@@ -9,24 +9,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::{
-    CreateResult, Created, KekState, KekVersionRow, MaterialRow, NewRow, Rewrap, Storage, Stored,
-    WrappedKey, check_existing, count_from_db, version_from_db,
+    CreateResult, Created, KekState, KekVersionRow, MaterialRow, NewRow, Rewrap, Storage, Stored, WrappedKey,
+    check_existing, count_from_db, version_from_db,
 };
 use crate::error::VaultError;
 use crate::keys::KeyId;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "vault",
-    include_str!("../../migrations/sqlite/0001_vault.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "vault", include_str!("../../migrations/sqlite/0001_vault.sql"))];
 /// SQLite's default limit on bound parameters is 32766; stay far below it.
 const FETCH_CHUNK: usize = 500;
 const POOL_CONNECTIONS_MAX: u32 = 8;
@@ -86,10 +80,9 @@ fn wrapped(row: &sqlx::sqlite::SqliteRow) -> Result<Option<WrappedKey>, VaultErr
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn kek_versions(&self) -> Result<Vec<KekVersionRow>, VaultError> {
-        let rows =
-            sqlx::query("SELECT version, check_value, state FROM kek_versions ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT version, check_value, state FROM kek_versions ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(KekVersionRow {
@@ -114,10 +107,9 @@ impl Storage for SqliteStorage {
 
     async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError> {
         let mut tx = self.begin_write().await?;
-        let pending =
-            sqlx::query("SELECT version, check_value FROM kek_versions WHERE state = 'pending'")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let pending = sqlx::query("SELECT version, check_value FROM kek_versions WHERE state = 'pending'")
+            .fetch_optional(&mut *tx)
+            .await?;
         let row = match pending {
             Some(r) => KekVersionRow {
                 version: version_from_db(r.try_get("version")?)?,
@@ -125,10 +117,9 @@ impl Storage for SqliteStorage {
                 state: KekState::Pending,
             },
             None => {
-                let next: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
+                    .fetch_one(&mut *tx)
+                    .await?;
                 sqlx::query("INSERT INTO kek_versions (version, check_value, state) VALUES (?, ?, 'pending')")
                     .bind(next)
                     .bind(check_value)
@@ -145,17 +136,12 @@ impl Storage for SqliteStorage {
         Ok(row)
     }
 
-    async fn create_keys(
-        &self,
-        rows: &[NewRow<'_>],
-        kek_version: u32,
-    ) -> Result<CreateResult, VaultError> {
+    async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError> {
         let mut tx = self.begin_write().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM kek_versions WHERE version = ?")
-                .bind(i64::from(kek_version))
-                .fetch_optional(&mut *tx)
-                .await?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM kek_versions WHERE version = ?")
+            .bind(i64::from(kek_version))
+            .fetch_optional(&mut *tx)
+            .await?;
         if !matches!(state.as_deref(), Some("active" | "pending")) {
             return Ok(CreateResult::KekVersionRetired);
         }
@@ -174,9 +160,8 @@ impl Storage for SqliteStorage {
                 // Returning early drops `tx`, which rolls the whole batch back.
                 check_existing(row.stream, row.subject, subject.as_deref(), destroyed)?;
                 let id = key_id(&e, "id")?;
-                let material = wrapped(&e)?.ok_or_else(|| {
-                    VaultError::Corrupt(format!("live key {id} has no key material"))
-                })?;
+                let material =
+                    wrapped(&e)?.ok_or_else(|| VaultError::Corrupt(format!("live key {id} has no key material")))?;
                 out.push(Created::Existing(id, material));
                 continue;
             }
@@ -186,14 +171,12 @@ impl Storage for SqliteStorage {
                 .bind(row.subject)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO vault_key_material (id, kek_version, wrapped) VALUES (?, ?, ?)",
-            )
-            .bind(row.id.0)
-            .bind(i64::from(row.wrapped.kek_version))
-            .bind(&row.wrapped.wrapped)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO vault_key_material (id, kek_version, wrapped) VALUES (?, ?, ?)")
+                .bind(row.id.0)
+                .bind(i64::from(row.wrapped.kek_version))
+                .bind(&row.wrapped.wrapped)
+                .execute(&mut *tx)
+                .await?;
             out.push(Created::Inserted(row.id));
         }
         tx.commit().await?;
@@ -221,9 +204,7 @@ impl Storage for SqliteStorage {
                     (true, _) => Stored::Destroyed,
                     (false, Some(w)) => Stored::Live(w),
                     (false, None) => {
-                        return Err(VaultError::Corrupt(format!(
-                            "live key {id} has no key material"
-                        )));
+                        return Err(VaultError::Corrupt(format!("live key {id} has no key material")));
                     }
                 };
                 found.insert(id, stored);
@@ -241,16 +222,11 @@ impl Storage for SqliteStorage {
 
     async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError> {
         let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(
-            "SELECT id FROM vault_keys WHERE subject = ? AND destroyed_at IS NULL ORDER BY stream",
-        )
-        .bind(subject)
-        .fetch_all(&mut *tx)
-        .await?;
-        let ids = rows
-            .iter()
-            .map(|r| key_id(r, "id"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query("SELECT id FROM vault_keys WHERE subject = ? AND destroyed_at IS NULL ORDER BY stream")
+            .bind(subject)
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids = rows.iter().map(|r| key_id(r, "id")).collect::<Result<Vec<_>, _>>()?;
         sqlx::query(
             "DELETE FROM vault_key_material WHERE id IN \
              (SELECT id FROM vault_keys WHERE subject = ? AND destroyed_at IS NULL)",
@@ -270,11 +246,10 @@ impl Storage for SqliteStorage {
 
     async fn destroy_stream(&self, stream: &str) -> Result<Option<KeyId>, VaultError> {
         let mut tx = self.begin_write().await?;
-        let row =
-            sqlx::query("SELECT id FROM vault_keys WHERE stream = ? AND destroyed_at IS NULL")
-                .bind(stream)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row = sqlx::query("SELECT id FROM vault_keys WHERE stream = ? AND destroyed_at IS NULL")
+            .bind(stream)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -325,11 +300,7 @@ impl Storage for SqliteStorage {
         ))
     }
 
-    async fn rotation_batch(
-        &self,
-        target: u32,
-        limit: usize,
-    ) -> Result<Vec<MaterialRow>, VaultError> {
+    async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError> {
         let rows = sqlx::query(
             "SELECT id, kek_version, wrapped FROM vault_key_material WHERE kek_version <> ? ORDER BY id LIMIT ?",
         )
@@ -340,8 +311,7 @@ impl Storage for SqliteStorage {
         rows.iter()
             .map(|r| {
                 let id = key_id(r, "id")?;
-                let key = wrapped(r)?
-                    .ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
+                let key = wrapped(r)?.ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
                 Ok(MaterialRow { id, key })
             })
             .collect()
@@ -368,32 +338,28 @@ impl Storage for SqliteStorage {
 
     async fn finish_rotation(&self, target: u32) -> Result<bool, VaultError> {
         let mut tx = self.begin_write().await?;
-        let remaining: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM vault_key_material WHERE kek_version <> ?")
-                .bind(i64::from(target))
-                .fetch_one(&mut *tx)
-                .await?;
+        let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM vault_key_material WHERE kek_version <> ?")
+            .bind(i64::from(target))
+            .fetch_one(&mut *tx)
+            .await?;
         if remaining > 0 {
             return Ok(false);
         }
         sqlx::query("UPDATE kek_versions SET state = 'retired' WHERE state = 'active'")
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE kek_versions SET state = 'active' WHERE version = ? AND state = 'pending'",
-        )
-        .bind(i64::from(target))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE kek_versions SET state = 'active' WHERE version = ? AND state = 'pending'")
+            .bind(i64::from(target))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError> {
-        let rows: Vec<i64> =
-            sqlx::query_scalar("SELECT DISTINCT kek_version FROM vault_key_material ORDER BY 1")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT kek_version FROM vault_key_material ORDER BY 1")
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(version_from_db).collect()
     }
 

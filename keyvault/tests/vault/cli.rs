@@ -16,11 +16,7 @@ async fn generate_kek_then_rotate_kek_from_the_command_line() {
                 .unwrap_or_else(|e| panic!("{e:#}"));
         }
         // Never overwrites an existing KEK.
-        assert!(
-            run(KeyvaultCommand::GenerateKek { path: old.clone() })
-                .await
-                .is_err()
-        );
+        assert!(run(KeyvaultCommand::GenerateKek { path: old.clone() }).await.is_err());
 
         let load = |p: &std::path::Path| Kek::from_file(p).unwrap_or_else(|e| panic!("{e}"));
         let (ids, bytes): (Vec<KeyId>, Vec<Vec<u8>>) = {

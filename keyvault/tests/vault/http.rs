@@ -77,22 +77,15 @@ async fn http_client_speaks_the_whole_trait(db: TestDb) {
     let remote = server.client(TOKEN).await;
     ok(remote.health()).await;
 
-    let created =
-        ok(remote.create_keys(&[nk("user-private-9", Some("9")), nk("user-public-9", None)])).await;
+    let created = ok(remote.create_keys(&[nk("user-private-9", Some("9")), nk("user-public-9", None)])).await;
     // The same keys as the in-process vault behind the server holds.
     let ids: Vec<KeyId> = created.iter().map(|(id, _)| *id).collect();
     let local = ok(server.local.fetch_keys(&ids)).await;
-    assert_eq!(
-        live(&local[0].1).expose_secret(),
-        created[0].1.expose_secret()
-    );
+    assert_eq!(live(&local[0].1).expose_secret(), created[0].1.expose_secret());
     let again = ok(remote.create_keys(&[nk("user-private-9", Some("9"))])).await;
     assert_eq!(again[0].0, created[0].0);
 
-    match remote
-        .create_keys(&[nk("user-private-9", Some("other"))])
-        .await
-    {
+    match remote.create_keys(&[nk("user-private-9", Some("other"))]).await {
         Err(VaultError::SubjectMismatch { stream }) => assert_eq!(stream, "user-private-9"),
         other => panic!("expected SubjectMismatch, got {:?}", other.map(|v| v.len())),
     }
@@ -101,10 +94,7 @@ async fn http_client_speaks_the_whole_trait(db: TestDb) {
         Err(VaultError::InvalidInput(_))
     ));
 
-    assert_eq!(
-        ok(remote.destroy_subject_keys("9")).await,
-        vec![created[0].0]
-    );
+    assert_eq!(ok(remote.destroy_subject_keys("9")).await, vec![created[0].0]);
     assert!(ok(remote.destroy_subject_keys("9")).await.is_empty());
     match remote.create_keys(&[nk("user-private-9", Some("9"))]).await {
         Err(VaultError::KeyDestroyed { stream }) => assert_eq!(stream, "user-private-9"),
@@ -112,23 +102,14 @@ async fn http_client_speaks_the_whole_trait(db: TestDb) {
     }
     let unknown = KeyId(uuid::Uuid::new_v4());
     let found = ok(remote.fetch_keys(&[created[1].0, created[0].0, unknown])).await;
-    assert_eq!(
-        live(&found[0].1).expose_secret(),
-        created[1].1.expose_secret()
-    );
+    assert_eq!(live(&found[0].1).expose_secret(), created[1].1.expose_secret());
     assert!(matches!(found[1].1, KeyLookup::Destroyed));
     assert!(matches!(found[2].1, KeyLookup::NotFound));
 
-    assert_eq!(
-        ok(remote.destroy_stream_key("user-public-9")).await,
-        Some(created[1].0)
-    );
+    assert_eq!(ok(remote.destroy_stream_key("user-public-9")).await, Some(created[1].0));
     assert_eq!(ok(remote.destroy_stream_key("user-public-9")).await, None);
     let stats = ok(remote.stats()).await;
-    assert_eq!(
-        (stats.live_keys, stats.destroyed_keys, stats.kek_version),
-        (0, 2, 1)
-    );
+    assert_eq!((stats.live_keys, stats.destroyed_keys, stats.kek_version), (0, 2, 1));
     server.stop().await;
 }
 
@@ -152,17 +133,13 @@ async fn bad_or_missing_token_gets_401_and_changes_nothing(db: TestDb) {
         let resp = req.send().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resp.status(), 401, "{auth:?}");
         assert_eq!(
-            resp.headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
             Some("application/problem+json")
         );
         let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body["code"], "unauthorized");
         assert_eq!(body["status"], 401);
-        assert!(
-            body["type"].is_string() && body["title"].is_string() && body["detail"].is_string()
-        );
+        assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
     }
     // The wrong-token client maps 401 back to Unauthorized, for every operation.
     let bad = server.client("wrong-token-0123456789abcdef").await;
@@ -178,10 +155,7 @@ async fn bad_or_missing_token_gets_401_and_changes_nothing(db: TestDb) {
 
     // Nothing was destroyed.
     let found = ok(server.local.fetch_keys(&[created[0].0])).await;
-    assert_eq!(
-        live(&found[0].1).expose_secret(),
-        created[0].1.expose_secret()
-    );
+    assert_eq!(live(&found[0].1).expose_secret(), created[0].1.expose_secret());
     // /healthz is open and reveals nothing else.
     let health = http
         .get(format!("{}/healthz", server.url()))
@@ -206,9 +180,7 @@ async fn malformed_requests_get_4xx_problem_json(db: TestDb) {
         req.send()
     };
     let json_ct = Some("application/json");
-    let too_many: Vec<String> = (0..1001)
-        .map(|_| uuid::Uuid::new_v4().to_string())
-        .collect();
+    let too_many: Vec<String> = (0..1001).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     // (path, body, content type, expected status, expected code)
     type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -281,9 +253,7 @@ async fn malformed_requests_get_4xx_problem_json(db: TestDb) {
         let resp = post(path, body, ct).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resp.status().as_u16(), status, "{path} {code}");
         assert_eq!(
-            resp.headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
             Some("application/problem+json"),
             "{path} {code}"
         );

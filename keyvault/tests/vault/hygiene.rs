@@ -17,11 +17,7 @@ fn renderings(bytes: &[u8]) -> Vec<String> {
         String::from_utf8_lossy(bytes).into_owned(),
         format!("{bytes:?}"),
         // Comma-separated decimal, as a derived Debug of an array would print it.
-        bytes
-            .iter()
-            .map(u8::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        bytes.iter().map(u8::to_string).collect::<Vec<_>>().join(", "),
     ]
 }
 
@@ -69,10 +65,7 @@ async fn debug_output_never_contains_key_bytes() {
         let dek = created[0].1.expose_secret().to_vec();
         let ids: Vec<_> = created.iter().map(|(id, _)| *id).collect();
         let fetched = ok(lethe_keyvault::KeyVault::fetch_keys(&vault, &ids)).await;
-        let wrapped = db
-            .wrapped_bytes(ids[0])
-            .await
-            .unwrap_or_else(|| panic!("no material"));
+        let wrapped = db.wrapped_bytes(ids[0]).await.unwrap_or_else(|| panic!("no material"));
         let secrets: Vec<&[u8]> = vec![&kek_bytes, &dek, &wrapped];
 
         assert_clean("Dek", &format!("{:?}", created[0].1), &secrets);
@@ -112,8 +105,7 @@ async fn debug_output_never_contains_key_bytes() {
             assert_clean("VaultError", &format!("{e:?} {e}"), &secrets);
         }
 
-        let http = HttpVault::new("http://127.0.0.1:1", "tok-SECRET-0123456789")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let http = HttpVault::new("http://127.0.0.1:1", "tok-SECRET-0123456789").unwrap_or_else(|e| panic!("{e}"));
         let text = format!("{http:?}");
         assert!(!text.contains("tok-SECRET"), "{text}");
 

@@ -13,10 +13,7 @@ use crate::support::{Engine, nk, ok, run_on};
 /// Python with `cryptography` available? In CI its absence is a failure, locally a skip.
 fn python_ready() -> bool {
     let ready = Command::new("python3")
-        .args([
-            "-c",
-            "from cryptography.hazmat.primitives.ciphers.aead import AESGCM",
-        ])
+        .args(["-c", "from cryptography.hazmat.primitives.ciphers.aead import AESGCM"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -24,9 +21,7 @@ fn python_ready() -> bool {
         if std::env::var_os("CI").is_some() {
             panic!("python3 with the `cryptography` package is required in CI");
         }
-        crate::support::notice(
-            "independent format check skipped: python3 with `cryptography` not available",
-        );
+        crate::support::notice("independent format check skipped: python3 with `cryptography` not available");
     }
     ready
 }
@@ -38,9 +33,7 @@ async fn python_unwraps_a_stored_dek_and_decrypts_an_event_from_security_md() {
     }
     run_on(Engine::Sqlite, |db| async move {
         let kek_path = db.dir.path().join("kek.key");
-        let kek_bytes = *Kek::generate()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .expose_secret();
+        let kek_bytes = *Kek::generate().unwrap_or_else(|e| panic!("{e}")).expose_secret();
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -53,16 +46,11 @@ async fn python_unwraps_a_stored_dek_and_decrypts_an_event_from_security_md() {
         let vault = db
             .open(Kek::from_file(&kek_path).unwrap_or_else(|e| panic!("{e}")))
             .await;
-        let created =
-            ok(vault.create_keys(&[nk("user-private-456", Some("456")), nk("other", None)])).await;
+        let created = ok(vault.create_keys(&[nk("user-private-456", Some("456")), nk("other", None)])).await;
         let (id, dek) = &created[0];
         let event_id = uuid::Uuid::new_v4();
         let plaintext = br#"{"name":"Ada","address":"1 Analytical St"}"#;
-        let sealed = envelope::seal(
-            dek,
-            &envelope::event_aad("user-private-456", &event_id),
-            plaintext,
-        );
+        let sealed = envelope::seal(dek, &envelope::event_aad("user-private-456", &event_id), plaintext);
         drop(vault);
 
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_unwrap.py");
@@ -83,8 +71,7 @@ async fn python_unwraps_a_stored_dek_and_decrypts_an_event_from_security_md() {
             "python failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let answer: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer["dek_hex"], hex::encode(dek.expose_secret()));
         assert_eq!(answer["plaintext_hex"], hex::encode(plaintext));
 

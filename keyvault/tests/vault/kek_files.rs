@@ -8,8 +8,7 @@ use lethe_keyvault::{Kek, KekError};
 fn write_file(path: &std::path::Path, bytes: &[u8], mode: u32) {
     let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{e}"));
     f.write_all(bytes).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -22,10 +21,7 @@ fn kek_file_with_group_or_other_access_is_refused() {
             matches!(Kek::from_file(&path), Err(KekError::Permissions { .. })),
             "mode {mode:o} must be refused"
         );
-        assert!(
-            Kek::load_or_create(&path).is_err(),
-            "load_or_create must refuse too"
-        );
+        assert!(Kek::load_or_create(&path).is_err(), "load_or_create must refuse too");
     }
     write_file(&path, &[1u8; 32], 0o600);
     assert!(Kek::from_file(&path).is_ok());
@@ -62,12 +58,7 @@ fn load_or_create_makes_a_0600_file_once() {
     assert_eq!(created.expose_secret(), loaded.expose_secret());
     assert_ne!(created.expose_secret(), &[0u8; 32]);
     // No temporary files left behind.
-    assert_eq!(
-        std::fs::read_dir(dir.path())
-            .map(|d| d.count())
-            .unwrap_or(0),
-        1
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0), 1);
 }
 
 #[test]
@@ -87,10 +78,7 @@ fn kek_from_base64_env() {
     ));
     let junk = "LETHE_TEST_KEK_B64_JUNK";
     unsafe { std::env::set_var(junk, "not base64!") };
-    assert!(matches!(
-        Kek::from_base64_env(junk),
-        Err(KekError::EnvNotBase64 { .. })
-    ));
+    assert!(matches!(Kek::from_base64_env(junk), Err(KekError::EnvNotBase64 { .. })));
     assert!(matches!(
         Kek::from_base64_env("LETHE_TEST_KEK_B64_UNSET"),
         Err(KekError::EnvMissing { .. })

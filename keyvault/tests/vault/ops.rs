@@ -31,8 +31,7 @@ async fn create_is_idempotent_per_stream(db: TestDb) {
     assert_ne!(first[0].1.expose_secret(), first[1].1.expose_secret());
 
     // Order follows the input, and a repeat returns the same ids and key bytes.
-    let again =
-        ok(vault.create_keys(&[nk("user-public-1", None), nk("user-private-1", Some("1"))])).await;
+    let again = ok(vault.create_keys(&[nk("user-public-1", None), nk("user-private-1", Some("1"))])).await;
     assert_eq!(again[0].0, first[1].0);
     assert_eq!(again[1].0, first[0].0);
     assert_eq!(again[0].1.expose_secret(), first[1].1.expose_secret());
@@ -54,11 +53,7 @@ async fn create_is_idempotent_per_stream(db: TestDb) {
 async fn create_rejects_subject_mismatch_atomically(db: TestDb) {
     let vault = db.open(kek(1)).await;
     ok(vault.create_keys(&[nk("bound", Some("s1")), nk("public", None)])).await;
-    for (stream, subject) in [
-        ("bound", Some("s2")),
-        ("bound", None),
-        ("public", Some("s1")),
-    ] {
+    for (stream, subject) in [("bound", Some("s2")), ("bound", None), ("public", Some("s1"))] {
         // A new stream in the same batch must not be created either.
         let err = vault
             .create_keys(&[nk("fresh", Some("s1")), nk(stream, subject)])
@@ -87,16 +82,10 @@ async fn fetch_answers_live_destroyed_and_not_found(db: TestDb) {
         found.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         vec![b, a, unknown, b]
     );
-    assert_eq!(
-        live(&found[0].1).expose_secret(),
-        created[1].1.expose_secret()
-    );
+    assert_eq!(live(&found[0].1).expose_secret(), created[1].1.expose_secret());
     assert!(matches!(found[1].1, KeyLookup::Destroyed));
     assert!(matches!(found[2].1, KeyLookup::NotFound));
-    assert_eq!(
-        live(&found[3].1).expose_secret(),
-        created[1].1.expose_secret()
-    );
+    assert_eq!(live(&found[3].1).expose_secret(), created[1].1.expose_secret());
     assert!(ok(vault.fetch_keys(&[])).await.is_empty());
 }
 
@@ -118,24 +107,14 @@ async fn destroy_subject_is_final_and_idempotent(db: TestDb) {
         ok(vault.destroy_subject_keys("1")).await.is_empty(),
         "a repeat destroys nothing"
     );
-    assert!(
-        ok(vault.destroy_subject_keys("never-seen"))
-            .await
-            .is_empty()
-    );
+    assert!(ok(vault.destroy_subject_keys("never-seen")).await.is_empty());
 
     let ids: Vec<KeyId> = created.iter().map(|(id, _)| *id).collect();
     let found = ok(vault.fetch_keys(&ids)).await;
     assert!(matches!(found[0].1, KeyLookup::Destroyed));
     assert!(matches!(found[1].1, KeyLookup::Destroyed));
-    assert_eq!(
-        live(&found[2].1).expose_secret(),
-        created[2].1.expose_secret()
-    );
-    assert_eq!(
-        live(&found[3].1).expose_secret(),
-        created[3].1.expose_secret()
-    );
+    assert_eq!(live(&found[2].1).expose_secret(), created[2].1.expose_secret());
+    assert_eq!(live(&found[3].1).expose_secret(), created[3].1.expose_secret());
 
     // A destroyed stream never gets a key again, whatever the subject.
     for subject in [Some("1"), None, Some("3")] {
@@ -151,10 +130,7 @@ async fn destroy_subject_is_final_and_idempotent(db: TestDb) {
 async fn destroy_stream_is_final_and_idempotent(db: TestDb) {
     let vault = db.open(kek(1)).await;
     let created = ok(vault.create_keys(&[nk("s-1", Some("x")), nk("s-2", Some("x"))])).await;
-    assert_eq!(
-        ok(vault.destroy_stream_key("s-1")).await,
-        Some(created[0].0)
-    );
+    assert_eq!(ok(vault.destroy_stream_key("s-1")).await, Some(created[0].0));
     assert_eq!(ok(vault.destroy_stream_key("s-1")).await, None);
     assert_eq!(ok(vault.destroy_stream_key("no-such-stream")).await, None);
     assert!(matches!(
@@ -162,10 +138,7 @@ async fn destroy_stream_is_final_and_idempotent(db: TestDb) {
         Err(VaultError::KeyDestroyed { .. })
     ));
     // The subject's other stream is untouched; destroying the subject then takes only it.
-    assert_eq!(
-        ok(vault.destroy_subject_keys("x")).await,
-        vec![created[1].0]
-    );
+    assert_eq!(ok(vault.destroy_subject_keys("x")).await, vec![created[1].0]);
 }
 
 async fn bad_input_is_rejected_and_changes_nothing(db: TestDb) {
@@ -221,11 +194,7 @@ async fn reopen_keeps_keys_and_refuses_wrong_kek(db: TestDb) {
         other => panic!("a wrong KEK must be refused at open, got {other:?}"),
     }
     // And the vault URL entry point refuses a local URL without a KEK.
-    assert!(
-        lethe_keyvault::open(&db.url, Default::default())
-            .await
-            .is_err()
-    );
+    assert!(lethe_keyvault::open(&db.url, Default::default()).await.is_err());
 }
 
 async fn concurrent_creates_agree_on_one_key(db: TestDb) {

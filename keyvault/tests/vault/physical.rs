@@ -20,12 +20,8 @@ fn sqlite_files(db: &TestDb) -> Vec<u8> {
 async fn sqlite_destroyed_key_bytes_leave_db_and_wal_files() {
     run_on(Engine::Sqlite, |db| async move {
         let vault = db.open(kek(1)).await;
-        let private: Vec<_> = (0..20)
-            .map(|i| nk(&format!("user-private-{i}"), Some("456")))
-            .collect();
-        let public: Vec<_> = (0..5)
-            .map(|i| nk(&format!("user-public-{i}"), None))
-            .collect();
+        let private: Vec<_> = (0..20).map(|i| nk(&format!("user-private-{i}"), Some("456"))).collect();
+        let public: Vec<_> = (0..5).map(|i| nk(&format!("user-public-{i}"), None)).collect();
         let private = ok(vault.create_keys(&private)).await;
         let public = ok(vault.create_keys(&public)).await;
 
@@ -47,16 +43,10 @@ async fn sqlite_destroyed_key_bytes_leave_db_and_wal_files() {
         let files = sqlite_files(&db);
         for w in &wrapped {
             assert_eq!(w.len(), 61);
-            assert!(
-                contains(&files, w),
-                "wrapped key must be findable before destroy"
-            );
+            assert!(contains(&files, w), "wrapped key must be findable before destroy");
         }
         for (_, dek) in private.iter().chain(&public) {
-            assert!(
-                !contains(&files, dek.expose_secret()),
-                "raw DEK bytes stored"
-            );
+            assert!(!contains(&files, dek.expose_secret()), "raw DEK bytes stored");
         }
 
         let destroyed = ok(vault.destroy_subject_keys("456")).await;
@@ -71,14 +61,8 @@ async fn sqlite_destroyed_key_bytes_leave_db_and_wal_files() {
         }
         // A single stream destroy is physical too.
         let one = public[1].0;
-        let one_wrapped = db
-            .wrapped_bytes(one)
-            .await
-            .unwrap_or_else(|| panic!("no material"));
-        assert_eq!(
-            ok(vault.destroy_stream_key("user-public-1")).await,
-            Some(one)
-        );
+        let one_wrapped = db.wrapped_bytes(one).await.unwrap_or_else(|| panic!("no material"));
+        assert_eq!(ok(vault.destroy_stream_key("user-public-1")).await, Some(one));
         assert!(!contains(&sqlite_files(&db), &one_wrapped));
         // Live keys are untouched.
         assert!(contains(&sqlite_files(&db), &public_wrapped));

@@ -47,11 +47,7 @@ async fn rotation_rewraps_every_key(db: TestDb) {
     assert!(report.complete);
     assert_eq!((report.from_version, report.to_version), (1, 2));
     assert_eq!(report.rewrapped, keys.len() as u64);
-    assert_ne!(
-        db.wrapped_bytes(keys[0].0).await,
-        before,
-        "stored bytes re-wrapped"
-    );
+    assert_ne!(db.wrapped_bytes(keys[0].0).await, before, "stored bytes re-wrapped");
     assert_eq!(ok(vault.stats()).await.kek_version, 2);
     assert_all_readable(&vault, &keys).await;
     // New keys after rotation work too.
@@ -61,18 +57,12 @@ async fn rotation_rewraps_every_key(db: TestDb) {
     // Afterwards only the new KEK is needed, and the old one alone is refused.
     let vault = ok(db.open_local(kek(2), vec![])).await;
     assert_all_readable(&vault, &keys).await;
-    assert!(matches!(
-        db.open_local(kek(1), vec![]).await,
-        Err(VaultError::Kek(_))
-    ));
+    assert!(matches!(db.open_local(kek(1), vec![]).await, Err(VaultError::Kek(_))));
     // Re-running with the same KEK is a no-op; going back to the retired KEK is refused.
     let again = ok(vault.rotate_kek(kek(2))).await;
     assert!(again.complete);
     assert_eq!(again.rewrapped, 0);
-    assert!(matches!(
-        vault.rotate_kek(kek(1)).await,
-        Err(VaultError::Kek(_))
-    ));
+    assert!(matches!(vault.rotate_kek(kek(1)).await, Err(VaultError::Kek(_))));
 }
 
 async fn interrupted_rotation_stays_readable_and_resumes(db: TestDb) {
@@ -102,10 +92,7 @@ async fn interrupted_rotation_stays_readable_and_resumes(db: TestDb) {
     assert_all_readable(&vault, &keys).await;
     keys.extend(make_keys(&vault, 25..27).await);
     // A different new KEK cannot hijack the rotation in progress.
-    assert!(matches!(
-        vault.rotate_kek(kek(3)).await,
-        Err(VaultError::Kek(_))
-    ));
+    assert!(matches!(vault.rotate_kek(kek(3)).await, Err(VaultError::Kek(_))));
 
     let report = ok(vault.rotate_kek_with(
         kek(2),

@@ -44,11 +44,7 @@ impl TestDb {
         .unwrap_or_else(|e| panic!("open {:?} vault: {e}", self.engine))
     }
 
-    pub async fn open_local(
-        &self,
-        kek: Kek,
-        others: Vec<Kek>,
-    ) -> Result<LocalVault, lethe_keyvault::VaultError> {
+    pub async fn open_local(&self, kek: Kek, others: Vec<Kek>) -> Result<LocalVault, lethe_keyvault::VaultError> {
         LocalVault::open(&self.url, kek, others).await
     }
 
@@ -59,12 +55,11 @@ impl TestDb {
                 let mut c = sqlx::SqliteConnection::connect(&self.url)
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
-                let v: Option<Vec<u8>> =
-                    sqlx::query_scalar("SELECT wrapped FROM vault_key_material WHERE id = ?")
-                        .bind(id.0)
-                        .fetch_optional(&mut c)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}"));
+                let v: Option<Vec<u8>> = sqlx::query_scalar("SELECT wrapped FROM vault_key_material WHERE id = ?")
+                    .bind(id.0)
+                    .fetch_optional(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let _ = c.close().await;
                 v
             }
@@ -72,12 +67,11 @@ impl TestDb {
                 let mut c = sqlx::PgConnection::connect(&self.url)
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
-                let v: Option<Vec<u8>> =
-                    sqlx::query_scalar("SELECT wrapped FROM vault_key_material WHERE id = $1")
-                        .bind(id.0)
-                        .fetch_optional(&mut c)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}"));
+                let v: Option<Vec<u8>> = sqlx::query_scalar("SELECT wrapped FROM vault_key_material WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let _ = c.close().await;
                 v
             }
@@ -104,8 +98,7 @@ where
         },
         Engine::Postgres => {
             let Ok(admin_url) = std::env::var(PG_ENV) else {
-                PG_SKIP_NOTICE
-                    .call_once(|| notice(&format!("PostgreSQL tests skipped: {PG_ENV} not set")));
+                PG_SKIP_NOTICE.call_once(|| notice(&format!("PostgreSQL tests skipped: {PG_ENV} not set")));
                 return;
             };
             let name = format!("lethe_kv_{}", uuid::Uuid::new_v4().simple());
@@ -128,9 +121,7 @@ where
         }
     };
     // Catch a failing body so its database is still dropped, then fail the test with it.
-    let outcome = std::panic::AssertUnwindSafe(body(db.clone()))
-        .catch_unwind()
-        .await;
+    let outcome = std::panic::AssertUnwindSafe(body(db.clone())).catch_unwind().await;
     if let Some((admin_url, name)) = &db.pg
         && let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await
     {

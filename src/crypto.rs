@@ -1,0 +1,195 @@
+//! Payload encryption and the key cache: the only module of Lethe that handles key bytes.
+//!
+//! Every user event's `data` is sealed with its stream's DEK in the contract's envelope format
+//! (`lethe_keyvault::envelope`), with associated data binding it to its stream and event id.
+//! DEKs come from the key vault and are kept in a bounded in-memory cache so that reads do not
+//! call the vault per event; a page of reads needs at most one vault call for its misses.
+//!
+//! Cached keys are `Dek`s (zeroized on drop), so evicting one wipes it. Keys of shredded streams
+//! are *revoked*: evicted and refused re-entry, so a vault fetch that was in flight while a
+//! forget ran cannot put a destroyed key back into the cache.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lethe_keyvault::{Dek, KeyId, KeyLookup, KeyVault, NewKey, envelope};
+use lru::LruCache;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+
+/// Keys remembered as revoked (destroyed) so they are never cached again.
+const REVOKED_KEYS_MAX: usize = 100_000;
+
+/// What the cache knows about a key.
+#[derive(Clone)]
+pub(crate) enum KeyState {
+    Live(Dek),
+    Destroyed,
+}
+
+/// Counters of the key cache (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// DEKs by id: the vault, with a bounded cache in front.
+pub(crate) struct Keyring {
+    vault: std::sync::Arc<dyn KeyVault>,
+    cache: Mutex<LruCache<KeyId, Dek>>,
+    revoked: Mutex<LruCache<KeyId, ()>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Keyring {
+    pub(crate) fn new(vault: std::sync::Arc<dyn KeyVault>, cache_keys_max: usize) -> Self {
+        let capacity = NonZeroUsize::new(cache_keys_max).unwrap_or(NonZeroUsize::MIN);
+        let revoked = NonZeroUsize::new(REVOKED_KEYS_MAX).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            vault,
+            cache: Mutex::new(LruCache::new(capacity)),
+            revoked: Mutex::new(LruCache::new(revoked)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn vault(&self) -> &dyn KeyVault {
+        self.vault.as_ref()
+    }
+
+    /// Creates (or, idempotently, returns) the keys of streams about to be written for the
+    /// first time: one vault call for all of them.
+    pub(crate) async fn create(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let created = self.vault.create_keys(keys).await.map_err(Error::from_vault)?;
+        for (id, dek) in &created {
+            self.remember(*id, dek);
+        }
+        Ok(created)
+    }
+
+    /// Looks keys up: cache first, then one vault call for every miss.
+    pub(crate) async fn lookup(&self, ids: &[KeyId]) -> Result<HashMap<KeyId, KeyState>, Error> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.lock_cache();
+            for id in ids {
+                if found.contains_key(id) {
+                    continue;
+                }
+                match cache.get(id) {
+                    Some(dek) => {
+                        found.insert(*id, KeyState::Live(dek.clone()));
+                    }
+                    None if self.is_revoked(id) => {
+                        found.insert(*id, KeyState::Destroyed);
+                    }
+                    None => {
+                        if !missing.contains(id) {
+                            missing.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        self.hits.fetch_add((found.len()) as u64, Ordering::Relaxed);
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        self.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+        let fetched = self.vault.fetch_keys(&missing).await.map_err(Error::from_vault)?;
+        for (id, lookup) in fetched {
+            let state = match lookup {
+                KeyLookup::Live(dek) => {
+                    self.remember(id, &dek);
+                    KeyState::Live(dek)
+                }
+                KeyLookup::Destroyed => {
+                    self.revoke(&[id]);
+                    KeyState::Destroyed
+                }
+                KeyLookup::NotFound => {
+                    return Err(Error::Corrupt {
+                        detail: format!("key {id} is unknown to the key vault"),
+                    });
+                }
+            };
+            found.insert(id, state);
+        }
+        Ok(found)
+    }
+
+    /// Evicts (and so zeroizes) keys of shredded streams, and refuses to cache them again.
+    pub(crate) fn revoke(&self, ids: &[KeyId]) {
+        {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                revoked.put(*id, ());
+            }
+        }
+        let mut cache = self.lock_cache();
+        for id in ids {
+            cache.pop(id);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> KeyCacheStats {
+        KeyCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of keys currently cached.
+    pub(crate) fn cached_keys(&self) -> usize {
+        self.lock_cache().len()
+    }
+
+    fn remember(&self, id: KeyId, dek: &Dek) {
+        if self.is_revoked(&id) {
+            return;
+        }
+        self.lock_cache().put(id, dek.clone());
+    }
+
+    fn is_revoked(&self, id: &KeyId) -> bool {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, LruCache<KeyId, Dek>> {
+        // A panic while holding the lock cannot leave the cache inconsistent (each operation is
+        // one LruCache call), so a poisoned lock is still usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Seals an event's serialized data with its stream's DEK.
+pub(crate) fn seal_event(dek: &Dek, stream: &str, event_id: &Uuid, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    envelope::try_seal(dek, &envelope::event_aad(stream, event_id), plaintext).map_err(|e| Error::Corrupt {
+        detail: format!("cannot encrypt event {event_id}: {e}"),
+    })
+}
+
+/// Opens an event's sealed data. A ciphertext moved to another row, or tampered with, fails
+/// here and is reported as corruption, never returned.
+pub(crate) fn open_event(dek: &Dek, stream: &str, event_id: &Uuid, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    envelope::open(dek, &envelope::event_aad(stream, event_id), sealed).map_err(|e| Error::Corrupt {
+        detail: format!("event {event_id} in stream {stream:?} does not decrypt: {e}"),
+    })
+}
+
+/// The idempotency digest of an event's content, keyed by its stream's DEK so that it reveals
+/// nothing once the DEK is destroyed.
+pub(crate) fn keyed_digest(dek: &Dek, content: &[u8]) -> [u8; 32] {
+    envelope::keyed_digest(dek, content)
+}
