@@ -211,6 +211,7 @@ fn system_write(
         expected: ExpectedVersion::Any,
         subject: None,
         key_id: None,
+        sealed: false,
         events: vec![encoded],
         allow_closed: true,
     })

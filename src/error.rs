@@ -44,6 +44,10 @@ pub enum ValidationError {
     DuplicateStreamInAppend { stream: String },
     #[error("event data or metadata cannot be serialized as JSON")]
     InvalidData,
+    #[error("invalid {what}: it must be 1 to {max} characters (for consumers: of A-Z a-z 0-9 _ . : @ -)")]
+    InvalidName { what: &'static str, max: usize },
+    #[error("invalid position: {position} is past the head of the log ({head})")]
+    PositionPastHead { position: u64, head: u64 },
     #[error("invalid limit: it must be 1 to {max}")]
     InvalidLimit { max: usize },
     #[error("too many event types in a filter: {count} (at most {max})")]
@@ -90,6 +94,8 @@ pub enum Error {
     DuplicateEventId { event_id: Uuid },
     #[error("stream {stream:?} not found")]
     StreamNotFound { stream: String },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error(transparent)]
@@ -139,7 +145,7 @@ impl Error {
             Error::StreamDeleted { .. } => "stream_deleted",
             Error::SubjectMismatch { .. } => "subject_mismatch",
             Error::DuplicateEventId { .. } => "duplicate_event_id",
-            Error::StreamNotFound { .. } => "not_found",
+            Error::StreamNotFound { .. } | Error::NotFound { .. } => "not_found",
             Error::Invalid(v) => v.code(),
             Error::Storage(_) => "storage_unavailable",
             Error::ShuttingDown => "shutting_down",

@@ -5,14 +5,19 @@
 //! event store: [`EventStore`] over SQLite (embedded) or PostgreSQL (production).
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
+pub mod access;
 pub mod error;
 pub mod limits;
 pub mod model;
+pub mod server;
 pub mod store;
 
 mod crypto;
 pub mod erasure;
+mod export;
 mod group_commit;
+pub mod http;
+pub mod metrics;
 mod payload;
 mod storage;
 mod subscription;

@@ -1,1 +1,83 @@
-fn main() {}
+//! The `lethe` command: `serve`, `token create`, `keyvault …`.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lethe::access::Role;
+use lethe::server::{self, ServeConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "lethe", version, about = "An event store that can forget.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the embedded default with nothing set).
+    Serve(ServeConfig),
+    /// Manage API tokens directly in the event database.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The key vault: run it as its own server, rotate its KEK, generate a KEK.
+    #[command(subcommand)]
+    Keyvault(lethe_keyvault::cli::KeyvaultCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (once).
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[command(flatten)]
+        config: ServeConfig,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("LETHE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => server::run(config, shutdown_signal()).await.context("lethe serve")?,
+        Command::Token(TokenCommand::Create { role, name, config }) => {
+            let role = Role::parse(&role).context("--role must be reader, writer or admin")?;
+            let store = server::open_store(&config).await?;
+            let token = store.create_token(&name, role).await?;
+            println!("{}", token.secret.as_str());
+            store.close().await;
+        }
+        Command::Keyvault(cmd) => lethe_keyvault::cli::run(cmd).await?,
+    }
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

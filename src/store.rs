@@ -39,6 +39,10 @@ pub struct StoreConfig {
     /// Makes erasures stop at a step as if the process had crashed (tests only).
     #[doc(hidden)]
     pub erasure_fault: Option<ErasureFault>,
+    /// Stores payloads unencrypted, so benchmarks can measure what encryption costs. Only in
+    /// builds with the `insecure-noop-cipher` feature; never in a real deployment.
+    #[cfg(feature = "insecure-noop-cipher")]
+    pub insecure_noop_cipher: bool,
 }
 
 /// Default size of the DEK cache: enough for the hot streams of a busy service, small in memory
@@ -54,6 +58,8 @@ impl StoreConfig {
             keyvault,
             key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
             erasure_fault: None,
+            #[cfg(feature = "insecure-noop-cipher")]
+            insecure_noop_cipher: false,
         }
     }
 }
@@ -61,14 +67,16 @@ impl StoreConfig {
 /// An open event store. Cheap to clone; all clones share one writer and one pool.
 #[derive(Clone)]
 pub struct EventStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    storage: Arc<dyn Storage>,
+pub(crate) struct Inner {
+    pub(crate) storage: Arc<dyn Storage>,
     keyring: Arc<Keyring>,
     committer: GroupCommitter,
     erasure_fault: Option<ErasureFault>,
+    /// Payloads stored in clear (benchmark builds only; always false otherwise).
+    noop_cipher: bool,
     /// The last position known committed (ours, or another process's on PostgreSQL).
     commits: watch::Receiver<u64>,
     shutdown: watch::Sender<bool>,
@@ -98,6 +106,10 @@ impl EventStore {
                 keyring,
                 committer,
                 erasure_fault: config.erasure_fault,
+                #[cfg(feature = "insecure-noop-cipher")]
+                noop_cipher: config.insecure_noop_cipher,
+                #[cfg(not(feature = "insecure-noop-cipher"))]
+                noop_cipher: false,
                 commits,
                 shutdown,
                 writer_task: Mutex::new(Some(writer_task)),
@@ -130,7 +142,7 @@ impl EventStore {
         let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
         let states = self.inner.storage.stream_states(&names).await?;
         let keys = self.keys_for_append(&appends, &states).await?;
-        let atomic = encode_append(appends, &keys)?;
+        let atomic = encode_append(appends, &keys, !self.inner.noop_cipher)?;
         self.inner.committer.submit(atomic).await
     }
 
@@ -247,13 +259,7 @@ impl EventStore {
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, u64, u64), Error> {
         check_limit(limit)?;
-        if filter.types.len() > FILTER_TYPES_MAX {
-            return Err(ValidationError::TooManyTypes {
-                count: filter.types.len(),
-                max: FILTER_TYPES_MAX,
-            }
-            .into());
-        }
+        check_filter(filter)?;
         let from = from.max(1);
         let (stored, head) = self.inner.storage.read_log(from, filter, limit).await?;
         // A full page continues after its last event; a short one has seen everything up to
@@ -312,10 +318,22 @@ impl EventStore {
     /// If this fails part-way (vault unreachable, crash), the request is resumed by the next
     /// [`EventStore::resume_erasures`] — which every store runs at open and periodically.
     pub async fn forget(&self, subject: &SubjectId, reason: ErasureReason) -> Result<Erasure, Error> {
+        let erasure = self.request_forget(subject, reason).await?;
+        self.drive_erasure(erasure.id).await
+    }
+
+    /// Records a forget request without running it (it runs on [`EventStore::drive_erasure`]
+    /// or the next resume). For callers that answer before the erasure is done.
+    pub async fn request_forget(&self, subject: &SubjectId, reason: ErasureReason) -> Result<Erasure, Error> {
         let erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
         self.inner.storage.insert_erasure(&erasure).await?;
         tracing::info!(request_id = %erasure.id, subject = %subject, "erasure requested");
-        self.drive_erasure(erasure.id).await
+        Ok(erasure)
+    }
+
+    /// Erasure requests, newest first, optionally only those of one subject.
+    pub async fn erasures(&self, subject: Option<&SubjectId>, limit: usize) -> Result<Vec<Erasure>, Error> {
+        Ok(self.inner.storage.erasures(subject, limit).await?)
     }
 
     /// Shreds one stream (its key destroyed, a `$erased` tombstone, `StreamDeleted` in
@@ -368,7 +386,8 @@ impl EventStore {
         Ok(completed)
     }
 
-    async fn drive_erasure(&self, id: Uuid) -> Result<Erasure, Error> {
+    /// Drives a recorded erasure to completion (idempotent).
+    pub async fn drive_erasure(&self, id: Uuid) -> Result<Erasure, Error> {
         let ctx = ErasureContext {
             storage: self.inner.storage.as_ref(),
             keyring: &self.inner.keyring,
@@ -378,9 +397,23 @@ impl EventStore {
         erasure::drive(&ctx, id).await
     }
 
+    /// Every event of the subject's streams (Art. 15/20 export), decrypted where the stream is
+    /// not shredded, streamed page by page.
+    pub fn export_subject(
+        &self,
+        subject: SubjectId,
+    ) -> impl Stream<Item = Result<RecordedEvent, Error>> + Send + 'static + use<> {
+        crate::export::export_subject(self.clone(), subject)
+    }
+
     /// Streams bound to a subject.
     pub async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, Error> {
         Ok(self.inner.storage.subject_streams(subject).await?)
+    }
+
+    /// Whether the key vault answers.
+    pub async fn vault_health(&self) -> Result<(), Error> {
+        self.inner.keyring.vault().health().await.map_err(Error::KeyVault)
     }
 
     /// Counters of the DEK cache.
@@ -406,7 +439,7 @@ impl EventStore {
         &self,
         from: u64,
         filter: LogFilter,
-    ) -> impl Stream<Item = Result<crate::model::RecordedEvent, Error>> + Send + 'static {
+    ) -> impl Stream<Item = Result<crate::model::RecordedEvent, Error>> + Send + 'static + use<> {
         subscription::subscribe(self.clone(), from, filter)
     }
 
@@ -429,6 +462,30 @@ impl EventStore {
         }
         self.inner.storage.close().await;
     }
+}
+
+/// Checks a log filter: a legal prefix (any prefix of a legal name) and a bounded type list.
+pub(crate) fn check_filter(filter: &LogFilter) -> Result<(), Error> {
+    if filter.types.len() > FILTER_TYPES_MAX {
+        return Err(ValidationError::TooManyTypes {
+            count: filter.types.len(),
+            max: FILTER_TYPES_MAX,
+        }
+        .into());
+    }
+    for event_type in &filter.types {
+        check_event_type(event_type)?;
+    }
+    if let Some(prefix) = &filter.stream_prefix
+        && (prefix.len() > crate::limits::NAME_LEN_MAX || prefix.chars().any(char::is_control))
+    {
+        return Err(ValidationError::InvalidStreamName {
+            stream: prefix.chars().take(64).collect(),
+            reason: "is not a valid stream-name prefix",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn check_limit(limit: usize) -> Result<(), Error> {
@@ -486,7 +543,11 @@ fn validate_append(appends: &[StreamAppend]) -> Result<(), Error> {
 }
 
 /// Encrypts an append's events with their streams' keys. Nothing is stored if this fails.
-fn encode_append(appends: Vec<StreamAppend>, keys: &HashMap<String, (KeyId, Dek)>) -> Result<AtomicAppend, Error> {
+fn encode_append(
+    appends: Vec<StreamAppend>,
+    keys: &HashMap<String, (KeyId, Dek)>,
+    sealed: bool,
+) -> Result<AtomicAppend, Error> {
     let mut bytes = 0;
     let mut index = 0;
     let mut writes = Vec::with_capacity(appends.len());
@@ -496,7 +557,7 @@ fn encode_append(appends: Vec<StreamAppend>, keys: &HashMap<String, (KeyId, Dek)
         })?;
         let mut events = Vec::with_capacity(append.events.len());
         for event in append.events {
-            let encoded = payload::encode(append.stream.as_str(), event, index, Some(dek))?;
+            let encoded = payload::encode(append.stream.as_str(), event, index, sealed.then_some(dek))?;
             bytes += encoded.payload.len() + encoded.metadata.len();
             if bytes > APPEND_BYTES_MAX {
                 return Err(ValidationError::AppendTooLarge {
@@ -513,6 +574,7 @@ fn encode_append(appends: Vec<StreamAppend>, keys: &HashMap<String, (KeyId, Dek)
             expected: append.expected_version,
             subject: append.subject,
             key_id: Some(key_id.0),
+            sealed,
             events,
             allow_closed: false,
         });

@@ -16,6 +16,7 @@ type MigrationFile = (i64, &'static str, &'static str);
 pub(crate) const SQLITE: &[MigrationFile] = &[
     (1, "events", include_str!("../../migrations/sqlite/0001_events.sql")),
     (2, "erasures", include_str!("../../migrations/sqlite/0002_erasures.sql")),
+    (3, "access", include_str!("../../migrations/sqlite/0003_access.sql")),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -25,6 +26,7 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         "erasures",
         include_str!("../../migrations/postgres/0002_erasures.sql"),
     ),
+    (3, "access", include_str!("../../migrations/postgres/0003_access.sql")),
 ];
 
 #[derive(Debug)]

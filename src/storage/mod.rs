@@ -45,6 +45,7 @@ use lethe_keyvault::KeyId;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::access::{Consumer, Role, TokenRecord};
 use crate::erasure::{Erasure, ErasureReason, ErasureStatus, ErasureTarget, ShreddedStream};
 
 use crate::error::{Error, StorageError};
@@ -71,8 +72,10 @@ pub struct StreamWrite {
     pub stream: StreamName,
     pub expected: ExpectedVersion,
     pub subject: Option<SubjectId>,
-    /// The key this stream's payloads are encrypted with (recorded on the stream's first write).
+    /// The stream's key (recorded on the stream's first write).
     pub key_id: Option<Uuid>,
+    /// Whether these events' payloads are sealed with `key_id` (system events are not).
+    pub sealed: bool,
     pub events: Vec<EncodedEvent>,
     /// System writes (tombstones) may append to erased or deleted streams.
     pub allow_closed: bool,
@@ -178,8 +181,29 @@ pub trait Storage: Send + Sync + 'static {
 
     async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError>;
 
+    /// Erasure requests, newest first (optionally one subject's).
+    async fn erasures(&self, subject: Option<&SubjectId>, limit: usize) -> Result<Vec<Erasure>, StorageError>;
+
     /// Requests not yet completed (to resume after a crash).
     async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError>;
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError>;
+    /// Marks a token revoked; false if there is no such (unrevoked) token.
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError>;
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError>;
+
+    /// Creates a consumer or updates its filter and flag (its checkpoint stays).
+    async fn upsert_consumer(
+        &self,
+        name: &str,
+        filter: &LogFilter,
+        erasure_dependent: bool,
+    ) -> Result<Consumer, StorageError>;
+    async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError>;
+    async fn consumers(&self) -> Result<Vec<Consumer>, StorageError>;
+    /// Moves a consumer's checkpoint forward to `position` (never back); `None`: no such consumer.
+    async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError>;
 
     /// Starts forwarding what *other* processes do — new commits, revoked keys — into `feed`
     /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
@@ -410,4 +434,62 @@ where
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     shredded.sort_by(|a, b| a.stream.cmp(&b.stream));
     Ok(shredded)
+}
+
+/// Decodes an `api_tokens` row selected as `id, name, role, token_hash, created_at, revoked_at`.
+pub(crate) fn decode_token<R>(row: &R) -> Result<TokenRecord, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let role: String = row.try_get(2)?;
+    let hash: Vec<u8> = row.try_get(3)?;
+    let revoked: Option<i64> = row.try_get(5)?;
+    Ok(TokenRecord {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        role: Role::parse(&role).ok_or_else(|| StorageError::Corrupt("unknown role".into()))?,
+        hash: hash
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("token hash is not 32 bytes".into()))?,
+        created_at: micros(row.try_get(4)?)?,
+        revoked_at: revoked.map(micros).transpose()?,
+    })
+}
+
+/// Decodes a `consumers` row selected as
+/// `name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at`.
+pub(crate) fn decode_consumer<R>(row: &R) -> Result<Consumer, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let types: String = row.try_get(2)?;
+    Ok(Consumer {
+        name: row.try_get(0)?,
+        filter: LogFilter {
+            stream_prefix: row.try_get(1)?,
+            types: serde_json::from_str(&types).map_err(|_| StorageError::Corrupt("consumer types".into()))?,
+        },
+        erasure_dependent: row.try_get(3)?,
+        checkpoint: to_u64(row.try_get(4)?, "checkpoint")?,
+        created_at: micros(row.try_get(5)?)?,
+        updated_at: micros(row.try_get(6)?)?,
+    })
+}
+
+fn micros(us: i64) -> Result<chrono::DateTime<chrono::Utc>, StorageError> {
+    chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| StorageError::Corrupt("time out of range".into()))
+}
+
+/// The `types` column of a consumer: its type filter as a JSON array.
+pub(crate) fn encode_types(types: &[String]) -> String {
+    serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned())
 }

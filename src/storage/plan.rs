@@ -120,7 +120,7 @@ pub fn plan_group<'a>(
                                 stream: name,
                                 // The key these events were sealed with (none for system
                                 // events, which are stored in clear).
-                                key_id: write.key_id,
+                                key_id: write.key_id.filter(|_| write.sealed),
                                 event,
                                 recorded_at_us: now_us,
                             });
@@ -344,6 +344,7 @@ mod tests {
             expected,
             subject: None,
             key_id: None,
+            sealed: false,
             events,
             allow_closed: false,
         }

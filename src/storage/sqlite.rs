@@ -15,9 +15,11 @@ use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::{
-    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, decode_erasure, decode_event, decode_existing,
-    decode_shredded, decode_stream_info, decode_stream_state, encode_shredded, now_us, target_columns, to_i64, to_u64,
+    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, decode_consumer, decode_erasure, decode_event,
+    decode_existing, decode_shredded, decode_stream_info, decode_stream_state, decode_token, encode_shredded,
+    encode_types, now_us, target_columns, to_i64, to_u64,
 };
+use crate::access::{Consumer, TokenRecord};
 use crate::erasure::{Erasure, ErasureTarget};
 use crate::error::StorageError;
 use crate::model::{Direction, LogFilter, StreamInfo, StreamName, SubjectId};
@@ -349,6 +351,18 @@ impl Storage for SqliteStorage {
         row.as_ref().map(decode_erasure).transpose()
     }
 
+    async fn erasures(&self, subject: Option<&SubjectId>, limit: usize) -> Result<Vec<Erasure>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_erasures!(),
+            "WHERE (?1 IS NULL OR subject = ?1) ORDER BY requested_at DESC LIMIT ?2"
+        ))
+        .bind(subject.map(|s| s.as_str()))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(decode_erasure).collect()
+    }
+
     async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
         let rows = sqlx::query(concat!(
             select_erasures!(),
@@ -357,6 +371,105 @@ impl Storage for SqliteStorage {
         .fetch_all(&self.readers)
         .await?;
         rows.iter().map(decode_erasure).collect()
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO api_tokens (id, name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(token.id)
+            .bind(token.name.as_str())
+            .bind(token.role.as_str())
+            .bind(token.hash.as_slice())
+            .bind(token.created_at.timestamp_micros())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
+        let row = sqlx::query(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens WHERE token_hash = ?1",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.readers)
+        .await?;
+        row.as_ref().map(decode_token).transpose()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now_us())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens ORDER BY created_at",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(decode_token).collect()
+    }
+
+    async fn upsert_consumer(
+        &self,
+        name: &str,
+        filter: &LogFilter,
+        erasure_dependent: bool,
+    ) -> Result<Consumer, StorageError> {
+        let now = now_us();
+        let row = sqlx::query(
+            "INSERT INTO consumers (name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
+             ON CONFLICT (name) DO UPDATE SET stream_prefix = excluded.stream_prefix, types = excluded.types, \
+               erasure_dependent = excluded.erasure_dependent, updated_at = excluded.updated_at \
+             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at",
+        )
+        .bind(name)
+        .bind(filter.stream_prefix.as_deref())
+        .bind(encode_types(&filter.types))
+        .bind(erasure_dependent)
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await?;
+        decode_consumer(&row)
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError> {
+        let row = sqlx::query(
+            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at \
+             FROM consumers WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.readers)
+        .await?;
+        row.as_ref().map(decode_consumer).transpose()
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at \
+             FROM consumers ORDER BY name",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(decode_consumer).collect()
+    }
+
+    async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
+        let row = sqlx::query(
+            "UPDATE consumers SET checkpoint = CASE WHEN checkpoint < ?2 THEN ?2 ELSE checkpoint END, \
+               updated_at = ?3 WHERE name = ?1 \
+             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at",
+        )
+        .bind(name)
+        .bind(to_i64(position))
+        .bind(now_us())
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(decode_consumer).transpose()
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {

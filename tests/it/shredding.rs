@@ -604,3 +604,28 @@ async fn independent_decryption(db: &TestDb, vault_db: &std::path::Path, key_id:
     let data: Value = serde_json::from_slice(&plaintext).unwrap();
     assert_eq!(data["name"], MARKER);
 }
+
+backend_tests!(export_yields_every_event_of_the_subjects_streams);
+
+async fn export_yields_every_event_of_the_subjects_streams(db: TestDb) {
+    let store = db.open().await;
+    register_user(&store, "456").await;
+    register_user(&store, "789").await;
+    for _ in 0..2 {
+        store
+            .append(append("account-1", ExpectedVersion::Any, events(600, "Posted")).with_subject(subject("456")))
+            .await
+            .unwrap();
+    }
+    let export: Vec<_> = store.export_subject(subject("456")).collect().await;
+    let export: Vec<lethe::RecordedEvent> = export.into_iter().map(Result::unwrap).collect();
+    assert_eq!(export.len(), 1201, "paged across several reads");
+    assert_eq!(export[0].stream, "account-1");
+    assert_eq!(export[1200].stream, "user-private-456");
+    assert_eq!(export[1200].data.as_ref().unwrap()["name"], MARKER);
+    assert!(
+        export
+            .iter()
+            .all(|e| e.stream != "user-private-789" && e.stream != "user-public-456")
+    );
+}

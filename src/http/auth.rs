@@ -1,0 +1,61 @@
+//! Bearer-token authentication and role checks, before any handler runs.
+//!
+//! No token or an unknown/revoked one → 401; a token whose role is too low → 403. Both are
+//! decided before the handler looks at its path, so neither reveals whether a stream exists.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::problem::ApiError;
+use super::{AppState, Caller};
+use crate::access::Role;
+
+pub async fn require_reader(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    require(state, Role::Reader, request, next).await
+}
+
+pub async fn require_writer(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    require(state, Role::Writer, request, next).await
+}
+
+pub async fn require_admin(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    require(state, Role::Admin, request, next).await
+}
+
+async fn require(
+    State(state): State<AppState>,
+    role: Role,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(unauthorized)?;
+    let token = state.store.authenticate(presented).await?.ok_or_else(unauthorized)?;
+    if token.role < role {
+        return Err(ApiError::new(
+            "forbidden",
+            format!("this route needs the {role} role; the token has {}", token.role),
+        ));
+    }
+    request.extensions_mut().insert(Caller {
+        token_id: token.id,
+        name: token.name,
+        role: token.role,
+    });
+    Ok(next.run(request).await)
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        "unauthorized",
+        "a valid bearer token is required (Authorization: Bearer <token>)",
+    )
+}

@@ -1,0 +1,176 @@
+//! The HTTP API (contract: `../shared/design.md`, HTTP API).
+//!
+//! [`router`] builds the whole API once from an [`AppState`]; `crate::server` puts it behind a
+//! listener with timeouts and graceful shutdown. Handlers translate between the wire types
+//! ([`wire`]) and the library ([`crate::EventStore`]) and nothing else: this layer never
+//! touches SQL, key bytes or plaintext beyond the JSON it serialises.
+
+mod admin;
+mod auth;
+mod consumers;
+pub mod openapi;
+mod ops;
+pub mod problem;
+mod streams;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post, put};
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::access::Role;
+use crate::store::EventStore;
+
+/// Limits of the HTTP layer. Each is documented in README.md ("Limits").
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Request bodies, counted on the raw bytes (chunked bodies too).
+    pub body_bytes_max: usize,
+    /// Open SSE subscriptions at once; more get 503 `too_many_subscribers`.
+    pub subscribers_max: usize,
+    /// Whole-request timeout for everything but SSE and consumer long polls.
+    pub request_timeout: Duration,
+    /// Longest consumer long poll (`wait_ms` is capped to it).
+    pub long_poll_max: Duration,
+    /// SSE keep-alive comment interval.
+    pub keep_alive: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: 4 * 1024 * 1024,
+            subscribers_max: 1024,
+            request_timeout: Duration::from_secs(30),
+            long_poll_max: Duration::from_secs(25),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: EventStore,
+    pub limits: Arc<HttpLimits>,
+    pub subscriber_slots: Arc<Semaphore>,
+    /// Becomes true when the server shuts down (ends SSE streams).
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl AppState {
+    pub fn new(store: EventStore, limits: HttpLimits) -> Self {
+        Self {
+            subscriber_slots: Arc::new(Semaphore::new(limits.subscribers_max)),
+            limits: Arc::new(limits),
+            store,
+            shutdown: None,
+        }
+    }
+
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Resolves when the server shuts down (never, without a shutdown signal).
+    pub(crate) fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static + use<> {
+        let shutdown = self.shutdown.clone();
+        async move {
+            match shutdown {
+                Some(mut rx) => {
+                    while !*rx.borrow_and_update() {
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let reader = Router::new()
+        .route("/streams/{stream}", get(streams::read))
+        .route("/log", get(streams::log))
+        .route("/consumers/{name}/events", get(consumers::events))
+        .route("/consumers/{name}/ack", post(consumers::ack))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_reader));
+    let subscribe = Router::new()
+        .route("/subscribe", get(streams::subscribe))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_reader));
+    let writer = Router::new()
+        .route("/streams/{stream}", post(streams::append).delete(streams::delete))
+        .route("/streams", post(streams::append_multi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_writer));
+    let admin = Router::new()
+        .route("/consumers", get(consumers::list))
+        .route("/consumers/{name}", put(consumers::put).get(consumers::get))
+        .route("/admin/subjects/{subject}/forget", post(admin::forget))
+        .route("/admin/subjects/{subject}", get(admin::subject))
+        .route("/admin/subjects/{subject}/export", get(admin::export))
+        .route("/admin/erasures", get(admin::erasures))
+        .route("/admin/erasures/{id}", get(admin::erasure))
+        .route("/admin/tokens", post(admin::create_token).get(admin::tokens))
+        .route("/admin/tokens/{id}", axum::routing::delete(admin::revoke_token))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    let open = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics_handler))
+        .route("/openapi.json", get(ops::openapi));
+
+    // Long-lived responses (SSE, long polls) are exempt from the request timeout.
+    let timed = Router::new()
+        .merge(reader.route_layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            state.limits.request_timeout + state.limits.long_poll_max,
+        )))
+        .merge(writer.route_layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            state.limits.request_timeout,
+        )))
+        .merge(admin)
+        .merge(open);
+
+    Router::new()
+        .merge(timed)
+        .merge(subscribe)
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
+        .layer(RequestBodyLimitLayer::new(state.limits.body_bytes_max))
+        .layer(middleware::from_fn(ops::record_latency))
+        .with_state(state)
+}
+
+/// Parses a comma-separated `types` query value.
+pub(crate) fn split_types(types: Option<&str>) -> Vec<String> {
+    types
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Who is calling (put in request extensions by the auth middleware).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: uuid::Uuid,
+    pub name: String,
+    pub role: Role,
+}

@@ -1,0 +1,89 @@
+//! Operations: liveness, readiness, metrics, the OpenAPI document, fallbacks, latency.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::metrics::{RouteLabel, metrics};
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the event database and the key vault answer.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = state.store.head().await.is_ok();
+    let vault = state.store.vault_health().await.is_ok();
+    let status = if database && vault {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+        "database": if database { "ok" } else { "unavailable" },
+        "keyvault": if vault { "ok" } else { "unavailable" },
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let m = metrics();
+    let cache = state.store.key_cache_stats();
+    m.key_cache_hits.set(i64::try_from(cache.hits).unwrap_or(i64::MAX));
+    m.key_cache_misses.set(i64::try_from(cache.misses).unwrap_or(i64::MAX));
+    m.keys_cached
+        .set(i64::try_from(state.store.cached_keys()).unwrap_or(i64::MAX));
+    if let Ok(head) = state.store.head().await {
+        m.head_position.set(i64::try_from(head).unwrap_or(i64::MAX));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(super::openapi::document())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new("method_not_allowed", "this method is not allowed on this route")
+}
+
+/// Records each request's latency under its route template (never the concrete path, which
+/// could carry ids).
+pub async fn record_latency(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics()
+        .request_seconds
+        .get_or_create(&RouteLabel {
+            route: format!("{method} {route}"),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,344 @@
+//! The JSON shapes of the HTTP API (contract: `../shared/design.md`, HTTP API), separate from
+//! the library's types so that either can change without silently changing the other.
+//! Request bodies refuse unknown fields.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::{AppendResult, ExpectedVersion, RecordedEvent};
+
+/// `"any" | "no_stream" | "exists" | <last version>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedVersionWire(pub ExpectedVersion);
+
+impl<'de> Deserialize<'de> for ExpectedVersionWire {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Version(u64),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Version(v) => Ok(Self(ExpectedVersion::Exact(v))),
+            Raw::Word(w) => match w.as_str() {
+                "any" => Ok(Self(ExpectedVersion::Any)),
+                "no_stream" => Ok(Self(ExpectedVersion::NoStream)),
+                "exists" => Ok(Self(ExpectedVersion::Exists)),
+                _ => Err(serde::de::Error::custom(
+                    "expected_version must be \"any\", \"no_stream\", \"exists\" or a non-negative integer",
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    pub id: Option<Uuid>,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Option<Value>,
+}
+
+/// `POST /streams/{stream}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    pub expected_version: Option<ExpectedVersionWire>,
+    pub subject: Option<String>,
+    pub events: Vec<EventIn>,
+}
+
+/// One stream of `POST /streams`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamAppendIn {
+    pub stream: String,
+    pub expected_version: Option<ExpectedVersionWire>,
+    pub subject: Option<String>,
+    pub events: Vec<EventIn>,
+}
+
+/// `POST /streams`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiAppendRequest {
+    pub appends: Vec<StreamAppendIn>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppendResponse {
+    pub stream: String,
+    pub first_version: u64,
+    pub last_version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+impl From<AppendResult> for AppendResponse {
+    fn from(r: AppendResult) -> Self {
+        Self {
+            stream: r.stream.to_string(),
+            first_version: r.first_version,
+            last_version: r.last_version,
+            first_position: r.first_position,
+            last_position: r.last_position,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MultiAppendResponse {
+    pub appends: Vec<AppendResponse>,
+}
+
+/// An event as readers see it.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct EventOut {
+    pub id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `null` once the stream was shredded (`erased: true`).
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+    pub erased: bool,
+}
+
+impl From<RecordedEvent> for EventOut {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            id: e.id,
+            stream: e.stream,
+            version: e.version,
+            position: e.position,
+            event_type: e.event_type,
+            data: e.data.unwrap_or(Value::Null),
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+            erased: e.erased,
+        }
+    }
+}
+
+/// `GET /streams/{stream}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamResponse {
+    pub stream: String,
+    pub subject: Option<String>,
+    pub status: String,
+    /// Last version; `null` for a stream without events.
+    pub version: Option<u64>,
+    pub events: Vec<EventOut>,
+}
+
+/// `GET /log`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogResponse {
+    pub events: Vec<EventOut>,
+    pub next: u64,
+    pub head: u64,
+}
+
+/// Query of `GET /streams/{stream}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    pub from: Option<u64>,
+    pub limit: Option<usize>,
+    pub direction: Option<DirectionWire>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectionWire {
+    Forward,
+    Backward,
+}
+
+/// Query of `GET /log` and `GET /subscribe`. `types` is comma-separated.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    pub from: Option<u64>,
+    pub limit: Option<usize>,
+    pub stream_prefix: Option<String>,
+    pub types: Option<String>,
+}
+
+/// `PUT /consumers/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerRequest {
+    pub stream_prefix: Option<String>,
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub erasure_dependent: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsumerResponse {
+    pub name: String,
+    pub stream_prefix: Option<String>,
+    pub types: Vec<String>,
+    pub erasure_dependent: bool,
+    pub checkpoint: u64,
+    /// Positions between the checkpoint and the head of the log.
+    pub lag: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerEventsQuery {
+    pub limit: Option<usize>,
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsumerEventsResponse {
+    pub events: Vec<EventOut>,
+    pub checkpoint: u64,
+    pub head: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub position: u64,
+}
+
+/// `POST /admin/subjects/{subject}/forget`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequest {
+    pub reason: String,
+    pub requested_by: String,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteStreamRequest {
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+    pub reference: Option<String>,
+}
+
+/// An erasure request as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErasureResponse {
+    pub request_id: Uuid,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub stream: Option<String>,
+    pub status: String,
+    pub streams: Vec<String>,
+    pub keys_destroyed: u64,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+    pub reference: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub keys_destroyed_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub tombstone_position: Option<u64>,
+    /// True when there was nothing left to erase (already forgotten).
+    pub already_erased: bool,
+}
+
+impl From<crate::erasure::Erasure> for ErasureResponse {
+    fn from(e: crate::erasure::Erasure) -> Self {
+        let (kind, subject, stream) = match &e.target {
+            crate::erasure::ErasureTarget::Subject(s) => ("subject", Some(s.to_string()), None),
+            crate::erasure::ErasureTarget::Stream(s) => ("stream", None, Some(s.to_string())),
+        };
+        Self {
+            request_id: e.id,
+            kind: kind.to_owned(),
+            subject,
+            stream,
+            status: e.status.as_str().to_owned(),
+            already_erased: e.found_nothing(),
+            streams: e.streams.iter().flatten().map(|s| s.stream.clone()).collect(),
+            keys_destroyed: e.keys_destroyed,
+            reason: e.reason.reason,
+            requested_by: e.reason.requested_by,
+            reference: e.reason.reference,
+            requested_at: e.requested_at,
+            keys_destroyed_at: e.keys_destroyed_at,
+            completed_at: e.completed_at,
+            tombstone_position: e.tombstone_position,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErasureListResponse {
+    pub erasures: Vec<ErasureResponse>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubjectStreamOut {
+    pub stream: String,
+    pub status: String,
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubjectResponse {
+    pub subject: String,
+    pub streams: Vec<SubjectStreamOut>,
+    pub erasures: Vec<ErasureResponse>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportResponse {
+    pub subject: String,
+    pub exported_at: DateTime<Utc>,
+    pub events: Vec<EventOut>,
+}
+
+/// `POST /admin/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenOut {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<crate::access::TokenRecord> for TokenOut {
+    fn from(t: crate::access::TokenRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            role: t.role.as_str().to_owned(),
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenListResponse {
+    pub tokens: Vec<TokenOut>,
+}
