@@ -143,6 +143,11 @@ impl Keyring {
         }
     }
 
+    /// Drops every cached key (zeroizing it).
+    pub(crate) fn clear(&self) {
+        self.lock_cache().clear();
+    }
+
     pub(crate) fn stats(&self) -> KeyCacheStats {
         KeyCacheStats {
             hits: self.hits.load(Ordering::Relaxed),

@@ -96,6 +96,8 @@ pub enum Error {
     StreamNotFound { stream: String },
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    #[error("subject {subject:?} is being forgotten: no new stream can be bound to it until that completes")]
+    ErasureInProgress { subject: String },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error(transparent)]
@@ -146,14 +148,30 @@ impl Error {
             Error::SubjectMismatch { .. } => "subject_mismatch",
             Error::DuplicateEventId { .. } => "duplicate_event_id",
             Error::StreamNotFound { .. } | Error::NotFound { .. } => "not_found",
+            Error::ErasureInProgress { .. } => "erasure_in_progress",
             Error::Invalid(v) => v.code(),
-            Error::Storage(_) => "storage_unavailable",
+            Error::Storage(StorageError::Database(e)) if is_unavailable(e) => "storage_unavailable",
+            Error::Storage(StorageError::Corrupt(_)) => "corrupt_data",
+            Error::Storage(_) => "storage_error",
             Error::ShuttingDown => "shutting_down",
             Error::Corrupt { .. } => "corrupt_data",
-            Error::KeyVault(_) => "keyvault_unavailable",
+            Error::KeyVault(lethe_keyvault::VaultError::Unavailable(_)) => "keyvault_unavailable",
+            Error::KeyVault(_) => "keyvault_error",
             Error::InjectedFault => "injected_fault",
         }
     }
+}
+
+/// Database errors that mean "not reachable right now" (retrying may help).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+    )
 }
 
 impl From<sqlx::Error> for Error {

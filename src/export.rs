@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use futures::Stream;
 
 use crate::error::Error;
-use crate::model::{Direction, RecordedEvent, StreamInfo, SubjectId};
+use crate::model::{RecordedEvent, StreamInfo, SubjectId};
+use crate::storage::StoredEvent;
 use crate::store::EventStore;
 
 /// Events read per page.
@@ -17,7 +18,7 @@ struct State {
     store: EventStore,
     streams: VecDeque<StreamInfo>,
     next_version: u64,
-    buffered: VecDeque<RecordedEvent>,
+    buffered: VecDeque<StoredEvent>,
     done: bool,
 }
 
@@ -36,8 +37,15 @@ pub(crate) fn export_subject(
     };
     futures::stream::unfold((state, Some(subject)), |(mut state, mut subject)| async move {
         loop {
-            if let Some(event) = state.buffered.pop_front() {
-                return Some((Ok(event), (state, subject)));
+            if let Some(stored) = state.buffered.pop_front() {
+                match state.store.decode(vec![stored]).await.map(|mut e| e.pop()) {
+                    Ok(Some(event)) => return Some((Ok(event), (state, subject))),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        state.done = true;
+                        return Some((Err(e), (state, None)));
+                    }
+                }
             }
             if state.done {
                 return None;
@@ -57,16 +65,20 @@ pub(crate) fn export_subject(
             };
             let page = state
                 .store
-                .read_stream(&stream.stream, state.next_version, Direction::Forward, PAGE_EVENTS)
+                .read_stream_stored(&stream.stream, state.next_version, PAGE_EVENTS)
                 .await;
             match page {
-                Ok(slice) if slice.events.is_empty() => {
+                Ok(events) if events.is_empty() => {
                     state.streams.pop_front();
                     state.next_version = 0;
                 }
-                Ok(slice) => {
-                    state.next_version = slice.events.last().map_or(0, |e| e.version + 1);
-                    state.buffered.extend(slice.events);
+                Ok(events) => {
+                    state.next_version = events.last().map_or(0, |e| e.version + 1);
+                    if let Err(e) = state.store.warm_keys(&events).await {
+                        state.done = true;
+                        return Some((Err(e), (state, None)));
+                    }
+                    state.buffered.extend(events);
                 }
                 Err(e) => {
                     state.done = true;

@@ -27,6 +27,8 @@ use crate::store::{EventStore, StoreConfig};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
+const ADMIN_TOKEN_LEN_MIN: usize = 16;
 /// Environment variable with a base64 KEK, when no KEK file is used.
 pub const KEK_ENV: &str = "LETHE_KEK";
 
@@ -133,6 +135,8 @@ pub enum ServerError {
     Store(#[from] crate::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("LETHE_ADMIN_TOKEN must be at least 16 characters")]
+    WeakAdminToken,
     #[error("cannot write the admin token file {path}: {source}")]
     TokenFile { path: PathBuf, source: io::Error },
 }
@@ -180,6 +184,9 @@ pub async fn open_store(config: &ServeConfig) -> Result<EventStore, ServerError>
 /// `<data-dir>/admin.token` (mode 0600).
 async fn bootstrap_admin(store: &EventStore, config: &ServeConfig) -> Result<(), ServerError> {
     let from_env = config.admin_token.clone().map(Zeroizing::new);
+    if from_env.as_ref().is_some_and(|t| t.trim().len() < ADMIN_TOKEN_LEN_MIN) {
+        return Err(ServerError::WeakAdminToken);
+    }
     let chosen = from_env.is_some();
     let Some(token) = store.bootstrap_admin_token(from_env).await? else {
         return Ok(());

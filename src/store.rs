@@ -91,11 +91,12 @@ impl EventStore {
         let keyring = Arc::new(Keyring::new(config.keyvault, config.key_cache_keys_max));
         let head = storage.head().await?;
         let (commits_tx, commits) = watch::channel(head);
-        let revoker = keyring.clone();
+        let (revoker, forgetter) = (keyring.clone(), keyring.clone());
         storage
             .watch_foreign_changes(ChangeFeed {
                 commits: commits_tx.clone(),
                 revoked_keys: Arc::new(move |keys| revoker.revoke(keys)),
+                forget_cached_keys: Arc::new(move || forgetter.clear()),
             })
             .await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -186,6 +187,25 @@ impl EventStore {
             return Err(Error::WrongExpectedVersion { conflicts });
         }
 
+        // A subject being forgotten takes no new streams (checked again at commit, under the
+        // commit-order lock); checking here too keeps the vault from keying a stream that the
+        // erasure would then destroy the key of.
+        let subjects: Vec<&str> = new_streams
+            .iter()
+            .filter_map(|a| a.subject.as_ref().map(|s| s.as_str()))
+            .collect();
+        if !subjects.is_empty()
+            && let Some(subject) = self
+                .inner
+                .storage
+                .subjects_being_erased(&subjects)
+                .await?
+                .into_iter()
+                .next()
+        {
+            return Err(Error::ErasureInProgress { subject });
+        }
+
         let mut keys = HashMap::with_capacity(appends.len());
         let requests: Vec<NewKey> = new_streams
             .iter()
@@ -242,6 +262,21 @@ impl EventStore {
         let stored = self.inner.storage.read_stream(stream, from, direction, limit).await?;
         let events = self.decode(stored).await?;
         Ok(StreamSlice { info, events })
+    }
+
+    /// A page of one stream, still encrypted (for lazily decrypting readers).
+    pub(crate) async fn read_stream_stored(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        check_limit(limit)?;
+        Ok(self
+            .inner
+            .storage
+            .read_stream(stream, from, Direction::Forward, limit)
+            .await?)
     }
 
     /// Reads up to `limit` events of the global log from position `from` (inclusive).
@@ -377,13 +412,24 @@ impl EventStore {
     }
 
     /// Drives every unfinished erasure to completion; returns how many it completed.
+    /// One stuck request (say, its vault call failing) does not hold up the others; the first
+    /// error is returned after all were tried.
     pub async fn resume_erasures(&self) -> Result<usize, Error> {
         let mut completed = 0;
+        let mut first_error = None;
         for erasure in self.inner.storage.unfinished_erasures().await? {
-            self.drive_erasure(erasure.id).await?;
-            completed += 1;
+            match self.drive_erasure(erasure.id).await {
+                Ok(_) => completed += 1,
+                Err(e) => {
+                    tracing::warn!(request_id = %erasure.id, error = %e, "erasure not finished yet");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(completed)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(completed),
+        }
     }
 
     /// Drives a recorded erasure to completion (idempotent).
@@ -558,7 +604,9 @@ fn encode_append(
         let mut events = Vec::with_capacity(append.events.len());
         for event in append.events {
             let encoded = payload::encode(append.stream.as_str(), event, index, sealed.then_some(dek))?;
-            bytes += encoded.payload.len() + encoded.metadata.len();
+            // Data and metadata as given: the envelope's own bytes do not count.
+            let overhead = if sealed { lethe_keyvault::envelope::OVERHEAD } else { 0 };
+            bytes += encoded.payload.len().saturating_sub(overhead) + encoded.metadata.len();
             if bytes > APPEND_BYTES_MAX {
                 return Err(ValidationError::AppendTooLarge {
                     bytes,

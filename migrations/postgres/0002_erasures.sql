@@ -6,7 +6,7 @@ CREATE TABLE erasure_requests (
     subject           TEXT,
     stream            TEXT,
     status            TEXT NOT NULL,
-    -- JSON array of {"stream", "key_id"}: the streams this request shredded (set once).
+    -- JSON array of [stream, key_id] pairs: the streams this request shredded (set once).
     streams           TEXT,
     keys_destroyed    BIGINT NOT NULL DEFAULT 0,
     reason            TEXT,

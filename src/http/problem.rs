@@ -18,7 +18,9 @@ const TYPE_BASE: &str = "https://lethe.dev/problems/";
 /// The HTTP status of each stable code.
 pub fn status_of(code: &str) -> StatusCode {
     match code {
-        "wrong_expected_version" | "subject_mismatch" | "duplicate_event_id" | "legal_hold" => StatusCode::CONFLICT,
+        "wrong_expected_version" | "subject_mismatch" | "duplicate_event_id" | "legal_hold" | "erasure_in_progress" => {
+            StatusCode::CONFLICT
+        }
         "stream_erased" | "stream_deleted" => StatusCode::GONE,
         "invalid_stream_name" | "invalid_request" => StatusCode::BAD_REQUEST,
         "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,9 +100,13 @@ fn title_of(code: &str) -> &'static str {
         "method_not_allowed" => "Method not allowed",
         "precondition_failed" => "Precondition failed",
         "legal_hold" => "Legal hold",
+        "erasure_in_progress" => "Erasure in progress",
         "too_many_subscribers" => "Too many subscribers",
         "storage_unavailable" => "Storage unavailable",
         "keyvault_unavailable" => "Key vault unavailable",
+        "keyvault_error" => "Key vault error",
+        "storage_error" => "Storage error",
+        "corrupt_data" => "Corrupt data",
         "shutting_down" => "Shutting down",
         "request_timeout" => "Request timeout",
         _ => "Internal error",

@@ -37,7 +37,7 @@ pub(crate) mod sqlite;
 
 mod migrations;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -103,6 +103,9 @@ pub struct ChangeFeed {
     pub commits: watch::Sender<u64>,
     /// Called with the keys another process's erasure destroyed.
     pub revoked_keys: KeyRevoker,
+    /// Called when notifications may have been missed (the listener reconnected): every cached
+    /// key is dropped, since a revocation may have been among the missed.
+    pub forget_cached_keys: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// The result of one append of a group.
@@ -164,6 +167,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Streams bound to a subject.
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;
+
+    /// Which of these subjects have an unfinished erasure.
+    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError>;
 
     /// Records a new erasure request.
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError>;

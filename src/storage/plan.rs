@@ -70,10 +70,14 @@ pub struct GroupPlan<'a> {
 /// Decides a group. `states` holds every stored stream the group names (absent: never
 /// written); `existing` every stored event whose id the group carries; `head` the last
 /// committed position.
+/// `erasing` holds the subjects (of those the group binds) with an unfinished erasure: no
+/// new stream may be bound to them until it completes, so that the erasure's list of streams
+/// stays complete.
 pub fn plan_group<'a>(
     group: &'a [AtomicAppend],
     mut states: HashMap<String, StreamState>,
     mut existing: HashMap<Uuid, ExistingEvent>,
+    erasing: &HashSet<String>,
     mut head: u64,
     now_us: i64,
 ) -> GroupPlan<'a> {
@@ -85,7 +89,7 @@ pub fn plan_group<'a>(
 
     for append in group {
         let reply = match check_retry(append, &states, &existing) {
-            Retry::No => match check_append(append, &states) {
+            Retry::No => match check_append(append, &states, erasing) {
                 Ok(()) => {
                     let mut results = Vec::with_capacity(append.writes.len());
                     for write in &append.writes {
@@ -258,7 +262,21 @@ pub struct WriteHead<'a> {
 }
 
 /// Checks a new append against the current state of its streams.
-fn check_append(append: &AtomicAppend, states: &HashMap<String, StreamState>) -> Result<(), Error> {
+fn check_append(
+    append: &AtomicAppend,
+    states: &HashMap<String, StreamState>,
+    erasing: &HashSet<String>,
+) -> Result<(), Error> {
+    for write in &append.writes {
+        if let Some(subject) = &write.subject
+            && !states.contains_key(write.stream.as_str())
+            && erasing.contains(subject.as_str())
+        {
+            return Err(Error::ErasureInProgress {
+                subject: subject.to_string(),
+            });
+        }
+    }
     let heads: Vec<WriteHead<'_>> = append
         .writes
         .iter()
@@ -375,7 +393,7 @@ mod tests {
     fn check(current: Option<u64>, expected: ExpectedVersion, want: &str) {
         let group = [single(write("s", expected, vec![event(1, 1)]))];
         let states = current.map(|v| ("s".to_owned(), state(Some(v)))).into_iter().collect();
-        let plan = plan_group(&group, states, HashMap::new(), 10, 0);
+        let plan = plan_group(&group, states, HashMap::new(), &HashSet::new(), 10, 0);
         assert_eq!(code(&plan.replies[0]), want, "current {current:?}, expected {expected}");
     }
 
@@ -400,7 +418,7 @@ mod tests {
             single(write("s", ExpectedVersion::Exact(1), vec![event(3, 3)])),
             single(write("s", ExpectedVersion::Exact(1), vec![event(4, 4)])),
         ];
-        let plan = plan_group(&group, HashMap::new(), HashMap::new(), 7, 0);
+        let plan = plan_group(&group, HashMap::new(), HashMap::new(), &HashSet::new(), 7, 0);
         assert_eq!(code(&plan.replies[0]), "ok");
         assert_eq!(code(&plan.replies[1]), "ok");
         assert_eq!(code(&plan.replies[2]), "wrong_expected_version");
@@ -419,7 +437,7 @@ mod tests {
             ExpectedVersion::NoStream,
             vec![event(1, 1), event(2, 2)],
         ))];
-        let first = plan_group(&group, HashMap::new(), HashMap::new(), 0, 0);
+        let first = plan_group(&group, HashMap::new(), HashMap::new(), &HashSet::new(), 0, 0);
         let existing: HashMap<_, _> = first
             .rows
             .iter()
@@ -436,7 +454,7 @@ mod tests {
             })
             .collect();
         let states: HashMap<_, _> = [("s".to_owned(), state(Some(1)))].into();
-        let again = plan_group(&group, states.clone(), existing.clone(), 2, 0);
+        let again = plan_group(&group, states.clone(), existing.clone(), &HashSet::new(), 2, 0);
         assert_eq!(code(&again.replies[0]), "retry");
         assert!(again.rows.is_empty());
         assert_eq!(
@@ -450,18 +468,18 @@ mod tests {
             ExpectedVersion::NoStream,
             vec![event(1, 9), event(2, 2)],
         ))];
-        let plan = plan_group(&changed, states.clone(), existing.clone(), 2, 0);
+        let plan = plan_group(&changed, states.clone(), existing.clone(), &HashSet::new(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
 
         // Partly stored.
         let partial = [single(write("s", ExpectedVersion::Any, vec![event(2, 2), event(5, 5)]))];
-        let plan = plan_group(&partial, states.clone(), existing.clone(), 2, 0);
+        let plan = plan_group(&partial, states.clone(), existing.clone(), &HashSet::new(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
         assert!(plan.rows.is_empty());
 
         // Same ids in another stream.
         let elsewhere = [single(write("t", ExpectedVersion::Any, vec![event(1, 1), event(2, 2)]))];
-        let plan = plan_group(&elsewhere, states, existing, 2, 0);
+        let plan = plan_group(&elsewhere, states, existing, &HashSet::new(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
     }
 
@@ -483,7 +501,7 @@ mod tests {
             single(to_bound_same),
             single(write("b", ExpectedVersion::Any, vec![event(4, 1)])),
         ];
-        let plan = plan_group(&group, states, HashMap::new(), 5, 0);
+        let plan = plan_group(&group, states, HashMap::new(), &HashSet::new(), 5, 0);
         let codes: Vec<_> = plan.replies.iter().map(code).collect();
         assert_eq!(codes, ["stream_erased", "subject_mismatch", "ok", "ok"]);
     }
@@ -506,7 +524,7 @@ mod tests {
                 ],
             },
         ];
-        let plan = plan_group(&group, states, HashMap::new(), 100, 0);
+        let plan = plan_group(&group, states, HashMap::new(), &HashSet::new(), 100, 0);
         match &plan.replies[0] {
             Err(Error::WrongExpectedVersion { conflicts }) => {
                 let got: Vec<_> = conflicts.iter().map(|c| (c.stream.as_str(), c.current)).collect();

@@ -8,7 +8,7 @@
 //! first, which a tailing reader would skip forever. Group commit (many appends per transaction)
 //! is what keeps this serialisation from costing throughput; see ARCHITECTURE.md.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ const COMMITS_CHANNEL: &str = "lethe_commits";
 const REVOKED_CHANNEL: &str = "lethe_revoked_keys";
 /// 200 uuids of 36 characters plus commas stay under NOTIFY's 8000-byte payload limit.
 const REVOKED_KEYS_PER_NOTIFY: usize = 200;
+const SELECT_ERASING: &str =
+    "SELECT DISTINCT subject FROM erasure_requests WHERE status <> 'completed' AND subject = ANY($1)";
 const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)";
 const CONNECTIONS_MAX: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,7 +117,20 @@ impl Storage for PostgresStorage {
             existing.insert(id, event);
         }
 
-        let plan = plan::plan_group(group, states, existing, to_u64(head, "head")?, now_us());
+        let subjects: Vec<&str> = group
+            .iter()
+            .flat_map(|a| a.writes.iter().filter_map(|w| w.subject.as_ref().map(|s| s.as_str())))
+            .collect();
+        let mut erasing = HashSet::new();
+        if !subjects.is_empty() {
+            let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+                .bind(&subjects)
+                .fetch_all(&mut *tx)
+                .await?;
+            erasing.extend(rows);
+        }
+
+        let plan = plan::plan_group(group, states, existing, &erasing, to_u64(head, "head")?, now_us());
 
         if !plan.rows.is_empty() {
             let rows = &plan.rows;
@@ -251,6 +266,14 @@ impl Storage for PostgresStorage {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode_stream_info).collect()
+    }
+
+    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
+        let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+            .bind(subjects)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
@@ -513,8 +536,10 @@ impl Storage for PostgresStorage {
                         }
                         Err(e) => {
                             // PgListener reconnects on the next recv; readers also poll, and
-                            // reads check stream status, so a missed notification only delays.
+                            // reads check stream status. A revocation may have been missed, so
+                            // drop every cached key.
                             tracing::warn!(error = %e, "change notifications interrupted");
+                            (feed.forget_cached_keys)();
                             tokio::time::sleep(LISTEN_RETRY).await;
                         }
                     },

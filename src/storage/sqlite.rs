@@ -5,7 +5,7 @@
 //! fails with "database is locked"; a separate pool of readers works beside it thanks to WAL.
 //! `synchronous=FULL` makes every commit durable before it is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM 
      WHERE name IN (SELECT value FROM json_each(?1))";
 const SELECT_EXISTING: &str = "SELECT event_id, stream, version, position, digest FROM events \
      WHERE event_id IN (SELECT unhex(value) FROM json_each(?1))";
+const SELECT_ERASING: &str = "SELECT DISTINCT subject FROM erasure_requests WHERE status <> 'completed' \
+     AND subject IN (SELECT value FROM json_each(?1))";
 const INSERT_EVENT: &str = "INSERT INTO events \
      (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
@@ -104,7 +106,21 @@ impl Storage for SqliteStorage {
             existing.insert(id, event);
         }
 
-        let plan = plan::plan_group(group, states, existing, to_u64(head, "head")?, now_us());
+        let subjects: Vec<&str> = group
+            .iter()
+            .flat_map(|a| a.writes.iter().filter_map(|w| w.subject.as_ref().map(|s| s.as_str())))
+            .collect();
+        let mut erasing = HashSet::new();
+        if !subjects.is_empty() {
+            let subjects_json = serde_json::to_string(&subjects).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+                .bind(subjects_json)
+                .fetch_all(&mut *tx)
+                .await?;
+            erasing.extend(rows);
+        }
+
+        let plan = plan::plan_group(group, states, existing, &erasing, to_u64(head, "head")?, now_us());
 
         for row in &plan.rows {
             sqlx::query(INSERT_EVENT)
@@ -245,6 +261,15 @@ impl Storage for SqliteStorage {
             .fetch_all(&self.readers)
             .await?;
         rows.iter().map(decode_stream_info).collect()
+    }
+
+    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
+        let subjects_json = serde_json::to_string(subjects).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+            .bind(subjects_json)
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {

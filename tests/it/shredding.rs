@@ -466,10 +466,19 @@ async fn forget_with_vault_unreachable_resumes_when_it_is_back(db: TestDb) {
         store.resume_erasures().await.unwrap_err().code(),
         "keyvault_unavailable"
     );
+    // While the erasure is unfinished, no new stream can be bound to the subject (it would
+    // lose its key to the vault step without being listed, shredded or tombstoned).
+    let late = append("account-9", ExpectedVersion::Any, events(1, "Opened")).with_subject(subject("456"));
+    assert_eq!(
+        store.append(late.clone()).await.unwrap_err().code(),
+        "erasure_in_progress"
+    );
 
     vault.down.store(false, Ordering::SeqCst);
     assert_eq!(store.resume_erasures().await.unwrap(), 1);
     assert_forgotten(&db, &store, key_id).await;
+    // Once it completed, new data about the subject is new data: it may be bound again.
+    store.append(late).await.unwrap();
 }
 
 async fn reads_fetch_keys_once_per_page_then_from_cache(db: TestDb) {

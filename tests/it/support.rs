@@ -48,7 +48,14 @@ impl TestDb {
     pub async fn postgres() -> Option<TestDb> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
             static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| eprintln!("PostgreSQL tests skipped: {POSTGRES_URL_VAR} not set"));
+            // Written to the real stderr: the test harness captures eprintln!.
+            NOTICE.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "PostgreSQL tests skipped: {POSTGRES_URL_VAR} not set"
+                );
+            });
             return None;
         };
         let name = format!("lethe_t_{}", uuid::Uuid::new_v4().simple());
