@@ -5,7 +5,9 @@
 mod support;
 
 mod appends;
+mod multi_stream;
 mod ordering;
 mod reads;
 mod shredding;
+mod tour;
 mod validation;

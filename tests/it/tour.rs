@@ -1,0 +1,122 @@
+//! The README's five-minute tour, run verbatim against the real binary: start, register a user
+//! (public + private stream in one call), read, subscribe, forget, read again.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The shell block between `<!-- tour:begin -->` and `<!-- tour:end -->` in README.md.
+fn tour_script() -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("<!-- tour:begin -->").expect("tour begin marker");
+    let end = readme.find("<!-- tour:end -->").expect("tour end marker");
+    let block = &readme[start..end];
+    let code_start = block.find("```sh\n").expect("sh block") + "```sh\n".len();
+    let code_end = block[code_start..].find("```").expect("end of block") + code_start;
+    block[code_start..code_end].to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_tour_runs_verbatim() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("LETHE_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("LETHE_ADMIN_TOKEN")
+            .env_remove("LETHE_DATA_DIR")
+            .env_remove("LETHE_DATABASE_URL")
+            .env_remove("LETHE_KEYVAULT_URL")
+            .env_remove("LETHE_KEK_FILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lethe serve"),
+    );
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..200 {
+        if client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "server did not come up");
+
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &tour_script()])
+        .current_dir(dir.path())
+        .env("LETHE", &url)
+        .output()
+        .expect("run the tour");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tour failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let registered = &lines[0]["appends"];
+    assert_eq!(registered[0]["stream"], "user-public-456");
+    assert_eq!(
+        registered[1]["first_position"], 2,
+        "both streams in one contiguous append"
+    );
+    let private_before = &lines[2];
+    assert_eq!(private_before["events"][0]["data"]["name"], "Ada Lovelace");
+    assert!(
+        stdout.contains("id: 1\n"),
+        "the subscription delivered events with SSE ids"
+    );
+    let forget = &lines[4];
+    assert_eq!(forget["status"], "completed");
+    assert_eq!(forget["keys_destroyed"], 1);
+    let private_after = &lines[5];
+    assert_eq!(private_after["status"], "erased");
+    assert_eq!(private_after["events"][0]["data"], serde_json::Value::Null);
+    assert_eq!(private_after["events"][0]["erased"], true);
+    assert!(
+        !stdout[stdout.find("\"request_id\"").unwrap()..].contains("Ada Lovelace"),
+        "gone after forget"
+    );
+    let public_after = &lines[6];
+    assert_eq!(
+        public_after["events"][0]["data"]["user_id"], "456",
+        "the public stream reads in full"
+    );
+    assert_eq!(public_after["events"].as_array().unwrap().len(), 2);
+}
