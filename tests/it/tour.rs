@@ -120,3 +120,76 @@ async fn readme_tour_runs_verbatim() {
     );
     assert_eq!(public_after["events"].as_array().unwrap().len(), 2);
 }
+
+/// `lethe token create --role R` writes a usable token straight into the event database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_cli_makes_a_token_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(["token", "create", "--role", "reader", "--name", "dashboards"])
+        .current_dir(dir.path())
+        .env_remove("LETHE_DATA_DIR")
+        .env_remove("LETHE_DATABASE_URL")
+        .env_remove("LETHE_KEYVAULT_URL")
+        .env_remove("LETHE_KEK_FILE")
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("lethe_"), "{token}");
+
+    let mut config = lethe::server::ServeConfig::embedded(dir.path().join("lethe-data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_token = Some("an-admin-token-of-32-characters!".into());
+    let server = lethe::server::start(config).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}", server.addr);
+    let read = client
+        .get(format!("{url}/log"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "a reader may read");
+    let write = client
+        .post(format!("{url}/streams/s"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"events": [{"type": "e", "data": {}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 403, "but not write");
+    let bad = Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(["token", "create", "--role", "root"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "an unknown role is refused");
+    server.stop().await.unwrap();
+}
+
+/// A client that never finishes its request headers is cut off (slow-loris), and the server
+/// keeps serving others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lethe::server::ServeConfig::embedded(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_token = Some("an-admin-token-of-32-characters!".into());
+    config.header_timeout_secs = 1;
+    let server = lethe::server::start(config).await.unwrap();
+
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let healthy = reqwest::get(format!("http://{}/healthz", server.addr)).await.unwrap();
+    assert_eq!(healthy.status(), 200, "others are served while one client dawdles");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was closed by the server");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200 OK"),
+        "and the request was never served"
+    );
+    server.stop().await.unwrap();
+}
