@@ -278,6 +278,16 @@ impl crate::store::EventStore {
         }
     }
 
+    /// Deletes a consumer. As a dependent of unfinished erasures it stops holding them up
+    /// (they may complete). False if there was no such consumer.
+    pub async fn delete_consumer(&self, name: &str) -> Result<bool, Error> {
+        let deleted = self.inner.storage.delete_consumer(name).await?;
+        if deleted {
+            tracing::info!(consumer = name, "consumer deleted");
+        }
+        Ok(deleted)
+    }
+
     /// Acknowledges everything up to `position`: the checkpoint moves there (never back).
     pub async fn ack_consumer(&self, name: &str, position: u64) -> Result<Consumer, Error> {
         let head = self.head().await?;

@@ -44,31 +44,87 @@ pub enum ErasureTarget {
     Stream(StreamName),
 }
 
-/// Where an erasure request stands.
+/// Where an erasure request stands:
+/// `pending → keys_destroyed → awaiting_acknowledgements → completed`, or `refused`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErasureStatus {
     Pending,
     KeysDestroyed,
+    /// Tombstones written; waiting for the erasure-dependent consumers to acknowledge them.
+    AwaitingAcknowledgements,
     Completed,
+    /// Not carried out (a legal hold was active).
+    Refused,
 }
 
 impl ErasureStatus {
+    pub const ALL: [ErasureStatus; 5] = [
+        ErasureStatus::Pending,
+        ErasureStatus::KeysDestroyed,
+        ErasureStatus::AwaitingAcknowledgements,
+        ErasureStatus::Completed,
+        ErasureStatus::Refused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErasureStatus::Pending => "pending",
             ErasureStatus::KeysDestroyed => "keys_destroyed",
+            ErasureStatus::AwaitingAcknowledgements => "awaiting_acknowledgements",
             ErasureStatus::Completed => "completed",
+            ErasureStatus::Refused => "refused",
         }
     }
 
-    pub(crate) fn from_db(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(ErasureStatus::Pending),
-            "keys_destroyed" => Some(ErasureStatus::KeysDestroyed),
-            "completed" => Some(ErasureStatus::Completed),
-            _ => None,
-        }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
+
+    pub(crate) fn from_db(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
+
+    /// Completed or refused: nothing more will happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, ErasureStatus::Completed | ErasureStatus::Refused)
+    }
+}
+
+/// An erasure-dependent consumer of one erasure, and whether it acknowledged the tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependent {
+    pub consumer: String,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// The consumer was removed before acknowledging (an admin decision, audited).
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+/// A legal hold on a subject: forgetting it is refused while the hold is active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegalHold {
+    pub subject: SubjectId,
+    pub reason: String,
+    /// The hold lapses at this time; `None`: until lifted.
+    pub until: Option<DateTime<Utc>>,
+    pub placed_at: DateTime<Utc>,
+}
+
+impl LegalHold {
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// Which erasure requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct ErasureFilter {
+    pub subject: Option<SubjectId>,
+    pub status: Option<ErasureStatus>,
+    /// Requested at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Requested before.
+    pub to: Option<DateTime<Utc>>,
+    pub limit: usize,
 }
 
 /// Who asked, and why (recorded with the request; keep personal data out of it).
@@ -101,6 +157,10 @@ pub struct Erasure {
     pub completed_at: Option<DateTime<Utc>>,
     /// Position of the `$erasures` event, once written.
     pub tombstone_position: Option<u64>,
+    /// Why it was refused (the legal hold's reason).
+    pub refused_reason: Option<String>,
+    /// The erasure-dependent consumers registered when it was requested.
+    pub dependents: Vec<Dependent>,
 }
 
 impl Erasure {
@@ -116,7 +176,21 @@ impl Erasure {
             keys_destroyed_at: None,
             completed_at: None,
             tombstone_position: None,
+            refused_reason: None,
+            dependents: Vec::new(),
         }
+    }
+
+    /// The GDPR deadline: one month after the request (Art. 12(3)).
+    pub fn deadline(&self) -> DateTime<Utc> {
+        self.requested_at
+            .checked_add_months(chrono::Months::new(1))
+            .unwrap_or(self.requested_at)
+    }
+
+    /// Not finished and past its deadline.
+    pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
+        !self.status.is_final() && now > self.deadline()
     }
 
     /// Nothing was left to shred: the subject was already forgotten (or the stream deleted).
@@ -271,17 +345,28 @@ pub(crate) async fn drive(ctx: &ErasureContext<'_>, id: Uuid) -> Result<Erasure,
                 ctx.fail_at(ErasureFault::AfterKeysDestroyed)?;
             }
             ErasureStatus::KeysDestroyed => {
-                let position = if erasure.found_nothing() {
-                    None
+                if erasure.found_nothing() {
+                    // Nothing was shredded, so there is no tombstone to acknowledge.
+                    ctx.fail_at(ErasureFault::AfterTombstones)?;
+                    ctx.storage.mark_erasure_completed(id, None).await?;
                 } else {
                     let outcome = ctx.committer.submit(tombstones(&erasure)?).await?;
-                    outcome.streams.last().map(|s| s.last_position)
-                };
-                ctx.fail_at(ErasureFault::AfterTombstones)?;
-                ctx.storage.mark_erasure_completed(id, position).await?;
-                tracing::info!(request_id = %id, "erasure: completed");
+                    let position = outcome.streams.last().map_or(0, |s| s.last_position);
+                    ctx.fail_at(ErasureFault::AfterTombstones)?;
+                    ctx.storage.mark_tombstoned(id, position).await?;
+                }
+                tracing::info!(request_id = %id, "erasure: tombstones written");
             }
-            ErasureStatus::Completed => return Ok(erasure),
+            ErasureStatus::AwaitingAcknowledgements => {
+                // Dependents that had already read past the tombstone count as acknowledged;
+                // the rest acknowledge through their acks. Either may complete the request.
+                ctx.storage.settle_acknowledgements(id).await?;
+                let settled = ctx.storage.erasure(id).await?.ok_or_else(|| Error::Corrupt {
+                    detail: format!("erasure request {id} vanished"),
+                })?;
+                return Ok(settled);
+            }
+            ErasureStatus::Completed | ErasureStatus::Refused => return Ok(erasure),
         }
     }
 }

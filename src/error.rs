@@ -96,6 +96,11 @@ pub enum Error {
     StreamNotFound { stream: String },
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    #[error("a legal hold blocks forgetting this subject (request {request_id} recorded as refused)")]
+    LegalHold {
+        request_id: Uuid,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
     #[error("subject {subject:?} is being forgotten: no new stream can be bound to it until that completes")]
     ErasureInProgress { subject: String },
     #[error(transparent)]
@@ -149,6 +154,7 @@ impl Error {
             Error::DuplicateEventId { .. } => "duplicate_event_id",
             Error::StreamNotFound { .. } | Error::NotFound { .. } => "not_found",
             Error::ErasureInProgress { .. } => "erasure_in_progress",
+            Error::LegalHold { .. } => "legal_hold",
             Error::Invalid(v) => v.code(),
             Error::Storage(StorageError::Database(e)) if is_unavailable(e) => "storage_unavailable",
             Error::Storage(StorageError::Corrupt(_)) => "corrupt_data",

@@ -23,7 +23,9 @@ mod storage;
 mod subscription;
 
 pub use crypto::KeyCacheStats;
-pub use erasure::{Erasure, ErasureReason, ErasureStatus, ErasureTarget, ShreddedStream};
+pub use erasure::{
+    Dependent, Erasure, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold, ShreddedStream,
+};
 pub use error::{Error, StorageError, ValidationError, VersionConflict};
 pub use group_commit::WriterStats;
 pub use model::{

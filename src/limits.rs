@@ -23,3 +23,5 @@ pub const GROUP_APPENDS_MAX: usize = 512;
 /// Events the group committer puts into one database transaction (a single append larger than
 /// this still goes alone).
 pub const GROUP_EVENTS_MAX: usize = 4_000;
+/// Free-text fields of erasure requests and legal holds (reason, requested_by, reference).
+pub const REASON_LEN_MAX: usize = 1_000;

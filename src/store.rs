@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::crypto::{KeyCacheStats, KeyState, Keyring};
-use crate::erasure::{self, Erasure, ErasureContext, ErasureFault, ErasureReason, ErasureTarget};
+use crate::erasure::{
+    self, Erasure, ErasureContext, ErasureFault, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold,
+};
 use crate::error::{Error, ValidationError, VersionConflict};
 use crate::group_commit::{GroupCommitter, WriterStats};
 use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, FILTER_TYPES_MAX, READ_PAGE_EVENTS_MAX};
@@ -359,8 +361,22 @@ impl EventStore {
 
     /// Records a forget request without running it (it runs on [`EventStore::drive_erasure`]
     /// or the next resume). For callers that answer before the erasure is done.
+    /// An active legal hold refuses the request: it is recorded as `refused` (with the hold's
+    /// reason) and `Error::LegalHold` names it.
     pub async fn request_forget(&self, subject: &SubjectId, reason: ErasureReason) -> Result<Erasure, Error> {
-        let erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
+        let mut erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
+        if let Some(hold) = self.inner.storage.hold(subject).await?
+            && hold.is_active(chrono::Utc::now())
+        {
+            erasure.status = ErasureStatus::Refused;
+            erasure.refused_reason = Some(hold.reason.clone());
+            self.inner.storage.insert_erasure(&erasure).await?;
+            tracing::info!(request_id = %erasure.id, subject = %subject, "erasure refused: legal hold");
+            return Err(Error::LegalHold {
+                request_id: erasure.id,
+                until: hold.until,
+            });
+        }
         self.inner.storage.insert_erasure(&erasure).await?;
         tracing::info!(request_id = %erasure.id, subject = %subject, "erasure requested");
         Ok(erasure)
@@ -368,7 +384,63 @@ impl EventStore {
 
     /// Erasure requests, newest first, optionally only those of one subject.
     pub async fn erasures(&self, subject: Option<&SubjectId>, limit: usize) -> Result<Vec<Erasure>, Error> {
-        Ok(self.inner.storage.erasures(subject, limit).await?)
+        let filter = ErasureFilter {
+            subject: subject.cloned(),
+            limit,
+            ..ErasureFilter::default()
+        };
+        self.list_erasures(&filter).await
+    }
+
+    /// Erasure requests matching a filter (subject, status, time range), newest first.
+    pub async fn list_erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, Error> {
+        if filter.limit == 0 || filter.limit > READ_PAGE_EVENTS_MAX {
+            return Err(ValidationError::InvalidLimit {
+                max: READ_PAGE_EVENTS_MAX,
+            }
+            .into());
+        }
+        Ok(self.inner.storage.erasures(filter).await?)
+    }
+
+    /// Places (or replaces) a legal hold: forgetting the subject is refused while it is active.
+    pub async fn place_hold(
+        &self,
+        subject: &SubjectId,
+        reason: &str,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<LegalHold, Error> {
+        if reason.trim().is_empty() || reason.chars().count() > crate::limits::REASON_LEN_MAX {
+            return Err(ValidationError::InvalidName {
+                what: "hold reason",
+                max: crate::limits::REASON_LEN_MAX,
+            }
+            .into());
+        }
+        let hold = LegalHold {
+            subject: subject.clone(),
+            reason: reason.to_owned(),
+            until,
+            placed_at: chrono::Utc::now(),
+        };
+        self.inner.storage.put_hold(&hold).await?;
+        tracing::info!(subject = %subject, "legal hold placed");
+        Ok(hold)
+    }
+
+    /// Lifts a subject's legal hold; false if it had none.
+    pub async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, Error> {
+        let lifted = self.inner.storage.lift_hold(subject).await?;
+        if lifted {
+            tracing::info!(subject = %subject, "legal hold lifted");
+        }
+        Ok(lifted)
+    }
+
+    /// The subject's active legal hold, if any (a hold past its `until` has lapsed).
+    pub async fn active_hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, Error> {
+        let hold = self.inner.storage.hold(subject).await?;
+        Ok(hold.filter(|h| h.is_active(chrono::Utc::now())))
     }
 
     /// Shreds one stream (its key destroyed, a `$erased` tombstone, `StreamDeleted` in

@@ -213,9 +213,11 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &engine in engines {
         for scenario in SCENARIOS {
-            for &encrypted in encryption {
-                let mut rounds = Vec::with_capacity(args.rounds);
-                for round in 1..=args.rounds {
+            // Rounds alternate encryption off/on (rather than all "off" rounds, then all "on"
+            // rounds) so that a slow phase of the machine does not land on one side only.
+            let mut rounds: Vec<Vec<Figures>> = vec![Vec::with_capacity(args.rounds); encryption.len()];
+            for round in 1..=args.rounds {
+                for (&encrypted, rounds) in encryption.iter().zip(&mut rounds) {
                     let figures = run_round(&args, engine, scenario, encrypted).await?;
                     eprintln!(
                         "{:<8} {:<17} enc={:<3} writers={:<3} round {round}/{}: \
@@ -230,6 +232,8 @@ async fn main() -> anyhow::Result<()> {
                     );
                     rounds.push(figures);
                 }
+            }
+            for (&encrypted, rounds) in encryption.iter().zip(rounds) {
                 rows.push(Row {
                     scenario: scenario.name,
                     engine,

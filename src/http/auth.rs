@@ -34,9 +34,7 @@ async fn require(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(bearer_token)
         .ok_or_else(unauthorized)?;
     let token = state.store.authenticate(presented).await?.ok_or_else(unauthorized)?;
     if token.role < role {
@@ -51,6 +49,14 @@ async fn require(
         role: token.role,
     });
     Ok(next.run(request).await)
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive,
+/// RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn unauthorized() -> ApiError {

@@ -17,6 +17,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
     (1, "events", include_str!("../../migrations/sqlite/0001_events.sql")),
     (2, "erasures", include_str!("../../migrations/sqlite/0002_erasures.sql")),
     (3, "access", include_str!("../../migrations/sqlite/0003_access.sql")),
+    (
+        4,
+        "erasure workflow",
+        include_str!("../../migrations/sqlite/0004_erasure_workflow.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -27,6 +32,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         include_str!("../../migrations/postgres/0002_erasures.sql"),
     ),
     (3, "access", include_str!("../../migrations/postgres/0003_access.sql")),
+    (
+        4,
+        "erasure workflow",
+        include_str!("../../migrations/postgres/0004_erasure_workflow.sql"),
+    ),
 ];
 
 #[derive(Debug)]

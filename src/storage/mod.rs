@@ -26,7 +26,7 @@ macro_rules! select_events {
 macro_rules! select_erasures {
     () => {
         "SELECT id, kind, subject, stream, status, streams, keys_destroyed, reason, requested_by, \
-         reference, requested_at, keys_destroyed_at, completed_at, tombstone_position \
+         reference, requested_at, keys_destroyed_at, completed_at, tombstone_position, refused_reason \
          FROM erasure_requests "
     };
 }
@@ -46,7 +46,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::access::{Consumer, Role, TokenRecord};
-use crate::erasure::{Erasure, ErasureReason, ErasureStatus, ErasureTarget, ShreddedStream};
+use crate::erasure::{
+    Dependent, Erasure, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold, ShreddedStream,
+};
 
 use crate::error::{Error, StorageError};
 use crate::model::{
@@ -187,8 +189,26 @@ pub trait Storage: Send + Sync + 'static {
 
     async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError>;
 
-    /// Erasure requests, newest first (optionally one subject's).
-    async fn erasures(&self, subject: Option<&SubjectId>, limit: usize) -> Result<Vec<Erasure>, StorageError>;
+    /// Erasure requests matching `filter`, newest first, with their dependents.
+    async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError>;
+
+    /// Tombstones written at `position`: now waiting for acknowledgements.
+    async fn mark_tombstoned(&self, id: Uuid, position: u64) -> Result<(), StorageError>;
+
+    /// Counts dependents already past the tombstone as acknowledged, and completes the request
+    /// if none is left waiting.
+    async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError>;
+
+    /// Deletes a consumer; as a dependent of unfinished erasures it is marked removed (which
+    /// may complete them). False if there was no such consumer.
+    async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError>;
+
+    /// Places (or replaces) the legal hold on a subject.
+    async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError>;
+    /// Lifts a subject's hold; false if there was none.
+    async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError>;
+    /// The subject's hold, active or lapsed.
+    async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError>;
 
     /// Requests not yet completed (to resume after a crash).
     async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError>;
@@ -404,6 +424,55 @@ where
         keys_destroyed_at: time(row.try_get(11)?)?,
         completed_at: time(row.try_get(12)?)?,
         tombstone_position: tombstone.map(|p| to_u64(p, "tombstone_position")).transpose()?,
+        refused_reason: row.try_get(14)?,
+        dependents: Vec::new(),
+    })
+}
+
+/// Decodes `erasure_id, consumer, acknowledged_at, removed_at` rows into each erasure's
+/// dependents.
+pub(crate) fn attach_dependents<R>(erasures: &mut [Erasure], rows: &[R]) -> Result<(), StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut by_id: HashMap<Uuid, Vec<Dependent>> = HashMap::new();
+    for row in rows {
+        let acknowledged: Option<i64> = row.try_get(2)?;
+        let removed: Option<i64> = row.try_get(3)?;
+        by_id.entry(row.try_get(0)?).or_default().push(Dependent {
+            consumer: row.try_get(1)?,
+            acknowledged_at: acknowledged.map(micros).transpose()?,
+            removed_at: removed.map(micros).transpose()?,
+        });
+    }
+    for erasure in erasures {
+        if let Some(mut dependents) = by_id.remove(&erasure.id) {
+            dependents.sort_by(|a, b| a.consumer.cmp(&b.consumer));
+            erasure.dependents = dependents;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a `legal_holds` row selected as `subject, reason, until, placed_at`.
+pub(crate) fn decode_hold<R>(row: &R) -> Result<LegalHold, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let subject: String = row.try_get(0)?;
+    let until: Option<i64> = row.try_get(2)?;
+    Ok(LegalHold {
+        subject: SubjectId::new(subject).map_err(|_| StorageError::Corrupt("hold subject".into()))?,
+        reason: row.try_get(1)?,
+        until: until.map(micros).transpose()?,
+        placed_at: micros(row.try_get(3)?)?,
     })
 }
 

@@ -15,12 +15,12 @@ use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::{
-    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, decode_consumer, decode_erasure, decode_event,
-    decode_existing, decode_shredded, decode_stream_info, decode_stream_state, decode_token, encode_shredded,
-    encode_types, now_us, target_columns, to_i64, to_u64,
+    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, attach_dependents, decode_consumer, decode_erasure,
+    decode_event, decode_existing, decode_hold, decode_shredded, decode_stream_info, decode_stream_state, decode_token,
+    encode_shredded, encode_types, now_us, target_columns, to_i64, to_u64,
 };
 use crate::access::{Consumer, TokenRecord};
-use crate::erasure::{Erasure, ErasureTarget};
+use crate::erasure::{Erasure, ErasureFilter, ErasureStatus, ErasureTarget, LegalHold};
 use crate::error::StorageError;
 use crate::model::{Direction, LogFilter, StreamInfo, StreamName, SubjectId};
 use lethe_keyvault::KeyId;
@@ -65,7 +65,7 @@ const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM 
      WHERE name IN (SELECT value FROM json_each(?1))";
 const SELECT_EXISTING: &str = "SELECT event_id, stream, version, position, digest FROM events \
      WHERE event_id IN (SELECT unhex(value) FROM json_each(?1))";
-const SELECT_ERASING: &str = "SELECT DISTINCT subject FROM erasure_requests WHERE status <> 'completed' \
+const SELECT_ERASING: &str = "SELECT DISTINCT subject FROM erasure_requests WHERE status IN ('pending', 'keys_destroyed') \
      AND subject IN (SELECT value FROM json_each(?1))";
 const INSERT_EVENT: &str = "INSERT INTO events \
      (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at) \
@@ -73,6 +73,37 @@ const INSERT_EVENT: &str = "INSERT INTO events \
 const INSERT_STREAM: &str = "INSERT INTO streams (name, subject, status, version, key_id, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE name = ?1";
+
+impl SqliteStorage {
+    /// Fills in each erasure's dependents (one query for all of them).
+    async fn load_dependents(&self, erasures: &mut [Erasure]) -> Result<(), StorageError> {
+        if erasures.is_empty() {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT erasure_id, consumer, acknowledged_at, removed_at FROM erasure_dependents \
+             WHERE erasure_id IN (SELECT unhex(value) FROM json_each(?1))",
+        )
+        .bind(
+            serde_json::to_string(
+                &erasures
+                    .iter()
+                    .map(|e| hex::encode(e.id.as_bytes()))
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        attach_dependents(erasures, &rows)
+    }
+}
+
+/// Completes every request no dependent is still holding up (param 1: now).
+const COMPLETE_ACKNOWLEDGED: &str = "UPDATE erasure_requests SET status = 'completed', completed_at = ?1 \
+     WHERE status = 'awaiting_acknowledgements' AND NOT EXISTS ( \
+       SELECT 1 FROM erasure_dependents d WHERE d.erasure_id = erasure_requests.id \
+         AND d.acknowledged_at IS NULL AND d.removed_at IS NULL)";
 
 #[async_trait]
 impl Storage for SqliteStorage {
@@ -274,9 +305,10 @@ impl Storage for SqliteStorage {
 
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
         let (kind, subject, stream) = target_columns(&erasure.target);
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, requested_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
+             requested_at, refused_reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .bind(erasure.id)
         .bind(kind)
@@ -287,8 +319,20 @@ impl Storage for SqliteStorage {
         .bind(erasure.reason.requested_by.as_deref())
         .bind(erasure.reason.reference.as_deref())
         .bind(erasure.requested_at.timestamp_micros())
-        .execute(&self.writer)
+        .bind(erasure.refused_reason.as_deref())
+        .execute(&mut *tx)
         .await?;
+        if erasure.status == ErasureStatus::Pending {
+            // The dependents are those registered at the time of the request.
+            sqlx::query(
+                "INSERT INTO erasure_dependents (erasure_id, consumer) \
+                 SELECT ?1, name FROM consumers WHERE erasure_dependent",
+            )
+            .bind(erasure.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -373,29 +417,125 @@ impl Storage for SqliteStorage {
             .bind(id)
             .fetch_optional(&self.readers)
             .await?;
-        row.as_ref().map(decode_erasure).transpose()
+        let mut erasures = row
+            .as_ref()
+            .map(decode_erasure)
+            .transpose()?
+            .into_iter()
+            .collect::<Vec<_>>();
+        self.load_dependents(&mut erasures).await?;
+        Ok(erasures.pop())
     }
 
-    async fn erasures(&self, subject: Option<&SubjectId>, limit: usize) -> Result<Vec<Erasure>, StorageError> {
+    async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError> {
         let rows = sqlx::query(concat!(
             select_erasures!(),
-            "WHERE (?1 IS NULL OR subject = ?1) ORDER BY requested_at DESC LIMIT ?2"
+            "WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR status = ?2) \
+             AND (?3 IS NULL OR requested_at >= ?3) AND (?4 IS NULL OR requested_at < ?4) \
+             ORDER BY requested_at DESC LIMIT ?5"
         ))
-        .bind(subject.map(|s| s.as_str()))
-        .bind(to_i64(limit as u64))
+        .bind(filter.subject.as_ref().map(|s| s.as_str()))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.from.map(|t| t.timestamp_micros()))
+        .bind(filter.to.map(|t| t.timestamp_micros()))
+        .bind(to_i64(filter.limit as u64))
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(decode_erasure).collect()
+        let mut erasures = rows.iter().map(decode_erasure).collect::<Result<Vec<_>, _>>()?;
+        self.load_dependents(&mut erasures).await?;
+        Ok(erasures)
     }
 
     async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
         let rows = sqlx::query(concat!(
             select_erasures!(),
-            "WHERE status <> 'completed' ORDER BY requested_at"
+            "WHERE status NOT IN ('completed', 'refused') ORDER BY requested_at"
         ))
         .fetch_all(&self.readers)
         .await?;
         rows.iter().map(decode_erasure).collect()
+    }
+
+    async fn mark_tombstoned(&self, id: Uuid, position: u64) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'awaiting_acknowledgements', tombstone_position = ?2 \
+             WHERE id = ?1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(to_i64(position))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_us();
+        sqlx::query(
+            "UPDATE erasure_dependents SET acknowledged_at = ?2 \
+             WHERE erasure_id = ?1 AND acknowledged_at IS NULL AND removed_at IS NULL \
+               AND consumer IN (SELECT c.name FROM consumers c, erasure_requests r \
+                                WHERE r.id = ?1 AND c.checkpoint >= r.tombstone_position)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_us();
+        let deleted = sqlx::query("DELETE FROM consumers WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE erasure_dependents SET removed_at = ?2 \
+             WHERE consumer = ?1 AND acknowledged_at IS NULL AND removed_at IS NULL",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO legal_holds (subject, reason, until, placed_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (subject) DO UPDATE SET reason = excluded.reason, until = excluded.until, \
+               placed_at = excluded.placed_at",
+        )
+        .bind(hold.subject.as_str())
+        .bind(hold.reason.as_str())
+        .bind(hold.until.map(|t| t.timestamp_micros()))
+        .bind(hold.placed_at.timestamp_micros())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError> {
+        let done = sqlx::query("DELETE FROM legal_holds WHERE subject = ?1")
+            .bind(subject.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
+        let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = ?1")
+            .bind(subject.as_str())
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(decode_hold).transpose()
     }
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError> {
@@ -484,6 +624,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_us();
         let row = sqlx::query(
             "UPDATE consumers SET checkpoint = CASE WHEN checkpoint < ?2 THEN ?2 ELSE checkpoint END, \
                updated_at = ?3 WHERE name = ?1 \
@@ -491,10 +633,27 @@ impl Storage for SqliteStorage {
         )
         .bind(name)
         .bind(to_i64(position))
-        .bind(now_us())
-        .fetch_optional(&self.writer)
+        .bind(now)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(decode_consumer).transpose()
+        let Some(consumer) = row.as_ref().map(decode_consumer).transpose()? else {
+            return Ok(None);
+        };
+        // Acknowledges every tombstone this consumer has now read past.
+        sqlx::query(
+            "UPDATE erasure_dependents SET acknowledged_at = ?3 \
+             WHERE consumer = ?1 AND acknowledged_at IS NULL AND removed_at IS NULL \
+               AND erasure_id IN (SELECT id FROM erasure_requests \
+                                  WHERE status = 'awaiting_acknowledgements' AND tombstone_position <= ?2)",
+        )
+        .bind(name)
+        .bind(to_i64(consumer.checkpoint))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(consumer))
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {

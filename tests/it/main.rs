@@ -5,9 +5,15 @@
 mod support;
 
 mod appends;
+mod erasure_workflow;
 mod multi_stream;
 mod ordering;
 mod reads;
+mod schemathesis;
 mod shredding;
 mod tour;
 mod validation;
+
+mod http;
+mod http_support;
+mod http_auth;

@@ -1,0 +1,21 @@
+-- The erasure workflow: acknowledgements by dependent services, refusals, legal holds.
+ALTER TABLE erasure_requests ADD COLUMN refused_reason TEXT;
+
+-- The erasure-dependent consumers registered when an erasure was requested. The request waits
+-- until each has acknowledged (acked a position at or past the tombstone) or was removed.
+CREATE TABLE erasure_dependents (
+    erasure_id      UUID NOT NULL,
+    consumer        TEXT NOT NULL,
+    acknowledged_at BIGINT,
+    removed_at      BIGINT,
+    PRIMARY KEY (erasure_id, consumer)
+);
+CREATE INDEX erasure_dependents_pending ON erasure_dependents (consumer) WHERE acknowledged_at IS NULL;
+
+-- Legal holds block forgetting a subject while active (no `until`, or `until` in the future).
+CREATE TABLE legal_holds (
+    subject   TEXT PRIMARY KEY NOT NULL,
+    reason    TEXT NOT NULL,
+    until     BIGINT,
+    placed_at BIGINT NOT NULL
+);

@@ -1,0 +1,381 @@
+//! HTTP test harness: a real server on a loopback port (in this process), a client with one
+//! token per role, helpers for problem JSON, and a small Server-Sent Events reader.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lethe::access::Role;
+use lethe::http::{AppState, HttpLimits, router};
+use lethe::server::{RunningServer, ServeConfig};
+use lethe::{EventStore, StoreConfig};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::TestDb;
+
+/// The admin token every test server starts with (`LETHE_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// A token that was never issued.
+pub const BAD_TOKEN: &str = "lethe_this-token-was-never-issued-by-anyone";
+
+/// How the test server was started.
+enum Handle {
+    /// `lethe::server::start`: the real wiring.
+    Running(RunningServer),
+    /// `lethe::http::router` behind `lethe::server::serve`, with limits of the test's choosing.
+    Custom {
+        store: EventStore,
+        shutdown: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+}
+
+/// A server on 127.0.0.1 with a token of each role (and a revoked one).
+pub struct Server {
+    handle: Handle,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub admin: String,
+    pub writer: String,
+    pub reader: String,
+    /// A reader token that has been revoked.
+    pub revoked: String,
+}
+
+/// A response, its body read (JSON when it parses, else a string).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn etag(&self) -> Option<&str> {
+        self.headers.get("etag").and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem JSON answer with this status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "status; body: {}", self.body);
+        assert_eq!(self.content_type(), "application/problem+json", "content type; body: {}", self.body);
+        assert_eq!(self.body["code"], code, "code; body: {}", self.body);
+        assert_eq!(self.body["status"], status, "status member; body: {}", self.body);
+        assert!(self.body["type"].as_str().is_some_and(|t| !t.is_empty()), "type: {}", self.body);
+        assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()), "title: {}", self.body);
+        assert!(self.body["detail"].as_str().is_some_and(|t| !t.is_empty()), "detail: {}", self.body);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "status; body: {}", self.body);
+        self
+    }
+}
+
+pub fn config_for(db: &TestDb) -> ServeConfig {
+    // The KEK file must exist (mode 0600) before the server opens the vault with it.
+    let kek_path = db.dir.path().join("kek.key");
+    lethe_keyvault::Kek::load_or_create(&kek_path).expect("KEK");
+    let mut config = ServeConfig::embedded(db.dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = Some(db.url.clone());
+    config.keyvault_url = Some(db.vault_url.clone());
+    config.kek_file = Some(kek_path);
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+async fn role_tokens(store: &EventStore) -> (String, String, String) {
+    let writer = store.create_token("test writer", Role::Writer).await.unwrap();
+    let reader = store.create_token("test reader", Role::Reader).await.unwrap();
+    let revoked = store.create_token("test revoked", Role::Reader).await.unwrap();
+    assert!(store.revoke_token(revoked.record.id).await.unwrap());
+    (
+        writer.secret.to_string(),
+        reader.secret.to_string(),
+        revoked.secret.to_string(),
+    )
+}
+
+impl Server {
+    /// `lethe::server::start` on a free loopback port.
+    pub async fn start(db: &TestDb) -> Server {
+        Self::start_config(config_for(db)).await
+    }
+
+    pub async fn start_config(config: ServeConfig) -> Server {
+        let running = lethe::server::start(config).await.expect("start server");
+        let (writer, reader, revoked) = role_tokens(&running.store).await;
+        Server {
+            base: format!("http://{}", running.addr),
+            handle: Handle::Running(running),
+            client: client(),
+            admin: ADMIN_TOKEN.to_owned(),
+            writer,
+            reader,
+            revoked,
+        }
+    }
+
+    /// The router with limits of the test's choosing, served by `lethe::server::serve`.
+    pub async fn start_with_limits(db: &TestDb, limits: HttpLimits) -> Server {
+        let store = EventStore::open(StoreConfig::new(&db.url, db.vault().await))
+            .await
+            .expect("open store");
+        let admin = store.create_token("test admin", Role::Admin).await.unwrap();
+        let (writer, reader, revoked) = role_tokens(&store).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let app = router(AppState::new(store.clone(), limits).with_shutdown(rx.clone()));
+        let mut signal = rx;
+        let task = tokio::spawn(lethe::server::serve(
+            listener,
+            app,
+            Duration::from_secs(10),
+            async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            },
+        ));
+        Server {
+            handle: Handle::Custom { store, shutdown, task },
+            base: format!("http://{addr}"),
+            client: client(),
+            admin: admin.secret.to_string(),
+            writer,
+            reader,
+            revoked,
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        match &self.handle {
+            Handle::Running(r) => &r.store,
+            Handle::Custom { store, .. } => store,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Graceful shutdown.
+    pub async fn stop(self) {
+        match self.handle {
+            Handle::Running(r) => r.stop().await.expect("stop"),
+            Handle::Custom { store, shutdown, task } => {
+                let _ = shutdown.send(true);
+                task.await.unwrap().unwrap();
+                store.close().await;
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request builder with an optional bearer token.
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, self.url(path));
+        match token {
+            Some(t) => builder.bearer_auth(t),
+            None => builder,
+        }
+    }
+
+    /// Sends a request (JSON body if given) and reads the answer.
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
+        let mut builder = self.request(method, path, token);
+        if let Some(body) = body {
+            builder = builder.json(body);
+        }
+        reply(builder.send().await.expect("send")).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Appends events `{type, data}` to a stream as the writer; asserts 201.
+    pub async fn append(&self, stream: &str, expected: Value, subject: Option<&str>, events: Value) -> Value {
+        let mut body = json!({"expected_version": expected, "events": events});
+        if let Some(subject) = subject {
+            body["subject"] = json!(subject);
+        }
+        let r = self.post(&format!("/streams/{stream}"), &self.writer, &body).await;
+        r.assert_status(201);
+        r.body
+    }
+
+    /// The head of the global log.
+    pub async fn head(&self) -> u64 {
+        let r = self.get("/log?limit=1", &self.admin).await;
+        r.assert_status(200);
+        r.body["head"].as_u64().expect("head")
+    }
+
+    /// Every event of the global log (as the admin sees it).
+    pub async fn log(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let r = self.get(&format!("/log?from={from}&limit=1000"), &self.admin).await;
+            r.assert_status(200);
+            let events = r.body["events"].as_array().unwrap().clone();
+            let done = events.is_empty();
+            out.extend(events);
+            from = r.body["next"].as_u64().unwrap();
+            if done || from > r.body["head"].as_u64().unwrap() {
+                return out;
+            }
+        }
+    }
+}
+
+/// Reads a response: JSON body when it parses, else the text as a JSON string.
+pub async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("read body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Reply { status, headers, body }
+}
+
+/// `n` events `{type: "<kind>", data: {"i": i}}`.
+pub fn events(n: usize, kind: &str) -> Value {
+    Value::Array((0..n).map(|i| json!({"type": kind, "data": {"i": i}})).collect())
+}
+
+/// One Server-Sent Events frame: a comment-only frame has `comment` set and no data.
+#[derive(Debug, Clone, Default)]
+pub struct SseFrame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub comment: bool,
+}
+
+impl SseFrame {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("data")).expect("data is JSON")
+    }
+}
+
+/// Reads SSE frames from a streaming response.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        Self {
+            body: response.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ended. Panics after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<SseFrame> {
+        tokio::time::timeout(within, self.next_frame())
+            .await
+            .expect("no SSE frame in time")
+    }
+
+    /// The next frame if one arrives within `within`.
+    pub async fn try_next(&mut self, within: Duration) -> Result<Option<SseFrame>, ()> {
+        tokio::time::timeout(within, self.next_frame()).await.map_err(|_| ())
+    }
+
+    async fn next_frame(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let raw: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse_frame(&raw));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buffer.push_str(std::str::from_utf8(&chunk).expect("SSE is UTF-8")),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next frame that carries data, skipping keep-alive comments.
+    pub async fn next_event(&mut self, within: Duration) -> SseFrame {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next(left).await.expect("SSE stream ended");
+            if frame.data.is_some() {
+                return frame;
+            }
+        }
+    }
+}
+
+fn parse_frame(raw: &str) -> SseFrame {
+    let mut frame = SseFrame::default();
+    for line in raw.lines() {
+        if line.starts_with(':') {
+            frame.comment = true;
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+        match field {
+            "id" => frame.id = Some(value),
+            "event" => frame.event = Some(value),
+            "data" => {
+                frame.data = Some(match frame.data.take() {
+                    Some(d) => format!("{d}\n{value}"),
+                    None => value,
+                })
+            }
+            _ => {}
+        }
+    }
+    frame
+}
