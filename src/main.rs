@@ -1,5 +1,7 @@
 //! The `lethe` command: `serve`, `token create`, `keyvault …`.
 
+mod cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lethe::access::Role;
@@ -20,6 +22,13 @@ enum Command {
     /// Manage API tokens directly in the event database.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Admin client for a running server (LETHE_URL, LETHE_TOKEN): erasures, holds, exports, tokens.
+    Admin {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::AdminCommand,
+    },
     /// The key vault: run it as its own server, rotate its KEK, generate a KEK.
     #[command(subcommand)]
     Keyvault(lethe_keyvault::cli::KeyvaultCommand),
@@ -53,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", token.secret.as_str());
             store.close().await;
         }
+        Command::Admin { connection, command } => cli::run(connection, command).await?,
         Command::Keyvault(cmd) => lethe_keyvault::cli::run(cmd).await?,
     }
     Ok(())

@@ -3,14 +3,14 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::AppState;
+use super::{AppState, PathParam};
 use super::problem::ApiError;
 use super::wire::{
     ErasureListResponse, ErasureResponse, EventOut, ForgetRequest, SubjectResponse, SubjectStreamOut,
@@ -43,7 +43,7 @@ fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
 /// the answer when it can; if the vault is unreachable it stays `pending` and is resumed.
 pub async fn forget(
     State(state): State<AppState>,
-    Path(subject): Path<String>,
+    PathParam(subject): PathParam,
     body: Result<Json<ForgetRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
@@ -74,7 +74,7 @@ pub async fn forget(
 }
 
 /// `GET /admin/erasures/{id}`.
-pub async fn erasure(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ErasureResponse>, ApiError> {
+pub async fn erasure(State(state): State<AppState>, PathParam(id): PathParam) -> Result<Json<ErasureResponse>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("the erasure id must be a UUID"))?;
     let erasure = state.store.erasure(id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(erasure.into()))
@@ -111,7 +111,7 @@ pub async fn erasures(
 /// `GET /admin/subjects/{subject}`: bound streams and erasure requests.
 pub async fn subject(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<SubjectResponse>, ApiError> {
     let subject = subject_of(&raw)?;
     let streams = state
@@ -141,7 +141,7 @@ pub async fn subject(
 
 /// `GET /admin/subjects/{subject}/export`: every event of the subject's streams, decrypted,
 /// streamed as one JSON document `{subject, exported_at, events: [...]}`.
-pub async fn export(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn export(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<Response, ApiError> {
     let subject = subject_of(&raw)?;
     tracing::info!(subject = %subject, "subject export");
     let head = serde_json::json!({ "subject": subject.as_str(), "exported_at": chrono::Utc::now() }).to_string();
@@ -187,7 +187,7 @@ pub async fn tokens(State(state): State<AppState>) -> Result<Json<TokenListRespo
 }
 
 /// `DELETE /admin/tokens/{id}` → 204.
-pub async fn revoke_token(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_token(State(state): State<AppState>, PathParam(id): PathParam) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("the token id must be a UUID"))?;
     if state.store.revoke_token(id).await? {
         Ok(StatusCode::NO_CONTENT)

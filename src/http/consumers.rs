@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 
-use super::AppState;
+use super::{AppState, PathParam};
 use super::problem::ApiError;
 use super::wire::{
     AckRequest, ConsumerEventsQuery, ConsumerEventsResponse, ConsumerRequest, ConsumerResponse, EventOut,
@@ -35,7 +35,7 @@ fn out(consumer: Consumer, head: u64) -> ConsumerResponse {
 /// `PUT /consumers/{name}`.
 pub async fn put(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     body: Result<Json<ConsumerRequest>, JsonRejection>,
 ) -> Result<Json<ConsumerResponse>, ApiError> {
     let Json(body) = body?;
@@ -49,7 +49,7 @@ pub async fn put(
 }
 
 /// `GET /consumers/{name}`.
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ConsumerResponse>, ApiError> {
+pub async fn get(State(state): State<AppState>, PathParam(name): PathParam) -> Result<Json<ConsumerResponse>, ApiError> {
     let consumer = state.store.consumer(&name).await?.ok_or_else(ApiError::not_found)?;
     let head = state.store.head().await?;
     Ok(Json(out(consumer, head)))
@@ -71,7 +71,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
 /// `GET /consumers/{name}/events?limit=&wait_ms=`: long poll.
 pub async fn events(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     query: Result<Query<ConsumerEventsQuery>, QueryRejection>,
 ) -> Result<Json<ConsumerEventsResponse>, ApiError> {
     let Query(query) = query?;
@@ -90,7 +90,7 @@ pub async fn events(
 /// `POST /consumers/{name}/ack`: moves the checkpoint (never back).
 pub async fn ack(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     body: Result<Json<AckRequest>, JsonRejection>,
 ) -> Result<Json<ConsumerResponse>, ApiError> {
     let Json(body) = body?;

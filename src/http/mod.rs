@@ -150,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
         .layer(RequestBodyLimitLayer::new(state.limits.body_bytes_max))
+        .layer(middleware::map_response(ops::layer_problems))
         .layer(middleware::from_fn(ops::record_latency))
         .with_state(state)
 }
@@ -165,6 +166,20 @@ pub(crate) fn split_types(types: Option<&str>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// One path parameter. Unlike a bare `Path<String>`, a segment that cannot be decoded (say,
+/// percent-encoded bytes that are not UTF-8) is refused with problem JSON like every other
+/// failure.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = problem::ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) = axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
 }
 
 /// Who is calling (put in request extensions by the auth middleware).

@@ -69,6 +69,25 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new("method_not_allowed", "this method is not allowed on this route")
 }
 
+/// Turns the bare answers of tower layers — the raw body limit (413) and the request timeout
+/// (408) — into problem JSON like every other failure.
+pub async fn layer_problems(response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new("payload_too_large", "the request body is larger than the server's limit").into_response()
+        }
+        StatusCode::REQUEST_TIMEOUT => ApiError::new("request_timeout", "the request took too long").into_response(),
+        _ => response,
+    }
+}
+
 /// Records each request's latency under its route template (never the concrete path, which
 /// could carry ids).
 pub async fn record_latency(request: Request, next: Next) -> Response {

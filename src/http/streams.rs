@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use super::wire::{
     AppendRequest, AppendResponse, DeleteStreamRequest, DirectionWire, ErasureResponse, EventIn, EventOut,
     ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, StreamQuery, StreamResponse,
 };
-use super::{AppState, split_types};
+use super::{AppState, PathParam, split_types};
 use crate::erasure::ErasureReason;
 use crate::metrics::metrics;
 use crate::model::{Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId};
@@ -95,7 +95,7 @@ fn approximate_bytes(append: &StreamAppend) -> usize {
 /// `POST /streams/{stream}`.
 pub async fn append(
     State(state): State<AppState>,
-    Path(stream): Path<String>,
+    PathParam(stream): PathParam,
     headers: HeaderMap,
     body: Result<Json<AppendRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -161,7 +161,7 @@ pub async fn append_multi(
 /// `GET /streams/{stream}`.
 pub async fn read(
     State(state): State<AppState>,
-    Path(stream): Path<String>,
+    PathParam(stream): PathParam,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
@@ -194,11 +194,12 @@ pub async fn read(
 /// `DELETE /streams/{stream}`: shreds one stream.
 pub async fn delete(
     State(state): State<AppState>,
-    Path(stream): Path<String>,
-    body: Option<Json<DeleteStreamRequest>>,
+    PathParam(stream): PathParam,
+    body: Result<Option<Json<DeleteStreamRequest>>, JsonRejection>,
 ) -> Result<Json<ErasureResponse>, ApiError> {
     let stream = StreamName::new(stream).map_err(crate::Error::from)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    // The body is optional; one that is there must be valid.
+    let body = body?.map(|Json(b)| b).unwrap_or_default();
     let reason = ErasureReason {
         reason: body.reason,
         requested_by: body.requested_by,

@@ -5,6 +5,7 @@
 mod support;
 
 mod appends;
+mod cascade;
 mod erasure_workflow;
 mod multi_stream;
 mod ordering;
@@ -17,3 +18,4 @@ mod validation;
 mod http;
 mod http_support;
 mod http_auth;
+mod http_input;
