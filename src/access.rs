@@ -152,6 +152,8 @@ pub struct Consumer {
     pub checkpoint: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Where tombstones are pushed, if anywhere (its signing secret is never shown again).
+    pub webhook_url: Option<String>,
 }
 
 /// Checks a consumer name: the stream-name charset, 1–200 characters.
@@ -276,6 +278,18 @@ impl crate::store::EventStore {
             from = page.next;
             let _ = tokio::time::timeout_at(deadline, commits.changed()).await;
         }
+    }
+
+    /// Gives a consumer a webhook (tombstones are pushed to it, signed with `secret`), or with
+    /// `None` takes it away.
+    pub async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<Consumer, Error> {
+        if let Some((url, secret)) = webhook {
+            crate::webhooks::check_webhook(url, secret)?;
+        }
+        if !self.inner.storage.set_consumer_webhook(name, webhook).await? {
+            return Err(Error::NotFound { what: "consumer" });
+        }
+        self.consumer(name).await?.ok_or(Error::NotFound { what: "consumer" })
     }
 
     /// Deletes a consumer. As a dependent of unfinished erasures it stops holding them up

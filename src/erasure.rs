@@ -97,6 +97,11 @@ pub struct Dependent {
     pub acknowledged_at: Option<DateTime<Utc>>,
     /// The consumer was removed before acknowledging (an admin decision, audited).
     pub removed_at: Option<DateTime<Utc>>,
+    /// Webhook deliveries of the tombstone tried so far (consumers with a webhook only).
+    pub delivery_attempts: u64,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last delivery failed (status or transport error; never a response body).
+    pub last_delivery_error: Option<String>,
 }
 
 /// A legal hold on a subject: forgetting it is refused while the hold is active.

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 mod crypto;
 pub mod erasure;

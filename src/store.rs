@@ -41,6 +41,10 @@ pub struct StoreConfig {
     /// Makes erasures stop at a step as if the process had crashed (tests only).
     #[doc(hidden)]
     pub erasure_fault: Option<ErasureFault>,
+    /// How often pending webhook deliveries are looked for.
+    pub webhook_poll: Duration,
+    /// The first retry delay of a failed webhook delivery (doubling up to 10 minutes).
+    pub webhook_retry_base: Duration,
     /// Stores payloads unencrypted, so benchmarks can measure what encryption costs. Only in
     /// builds with the `insecure-noop-cipher` feature; never in a real deployment.
     #[cfg(feature = "insecure-noop-cipher")]
@@ -60,6 +64,8 @@ impl StoreConfig {
             keyvault,
             key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
             erasure_fault: None,
+            webhook_poll: Duration::from_millis(500),
+            webhook_retry_base: Duration::from_secs(1),
             #[cfg(feature = "insecure-noop-cipher")]
             insecure_noop_cipher: false,
         }
@@ -118,7 +124,16 @@ impl EventStore {
                 writer_task: Mutex::new(Some(writer_task)),
             }),
         };
-        tokio::spawn(resume_erasures_periodically(Arc::downgrade(&store.inner), shutdown_rx));
+        tokio::spawn(resume_erasures_periodically(
+            Arc::downgrade(&store.inner),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::webhooks::deliver_periodically(
+            Arc::downgrade(&store.inner),
+            shutdown_rx,
+            config.webhook_poll,
+            config.webhook_retry_base,
+        ));
         Ok(store)
     }
 

@@ -19,3 +19,12 @@ CREATE TABLE legal_holds (
     until     INTEGER,
     placed_at INTEGER NOT NULL
 );
+
+-- Optional push: a consumer may have a webhook; Lethe POSTs each tombstone to it, signed with
+-- HMAC-SHA256 under the consumer's secret, retrying with backoff. A 2xx acknowledges.
+ALTER TABLE consumers ADD COLUMN webhook_url TEXT;
+ALTER TABLE consumers ADD COLUMN webhook_secret TEXT;
+ALTER TABLE erasure_dependents ADD COLUMN delivery_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE erasure_dependents ADD COLUMN last_attempt_at INTEGER;
+ALTER TABLE erasure_dependents ADD COLUMN last_delivery_error TEXT;
+ALTER TABLE erasure_dependents ADD COLUMN next_attempt_at INTEGER;

@@ -160,29 +160,23 @@ fn unsupported_media_type() -> Value {
 }
 
 /// 413: from the body limit (`LETHE_BODY_LIMIT_BYTES`, counted on the raw bytes) or an event or
-/// append over its size limit. A `Content-Length` over the body limit is refused before the
-/// request reaches the API, as plain text.
+/// append over its size limit.
 fn payload_too_large() -> Value {
-    json!({
-        "description": "The body is larger than the request body limit (`LETHE_BODY_LIMIT_BYTES`, default 4 MiB), \
-            or an event's or the append's `data` + `metadata` is over its limit (1 MiB per event, 4 MiB per \
-            append). A `Content-Length` over the body limit is refused before routing, with a plain-text body.",
-        "content": {
-            "application/problem+json": {
-                "schema": {
-                    "allOf": [
-                        schema_ref("Problem"),
-                        { "properties": { "status": { "const": 413 }, "code": { "enum": ["payload_too_large"] } } }
-                    ]
-                }
-            },
-            "text/plain": { "schema": { "type": "string" } }
-        }
-    })
+    problem(
+        413,
+        "The body is larger than the request body limit (`LETHE_BODY_LIMIT_BYTES`, default 4 MiB), or an \
+         event's or the append's `data` + `metadata` is over its limit (1 MiB per event, 4 MiB per append).",
+        Some(&["payload_too_large"]),
+    )
 }
 
 fn timeout() -> Value {
-    json!({ "description": "The request took longer than the request timeout (`LETHE_REQUEST_TIMEOUT_SECS`); empty body." })
+    problem(
+        408,
+        "The request took longer than the request timeout (`LETHE_REQUEST_TIMEOUT_SECS`; for reads, plus the \
+         longest long poll).",
+        Some(&["request_timeout"]),
+    )
 }
 
 /// 500 and 503: what any route that touches storage or the key vault can answer.
@@ -217,14 +211,19 @@ fn operation(
     mut responses: Map<String, Value>,
     extra: Value,
 ) -> Value {
-    responses.insert(
-        "401".into(),
-        problem(
-            401,
-            "No bearer token, or an unknown or revoked one (`unauthorized`).",
-            Some(&["unauthorized"]),
-        ),
+    let mut unauthorized = problem(
+        401,
+        "No bearer token, or an unknown or revoked one (`unauthorized`).",
+        Some(&["unauthorized"]),
     );
+    unauthorized["headers"] = json!({
+        "WWW-Authenticate": {
+            "description": "The scheme to authenticate with.",
+            "required": true,
+            "schema": { "const": "Bearer" }
+        }
+    });
+    responses.insert("401".into(), unauthorized);
     responses.insert(
         "403".into(),
         problem(
@@ -263,6 +262,29 @@ fn etag_header(required: bool) -> Value {
     })
 }
 
+/// Adds OpenAPI links to a response: `(name, operationId, {parameter: runtime expression})`.
+fn with_links(mut response: Value, links: &[(&str, &str, Value)]) -> Value {
+    let links: Map<String, Value> = links
+        .iter()
+        .map(|(name, operation_id, parameters)| {
+            (
+                (*name).to_owned(),
+                json!({ "operationId": operation_id, "parameters": parameters }),
+            )
+        })
+        .collect();
+    response["links"] = Value::Object(links);
+    response
+}
+
+/// Where an appended stream can be read and deleted.
+fn stream_links(stream: &str) -> [(&'static str, &'static str, Value); 2] {
+    [
+        ("ReadStream", "readStream", json!({ "stream": stream })),
+        ("DeleteStream", "deleteStream", json!({ "stream": stream })),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // Paths
 
@@ -289,8 +311,10 @@ fn append() -> Value {
         schema_ref("AppendResult"),
     );
     ok["headers"] = etag_header(true);
+    let ok = with_links(ok, &stream_links("$response.body#/stream"));
     let mut created = json_response("The events were appended.", schema_ref("AppendResult"));
     created["headers"] = etag_header(true);
+    let created = with_links(created, &stream_links("$response.body#/stream"));
     operation(
         "streams",
         "append",
@@ -360,7 +384,13 @@ fn append_multi() -> Value {
                     schema_ref("MultiAppendResult"),
                 ),
             ),
-            ("201", json_response("The events were appended.", schema_ref("MultiAppendResult"))),
+            (
+                "201",
+                with_links(
+                    json_response("The events were appended.", schema_ref("MultiAppendResult")),
+                    &stream_links("$response.body#/appends/0/stream"),
+                ),
+            ),
             (
                 "400",
                 bad_request(
@@ -440,7 +470,13 @@ fn delete_stream() -> Value {
          ignored).",
         "writer",
         responses([
-            ("200", json_response("The stream was shredded.", schema_ref("Erasure"))),
+            (
+                "200",
+                with_links(
+                    json_response("The stream was shredded.", schema_ref("Erasure")),
+                    &[("GetErasure", "getErasure", json!({ "id": "$response.body#/request_id" }))],
+                ),
+            ),
             (
                 "400",
                 bad_request("An invalid stream name (system streams cannot be deleted) or a malformed body.", true),
@@ -565,7 +601,17 @@ fn put_consumer() -> Value {
          acknowledge their tombstones.",
         "admin",
         responses([
-            ("200", json_response("The consumer.", schema_ref("Consumer"))),
+            (
+                "200",
+                with_links(
+                    json_response("The consumer.", schema_ref("Consumer")),
+                    &[
+                        ("GetConsumer", "getConsumer", json!({ "name": "$response.body#/name" })),
+                        ("ConsumerEvents", "consumerEvents", json!({ "name": "$response.body#/name" })),
+                        ("AckConsumer", "ackConsumer", json!({ "name": "$response.body#/name" })),
+                    ],
+                ),
+            ),
             ("400", bad_request("An invalid name, filter or body.", true)),
             ("404", not_found("No such route")),
             ("413", payload_too_large()),
@@ -671,7 +717,17 @@ fn forget() -> Value {
          subject completes at once (`already_erased: true`).",
         "admin",
         responses([
-            ("202", json_response("The erasure request, as far as it got.", schema_ref("Erasure"))),
+            (
+                "202",
+                with_links(
+                    json_response("The erasure request, as far as it got.", schema_ref("Erasure")),
+                    &[
+                        ("GetErasure", "getErasure", json!({ "id": "$response.body#/request_id" })),
+                        ("GetSubject", "getSubject", json!({ "subject": "$request.path.subject" })),
+                        ("ExportSubject", "exportSubject", json!({ "subject": "$request.path.subject" })),
+                    ],
+                ),
+            ),
             ("400", bad_request("An invalid subject id or body, or a text member over its length limit.", false)),
             ("404", not_found("No such route")),
             (
@@ -789,7 +845,13 @@ fn create_token() -> Value {
          hash of it.",
         "admin",
         responses([
-            ("201", json_response("The token, with its secret.", schema_ref("NewToken"))),
+            (
+                "201",
+                with_links(
+                    json_response("The token, with its secret.", schema_ref("NewToken")),
+                    &[("RevokeToken", "revokeToken", json!({ "id": "$response.body#/id" }))],
+                ),
+            ),
             ("400", bad_request("An invalid name or role, or a malformed body.", false)),
             ("413", payload_too_large()),
             ("415", unsupported_media_type()),
@@ -1418,6 +1480,31 @@ mod tests {
         }
         let doc = document();
         walk(&doc, &doc);
+    }
+
+    #[test]
+    fn every_link_names_an_operation() {
+        let doc = document();
+        let mut ids = Vec::new();
+        let mut targets = Vec::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                ids.push(op["operationId"].as_str().unwrap().to_owned());
+                for response in op["responses"].as_object().unwrap().values() {
+                    for link in response.get("links").and_then(Value::as_object).into_iter().flat_map(|l| l.values()) {
+                        targets.push(link["operationId"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        }
+        assert!(!targets.is_empty());
+        for target in targets {
+            assert!(ids.contains(&target), "link to unknown operation {target}");
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operation ids are unique");
     }
 
     #[test]

@@ -98,6 +98,27 @@ impl AtomicAppend {
 /// Called with keys that must be evicted from the cache.
 pub type KeyRevoker = Arc<dyn Fn(&[KeyId]) + Send + Sync>;
 
+/// A tombstone to push to a dependent's webhook.
+#[derive(Clone)]
+pub struct Delivery {
+    pub erasure_id: Uuid,
+    pub consumer: String,
+    pub url: String,
+    pub secret: String,
+    pub tombstone_position: u64,
+    pub attempts: u64,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("erasure_id", &self.erasure_id)
+            .field("consumer", &self.consumer)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where an engine reports changes made by other processes.
 #[derive(Clone)]
 pub struct ChangeFeed {
@@ -202,6 +223,27 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes a consumer; as a dependent of unfinished erasures it is marked removed (which
     /// may complete them). False if there was no such consumer.
     async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError>;
+
+    /// Sets (or, with `None`, removes) a consumer's webhook; false if there is no such consumer.
+    async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError>;
+
+    /// Webhook deliveries due now (dependents with a webhook, not acknowledged, whose next
+    /// attempt time has come), each claimed for `lease` so that one worker tries it at a time.
+    async fn claim_due_deliveries(
+        &self,
+        now_us: i64,
+        lease_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StorageError>;
+
+    /// Records a delivery attempt: success acknowledges the dependent (and may complete the
+    /// erasure); failure records the error and when to try again.
+    async fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        outcome: Result<(), String>,
+        next_attempt_us: i64,
+    ) -> Result<(), StorageError>;
 
     /// Places (or replaces) the legal hold on a subject.
     async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError>;
@@ -429,8 +471,8 @@ where
     })
 }
 
-/// Decodes `erasure_id, consumer, acknowledged_at, removed_at` rows into each erasure's
-/// dependents.
+/// Decodes `erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts,
+/// last_attempt_at, last_delivery_error` rows into each erasure's dependents.
 pub(crate) fn attach_dependents<R>(erasures: &mut [Erasure], rows: &[R]) -> Result<(), StorageError>
 where
     R: sqlx::Row,
@@ -443,10 +485,14 @@ where
     for row in rows {
         let acknowledged: Option<i64> = row.try_get(2)?;
         let removed: Option<i64> = row.try_get(3)?;
+        let last_attempt: Option<i64> = row.try_get(5)?;
         by_id.entry(row.try_get(0)?).or_default().push(Dependent {
             consumer: row.try_get(1)?,
             acknowledged_at: acknowledged.map(micros).transpose()?,
             removed_at: removed.map(micros).transpose()?,
+            delivery_attempts: to_u64(row.try_get(4)?, "delivery_attempts")?,
+            last_attempt_at: last_attempt.map(micros).transpose()?,
+            last_delivery_error: row.try_get(6)?,
         });
     }
     for erasure in erasures {
@@ -537,7 +583,7 @@ where
 }
 
 /// Decodes a `consumers` row selected as
-/// `name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at`.
+/// `name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url`.
 pub(crate) fn decode_consumer<R>(row: &R) -> Result<Consumer, StorageError>
 where
     R: sqlx::Row,
@@ -557,6 +603,7 @@ where
         checkpoint: to_u64(row.try_get(4)?, "checkpoint")?,
         created_at: micros(row.try_get(5)?)?,
         updated_at: micros(row.try_get(6)?)?,
+        webhook_url: row.try_get(7)?,
     })
 }
 

@@ -13,14 +13,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::{
-    AppendReply, AtomicAppend, ChangeFeed, Storage, StoredEvent, advance_head, attach_dependents, decode_consumer,
-    decode_erasure, decode_event, decode_existing, decode_hold, decode_shredded, decode_stream_info,
+    AppendReply, AtomicAppend, ChangeFeed, Delivery, Storage, StoredEvent, advance_head, attach_dependents,
+    decode_consumer, decode_erasure, decode_event, decode_existing, decode_hold, decode_shredded, decode_stream_info,
     decode_stream_state, decode_token, encode_shredded, encode_types, now_us, target_columns, to_i64, to_u64,
 };
 use crate::access::{Consumer, TokenRecord};
@@ -88,7 +89,8 @@ impl PostgresStorage {
             return Ok(());
         }
         let rows = sqlx::query(
-            "SELECT erasure_id, consumer, acknowledged_at, removed_at FROM erasure_dependents \
+            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
+             last_delivery_error FROM erasure_dependents \
              WHERE erasure_id = ANY($1)",
         )
         .bind(erasures.iter().map(|e| e.id).collect::<Vec<_>>())
@@ -513,6 +515,97 @@ impl Storage for PostgresStorage {
         Ok(deleted == 1)
     }
 
+    async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError> {
+        let done =
+            sqlx::query("UPDATE consumers SET webhook_url = $2, webhook_secret = $3, updated_at = $4 WHERE name = $1")
+                .bind(name)
+                .bind(webhook.map(|(url, _)| url))
+                .bind(webhook.map(|(_, secret)| secret))
+                .bind(now_us())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now_us: i64,
+        lease_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT d.erasure_id, d.consumer, c.webhook_url, c.webhook_secret, r.tombstone_position, d.delivery_attempts \
+             FROM erasure_dependents d \
+             JOIN consumers c ON c.name = d.consumer \
+             JOIN erasure_requests r ON r.id = d.erasure_id \
+             WHERE r.status = 'awaiting_acknowledgements' AND d.acknowledged_at IS NULL AND d.removed_at IS NULL \
+               AND c.webhook_url IS NOT NULL AND c.webhook_secret IS NOT NULL \
+               AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $1) \
+             ORDER BY r.requested_at LIMIT $2",
+        )
+        .bind(now_us)
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let delivery = Delivery {
+                erasure_id: row.try_get(0)?,
+                consumer: row.try_get(1)?,
+                url: row.try_get(2)?,
+                secret: row.try_get(3)?,
+                tombstone_position: to_u64(row.try_get(4)?, "tombstone_position")?,
+                attempts: to_u64(row.try_get(5)?, "delivery_attempts")?,
+            };
+            // Claimed only if no other worker moved its next attempt meanwhile.
+            let claim = sqlx::query(
+                "UPDATE erasure_dependents SET next_attempt_at = $3 \
+                 WHERE erasure_id = $1 AND consumer = $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $4)",
+            )
+            .bind(delivery.erasure_id)
+            .bind(delivery.consumer.as_str())
+            .bind(now_us + lease_us)
+            .bind(now_us)
+            .execute(&self.pool)
+            .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(delivery);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        outcome: Result<(), String>,
+        next_attempt_us: i64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_us();
+        let (acknowledged, error) = match &outcome {
+            Ok(()) => (Some(now), None),
+            Err(e) => (None, Some(e.as_str())),
+        };
+        sqlx::query(
+            "UPDATE erasure_dependents SET delivery_attempts = delivery_attempts + 1, last_attempt_at = $3, \
+               last_delivery_error = $4::text, next_attempt_at = $5, \
+               acknowledged_at = CASE WHEN acknowledged_at IS NULL THEN $6::bigint ELSE acknowledged_at END \
+             WHERE erasure_id = $1 AND consumer = $2",
+        )
+        .bind(delivery.erasure_id)
+        .bind(delivery.consumer.as_str())
+        .bind(now)
+        .bind(error)
+        .bind(next_attempt_us)
+        .bind(acknowledged)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO legal_holds (subject, reason, until, placed_at) VALUES ($1, $2, $3, $4) \
@@ -596,7 +689,7 @@ impl Storage for PostgresStorage {
              VALUES ($1, $2, $3, $4, 0, $5, $5) \
              ON CONFLICT (name) DO UPDATE SET stream_prefix = excluded.stream_prefix, types = excluded.types, \
                erasure_dependent = excluded.erasure_dependent, updated_at = excluded.updated_at \
-             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at",
+             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url",
         )
         .bind(name)
         .bind(filter.stream_prefix.as_deref())
@@ -610,7 +703,7 @@ impl Storage for PostgresStorage {
 
     async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError> {
         let row = sqlx::query(
-            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at \
+            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url \
              FROM consumers WHERE name = $1",
         )
         .bind(name)
@@ -621,7 +714,7 @@ impl Storage for PostgresStorage {
 
     async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
         let rows = sqlx::query(
-            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at \
+            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url \
              FROM consumers ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -635,7 +728,7 @@ impl Storage for PostgresStorage {
         let row = sqlx::query(
             "UPDATE consumers SET checkpoint = CASE WHEN checkpoint < $2 THEN $2 ELSE checkpoint END, \
                updated_at = $3 WHERE name = $1 \
-             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at",
+             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url",
         )
         .bind(name)
         .bind(to_i64(position))

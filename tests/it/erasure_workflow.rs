@@ -242,3 +242,83 @@ async fn erasures_can_be_listed_by_subject_status_and_time(db: TestDb) {
             .all(|e| e.is_overdue(Utc::now() + chrono::Duration::days(40)))
     );
 }
+
+backend_tests!(a_webhook_that_fails_twice_then_succeeds_acknowledges_the_erasure);
+
+async fn a_webhook_that_fails_twice_then_succeeds_acknowledges_the_erasure(db: TestDb) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+
+    const SECRET: &str = "webhook-secret-0123456789";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let received: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let (calls, received) = (calls.clone(), received.clone());
+            move |headers: HeaderMap, body: Bytes| async move {
+                let signed = headers
+                    .get("x-lethe-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                assert_eq!(
+                    signed,
+                    lethe::webhooks::signature(SECRET, &body),
+                    "signed with the consumer's secret"
+                );
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                received.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut config = db.config().await;
+    config.webhook_poll = Duration::from_millis(20);
+    config.webhook_retry_base = Duration::from_millis(50);
+    let store = db.open_with(config).await;
+    private_stream(&store, "456").await;
+    store.put_consumer("ledger", LogFilter::default(), true).await.unwrap();
+    store
+        .set_consumer_webhook("ledger", Some((&hook, SECRET)))
+        .await
+        .unwrap();
+    let bad = store
+        .set_consumer_webhook("ledger", Some(("ftp://x", SECRET)))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), "invalid_request");
+
+    let erasure = store.forget(&subject("456"), reason()).await.unwrap();
+    assert_eq!(erasure.status, ErasureStatus::AwaitingAcknowledgements);
+    let mut done = erasure.clone();
+    for _ in 0..200 {
+        done = store.erasure(erasure.id).await.unwrap().unwrap();
+        if done.status == ErasureStatus::Completed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        done.status,
+        ErasureStatus::Completed,
+        "the third delivery acknowledged it"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let dependent = &done.dependents[0];
+    assert_eq!(dependent.delivery_attempts, 3, "every attempt is visible");
+    assert!(dependent.acknowledged_at.is_some() && dependent.last_delivery_error.is_none());
+    let body = received.lock().unwrap()[0].clone();
+    assert_eq!(body["request_id"], serde_json::json!(erasure.id));
+    assert_eq!(body["event"]["type"], "SubjectForgotten");
+    assert_eq!(body["event"]["data"]["subject"], "456");
+}

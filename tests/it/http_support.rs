@@ -379,3 +379,110 @@ fn parse_frame(raw: &str) -> SseFrame {
     }
     frame
 }
+
+/// How [`raw_request`] sends a body.
+pub enum RawBody {
+    /// With a `Content-Length`.
+    Sized(Vec<u8>),
+    /// `Transfer-Encoding: chunked`, in these chunks, with a pause before each.
+    Chunked(Vec<Vec<u8>>, Duration),
+}
+
+/// Sends one request over a plain TCP connection and reads the answer while the body is still
+/// being written. A server that refuses a body early answers and closes the connection; an
+/// HTTP client library then often reports the broken pipe instead of the answer. This reads
+/// the answer regardless, and ignores write errors.
+pub async fn raw_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: RawBody) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let writer = tokio::spawn(async move {
+        match body {
+            RawBody::Sized(bytes) => {
+                head.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
+                write.write_all(head.as_bytes()).await?;
+                write.write_all(&bytes).await?;
+            }
+            RawBody::Chunked(chunks, pause) => {
+                head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+                write.write_all(head.as_bytes()).await?;
+                for chunk in chunks {
+                    tokio::time::sleep(pause).await;
+                    write.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+                    write.write_all(&chunk).await?;
+                    write.write_all(b"\r\n").await?;
+                }
+                write.write_all(b"0\r\n\r\n").await?;
+            }
+        }
+        write.flush().await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+            if let Some(done) = complete_response(&received)
+                && done
+            {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("answer in time");
+    writer.abort();
+    parse_response(&received)
+}
+
+/// `Some(true)` once `raw` holds a whole response with a `Content-Length`.
+fn complete_response(raw: &[u8]) -> Option<bool> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    })?;
+    Some(raw.len() >= end + 4 + length)
+}
+
+fn parse_response(raw: &[u8]) -> Reply {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..end]).expect("head is text");
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap();
+    let code: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    let bytes = &raw[end + 4..];
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    };
+    Reply {
+        status: StatusCode::from_u16(code).unwrap(),
+        headers,
+        body,
+    }
+}

@@ -19,3 +19,4 @@ mod http;
 mod http_support;
 mod http_auth;
 mod http_input;
+mod http_durability;

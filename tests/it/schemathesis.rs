@@ -1,38 +1,64 @@
 //! The OpenAPI document against the live server: schemathesis (PyPI) generates requests from
 //! `/openapi.json` — valid ones and invalid ones — sends them to a real server on a loopback port
-//! and checks every answer against the document: no server errors, documented statuses, content
-//! types and headers, response bodies that match their schemas, invalid input refused, valid input
-//! accepted, auth enforced.
+//! and checks every answer against the document: no server errors; documented statuses, content
+//! types and headers; response bodies that match their schemas; invalid input refused; valid input
+//! accepted; auth enforced; undocumented methods answered with 405 and `Allow`.
 //!
-//! Bounded so that CI stays fast: a few examples per operation, a fixed seed (the same requests
-//! every run), a time budget. `GET /subscribe` is left out of the run: a valid subscription never
-//! ends, so schemathesis would wait on it until its timeout.
+//! Bounded so that CI stays fast: a few examples per operation, a fixed seed, one worker.
+//! `GET /subscribe` is left out of the run: a valid subscription never ends, so schemathesis would
+//! wait on it until its timeout (its error answers are covered by `http_input.rs`).
 //!
 //! Without the `schemathesis` Python package the test fails when `CI` is set and is skipped with
 //! one notice otherwise (`python3 -m pip install schemathesis==4.32.5`).
+//!
+//! To look into a failure: `LETHE_SCHEMATHESIS_REPORT_DIR=/tmp/st` keeps schemathesis' reports
+//! (an ndjson event log with every request and answer) there, and `LETHE_SCHEMATHESIS_ARGS`
+//! adds arguments to `schemathesis run` (say, `--max-examples 50`).
 
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
+use lethe::access::Role;
+use lethe::http::{AppState, HttpLimits, router};
 use lethe::server::ServeConfig;
 
-/// The admin token the server starts with (32 characters).
-const ADMIN_TOKEN: &str = "schemathesis-admin-0123456789abc";
 /// Test cases per operation and phase.
 const MAX_EXAMPLES: &str = "12";
-/// The same requests every run.
+/// The same generated requests every run.
 const SEED: &str = "20240601";
-/// Seconds schemathesis waits for one answer (a consumer long poll is cut at 25 s).
-const REQUEST_TIMEOUT_SECS: &str = "30";
+/// Longest consumer long poll: `wait_ms` is fuzzed up to `u64::MAX`, so the server's 25 s cap
+/// would make the run slow (and trip schemathesis' 10 s response-time check).
+const LONG_POLL_MAX: Duration = Duration::from_millis(500);
 
-/// Statuses that valid input may get besides 2xx, 401, 403, 404, 409 and 5xx (schemathesis'
-/// default): 410 `stream_erased` / `stream_deleted` depends on what earlier requests shredded,
-/// not on the request. And per operation, constraints between members that a JSON schema cannot
-/// state (see `config`).
+/// schemathesis' configuration. Valid input may get, besides schemathesis' defaults (2xx, 401,
+/// 403, 404, 409, 429, 5xx), what depends on the server's state rather than on the request, and
+/// what depends on constraints between members that a JSON schema cannot state:
+/// - everywhere, 410 `stream_erased` / `stream_deleted`: an earlier request shredded the stream;
+/// - `append`: 400 when `If-Match` and `expected_version` disagree, or an event id is repeated;
+///   `appendMulti`: 400 when a stream or an event id is repeated, or events over all streams
+///   exceed 1,000; both: 400 for integers written as floats (`5.0` is an integer to JSON Schema,
+///   not to serde);
+/// - `ackConsumer`: 400 for a position past the head of the log (and floats, as above).
+///
+/// The operation that revokes tokens must not draw ids from earlier answers: it would revoke
+/// the token the run uses, and the rest of the run would test nothing but 401s (which then
+/// fails the run: `missing_auth`).
 const CONFIG: &str = r#"
+[warnings]
+fail-on = ["missing_auth"]
+
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "429", "5xx"]
+
+[[operations]]
+include-operation-id = ["append", "appendMulti", "ackConsumer"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "410", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "revokeToken"
+phases.coverage.extra-data-sources.responses = false
+phases.fuzzing.extra-data-sources.responses = false
 "#;
 
 fn python() -> String {
@@ -60,44 +86,64 @@ async fn openapi_document_matches_the_server() {
         return;
     }
 
+    // The embedded default (SQLite events database and key vault, KEK file), wired as
+    // `lethe serve` does, with a short long-poll cap.
     let dir = tempfile::tempdir().expect("temp dir");
     lethe_keyvault::Kek::load_or_create(dir.path().join("kek.key")).expect("KEK");
-    let mut config = ServeConfig::embedded(dir.path());
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    let server = lethe::server::start(config).await.expect("start server");
-    let config_file = dir.path().join("schemathesis.toml");
-    std::fs::write(&config_file, CONFIG).expect("schemathesis config");
-
-    let url = format!("http://{}/openapi.json", server.addr);
-    let report = dir.path().join("schemathesis-report");
-    let run = {
-        let config_file = config_file.clone();
-        let report = report.clone();
-        // A blocking thread: the server goes on serving on the runtime's workers meanwhile.
-        tokio::task::spawn_blocking(move || {
-            Command::new(python())
-                .args(["-m", "schemathesis.cli", "--no-color", "--config-file"])
-                .arg(&config_file)
-                .args(["run", &url, "--checks", "all"])
-                .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-                .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
-                .args(["--request-timeout", REQUEST_TIMEOUT_SECS])
-                .args(["--exclude-path", "/subscribe"])
-                .args(["--workers", "1", "--max-failures", "50"])
-                .args(["--generation-database", "none"])
-                .arg("--report-dir")
-                .arg(&report)
-                .env("SCHEMATHESIS_TELEMETRY", "false")
-                .output()
-                .expect("run schemathesis")
-        })
+    let store = lethe::server::open_store(&ServeConfig::embedded(dir.path()))
+        .await
+        .expect("open store");
+    let admin = store.create_token("schemathesis", Role::Admin).await.expect("admin token");
+    let token = admin.secret.to_string();
+    let limits = HttpLimits {
+        long_poll_max: LONG_POLL_MAX,
+        ..HttpLimits::default()
     };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let app = router(AppState::new(store.clone(), limits).with_shutdown(stopped.clone()));
+    let mut signal = stopped;
+    let server = tokio::spawn(lethe::server::serve(listener, app, Duration::from_secs(10), async move {
+        let _ = signal.wait_for(|stop| *stop).await;
+    }));
+
+    let work = dir.path().join("schemathesis");
+    std::fs::create_dir_all(&work).expect("work dir");
+    std::fs::write(work.join("schemathesis.toml"), CONFIG).expect("schemathesis config");
+    let report_dir = std::env::var_os("LETHE_SCHEMATHESIS_REPORT_DIR").map(std::path::PathBuf::from);
+    let extra_args: Vec<String> = std::env::var("LETHE_SCHEMATHESIS_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+
+    let mut command = Command::new(python());
+    command
+        // Its caches (`.schemathesis/`) go to the temporary directory, not the work tree.
+        .current_dir(&work)
+        .args(["-m", "schemathesis.cli", "--no-color", "--config-file", "schemathesis.toml"])
+        .args(["run", &format!("http://{addr}/openapi.json"), "--checks", "all"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
+        .args(["--exclude-path", "/subscribe"])
+        .args(["--workers", "1", "--request-timeout", "20"])
+        .args(["--generation-database", "none"])
+        .args(&extra_args)
+        .env("SCHEMATHESIS_TELEMETRY", "false");
+    if let Some(report_dir) = &report_dir {
+        command.args(["--report", "ndjson,har", "--report-dir"]).arg(report_dir);
+    }
+    // A blocking thread: the server goes on serving on the runtime's workers meanwhile.
+    let run = tokio::task::spawn_blocking(move || command.output().expect("run schemathesis"));
     let out = tokio::time::timeout(Duration::from_secs(600), run)
         .await
         .expect("schemathesis finished within 10 minutes")
         .expect("schemathesis thread");
-    server.stop().await.expect("stop server");
+
+    // The token the run used still works: nothing it did locked it out.
+    let still_valid = store.authenticate(&token).await.expect("authenticate").is_some();
+    let _ = stop.send(true);
+    server.await.expect("server task").expect("server");
+    store.close().await;
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -106,7 +152,11 @@ async fn openapi_document_matches_the_server() {
         "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}",
         out.status.code()
     );
-    // Exit 0 already means no failure; say so in the log of a passing run too.
-    let summary = stdout.lines().rev().find(|l| l.contains("passed") || l.contains("No issues found"));
-    let _ = writeln!(std::io::stderr(), "schemathesis: {}", summary.unwrap_or("passed"));
+    assert!(still_valid, "the run revoked its own admin token:\n{stdout}");
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" in ") && l.starts_with('='))
+        .unwrap_or("passed");
+    let _ = writeln!(std::io::stderr(), "schemathesis: {}", summary.trim_matches(|c| c == '=' || c == ' '));
 }
