@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,12 +10,12 @@ use futures::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{AppState, PathParam};
 use super::problem::ApiError;
 use super::wire::{
     ErasureListResponse, ErasureResponse, EventOut, ForgetRequest, SubjectResponse, SubjectStreamOut,
     TokenListResponse, TokenOut, TokenRequest,
 };
+use super::{AppState, JsonBody, PathParam};
 use crate::access::Role;
 use crate::erasure::ErasureReason;
 use crate::metrics::{KindLabel, metrics};
@@ -44,9 +44,8 @@ fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
 pub async fn forget(
     State(state): State<AppState>,
     PathParam(subject): PathParam,
-    body: Result<Json<ForgetRequest>, JsonRejection>,
+    JsonBody(body): JsonBody<ForgetRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
     let subject = subject_of(&subject)?;
     check_text("reason", &body.reason)?;
     check_text("requested_by", &body.requested_by)?;
@@ -74,7 +73,10 @@ pub async fn forget(
 }
 
 /// `GET /admin/erasures/{id}`.
-pub async fn erasure(State(state): State<AppState>, PathParam(id): PathParam) -> Result<Json<ErasureResponse>, ApiError> {
+pub async fn erasure(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+) -> Result<Json<ErasureResponse>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("the erasure id must be a UUID"))?;
     let erasure = state.store.erasure(id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(erasure.into()))
@@ -170,9 +172,8 @@ pub async fn export(State(state): State<AppState>, PathParam(raw): PathParam) ->
 /// `POST /admin/tokens` → 201 with the token (shown once).
 pub async fn create_token(
     State(state): State<AppState>,
-    body: Result<Json<TokenRequest>, JsonRejection>,
+    JsonBody(body): JsonBody<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
     let role = Role::parse(&body.role).ok_or_else(|| ApiError::bad_request("role must be reader, writer or admin"))?;
     let token = state.store.create_token(&body.name, role).await?;
     let mut out = TokenOut::from(token.record);

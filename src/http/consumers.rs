@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 
-use super::{AppState, PathParam};
 use super::problem::ApiError;
 use super::wire::{
     AckRequest, ConsumerEventsQuery, ConsumerEventsResponse, ConsumerRequest, ConsumerResponse, EventOut,
 };
+use super::{AppState, JsonBody, PathParam};
 use crate::access::Consumer;
 use crate::model::LogFilter;
 
@@ -36,9 +36,8 @@ fn out(consumer: Consumer, head: u64) -> ConsumerResponse {
 pub async fn put(
     State(state): State<AppState>,
     PathParam(name): PathParam,
-    body: Result<Json<ConsumerRequest>, JsonRejection>,
+    JsonBody(body): JsonBody<ConsumerRequest>,
 ) -> Result<Json<ConsumerResponse>, ApiError> {
-    let Json(body) = body?;
     let filter = LogFilter {
         stream_prefix: body.stream_prefix.filter(|p| !p.is_empty()),
         types: body.types.unwrap_or_default(),
@@ -49,7 +48,10 @@ pub async fn put(
 }
 
 /// `GET /consumers/{name}`.
-pub async fn get(State(state): State<AppState>, PathParam(name): PathParam) -> Result<Json<ConsumerResponse>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+) -> Result<Json<ConsumerResponse>, ApiError> {
     let consumer = state.store.consumer(&name).await?.ok_or_else(ApiError::not_found)?;
     let head = state.store.head().await?;
     Ok(Json(out(consumer, head)))
@@ -91,9 +93,8 @@ pub async fn events(
 pub async fn ack(
     State(state): State<AppState>,
     PathParam(name): PathParam,
-    body: Result<Json<AckRequest>, JsonRejection>,
+    JsonBody(body): JsonBody<AckRequest>,
 ) -> Result<Json<ConsumerResponse>, ApiError> {
-    let Json(body) = body?;
     let consumer = state.store.ack_consumer(&name, body.position).await?;
     let head = state.store.head().await?;
     Ok(Json(out(consumer, head)))

@@ -14,7 +14,9 @@
 use serde_json::{Map, Value, json};
 
 use crate::access::TOKEN_NAME_LEN_MAX;
-use crate::limits::{APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX, NAME_LEN_MAX, READ_PAGE_EVENTS_MAX};
+use crate::limits::{
+    APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX, NAME_LEN_MAX, READ_PAGE_EVENTS_MAX,
+};
 
 /// Where `$ref`s to schemas point.
 const SCHEMAS: &str = "#/components/schemas/";
@@ -195,7 +197,7 @@ fn server_side(responses: &mut Map<String, Value>) {
         problem(
             503,
             "The event database or the key vault is unreachable, or the server is shutting down; retry later.",
-            Some(&["storage_unavailable", "keyvault_unavailable", "shutting_down", "too_many_subscribers"]),
+            Some(&["storage_unavailable", "keyvault_unavailable", "shutting_down"]),
         ),
     );
 }
@@ -345,7 +347,12 @@ fn append() -> Value {
                      stream is bound to another subject or to none), `duplicate_event_id` (an event id already \
                      stored elsewhere or with other content), or `erasure_in_progress` (the subject is being \
                      forgotten and takes no new streams).",
-                    Some(&["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress"]),
+                    Some(&[
+                        "wrong_expected_version",
+                        "subject_mismatch",
+                        "duplicate_event_id",
+                        "erasure_in_progress",
+                    ]),
                 ),
             ),
             (
@@ -407,7 +414,12 @@ fn append_multi() -> Value {
                     409,
                     "`wrong_expected_version` (with `streams`: each stream's `current_version`), \
                      `subject_mismatch`, `duplicate_event_id` or `erasure_in_progress`.",
-                    Some(&["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress"]),
+                    Some(&[
+                        "wrong_expected_version",
+                        "subject_mismatch",
+                        "duplicate_event_id",
+                        "erasure_in_progress",
+                    ]),
                 ),
             ),
             (
@@ -474,12 +486,19 @@ fn delete_stream() -> Value {
                 "200",
                 with_links(
                     json_response("The stream was shredded.", schema_ref("Erasure")),
-                    &[("GetErasure", "getErasure", json!({ "id": "$response.body#/request_id" }))],
+                    &[(
+                        "GetErasure",
+                        "getErasure",
+                        json!({ "id": "$response.body#/request_id" }),
+                    )],
                 ),
             ),
             (
                 "400",
-                bad_request("An invalid stream name (system streams cannot be deleted) or a malformed body.", true),
+                bad_request(
+                    "An invalid stream name (system streams cannot be deleted) or a malformed body.",
+                    true,
+                ),
             ),
             ("404", not_found("No such stream")),
             ("408", timeout()),
@@ -522,7 +541,7 @@ fn log() -> Value {
 }
 
 fn subscribe() -> Value {
-    operation(
+    let mut op = operation(
         "streams",
         "subscribe",
         "Subscribe to the log (Server-Sent Events)",
@@ -536,13 +555,18 @@ fn subscribe() -> Value {
             (
                 "200",
                 json!({
-                    "description": "An endless stream of events (`id: <position>`, `data: <Event JSON>`).",
-                    "content": { "text/event-stream": { "schema": { "type": "string" } } }
+                    "description": "An endless stream of Server-Sent Events. `schema` describes one event, as \
+                        OpenAPI 3.2's `itemSchema` does: `id: <position>` and `data: <Event as JSON>`, or, after a \
+                        failure, `event: error` with the error code as `data` (the stream then ends).",
+                    "content": { "text/event-stream": { "schema": schema_ref("ServerSentEvent") } }
                 }),
             ),
             (
                 "400",
-                bad_request("An invalid query parameter, filter or `Last-Event-ID` (`limit` does not apply here).", true),
+                bad_request(
+                    "An invalid query parameter, filter or `Last-Event-ID` (`limit` does not apply here).",
+                    true,
+                ),
             ),
         ]),
         json!({
@@ -557,13 +581,28 @@ fn subscribe() -> Value {
                 }
             ]
         }),
-    )
+    );
+    op["responses"]["503"] = problem(
+        503,
+        "Too many open subscriptions (`too_many_subscribers`, `LETHE_SUBSCRIBERS_MAX`), the event database or \
+         the key vault is unreachable, or the server is shutting down; retry later.",
+        Some(&[
+            "too_many_subscribers",
+            "storage_unavailable",
+            "keyvault_unavailable",
+            "shutting_down",
+        ]),
+    );
+    op
 }
 
 fn consumer_paths() -> Vec<(&'static str, Value)> {
     vec![
         ("/consumers", json!({ "get": list_consumers() })),
-        ("/consumers/{name}", json!({ "put": put_consumer(), "get": get_consumer() })),
+        (
+            "/consumers/{name}",
+            json!({ "put": put_consumer(), "get": get_consumer() }),
+        ),
         ("/consumers/{name}/events", json!({ "get": consumer_events() })),
         ("/consumers/{name}/ack", json!({ "post": ack() })),
     ]
@@ -607,7 +646,11 @@ fn put_consumer() -> Value {
                     json_response("The consumer.", schema_ref("Consumer")),
                     &[
                         ("GetConsumer", "getConsumer", json!({ "name": "$response.body#/name" })),
-                        ("ConsumerEvents", "consumerEvents", json!({ "name": "$response.body#/name" })),
+                        (
+                            "ConsumerEvents",
+                            "consumerEvents",
+                            json!({ "name": "$response.body#/name" }),
+                        ),
                         ("AckConsumer", "ackConsumer", json!({ "name": "$response.body#/name" })),
                     ],
                 ),
@@ -650,7 +693,10 @@ fn consumer_events() -> Value {
          `POST /consumers/{name}/ack`.",
         "reader",
         responses([
-            ("200", json_response("The events (possibly none).", schema_ref("ConsumerEvents"))),
+            (
+                "200",
+                json_response("The events (possibly none).", schema_ref("ConsumerEvents")),
+            ),
             ("400", bad_request("An invalid query parameter.", false)),
             ("404", not_found("No such consumer")),
             ("408", timeout()),
@@ -680,8 +726,14 @@ fn ack() -> Value {
         "Moves the checkpoint to `position` (never back: a lower position leaves it where it is).",
         "reader",
         responses([
-            ("200", json_response("The consumer, checkpoint moved.", schema_ref("Consumer"))),
-            ("400", bad_request("A malformed body, or a position past the head of the log.", false)),
+            (
+                "200",
+                json_response("The consumer, checkpoint moved.", schema_ref("Consumer")),
+            ),
+            (
+                "400",
+                bad_request("A malformed body, or a position past the head of the log.", false),
+            ),
             ("404", not_found("No such consumer")),
             ("408", timeout()),
             ("413", payload_too_large()),
@@ -722,17 +774,39 @@ fn forget() -> Value {
                 with_links(
                     json_response("The erasure request, as far as it got.", schema_ref("Erasure")),
                     &[
-                        ("GetErasure", "getErasure", json!({ "id": "$response.body#/request_id" })),
-                        ("GetSubject", "getSubject", json!({ "subject": "$request.path.subject" })),
-                        ("ExportSubject", "exportSubject", json!({ "subject": "$request.path.subject" })),
+                        (
+                            "GetErasure",
+                            "getErasure",
+                            json!({ "id": "$response.body#/request_id" }),
+                        ),
+                        (
+                            "GetSubject",
+                            "getSubject",
+                            json!({ "subject": "$request.path.subject" }),
+                        ),
+                        (
+                            "ExportSubject",
+                            "exportSubject",
+                            json!({ "subject": "$request.path.subject" }),
+                        ),
                     ],
                 ),
             ),
-            ("400", bad_request("An invalid subject id or body, or a text member over its length limit.", false)),
+            (
+                "400",
+                bad_request(
+                    "An invalid subject id or body, or a text member over its length limit.",
+                    false,
+                ),
+            ),
             ("404", not_found("No such route")),
             (
                 "409",
-                problem(409, "A legal hold blocks forgetting this subject (`legal_hold`).", Some(&["legal_hold"])),
+                problem(
+                    409,
+                    "A legal hold blocks forgetting this subject (`legal_hold`).",
+                    Some(&["legal_hold"]),
+                ),
             ),
             ("413", payload_too_large()),
             ("415", unsupported_media_type()),
@@ -852,7 +926,10 @@ fn create_token() -> Value {
                     &[("RevokeToken", "revokeToken", json!({ "id": "$response.body#/id" }))],
                 ),
             ),
-            ("400", bad_request("An invalid name or role, or a malformed body.", false)),
+            (
+                "400",
+                bad_request("An invalid name or role, or a malformed body.", false),
+            ),
             ("413", payload_too_large()),
             ("415", unsupported_media_type()),
         ]),
@@ -1400,6 +1477,32 @@ fn misc_schemas() -> Value {
                 "stream": { "type": "string", "description": "The stream the error is about." }
             }
         },
+        "ServerSentEvent": {
+            "description": "One event of `GET /subscribe`.",
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["id", "data"],
+                    "properties": {
+                        "event": { "const": "message" },
+                        "id": { "type": "string", "pattern": "^[1-9][0-9]*$", "description": "The event's position." },
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": schema_ref("Event")
+                        }
+                    }
+                },
+                {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": { "const": "error" },
+                        "data": { "type": "string", "description": "The error code (e.g. `storage_unavailable`)." }
+                    }
+                }
+            ]
+        },
         "Health": {
             "type": "object",
             "required": ["status"],
@@ -1491,7 +1594,12 @@ mod tests {
             for op in item.as_object().unwrap().values() {
                 ids.push(op["operationId"].as_str().unwrap().to_owned());
                 for response in op["responses"].as_object().unwrap().values() {
-                    for link in response.get("links").and_then(Value::as_object).into_iter().flat_map(|l| l.values()) {
+                    for link in response
+                        .get("links")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flat_map(|l| l.values())
+                    {
                         targets.push(link["operationId"].as_str().unwrap().to_owned());
                     }
                 }

@@ -80,9 +80,11 @@ pub async fn layer_problems(response: Response) -> Response {
         return response;
     }
     match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new("payload_too_large", "the request body is larger than the server's limit").into_response()
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            "payload_too_large",
+            "the request body is larger than the server's limit",
+        )
+        .into_response(),
         StatusCode::REQUEST_TIMEOUT => ApiError::new("request_timeout", "the request took too long").into_response(),
         _ => response,
     }

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -15,7 +15,7 @@ use super::wire::{
     AppendRequest, AppendResponse, DeleteStreamRequest, DirectionWire, ErasureResponse, EventIn, EventOut,
     ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, StreamQuery, StreamResponse,
 };
-use super::{AppState, PathParam, split_types};
+use super::{AppState, JsonBody, PathParam, split_types};
 use crate::erasure::ErasureReason;
 use crate::metrics::metrics;
 use crate::model::{Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId};
@@ -72,6 +72,15 @@ fn if_match(headers: &HeaderMap) -> Result<Option<ExpectedVersion>, ApiError> {
     Ok(Some(ExpectedVersion::Exact(version)))
 }
 
+/// A precondition the route cannot honour is refused, never silently ignored: the client
+/// would believe it was protected.
+fn refuse_if_match(headers: &HeaderMap, why: &str) -> Result<(), ApiError> {
+    if headers.contains_key(header::IF_MATCH) {
+        return Err(ApiError::bad_request(format!("If-Match is not supported here: {why}")));
+    }
+    Ok(())
+}
+
 fn etag(version: u64) -> HeaderValue {
     // Digits and quotes are always a valid header value.
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"\""))
@@ -97,9 +106,8 @@ pub async fn append(
     State(state): State<AppState>,
     PathParam(stream): PathParam,
     headers: HeaderMap,
-    body: Result<Json<AppendRequest>, JsonRejection>,
+    JsonBody(body): JsonBody<AppendRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
     let header_expectation = if_match(&headers)?;
     let expected = match (body.expected_version, header_expectation) {
         (Some(b), Some(h)) if b.0 != h => {
@@ -132,9 +140,10 @@ pub async fn append(
 /// `POST /streams`: several streams, atomically.
 pub async fn append_multi(
     State(state): State<AppState>,
-    body: Result<Json<MultiAppendRequest>, JsonRejection>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<MultiAppendRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
+    refuse_if_match(&headers, "a multi-stream append takes each stream's expected_version in its body")?;
     let appends = body
         .appends
         .into_iter()
@@ -195,11 +204,13 @@ pub async fn read(
 pub async fn delete(
     State(state): State<AppState>,
     PathParam(stream): PathParam,
-    body: Result<Option<Json<DeleteStreamRequest>>, JsonRejection>,
+    headers: HeaderMap,
+    body: Option<JsonBody<DeleteStreamRequest>>,
 ) -> Result<Json<ErasureResponse>, ApiError> {
+    refuse_if_match(&headers, "a stream deletion is not conditional")?;
     let stream = StreamName::new(stream).map_err(crate::Error::from)?;
     // The body is optional; one that is there must be valid.
-    let body = body?.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|JsonBody(b)| b).unwrap_or_default();
     let reason = ErasureReason {
         reason: body.reason,
         requested_by: body.requested_by,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::backend_tests;
-use crate::http_support::{Server, SseReader, events, reply};
+use crate::http_support::{RawBody, Server, SseReader, events, raw_request, reply};
 use crate::support::TestDb;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -82,21 +82,46 @@ async fn http_append_to_one_stream(db: TestDb) {
         .assert_problem(404, "not_found");
 
     // The right expected version appends; "any" always does.
-    let next = server.append("order-1", json!(1), None, events(1, "OrderShipped")).await;
+    let next = server
+        .append("order-1", json!(1), None, events(1, "OrderShipped"))
+        .await;
     assert_eq!(next["first_version"], 2);
     assert_eq!(next["first_position"], 3);
     let any = server.append("order-1", json!("any"), None, events(2, "Note")).await;
-    assert_eq!((any["first_version"].as_u64(), any["last_version"].as_u64()), (Some(3), Some(4)));
+    assert_eq!(
+        (any["first_version"].as_u64(), any["last_version"].as_u64()),
+        (Some(3), Some(4))
+    );
+    // A Content-Type with parameters, or a +json one, is JSON too.
+    for content_type in ["application/json; charset=utf-8", "application/vnd.lethe+json"] {
+        let r = server
+            .request(Method::POST, "/streams/order-9", Some(&server.writer))
+            .header("content-type", content_type)
+            .body(json!({"events": events(1, "X")}).to_string())
+            .send()
+            .await
+            .unwrap();
+        reply(r).await.assert_status(201);
+    }
     // No expected_version at all means "any".
     let r = server
-        .post("/streams/order-1", &server.writer, &json!({"events": events(1, "Note")}))
+        .post(
+            "/streams/order-1",
+            &server.writer,
+            &json!({"events": events(1, "Note")}),
+        )
         .await;
     r.assert_status(201);
     assert_eq!(r.body["first_version"], 5);
 
     // Subject binding: a private stream takes only its own subject.
     server
-        .append("user-private-1", json!("no_stream"), Some("1"), events(1, "PersonalDataGiven"))
+        .append(
+            "user-private-1",
+            json!("no_stream"),
+            Some("1"),
+            events(1, "PersonalDataGiven"),
+        )
         .await;
     let other = json!({"expected_version": "any", "subject": "2", "events": events(1, "X")});
     server
@@ -121,7 +146,10 @@ async fn http_append_to_one_stream(db: TestDb) {
         .post("/streams/user-private-1", &server.writer, &more)
         .await
         .assert_problem(410, "stream_erased");
-    server.delete("/streams/order-1", &server.writer).await.assert_status(200);
+    server
+        .delete("/streams/order-1", &server.writer)
+        .await
+        .assert_status(200);
     server
         .post("/streams/order-1", &server.writer, &more)
         .await
@@ -227,7 +255,10 @@ async fn http_stream_reads_forward_backward_and_page(db: TestDb) {
     let first = json!({"expected_version": "no_stream", "events": [
         {"id": id, "type": "Started", "data": {"name": "Ada", "nested": [1, 2.5, null, "ü ✓"]}, "metadata": {"corr": "c-1"}},
     ]});
-    server.post("/streams/s-1", &server.writer, &first).await.assert_status(201);
+    server
+        .post("/streams/s-1", &server.writer, &first)
+        .await
+        .assert_status(201);
     server.append("s-1", json!(0), None, events(9, "Tick")).await;
 
     let all = server.get("/streams/s-1", &server.reader).await;
@@ -250,13 +281,17 @@ async fn http_stream_reads_forward_backward_and_page(db: TestDb) {
 
     let slice = server.get("/streams/s-1?from=3&limit=4", &server.reader).await;
     assert_eq!(versions(&slice.body), [3, 4, 5, 6]);
-    let back = server.get("/streams/s-1?direction=backward&limit=3", &server.reader).await;
+    let back = server
+        .get("/streams/s-1?direction=backward&limit=3", &server.reader)
+        .await;
     assert_eq!(versions(&back.body), [9, 8, 7]);
     let back = server
         .get("/streams/s-1?direction=backward&from=2&limit=10", &server.reader)
         .await;
     assert_eq!(versions(&back.body), [2, 1, 0]);
-    let fwd = server.get("/streams/s-1?direction=forward&from=8", &server.reader).await;
+    let fwd = server
+        .get("/streams/s-1?direction=forward&from=8", &server.reader)
+        .await;
     assert_eq!(versions(&fwd.body), [8, 9]);
 
     // Paging forward with limit 4 visits every version once.
@@ -304,7 +339,9 @@ async fn http_stream_reads_forward_backward_and_page(db: TestDb) {
 
 async fn http_delete_stream_shreds_it(db: TestDb) {
     let server = Server::start(&db).await;
-    server.append("doomed-1", json!("no_stream"), None, events(3, "X")).await;
+    server
+        .append("doomed-1", json!("no_stream"), None, events(3, "X"))
+        .await;
     server.append("kept-1", json!("no_stream"), None, events(2, "Y")).await;
 
     let deleted = server
@@ -360,19 +397,44 @@ async fn http_delete_stream_shreds_it(db: TestDb) {
 async fn http_log_filters_and_pages(db: TestDb) {
     let server = Server::start(&db).await;
     server
-        .append("user-public-1", json!("any"), None, json!([{"type": "UserRegistered", "data": {}}]))
+        .append(
+            "user-public-1",
+            json!("any"),
+            None,
+            json!([{"type": "UserRegistered", "data": {}}]),
+        )
         .await;
     server
-        .append("order-1", json!("any"), None, json!([{"type": "OrderPlaced", "data": {}}]))
+        .append(
+            "order-1",
+            json!("any"),
+            None,
+            json!([{"type": "OrderPlaced", "data": {}}]),
+        )
         .await;
     server
-        .append("user-private-1", json!("any"), Some("1"), json!([{"type": "PersonalDataGiven", "data": {"n": 1}}]))
+        .append(
+            "user-private-1",
+            json!("any"),
+            Some("1"),
+            json!([{"type": "PersonalDataGiven", "data": {"n": 1}}]),
+        )
         .await;
     server
-        .append("order-1", json!("any"), None, json!([{"type": "OrderShipped", "data": {}}, {"type": "OrderPaid", "data": {}}]))
+        .append(
+            "order-1",
+            json!("any"),
+            None,
+            json!([{"type": "OrderShipped", "data": {}}, {"type": "OrderPaid", "data": {}}]),
+        )
         .await;
     server
-        .append("users-other", json!("any"), None, json!([{"type": "UserRegistered", "data": {}}]))
+        .append(
+            "users-other",
+            json!("any"),
+            None,
+            json!([{"type": "UserRegistered", "data": {}}]),
+        )
         .await;
 
     let all = server.get("/log", &server.reader).await;
@@ -459,7 +521,11 @@ async fn http_subscribe_catches_up_goes_live_and_resumes(db: TestDb) {
 
     // Filters: a prefix and a type list, catch-up and live alike; `from` is inclusive.
     let response = server
-        .request(Method::GET, "/subscribe?from=2&stream_prefix=sub-&types=A", Some(&server.reader))
+        .request(
+            Method::GET,
+            "/subscribe?from=2&stream_prefix=sub-&types=A",
+            Some(&server.reader),
+        )
         .send()
         .await
         .unwrap();
@@ -502,18 +568,79 @@ async fn http_subscribe_sends_keep_alive_comments_when_idle() {
     assert_eq!(sse.next_event(10 * SECOND).await.id.as_deref(), Some("1"));
     // Shutting the server down ends the subscription instead of hanging the shutdown.
     let stopping = tokio::spawn(server.stop());
-    let ended = async {
-        while sse.next(30 * SECOND).await.is_some() {}
-    };
-    tokio::time::timeout(30 * SECOND, ended).await.expect("SSE ended on shutdown");
+    let ended = async { while sse.next(30 * SECOND).await.is_some() {} };
+    tokio::time::timeout(30 * SECOND, ended)
+        .await
+        .expect("SSE ended on shutdown");
     tokio::time::timeout(30 * SECOND, stopping).await.unwrap().unwrap();
+}
+
+/// The HTTP layer's own limits with small values: open subscriptions are bounded (and a slot
+/// frees when its client goes away), and a request that takes too long gets a 408 problem and
+/// stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_subscriber_bound_and_request_timeout() {
+    let db = TestDb::sqlite().await;
+    let limits = HttpLimits {
+        subscribers_max: 2,
+        keep_alive: Duration::from_millis(100),
+        request_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let server = Server::start_with_limits(&db, limits).await;
+    let subscribe = || server.request(Method::GET, "/subscribe", Some(&server.reader)).send();
+    let first = SseReader::new(subscribe().await.unwrap());
+    let _second = SseReader::new(subscribe().await.unwrap());
+    let third = reply(subscribe().await.unwrap()).await;
+    third.assert_problem(503, "too_many_subscribers");
+    // Other requests are not affected.
+    server.append("l-1", json!("any"), None, events(1, "X")).await;
+    drop(first);
+    let deadline = Instant::now() + 10 * SECOND;
+    loop {
+        let response = subscribe().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        reply(response).await.assert_problem(503, "too_many_subscribers");
+        assert!(Instant::now() < deadline, "the slot of a closed subscription was not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A body trickling in for 2 s against a 300 ms request timeout.
+    let auth = format!("Bearer {}", server.writer);
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let mut chunks = vec![br#"{"events": [{"type": "X", "data": ""#.to_vec()];
+    chunks.extend((0..10).map(|_| b"aaaa".to_vec()));
+    chunks.push(br#""}]}"#.to_vec());
+    let r = raw_request(
+        &server.addr(),
+        "POST",
+        "/streams/slow-1",
+        &headers,
+        RawBody::Chunked(chunks, Duration::from_millis(200)),
+    )
+    .await;
+    r.assert_problem(408, "request_timeout");
+    server
+        .get("/streams/slow-1", &server.reader)
+        .await
+        .assert_problem(404, "not_found");
+    assert_eq!(server.head().await, 1);
+    server.stop().await;
 }
 
 async fn http_consumers_long_poll_ack_and_lag(db: TestDb) {
     let server = Server::start(&db).await;
-    server.append("order-1", json!("any"), None, events(2, "OrderPlaced")).await; // 1, 2
-    server.append("user-1", json!("any"), None, events(1, "UserRegistered")).await; // 3
-    server.append("order-2", json!("any"), None, events(1, "OrderPaid")).await; // 4
+    server
+        .append("order-1", json!("any"), None, events(2, "OrderPlaced"))
+        .await; // 1, 2
+    server
+        .append("user-1", json!("any"), None, events(1, "UserRegistered"))
+        .await; // 3
+    server
+        .append("order-2", json!("any"), None, events(1, "OrderPaid"))
+        .await; // 4
 
     let registered = server
         .put(
@@ -528,7 +655,11 @@ async fn http_consumers_long_poll_ack_and_lag(db: TestDb) {
     assert_eq!(registered.body["lag"], 4);
     assert_eq!(registered.body["types"], json!(["OrderPlaced", "OrderPaid"]));
     server
-        .put("/consumers/erasure-watch", &server.admin, &json!({"erasure_dependent": true}))
+        .put(
+            "/consumers/erasure-watch",
+            &server.admin,
+            &json!({"erasure_dependent": true}),
+        )
         .await
         .assert_status(200);
 
@@ -587,7 +718,9 @@ async fn http_consumers_long_poll_ack_and_lag(db: TestDb) {
 
     // Nothing new: a short wait returns empty, after the wait.
     let started = Instant::now();
-    let empty = server.get("/consumers/billing/events?wait_ms=300", &server.reader).await;
+    let empty = server
+        .get("/consumers/billing/events?wait_ms=300", &server.reader)
+        .await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(empty.body["events"].as_array().unwrap().is_empty());
 
@@ -604,10 +737,14 @@ async fn http_consumers_long_poll_ack_and_lag(db: TestDb) {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    server.append("user-2", json!("any"), None, events(1, "UserRegistered")).await; // 5
+    server
+        .append("user-2", json!("any"), None, events(1, "UserRegistered"))
+        .await; // 5
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!poller.is_finished(), "a non-matching event ended the long poll");
-    server.append("order-3", json!("any"), None, events(1, "OrderPlaced")).await; // 6
+    server
+        .append("order-3", json!("any"), None, events(1, "OrderPlaced"))
+        .await; // 6
     let (r, waited) = poller.await.unwrap();
     r.assert_status(200);
     assert_eq!(positions(r.body["events"].as_array().unwrap()), [6]);
@@ -639,12 +776,25 @@ async fn http_forget_and_the_admin_views_of_it(db: TestDb) {
         {"stream": "user-private-456", "expected_version": "no_stream", "subject": "456",
          "events": [{"type": "PersonalDataGiven", "data": {"name": "Ada Lovelace"}}]},
     ]});
-    server.post("/streams", &server.writer, &register).await.assert_status(201);
     server
-        .append("orders-private-456", json!("no_stream"), Some("456"), events(3, "OrderAddress"))
+        .post("/streams", &server.writer, &register)
+        .await
+        .assert_status(201);
+    server
+        .append(
+            "orders-private-456",
+            json!("no_stream"),
+            Some("456"),
+            events(3, "OrderAddress"),
+        )
         .await;
     server
-        .append("user-private-789", json!("no_stream"), Some("789"), events(1, "PersonalDataGiven"))
+        .append(
+            "user-private-789",
+            json!("no_stream"),
+            Some("789"),
+            events(1, "PersonalDataGiven"),
+        )
         .await;
 
     // Access before forgetting: the bound streams, and an export of every event, decrypted.
@@ -655,7 +805,12 @@ async fn http_forget_and_the_admin_views_of_it(db: TestDb) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["stream"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned()))
+        .map(|s| {
+            (
+                s["stream"].as_str().unwrap().to_owned(),
+                s["status"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     bound.sort();
     assert_eq!(
@@ -678,13 +833,14 @@ async fn http_forget_and_the_admin_views_of_it(db: TestDb) {
     exported_streams.sort_unstable();
     assert_eq!(
         exported_streams,
-        ["orders-private-456", "orders-private-456", "orders-private-456", "user-private-456"]
+        [
+            "orders-private-456",
+            "orders-private-456",
+            "orders-private-456",
+            "user-private-456"
+        ]
     );
-    assert!(
-        exported
-            .iter()
-            .any(|e| e["data"] == json!({"name": "Ada Lovelace"}))
-    );
+    assert!(exported.iter().any(|e| e["data"] == json!({"name": "Ada Lovelace"})));
     let nobody = server.get("/admin/subjects/nobody/export", &server.admin).await;
     nobody.assert_status(200);
     assert_eq!(nobody.body["events"], json!([]));
@@ -715,14 +871,25 @@ async fn http_forget_and_the_admin_views_of_it(db: TestDb) {
     assert_eq!(e0["data"], Value::Null);
     assert_eq!(e0["erased"], true);
     assert_eq!(e0["type"], "PersonalDataGiven");
-    assert_eq!(private.body["events"].as_array().unwrap().last().unwrap()["type"], "$erased");
+    assert_eq!(
+        private.body["events"].as_array().unwrap().last().unwrap()["type"],
+        "$erased"
+    );
     let public = server.get("/streams/user-public-456", &server.reader).await;
     assert_eq!(public.body["status"], "active");
-    assert_eq!(public.body["events"][0]["data"], json!({"user_id": "456", "newsletter": true}));
+    assert_eq!(
+        public.body["events"][0]["data"],
+        json!({"user_id": "456", "newsletter": true})
+    );
     let other = server.get("/streams/user-private-789", &server.reader).await;
     assert_eq!(other.body["events"][0]["data"], json!({"i": 0}));
     // No read path yields the forgotten data: the log and the export neither.
-    let everything = server.log().await.into_iter().map(|e| e.to_string()).collect::<String>();
+    let everything = server
+        .log()
+        .await
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<String>();
     assert!(!everything.contains("Ada Lovelace"));
     let export = server.get("/admin/subjects/456/export", &server.admin).await;
     export.assert_status(200);
@@ -740,7 +907,9 @@ async fn http_forget_and_the_admin_views_of_it(db: TestDb) {
     assert_eq!(server.head().await, head);
 
     // The erasure request, by id and in lists.
-    let by_id = server.get(&format!("/admin/erasures/{request_id}"), &server.admin).await;
+    let by_id = server
+        .get(&format!("/admin/erasures/{request_id}"), &server.admin)
+        .await;
     by_id.assert_status(200);
     assert_eq!(by_id.body["request_id"], request_id);
     assert_eq!(by_id.body["status"], "completed");
@@ -803,7 +972,11 @@ async fn http_forget_and_the_admin_views_of_it(db: TestDb) {
 async fn http_tokens_are_shown_once_and_revocable(db: TestDb) {
     let server = Server::start(&db).await;
     let created = server
-        .post("/admin/tokens", &server.admin, &json!({"name": "ci deploy", "role": "writer"}))
+        .post(
+            "/admin/tokens",
+            &server.admin,
+            &json!({"name": "ci deploy", "role": "writer"}),
+        )
         .await;
     created.assert_status(201);
     let secret = created.body["token"].as_str().unwrap().to_owned();
@@ -868,7 +1041,11 @@ async fn http_tokens_are_shown_once_and_revocable(db: TestDb) {
 
     // A reader token made over HTTP reads but cannot append; a bad role is refused.
     let reader = server
-        .post("/admin/tokens", &server.admin, &json!({"name": "dashboard", "role": "reader"}))
+        .post(
+            "/admin/tokens",
+            &server.admin,
+            &json!({"name": "dashboard", "role": "reader"}),
+        )
         .await;
     let reader = reader.body["token"].as_str().unwrap().to_owned();
     server.get("/streams/t-1", &reader).await.assert_status(200);
@@ -894,7 +1071,10 @@ async fn http_operations_routes(db: TestDb) {
     assert_eq!(health.body["status"], "ok");
     let ready = server.call(Method::GET, "/readyz", None, None).await;
     ready.assert_status(200);
-    assert_eq!(ready.body, json!({"status": "ready", "database": "ok", "keyvault": "ok"}));
+    assert_eq!(
+        ready.body,
+        json!({"status": "ready", "database": "ok", "keyvault": "ok"})
+    );
 
     server.append("m-1", json!("any"), None, events(2, "M")).await;
     let metrics = server.request(Method::GET, "/metrics", None).send().await.unwrap();
@@ -904,6 +1084,7 @@ async fn http_operations_routes(db: TestDb) {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("lethe_appends_total"), "{text}");
     assert!(text.contains("lethe_request_seconds"), "{text}");
+    assert!(text.contains(r#"route="POST /streams/{stream}""#), "{text}");
     // Metrics carry routes, never concrete paths (which hold stream names).
     assert!(!text.contains("m-1"));
 

@@ -20,18 +20,27 @@ enum Need {
     Admin,
 }
 
-/// One route: method, path for a target that exists and for one that does not, body.
+/// One route: method, its template (as in `/openapi.json`), a path for a target that exists
+/// and one for a target that does not, a body.
 struct Route {
     method: Method,
+    template: &'static str,
     existing: String,
     missing: String,
     body: Option<Value>,
     need: Need,
 }
 
-fn route(method: Method, existing: &str, missing: &str, body: Option<Value>, need: Need) -> Route {
+fn route(
+    (method, template): (Method, &'static str),
+    existing: &str,
+    missing: &str,
+    body: Option<Value>,
+    need: Need,
+) -> Route {
     Route {
         method,
+        template,
         existing: existing.to_owned(),
         missing: missing.to_owned(),
         body,
@@ -48,47 +57,125 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
     use Method as M;
     use Need::*;
     vec![
-        route(M::GET, "/streams/exists-1", "/streams/missing-1", None, Reader),
-        route(M::GET, "/log", "/log?from=999", None, Reader),
-        route(M::GET, "/subscribe", "/subscribe?stream_prefix=missing-", None, Reader),
-        route(M::GET, "/consumers/matrix/events", "/consumers/missing/events", None, Reader),
-        route(M::POST, "/consumers/matrix/ack", "/consumers/missing/ack", Some(json!({"position": 1})), Reader),
-        route(M::POST, "/streams/exists-1", "/streams/missing-1", Some(append), Writer),
-        route(M::POST, "/streams", "/streams", Some(multi("exists-1")), Writer),
-        route(M::DELETE, "/streams/exists-1", "/streams/missing-1", None, Writer),
-        route(M::GET, "/consumers", "/consumers", None, Admin),
-        route(M::PUT, "/consumers/matrix", "/consumers/missing", Some(consumer), Admin),
-        route(M::GET, "/consumers/matrix", "/consumers/missing", None, Admin),
-        route(M::POST, "/admin/subjects/42/forget", "/admin/subjects/missing/forget", Some(forget), Admin),
-        route(M::GET, "/admin/subjects/42", "/admin/subjects/missing", None, Admin),
-        route(M::GET, "/admin/subjects/42/export", "/admin/subjects/missing/export", None, Admin),
-        route(M::GET, "/admin/erasures", "/admin/erasures?subject=missing", None, Admin),
         route(
-            M::GET,
+            (M::GET, "/streams/{stream}"),
+            "/streams/exists-1",
+            "/streams/missing-1",
+            None,
+            Reader,
+        ),
+        route((M::GET, "/log"), "/log", "/log?from=999", None, Reader),
+        route(
+            (M::GET, "/subscribe"),
+            "/subscribe",
+            "/subscribe?stream_prefix=missing-",
+            None,
+            Reader,
+        ),
+        route(
+            (M::GET, "/consumers/{name}/events"),
+            "/consumers/matrix/events",
+            "/consumers/missing/events",
+            None,
+            Reader,
+        ),
+        route(
+            (M::POST, "/consumers/{name}/ack"),
+            "/consumers/matrix/ack",
+            "/consumers/missing/ack",
+            Some(json!({"position": 1})),
+            Reader,
+        ),
+        route(
+            (M::POST, "/streams/{stream}"),
+            "/streams/exists-1",
+            "/streams/missing-1",
+            Some(append),
+            Writer,
+        ),
+        route(
+            (M::POST, "/streams"),
+            "/streams",
+            "/streams",
+            Some(multi("exists-1")),
+            Writer,
+        ),
+        route(
+            (M::DELETE, "/streams/{stream}"),
+            "/streams/exists-1",
+            "/streams/missing-1",
+            None,
+            Writer,
+        ),
+        route((M::GET, "/consumers"), "/consumers", "/consumers", None, Admin),
+        route(
+            (M::PUT, "/consumers/{name}"),
+            "/consumers/matrix",
+            "/consumers/missing",
+            Some(consumer),
+            Admin,
+        ),
+        route(
+            (M::GET, "/consumers/{name}"),
+            "/consumers/matrix",
+            "/consumers/missing",
+            None,
+            Admin,
+        ),
+        route(
+            (M::POST, "/admin/subjects/{subject}/forget"),
+            "/admin/subjects/42/forget",
+            "/admin/subjects/missing/forget",
+            Some(forget),
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/subjects/{subject}"),
+            "/admin/subjects/42",
+            "/admin/subjects/missing",
+            None,
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/subjects/{subject}/export"),
+            "/admin/subjects/42/export",
+            "/admin/subjects/missing/export",
+            None,
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/erasures"),
+            "/admin/erasures",
+            "/admin/erasures?subject=missing",
+            None,
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/erasures/{id}"),
             &format!("/admin/erasures/{erasure_id}"),
             &format!("/admin/erasures/{}", Uuid::new_v4()),
             None,
             Admin,
         ),
         route(
-            M::POST,
+            (M::POST, "/admin/tokens"),
             "/admin/tokens",
             "/admin/tokens",
             Some(json!({"name": "n", "role": "reader"})),
             Admin,
         ),
-        route(M::GET, "/admin/tokens", "/admin/tokens", None, Admin),
+        route((M::GET, "/admin/tokens"), "/admin/tokens", "/admin/tokens", None, Admin),
         route(
-            M::DELETE,
+            (M::DELETE, "/admin/tokens/{id}"),
             &format!("/admin/tokens/{token_id}"),
             &format!("/admin/tokens/{}", Uuid::new_v4()),
             None,
             Admin,
         ),
-        route(M::GET, "/healthz", "/healthz", None, Open),
-        route(M::GET, "/readyz", "/readyz", None, Open),
-        route(M::GET, "/metrics", "/metrics", None, Open),
-        route(M::GET, "/openapi.json", "/openapi.json", None, Open),
+        route((M::GET, "/healthz"), "/healthz", "/healthz", None, Open),
+        route((M::GET, "/readyz"), "/readyz", "/readyz", None, Open),
+        route((M::GET, "/metrics"), "/metrics", "/metrics", None, Open),
+        route((M::GET, "/openapi.json"), "/openapi.json", "/openapi.json", None, Open),
     ]
 }
 
@@ -147,11 +234,41 @@ async fn http_role_matrix_covers_every_route(db: TestDb) {
     erased.assert_status(202);
     let erasure_id = erased.body["request_id"].as_str().unwrap().to_owned();
     let victim = server
-        .post("/admin/tokens", &server.admin, &json!({"name": "victim", "role": "reader"}))
+        .post(
+            "/admin/tokens",
+            &server.admin,
+            &json!({"name": "victim", "role": "reader"}),
+        )
         .await;
     let token_id = victim.body["id"].as_str().unwrap().to_owned();
 
     let routes = routes(&erasure_id, &token_id);
+    // The matrix covers every operation `/openapi.json` documents, with the role it documents.
+    let spec = server.call(Method::GET, "/openapi.json", None, None).await.body;
+    let mut documented = Vec::new();
+    for (path, operations) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().unwrap() {
+            if !["get", "put", "post", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+                continue; // path-level `parameters`, `summary`, …
+            }
+            let need = if operation.get("security") == Some(&json!([])) {
+                "open".to_owned()
+            } else {
+                operation["x-lethe-role"].as_str().expect("x-lethe-role").to_owned()
+            };
+            documented.push((method.to_uppercase(), path.clone(), need));
+        }
+    }
+    documented.sort();
+    let mut tested: Vec<(String, String, String)> = routes
+        .iter()
+        .map(|r| {
+            let need = format!("{:?}", r.need).to_lowercase();
+            (r.method.to_string(), r.template.to_owned(), need)
+        })
+        .collect();
+    tested.sort();
+    assert_eq!(tested, documented, "the role matrix and /openapi.json disagree");
     let before = snapshot(&server).await;
 
     // Refusals: no token, malformed headers, unknown and revoked tokens → 401; too low a role
@@ -181,7 +298,11 @@ async fn http_role_matrix_covers_every_route(db: TestDb) {
                 let reply = send(&server, &r.method, path, auth.as_deref(), r.body.as_ref()).await;
                 reply.assert_problem(401, "unauthorized");
                 let challenge = reply.headers.get("www-authenticate").and_then(|v| v.to_str().ok());
-                assert!(challenge.is_some_and(|c| c.starts_with("Bearer")), "{:?}", reply.headers);
+                assert!(
+                    challenge.is_some_and(|c| c.starts_with("Bearer")),
+                    "{:?}",
+                    reply.headers
+                );
                 answers.push(reply.body);
                 refusals += 1;
             }
@@ -233,10 +354,22 @@ async fn http_role_matrix_covers_every_route(db: TestDb) {
         }
         if r.need == Need::Open {
             let reply = send(&server, &r.method, &r.existing, None, None).await;
-            assert!(reply.status.is_success(), "{} {}: {}", r.method, r.existing, reply.status);
+            assert!(
+                reply.status.is_success(),
+                "{} {}: {}",
+                r.method,
+                r.existing,
+                reply.status
+            );
             // A bad token on an open route is ignored, not refused.
             let reply = send(&server, &r.method, &r.existing, Some("Bearer nonsense"), None).await;
-            assert!(reply.status.is_success(), "{} {}: {}", r.method, r.existing, reply.status);
+            assert!(
+                reply.status.is_success(),
+                "{} {}: {}",
+                r.method,
+                r.existing,
+                reply.status
+            );
         }
     }
     // The scheme is case-insensitive (RFC 9110).

@@ -111,6 +111,32 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
         .await;
     r.assert_problem(400, "invalid_stream_name");
 
+    // Every request body is a JSON object: serde's sequence form of a struct is refused.
+    let admin = server.admin.clone();
+    let reader = server.reader.clone();
+    let writer = server.writer.clone();
+    let routes = [
+        (Method::POST, "/streams/s-1", &writer),
+        (Method::POST, "/streams", &writer),
+        (Method::DELETE, "/streams/s-1", &writer),
+        (Method::PUT, "/consumers/c-1", &admin),
+        (Method::POST, "/consumers/c-1/ack", &reader),
+        (Method::POST, "/admin/subjects/7/forget", &admin),
+        (Method::POST, "/admin/tokens", &admin),
+    ];
+    for (method, path, token) in &routes {
+        for body in ["[null, null]", "[]", " [\"any\", null, []]", "\"x\"", "1", "null"] {
+            let r = server
+                .request(method.clone(), path, Some(token))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            reply(r).await.assert_problem(400, "invalid_request");
+        }
+    }
+
     // Missing or wrong Content-Type.
     let good = serde_json::to_vec(&json!({"events": events(1, "X")})).unwrap();
     for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
@@ -156,7 +182,11 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
         (Method::GET, "/admin/subjects/%FF"),
         (Method::GET, "/consumers/%FF/events"),
     ] {
-        let token = if path.starts_with("/admin") { &server.admin } else { &server.writer };
+        let token = if path.starts_with("/admin") {
+            &server.admin
+        } else {
+            &server.writer
+        };
         let r = server.call(method.clone(), path, Some(token), Some(&body)).await;
         r.assert_problem(400, "invalid_request");
     }
@@ -209,7 +239,11 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
             .await
             .assert_problem(400, "invalid_stream_name");
     }
-    for path in ["/admin/erasures?limit=0", "/admin/erasures?subject=bad%20subject", "/admin/erasures?x=1"] {
+    for path in [
+        "/admin/erasures?limit=0",
+        "/admin/erasures?subject=bad%20subject",
+        "/admin/erasures?x=1",
+    ] {
         server
             .get(path, &server.admin)
             .await
@@ -252,7 +286,12 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
         .unwrap();
     reply(r).await.assert_problem(400, "invalid_request");
     server
-        .call(Method::DELETE, "/streams/s-1", Some(&server.writer), Some(&json!({"why": "x"})))
+        .call(
+            Method::DELETE,
+            "/streams/s-1",
+            Some(&server.writer),
+            Some(&json!({"why": "x"})),
+        )
         .await
         .assert_problem(400, "invalid_request");
     for bad in [
@@ -266,14 +305,23 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
             .assert_problem(400, "invalid_request");
     }
     server
-        .put("/consumers/c-1", &server.admin, &json!({"stream_prefix": "bad\u{7}prefix"}))
+        .put(
+            "/consumers/c-1",
+            &server.admin,
+            &json!({"stream_prefix": "bad\u{7}prefix"}),
+        )
         .await
         .assert_problem(400, "invalid_stream_name");
     server
         .put("/consumers/bad%20name", &server.admin, &json!({}))
         .await
         .assert_problem(400, "invalid_request");
-    for bad in [json!({"position": -1}), json!({"position": "2"}), json!({}), json!({"position": 1, "x": 1})] {
+    for bad in [
+        json!({"position": -1}),
+        json!({"position": "2"}),
+        json!({}),
+        json!({"position": 1, "x": 1}),
+    ] {
         server
             .post("/consumers/c-1/ack", &server.reader, &bad)
             .await
@@ -309,6 +357,67 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
             .assert_problem(400, "invalid_request");
     }
 
+    // Extreme but well-formed values: a clear answer, never a server error.
+    let max = u64::MAX;
+    for path in [
+        format!("/log?from={max}"),
+        format!("/log?from={}", i64::MAX as u64 + 1),
+        format!("/streams/s-1?from={max}"),
+        format!("/streams/s-1?from={max}&direction=backward"),
+        format!("/streams/s-1?from={}&direction=backward", i64::MAX as u64 + 1),
+        format!("/consumers/c-1/events?wait_ms={max}&limit=1"),
+        "/log?from=18446744073709551616".to_owned(),
+        format!("/log?types={}", "T".repeat(201)),
+        format!("/log?stream_prefix={}", "p".repeat(201)),
+    ] {
+        let r = server.get(&path, &server.reader).await;
+        assert!(r.status.as_u16() < 500, "{path}: {} {}", r.status, r.body);
+        if !r.status.is_success() {
+            r.assert_problem(400, r.body["code"].as_str().unwrap());
+        }
+    }
+    let r = server
+        .request(Method::GET, "/subscribe", Some(&server.reader))
+        .header("last-event-id", max.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    for (expected, code) in [(json!(max), "wrong_expected_version"), (json!(1e300), "invalid_request")] {
+        let body = json!({"expected_version": expected, "events": events(1, "X")});
+        let r = server.post("/streams/s-1", &server.writer, &body).await;
+        assert!(r.status.is_client_error(), "{expected}: {}", r.status);
+        assert_eq!(r.body["code"], code);
+    }
+    server
+        .post("/consumers/c-1/ack", &server.reader, &json!({"position": max}))
+        .await
+        .assert_problem(400, "invalid_request");
+    // Deeply nested JSON is refused, not a stack overflow.
+    let deep = format!(r#"{{"events": [{{"type": "X", "data": {}1{}}}]}}"#, "[".repeat(100_000), "]".repeat(100_000));
+    let r = post_raw(&server, "/streams/s-1", json_type, deep.into_bytes()).await;
+    r.assert_problem(400, "invalid_request");
+
+    // If-Match where it has no meaning is refused rather than silently ignored: a multi-stream
+    // append (which stream?) and a stream deletion.
+    let multi = json!({"appends": [{"stream": "s-1", "events": events(1, "X")}]});
+    let r = server
+        .request(Method::POST, "/streams", Some(&server.writer))
+        .header("if-match", "\"1\"")
+        .json(&multi)
+        .send()
+        .await
+        .unwrap();
+    reply(r).await.assert_problem(400, "invalid_request");
+    let r = server
+        .request(Method::DELETE, "/streams/s-1", Some(&server.writer))
+        .header("if-match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    reply(r).await.assert_problem(400, "invalid_request");
+
     // Nothing of all this changed anything; the server still works.
     assert_eq!(state(&server).await, before);
     server.append("s-1", json!(1), None, events(1, "X")).await;
@@ -326,7 +435,10 @@ async fn http_oversized_bodies_are_refused_and_change_nothing(db: TestDb) {
     assert!(bytes.len() > 4 * MIB);
     let addr = server.addr();
     let writer_auth = format!("Bearer {}", server.writer);
-    let headers = [("Content-Type", "application/json"), ("Authorization", writer_auth.as_str())];
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", writer_auth.as_str()),
+    ];
     for path in ["/streams/s-1", "/streams"] {
         let r = raw_request(&addr, "POST", path, &headers, RawBody::Sized(bytes.clone())).await;
         r.assert_problem(413, "payload_too_large");
@@ -334,7 +446,14 @@ async fn http_oversized_bodies_are_refused_and_change_nothing(db: TestDb) {
 
     // The same body sent chunked, without a Content-Length: the limit counts the raw bytes.
     let chunks: Vec<Vec<u8>> = bytes.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
-    let r = raw_request(&addr, "POST", "/streams/s-1", &headers, RawBody::Chunked(chunks, Duration::ZERO)).await;
+    let r = raw_request(
+        &addr,
+        "POST",
+        "/streams/s-1",
+        &headers,
+        RawBody::Chunked(chunks, Duration::ZERO),
+    )
+    .await;
     r.assert_problem(413, "payload_too_large");
     // Slowly, going over the limit only with its last chunk: still nothing stored.
     let mut chunks = vec![b"{\"events\": [{\"type\": \"X\", \"data\": \"".to_vec()];
@@ -362,7 +481,10 @@ async fn http_oversized_bodies_are_refused_and_change_nothing(db: TestDb) {
 
     // Other routes have the same limit.
     let admin_auth = format!("Bearer {}", server.admin);
-    let admin_headers = [("Content-Type", "application/json"), ("Authorization", admin_auth.as_str())];
+    let admin_headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", admin_auth.as_str()),
+    ];
     for path in ["/admin/tokens", "/consumers/c-1", "/admin/subjects/1/forget"] {
         let method = if path.starts_with("/consumers") { "PUT" } else { "POST" };
         let r = raw_request(&addr, method, path, &admin_headers, RawBody::Sized(bytes.clone())).await;
@@ -431,7 +553,11 @@ async fn http_etag_and_if_match(db: TestDb) {
     r.assert_status(201);
     assert_eq!(r.etag(), Some("\"4\""));
     for disagreeing in [json!(3), json!(5), json!("any"), json!("exists"), json!("no_stream")] {
-        let r = with_if_match("\"4\"", json!({"expected_version": disagreeing, "events": events(1, "X")})).await;
+        let r = with_if_match(
+            "\"4\"",
+            json!({"expected_version": disagreeing, "events": events(1, "X")}),
+        )
+        .await;
         r.assert_problem(400, "invalid_request");
     }
     let read = server.get("/streams/e-1", &server.reader).await;

@@ -67,12 +67,29 @@ impl Reply {
     #[track_caller]
     pub fn assert_problem(&self, status: u16, code: &str) -> &Self {
         assert_eq!(self.status.as_u16(), status, "status; body: {}", self.body);
-        assert_eq!(self.content_type(), "application/problem+json", "content type; body: {}", self.body);
+        assert_eq!(
+            self.content_type(),
+            "application/problem+json",
+            "content type; body: {}",
+            self.body
+        );
         assert_eq!(self.body["code"], code, "code; body: {}", self.body);
         assert_eq!(self.body["status"], status, "status member; body: {}", self.body);
-        assert!(self.body["type"].as_str().is_some_and(|t| !t.is_empty()), "type: {}", self.body);
-        assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()), "title: {}", self.body);
-        assert!(self.body["detail"].as_str().is_some_and(|t| !t.is_empty()), "detail: {}", self.body);
+        assert!(
+            self.body["type"].as_str().is_some_and(|t| !t.is_empty()),
+            "type: {}",
+            self.body
+        );
+        assert!(
+            self.body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "title: {}",
+            self.body
+        );
+        assert!(
+            self.body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+            "detail: {}",
+            self.body
+        );
         self
     }
 
@@ -163,13 +180,6 @@ impl Server {
             writer,
             reader,
             revoked,
-        }
-    }
-
-    pub fn store(&self) -> &EventStore {
-        match &self.handle {
-            Handle::Running(r) => &r.store,
-            Handle::Custom { store, .. } => store,
         }
     }
 
@@ -323,11 +333,6 @@ impl SseReader {
         tokio::time::timeout(within, self.next_frame())
             .await
             .expect("no SSE frame in time")
-    }
-
-    /// The next frame if one arrives within `within`.
-    pub async fn try_next(&mut self, within: Duration) -> Result<Option<SseFrame>, ()> {
-        tokio::time::timeout(within, self.next_frame()).await.map_err(|_| ())
     }
 
     async fn next_frame(&mut self) -> Option<SseFrame> {

@@ -16,7 +16,7 @@ mod tour;
 mod validation;
 
 mod http;
-mod http_support;
 mod http_auth;
-mod http_input;
 mod http_durability;
+mod http_input;
+mod http_support;
