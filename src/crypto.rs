@@ -14,12 +14,19 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::{mpsc, oneshot};
+
 use lethe_keyvault::{Dek, KeyId, KeyLookup, KeyVault, NewKey, envelope};
 use lru::LruCache;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
+
+/// Key-creation requests waiting for the batching task.
+const CREATE_QUEUE_MAX: usize = 1024;
+/// Keys one vault call creates at most (the vault's own per-call limit).
+const CREATE_BATCH_KEYS_MAX: usize = 1000;
 
 /// Keys remembered as revoked (destroyed) so they are never cached again.
 const REVOKED_KEYS_MAX: usize = 100_000;
@@ -41,6 +48,7 @@ pub struct KeyCacheStats {
 /// DEKs by id: the vault, with a bounded cache in front.
 pub(crate) struct Keyring {
     vault: std::sync::Arc<dyn KeyVault>,
+    creator: mpsc::Sender<CreateJob>,
     cache: Mutex<LruCache<KeyId, Dek>>,
     revoked: Mutex<LruCache<KeyId, ()>>,
     hits: AtomicU64,
@@ -51,8 +59,11 @@ impl Keyring {
     pub(crate) fn new(vault: std::sync::Arc<dyn KeyVault>, cache_keys_max: usize) -> Self {
         let capacity = NonZeroUsize::new(cache_keys_max).unwrap_or(NonZeroUsize::MIN);
         let revoked = NonZeroUsize::new(REVOKED_KEYS_MAX).unwrap_or(NonZeroUsize::MIN);
+        let (creator, jobs) = mpsc::channel(CREATE_QUEUE_MAX);
+        tokio::spawn(create_in_batches(vault.clone(), jobs));
         Self {
             vault,
+            creator,
             cache: Mutex::new(LruCache::new(capacity)),
             revoked: Mutex::new(LruCache::new(revoked)),
             hits: AtomicU64::new(0),
@@ -66,11 +77,23 @@ impl Keyring {
 
     /// Creates (or, idempotently, returns) the keys of streams about to be written for the
     /// first time: one vault call for all of them.
+    ///
+    /// Concurrent calls are coalesced into one vault call (like group commit for appends), so
+    /// that many appends creating new streams do not each wait for a vault transaction.
     pub(crate) async fn create(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let created = self.vault.create_keys(keys).await.map_err(Error::from_vault)?;
+        let (reply, answer) = oneshot::channel();
+        let job = CreateJob {
+            keys: keys.to_vec(),
+            reply,
+        };
+        let created = match self.creator.send(job).await {
+            Ok(()) => answer.await.map_err(|_| Error::ShuttingDown)??,
+            // The batching task is gone (runtime shutting down): call the vault directly.
+            Err(_) => self.vault.create_keys(keys).await.map_err(Error::from_vault)?,
+        };
         for (id, dek) in &created {
             self.remember(*id, dek);
         }
@@ -176,6 +199,63 @@ impl Keyring {
         // one LruCache call), so a poisoned lock is still usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// One caller's request for new keys.
+struct CreateJob {
+    keys: Vec<NewKey>,
+    reply: oneshot::Sender<Result<Vec<(KeyId, Dek)>, Error>>,
+}
+
+/// Creates keys for every queued request with as few vault calls as possible: the requests
+/// waiting together go in one call. If that call fails (one request's subject mismatch fails a
+/// whole vault batch), each request is retried alone so that it fails only itself.
+async fn create_in_batches(vault: std::sync::Arc<dyn KeyVault>, mut jobs: mpsc::Receiver<CreateJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        let mut keys = batch[0].keys.len();
+        while keys < CREATE_BATCH_KEYS_MAX {
+            match jobs.try_recv() {
+                Ok(job) if keys + job.keys.len() <= CREATE_BATCH_KEYS_MAX => {
+                    keys += job.keys.len();
+                    batch.push(job);
+                }
+                Ok(job) => {
+                    // Too big to join this batch: it goes in its own call.
+                    answer(vault.as_ref(), job).await;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            for job in batch {
+                answer(vault.as_ref(), job).await;
+            }
+            continue;
+        }
+        let all: Vec<NewKey> = batch.iter().flat_map(|job| job.keys.iter().cloned()).collect();
+        match vault.create_keys(&all).await {
+            Ok(created) => {
+                let mut created = created.into_iter();
+                for job in batch {
+                    let mine: Vec<(KeyId, Dek)> = created.by_ref().take(job.keys.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(_) => {
+                for job in batch {
+                    answer(vault.as_ref(), job).await;
+                }
+            }
+        }
+    }
+}
+
+async fn answer(vault: &dyn KeyVault, job: CreateJob) {
+    let result = vault.create_keys(&job.keys).await.map_err(Error::from_vault);
+    // The caller may have gone away; nothing to tell then.
+    let _ = job.reply.send(result);
 }
 
 /// Seals an event's serialized data with its stream's DEK.

@@ -140,7 +140,10 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             state.limits.request_timeout,
         )))
-        .merge(admin)
+        .merge(admin.route_layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            state.limits.request_timeout,
+        )))
         .merge(open);
 
     Router::new()

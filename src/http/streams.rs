@@ -143,7 +143,10 @@ pub async fn append_multi(
     headers: HeaderMap,
     JsonBody(body): JsonBody<MultiAppendRequest>,
 ) -> Result<Response, ApiError> {
-    refuse_if_match(&headers, "a multi-stream append takes each stream's expected_version in its body")?;
+    refuse_if_match(
+        &headers,
+        "a multi-stream append takes each stream's expected_version in its body",
+    )?;
     let appends = body
         .appends
         .into_iter()

@@ -603,7 +603,10 @@ async fn http_subscriber_bound_and_request_timeout() {
             break;
         }
         reply(response).await.assert_problem(503, "too_many_subscribers");
-        assert!(Instant::now() < deadline, "the slot of a closed subscription was not freed");
+        assert!(
+            Instant::now() < deadline,
+            "the slot of a closed subscription was not freed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -622,6 +625,23 @@ async fn http_subscriber_bound_and_request_timeout() {
     )
     .await;
     r.assert_problem(408, "request_timeout");
+    // Admin routes too (only subscriptions and long polls are exempt).
+    let auth = format!("Bearer {}", server.admin);
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let mut chunks = vec![br#"{"role": "admin", "name": ""#.to_vec()];
+    chunks.extend((0..10).map(|_| b"aaaa".to_vec()));
+    chunks.push(br#""}"#.to_vec());
+    let r = raw_request(
+        &server.addr(),
+        "POST",
+        "/admin/tokens",
+        &headers,
+        RawBody::Chunked(chunks, Duration::from_millis(200)),
+    )
+    .await;
+    r.assert_problem(408, "request_timeout");
+    let tokens = server.get("/admin/tokens", &server.admin).await;
+    assert_eq!(tokens.body["tokens"].as_array().unwrap().len(), 4, "{}", tokens.body);
     server
         .get("/streams/slow-1", &server.reader)
         .await

@@ -1,5 +1,6 @@
-//! Durability over HTTP (Guarantee 5): the real `lethe` binary killed with SIGKILL under load,
-//! and an in-process server stopped gracefully under load. Either way, every append that was
+//! Durability over HTTP (Guarantee 5): the real `lethe` binary killed with SIGKILL under load
+//! (then stopped with SIGTERM under load), and an in-process server stopped gracefully under
+//! load. Either way, every append that was
 //! acknowledged with a 2xx is stored exactly once after a restart, and no batch is partial.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -295,6 +296,25 @@ impl Lethe {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM (graceful shutdown); waits for the exit and returns whether it was clean.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lethe did not exit on SIGTERM: {}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL, and reap it.
     fn kill_9(&mut self) {
         self.child.kill().expect("kill -9");
@@ -350,7 +370,28 @@ async fn http_acknowledged_appends_survive_kill_9(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(answer["first_position"], head + 1, "{answer}");
-    drop(restarted);
+
+    // SIGTERM under load: a graceful shutdown that exits cleanly and loses nothing acknowledged.
+    let mut restarted = restarted;
+    let load = Arc::new(Load::default());
+    let workers = start_load(restarted.base.clone(), ADMIN_TOKEN.to_owned(), 9, load.clone());
+    wait_for_acks(&load, 500).await;
+    let status = restarted.terminate().await;
+    assert!(status.success(), "exit on SIGTERM: {status}: {}", restarted.output());
+    load.stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let refusals = load.refusals.lock().unwrap().clone();
+    assert!(
+        refusals.iter().all(|r| r.contains("shutting_down")),
+        "appends refused during shutdown: {refusals:?}"
+    );
+    let mut all_acks = acks;
+    all_acks.extend(load.acks.lock().unwrap().iter().cloned());
+    let again = Lethe::start(&db, &data_dir).await;
+    let log = read_log(&again.base, ADMIN_TOKEN).await;
+    verify(&log, &all_acks);
 }
 
 async fn http_graceful_stop_keeps_every_acknowledged_append(db: TestDb) {

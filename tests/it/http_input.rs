@@ -384,7 +384,10 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
         .unwrap();
     assert_eq!(r.status(), 200);
     drop(r);
-    for (expected, code) in [(json!(max), "wrong_expected_version"), (json!(1e300), "invalid_request")] {
+    for (expected, code) in [
+        (json!(max), "wrong_expected_version"),
+        (json!(1e300), "invalid_request"),
+    ] {
         let body = json!({"expected_version": expected, "events": events(1, "X")});
         let r = server.post("/streams/s-1", &server.writer, &body).await;
         assert!(r.status.is_client_error(), "{expected}: {}", r.status);
@@ -395,7 +398,11 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
         .await
         .assert_problem(400, "invalid_request");
     // Deeply nested JSON is refused, not a stack overflow.
-    let deep = format!(r#"{{"events": [{{"type": "X", "data": {}1{}}}]}}"#, "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!(
+        r#"{{"events": [{{"type": "X", "data": {}1{}}}]}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let r = post_raw(&server, "/streams/s-1", json_type, deep.into_bytes()).await;
     r.assert_problem(400, "invalid_request");
 

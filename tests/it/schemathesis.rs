@@ -10,8 +10,8 @@
 //! Without the `schemathesis` Python package the test fails when `CI` is set and is skipped with
 //! one notice otherwise (`python3 -m pip install schemathesis==4.32.5`).
 //!
-//! To look into a failure: `LETHE_SCHEMATHESIS_REPORT_DIR=/tmp/st` keeps schemathesis' reports
-//! (an ndjson event log with every request and answer) there, and `LETHE_SCHEMATHESIS_ARGS`
+//! To look into a run: `LETHE_SCHEMATHESIS_REPORT_DIR=/tmp/st` keeps schemathesis' output and
+//! reports (HAR and ndjson logs with every request and answer) there, and `LETHE_SCHEMATHESIS_ARGS`
 //! adds arguments to `schemathesis run` (say, `--max-examples 50`).
 
 use std::io::Write;
@@ -177,6 +177,9 @@ async fn openapi_document_matches_the_server() {
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(report_dir) = &report_dir {
+        std::fs::write(report_dir.join("output.txt"), stdout.as_bytes()).expect("write the output");
+    }
     assert!(
         out.status.success(),
         "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}",
