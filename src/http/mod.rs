@@ -198,18 +198,11 @@ where
     type Rejection = problem::ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        use axum::extract::rejection::{JsonRejection, MissingJsonContentType};
         if !is_json(request.headers()) {
-            return Err(JsonRejection::from(MissingJsonContentType::default()).into());
+            return Err(missing_json_content_type());
         }
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(JsonRejection::from)?;
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(problem::ApiError::bad_request("the request body must be a JSON object"));
-        }
-        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
-        Ok(Self(value))
+        let bytes = body_bytes(request, state).await?;
+        parse_object(&bytes).map(Self)
     }
 }
 
@@ -220,16 +213,42 @@ where
 {
     type Rejection = problem::ApiError;
 
-    /// No body (no `Content-Type`) is `None`; a body that is there must be valid.
+    /// No body (empty, whatever its `Content-Type`) is `None`; a body that is there must be a
+    /// valid JSON object sent as JSON.
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        if request.headers().contains_key(axum::http::header::CONTENT_TYPE) {
-            <Self as axum::extract::FromRequest<S>>::from_request(request, state)
-                .await
-                .map(Some)
-        } else {
-            Ok(None)
+        let json = is_json(request.headers());
+        let bytes = body_bytes(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
         }
+        if !json {
+            return Err(missing_json_content_type());
+        }
+        parse_object(&bytes).map(|value| Some(Self(value)))
     }
+}
+
+async fn body_bytes<S: Send + Sync>(
+    request: axum::extract::Request,
+    state: &S,
+) -> Result<axum::body::Bytes, problem::ApiError> {
+    use axum::extract::FromRequest;
+    axum::body::Bytes::from_request(request, state)
+        .await
+        .map_err(|e| axum::extract::rejection::JsonRejection::from(e).into())
+}
+
+fn missing_json_content_type() -> problem::ApiError {
+    use axum::extract::rejection::{JsonRejection, MissingJsonContentType};
+    JsonRejection::from(MissingJsonContentType::default()).into()
+}
+
+fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, problem::ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(problem::ApiError::bad_request("the request body must be a JSON object"));
+    }
+    let axum::Json(value) = axum::Json::<T>::from_bytes(bytes)?;
+    Ok(value)
 }
 
 /// `Content-Type: application/json` or `application/<something>+json`.

@@ -377,6 +377,21 @@ async fn http_delete_stream_shreds_it(db: TestDb) {
     assert_eq!(kept.body["status"], "active");
     assert_eq!(kept.body["events"][1]["data"], json!({"i": 1}));
 
+    // The body is optional: none at all, or an empty one sent as JSON.
+    server.append("doomed-2", json!("any"), None, events(1, "X")).await;
+    server.append("doomed-3", json!("any"), None, events(1, "X")).await;
+    server
+        .delete("/streams/doomed-2", &server.writer)
+        .await
+        .assert_status(200);
+    let r = server
+        .request(Method::DELETE, "/streams/doomed-3", Some(&server.writer))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    reply(r).await.assert_status(200);
+
     // Deleting again, or a stream that does not exist.
     server
         .delete("/streams/doomed-1", &server.writer)

@@ -294,6 +294,14 @@ async fn http_bad_input_is_refused_and_changes_nothing(db: TestDb) {
         )
         .await
         .assert_problem(400, "invalid_request");
+    // A deletion's body is optional, but one that is there is JSON.
+    let r = server
+        .request(Method::DELETE, "/streams/s-1", Some(&server.writer))
+        .body(r#"{"reason": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    reply(r).await.assert_problem(415, "unsupported_media_type");
     for bad in [
         json!({"erasure_dependent": "yes"}),
         json!({"types": "A,B"}),

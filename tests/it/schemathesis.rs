@@ -41,9 +41,6 @@ const LONG_POLL_MAX: Duration = Duration::from_millis(500);
 ///   exceed 1,000; `ackConsumer`: 400 for a position past the head of the log; all three: 400
 ///   for an integer written as a float (`5.0` is an integer to JSON Schema, not to serde).
 ///
-/// `use_after_free` expects a deleted resource to be gone; a deleted (shredded) stream stays
-/// readable by design, as `status: deleted` with its events' data erased.
-///
 /// Nothing may revoke the token the run uses (the rest of the run would see nothing but 401s;
 /// `missing_auth` would then fail it): `revokeToken` draws no ids from earlier answers, and
 /// the stateful phase follows only the document's own links (`createToken` → `revokeToken`
@@ -57,9 +54,6 @@ fail-on = ["missing_auth"]
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "429", "5xx"]
 
-[checks.use_after_free]
-enabled = false
-
 [phases.stateful.inference]
 algorithms = ["location-headers"]
 
@@ -68,7 +62,7 @@ include-operation-id = ["append", "appendMulti", "ackConsumer"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "410", "429", "5xx"]
 
 [[operations]]
-include-operation-id = "revokeToken"
+include-operation-id = ["revokeToken", "append", "deleteStream"]
 phases.coverage.extra-data-sources.responses = false
 phases.fuzzing.extra-data-sources.responses = false
 
@@ -153,6 +147,9 @@ async fn openapi_document_matches_the_server() {
             "schemathesis.toml",
         ])
         .args(["run", &format!("http://{addr}/openapi.json"), "--checks", "all"])
+        // `use_after_free` expects a deleted resource to be gone; a deleted (shredded) stream
+        // stays readable by design, as `status: deleted` with its events' data erased.
+        .args(["--exclude-checks", "use_after_free"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
         .args(["--workers", "1", "--request-timeout", "20"])
