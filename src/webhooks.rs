@@ -44,7 +44,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// Checks a webhook before it is stored: an http(s) URL and a long enough secret.
-pub(crate) fn check_webhook(url: &str, secret: &str) -> Result<(), Error> {
+pub fn check_webhook(url: &str, secret: &str) -> Result<(), Error> {
     let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
     if !scheme_ok || url.len() > 2_000 || url.chars().any(char::is_whitespace) {
         return Err(ValidationError::InvalidName {

@@ -12,12 +12,12 @@ use uuid::Uuid;
 
 use super::problem::ApiError;
 use super::wire::{
-    ErasureListResponse, ErasureResponse, EventOut, ForgetRequest, SubjectResponse, SubjectStreamOut,
-    TokenListResponse, TokenOut, TokenRequest,
+    ErasureListResponse, ErasureResponse, EventOut, ForgetRequest, HoldOut, HoldRequest, SubjectResponse,
+    SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
 };
 use super::{AppState, JsonBody, PathParam};
 use crate::access::Role;
-use crate::erasure::ErasureReason;
+use crate::erasure::{ErasureFilter, ErasureReason, ErasureStatus};
 use crate::metrics::{KindLabel, metrics};
 use crate::model::SubjectId;
 
@@ -87,24 +87,50 @@ pub async fn erasure(
 pub struct ErasuresQuery {
     subject: Option<String>,
     status: Option<String>,
+    /// Requested at or after (RFC 3339).
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Requested before (RFC 3339).
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only requests past their deadline and not finished.
+    overdue: Option<bool>,
     limit: Option<usize>,
 }
 
-/// `GET /admin/erasures?subject=&status=&limit=`, newest first.
+/// `GET /admin/erasures?subject=&status=&from=&to=&overdue=&limit=`, newest first.
 pub async fn erasures(
     State(state): State<AppState>,
     query: Result<Query<ErasuresQuery>, QueryRejection>,
 ) -> Result<Json<ErasureListResponse>, ApiError> {
     let Query(query) = query?;
-    let subject = query.subject.as_deref().map(subject_of).transpose()?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > ERASURES_LIST_MAX {
         return Err(ApiError::bad_request(format!("limit must be 1 to {ERASURES_LIST_MAX}")));
     }
-    let list = state.store.erasures(subject.as_ref(), limit).await?;
-    let erasures = list
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            ErasureStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "status must be pending, keys_destroyed, awaiting_acknowledgements, completed or refused",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = ErasureFilter {
+        subject: query.subject.as_deref().map(subject_of).transpose()?,
+        status,
+        from: query.from,
+        to: query.to,
+        limit,
+    };
+    let now = chrono::Utc::now();
+    let erasures = state
+        .store
+        .list_erasures(&filter)
+        .await?
         .into_iter()
-        .filter(|e| query.status.as_deref().is_none_or(|s| s == e.status.as_str()))
+        .filter(|e| query.overdue.is_none_or(|overdue| e.is_overdue(now) == overdue))
         .map(ErasureResponse::from)
         .collect();
     Ok(Json(ErasureListResponse { erasures }))
@@ -134,9 +160,11 @@ pub async fn subject(
         .into_iter()
         .map(ErasureResponse::from)
         .collect();
+    let hold = state.store.active_hold(&subject).await?.map(HoldOut::from);
     Ok(Json(SubjectResponse {
         subject: subject.to_string(),
         streams,
+        hold,
         erasures,
     }))
 }
@@ -167,6 +195,27 @@ pub async fn export(State(state): State<AppState>, PathParam(raw): PathParam) ->
         .chain(events)
         .chain(futures::stream::once(async { Ok("]}".to_owned()) }));
     Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
+}
+
+/// `PUT /admin/subjects/{subject}/hold`: places (or replaces) a legal hold.
+pub async fn place_hold(
+    State(state): State<AppState>,
+    PathParam(raw): PathParam,
+    JsonBody(body): JsonBody<HoldRequest>,
+) -> Result<Json<HoldOut>, ApiError> {
+    let subject = subject_of(&raw)?;
+    let hold = state.store.place_hold(&subject, &body.reason, body.until).await?;
+    Ok(Json(hold.into()))
+}
+
+/// `DELETE /admin/subjects/{subject}/hold` → 204 (404 if there was none).
+pub async fn lift_hold(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<StatusCode, ApiError> {
+    let subject = subject_of(&raw)?;
+    if state.store.lift_hold(&subject).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found())
+    }
 }
 
 /// `POST /admin/tokens` → 201 with the token (shown once).

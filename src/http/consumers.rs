@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 
 use super::problem::ApiError;
 use super::wire::{
@@ -29,6 +30,7 @@ fn out(consumer: Consumer, head: u64) -> ConsumerResponse {
         types: consumer.filter.types,
         erasure_dependent: consumer.erasure_dependent,
         checkpoint: consumer.checkpoint,
+        webhook_url: consumer.webhook_url,
     }
 }
 
@@ -42,9 +44,25 @@ pub async fn put(
         stream_prefix: body.stream_prefix.filter(|p| !p.is_empty()),
         types: body.types.unwrap_or_default(),
     };
-    let consumer = state.store.put_consumer(&name, filter, body.erasure_dependent).await?;
+    // Checked before anything is stored, so a bad webhook changes nothing.
+    if let Some(webhook) = &body.webhook {
+        crate::webhooks::check_webhook(&webhook.url, &webhook.secret)?;
+    }
+    state.store.put_consumer(&name, filter, body.erasure_dependent).await?;
+    // PUT replaces: without a webhook in the body the consumer has none.
+    let webhook = body.webhook.as_ref().map(|w| (w.url.as_str(), w.secret.as_str()));
+    let consumer = state.store.set_consumer_webhook(&name, webhook).await?;
     let head = state.store.head().await?;
     Ok(Json(out(consumer, head)))
+}
+
+/// `DELETE /consumers/{name}` → 204. A dependent of unfinished erasures stops holding them up.
+pub async fn delete(State(state): State<AppState>, PathParam(name): PathParam) -> Result<StatusCode, ApiError> {
+    if state.store.delete_consumer(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found())
+    }
 }
 
 /// `GET /consumers/{name}`.

@@ -115,7 +115,14 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_writer));
     let admin = Router::new()
         .route("/consumers", get(consumers::list))
-        .route("/consumers/{name}", put(consumers::put).get(consumers::get))
+        .route(
+            "/consumers/{name}",
+            put(consumers::put).get(consumers::get).delete(consumers::delete),
+        )
+        .route(
+            "/admin/subjects/{subject}/hold",
+            put(admin::place_hold).delete(admin::lift_hold),
+        )
         .route("/admin/subjects/{subject}/forget", post(admin::forget))
         .route("/admin/subjects/{subject}", get(admin::subject))
         .route("/admin/subjects/{subject}/export", get(admin::export))

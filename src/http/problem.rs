@@ -163,6 +163,11 @@ impl From<Error> for ApiError {
                     .collect();
                 api = api.with("streams", Value::Array(streams));
             }
+            Error::LegalHold { request_id, until } => {
+                api = api
+                    .with("request_id", serde_json::json!(request_id))
+                    .with("hold_until", serde_json::json!(until));
+            }
             Error::StreamErased { stream }
             | Error::StreamDeleted { stream }
             | Error::SubjectMismatch { stream }

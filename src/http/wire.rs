@@ -182,6 +182,16 @@ pub struct ConsumerRequest {
     pub types: Option<Vec<String>>,
     #[serde(default)]
     pub erasure_dependent: bool,
+    /// Push tombstones to this webhook (a 2xx acknowledges); absent: pull only.
+    pub webhook: Option<WebhookIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookIn {
+    pub url: String,
+    /// Signs each delivery (`X-Lethe-Signature: sha256=<hex HMAC-SHA256(secret, body)>`).
+    pub secret: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,6 +203,7 @@ pub struct ConsumerResponse {
     pub checkpoint: u64,
     /// Positions between the checkpoint and the head of the log.
     pub lag: u64,
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +262,24 @@ pub struct ErasureResponse {
     pub tombstone_position: Option<u64>,
     /// True when there was nothing left to erase (already forgotten).
     pub already_erased: bool,
+    /// One month after the request (GDPR Art. 12(3)).
+    pub deadline: DateTime<Utc>,
+    /// Not finished and past its deadline.
+    pub overdue: bool,
+    /// Why it was refused (the legal hold's reason).
+    pub refused_reason: Option<String>,
+    /// The erasure-dependent consumers registered at the time, and their acknowledgements.
+    pub dependents: Vec<DependentOut>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DependentOut {
+    pub consumer: String,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub delivery_attempts: u64,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_delivery_error: Option<String>,
 }
 
 impl From<crate::erasure::Erasure> for ErasureResponse {
@@ -259,6 +288,7 @@ impl From<crate::erasure::Erasure> for ErasureResponse {
             crate::erasure::ErasureTarget::Subject(s) => ("subject", Some(s.to_string()), None),
             crate::erasure::ErasureTarget::Stream(s) => ("stream", None, Some(s.to_string())),
         };
+        let (deadline, overdue) = (e.deadline(), e.is_overdue(Utc::now()));
         Self {
             request_id: e.id,
             kind: kind.to_owned(),
@@ -275,6 +305,21 @@ impl From<crate::erasure::Erasure> for ErasureResponse {
             keys_destroyed_at: e.keys_destroyed_at,
             completed_at: e.completed_at,
             tombstone_position: e.tombstone_position,
+            deadline,
+            overdue,
+            refused_reason: e.refused_reason,
+            dependents: e
+                .dependents
+                .into_iter()
+                .map(|d| DependentOut {
+                    consumer: d.consumer,
+                    acknowledged_at: d.acknowledged_at,
+                    removed_at: d.removed_at,
+                    delivery_attempts: d.delivery_attempts,
+                    last_attempt_at: d.last_attempt_at,
+                    last_delivery_error: d.last_delivery_error,
+                })
+                .collect(),
         }
     }
 }
@@ -295,7 +340,37 @@ pub struct SubjectStreamOut {
 pub struct SubjectResponse {
     pub subject: String,
     pub streams: Vec<SubjectStreamOut>,
+    /// The active legal hold, if any.
+    pub hold: Option<HoldOut>,
     pub erasures: Vec<ErasureResponse>,
+}
+
+/// `PUT /admin/subjects/{subject}/hold`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    pub reason: String,
+    /// When the hold lapses (RFC 3339); absent: until lifted.
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldOut {
+    pub subject: String,
+    pub reason: String,
+    pub until: Option<DateTime<Utc>>,
+    pub placed_at: DateTime<Utc>,
+}
+
+impl From<crate::erasure::LegalHold> for HoldOut {
+    fn from(h: crate::erasure::LegalHold) -> Self {
+        Self {
+            subject: h.subject.to_string(),
+            reason: h.reason,
+            until: h.until,
+            placed_at: h.placed_at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -18,5 +18,6 @@ mod validation;
 mod http;
 mod http_auth;
 mod http_durability;
+mod http_erasures;
 mod http_input;
 mod http_support;
