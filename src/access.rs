@@ -214,8 +214,19 @@ impl crate::store::EventStore {
         Ok(found.filter(|t| t.revoked_at.is_none() && hashes_match(&t.hash, &hash)))
     }
 
-    /// Revokes a token; false if it does not exist or was revoked already.
+    /// Revokes a token; false if it does not exist or was revoked already. The last active
+    /// admin token cannot be revoked (the API would be locked for good): create another first.
     pub async fn revoke_token(&self, id: Uuid) -> Result<bool, Error> {
+        let tokens = self.inner.storage.tokens().await?;
+        let active_admins: Vec<&TokenRecord> = tokens
+            .iter()
+            .filter(|t| t.role == Role::Admin && t.revoked_at.is_none())
+            .collect();
+        if let [last] = active_admins.as_slice()
+            && last.id == id
+        {
+            return Err(Error::LastAdminToken);
+        }
         Ok(self.inner.storage.revoke_token(id).await?)
     }
 
@@ -240,6 +251,7 @@ impl crate::store::EventStore {
     }
 
     pub async fn consumer(&self, name: &str) -> Result<Option<Consumer>, Error> {
+        check_consumer_name(name)?;
         Ok(self.inner.storage.consumer(name).await?)
     }
 
@@ -255,6 +267,7 @@ impl crate::store::EventStore {
         limit: usize,
         wait: std::time::Duration,
     ) -> Result<ConsumerBatch, Error> {
+        check_consumer_name(name)?;
         let consumer = self
             .inner
             .storage
@@ -295,6 +308,7 @@ impl crate::store::EventStore {
     /// Deletes a consumer. As a dependent of unfinished erasures it stops holding them up
     /// (they may complete). False if there was no such consumer.
     pub async fn delete_consumer(&self, name: &str) -> Result<bool, Error> {
+        check_consumer_name(name)?;
         let deleted = self.inner.storage.delete_consumer(name).await?;
         if deleted {
             tracing::info!(consumer = name, "consumer deleted");
@@ -304,6 +318,7 @@ impl crate::store::EventStore {
 
     /// Acknowledges everything up to `position`: the checkpoint moves there (never back).
     pub async fn ack_consumer(&self, name: &str, position: u64) -> Result<Consumer, Error> {
+        check_consumer_name(name)?;
         let head = self.head().await?;
         if position > head {
             return Err(ValidationError::PositionPastHead { position, head }.into());

@@ -101,6 +101,8 @@ pub enum Error {
         request_id: Uuid,
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+    #[error("the last active admin token cannot be revoked; create another admin token first")]
+    LastAdminToken,
     #[error("subject {subject:?} is being forgotten: no new stream can be bound to it until that completes")]
     ErasureInProgress { subject: String },
     #[error(transparent)]
@@ -155,6 +157,7 @@ impl Error {
             Error::StreamNotFound { .. } | Error::NotFound { .. } => "not_found",
             Error::ErasureInProgress { .. } => "erasure_in_progress",
             Error::LegalHold { .. } => "legal_hold",
+            Error::LastAdminToken => "last_admin_token",
             Error::Invalid(v) => v.code(),
             Error::Storage(StorageError::Database(e)) if is_unavailable(e) => "storage_unavailable",
             Error::Storage(StorageError::Corrupt(_)) => "corrupt_data",

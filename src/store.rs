@@ -610,7 +610,7 @@ pub(crate) fn check_filter(filter: &LogFilter) -> Result<(), Error> {
         check_event_type(event_type)?;
     }
     if let Some(prefix) = &filter.stream_prefix
-        && (prefix.len() > crate::limits::NAME_LEN_MAX || prefix.chars().any(char::is_control))
+        && (prefix.chars().count() > crate::limits::NAME_LEN_MAX || prefix.chars().any(char::is_control))
     {
         return Err(ValidationError::InvalidStreamName {
             stream: prefix.chars().take(64).collect(),

@@ -685,6 +685,7 @@ fn get_consumer() -> Value {
         "admin",
         responses([
             ("200", json_response("The consumer.", schema_ref("Consumer"))),
+            ("400", bad_request("An invalid consumer name.", false)),
             ("404", not_found("No such consumer")),
         ]),
         json!({ "parameters": [param_ref("ConsumerName")] }),
@@ -701,6 +702,7 @@ fn delete_consumer() -> Value {
         "admin",
         responses([
             ("204", json!({ "description": "Deleted." })),
+            ("400", bad_request("An invalid consumer name.", false)),
             ("404", not_found("No such consumer")),
         ]),
         json!({ "parameters": [param_ref("ConsumerName")] }),
@@ -722,7 +724,10 @@ fn consumer_events() -> Value {
                 "200",
                 json_response("The events (possibly none).", schema_ref("ConsumerEvents")),
             ),
-            ("400", bad_request("An invalid query parameter.", false)),
+            (
+                "400",
+                bad_request("An invalid consumer name or query parameter.", false),
+            ),
             ("404", not_found("No such consumer")),
         ]),
         json!({
@@ -1063,6 +1068,15 @@ fn revoke_token() -> Value {
             ("204", json!({ "description": "Revoked." })),
             ("400", bad_request("The id is not a UUID.", false)),
             ("404", not_found("No such token, or it was revoked already")),
+            (
+                "409",
+                problem(
+                    409,
+                    "The last active admin token cannot be revoked (`last_admin_token`): create another admin token \
+                     first, so the API is never locked for good.",
+                    Some(&["last_admin_token"]),
+                ),
+            ),
         ]),
         json!({
             "parameters": [{
@@ -1170,7 +1184,7 @@ fn parameters() -> Value {
             "name": "If-Match", "in": "header",
             "description": "Optimistic concurrency as a header: `\"<version>\"` (the stream's last version, as in \
                 its `ETag`) or `*` (the stream exists). Must agree with `expected_version` when both are given.",
-            "schema": { "type": "string", "pattern": r#"^\s*(\*|(W/)*"*\+?[0-9]{1,19}"*)\s*$"# }
+            "schema": { "type": "string", "pattern": r#"^\s*(\*|(W/)?"[0-9]{1,20}")\s*$"# }
         },
         "From": {
             "name": "from", "in": "query",

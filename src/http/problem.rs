@@ -18,9 +18,12 @@ const TYPE_BASE: &str = "https://lethe.dev/problems/";
 /// The HTTP status of each stable code.
 pub fn status_of(code: &str) -> StatusCode {
     match code {
-        "wrong_expected_version" | "subject_mismatch" | "duplicate_event_id" | "legal_hold" | "erasure_in_progress" => {
-            StatusCode::CONFLICT
-        }
+        "wrong_expected_version"
+        | "subject_mismatch"
+        | "duplicate_event_id"
+        | "legal_hold"
+        | "erasure_in_progress"
+        | "last_admin_token" => StatusCode::CONFLICT,
         "stream_erased" | "stream_deleted" => StatusCode::GONE,
         "invalid_stream_name" | "invalid_request" => StatusCode::BAD_REQUEST,
         "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,6 +104,7 @@ fn title_of(code: &str) -> &'static str {
         "precondition_failed" => "Precondition failed",
         "legal_hold" => "Legal hold",
         "erasure_in_progress" => "Erasure in progress",
+        "last_admin_token" => "Last admin token",
         "too_many_subscribers" => "Too many subscribers",
         "storage_unavailable" => "Storage unavailable",
         "keyvault_unavailable" => "Key vault unavailable",

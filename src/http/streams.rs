@@ -64,11 +64,14 @@ fn if_match(headers: &HeaderMap) -> Result<Option<ExpectedVersion>, ApiError> {
     if value == "*" {
         return Ok(Some(ExpectedVersion::Exists));
     }
-    let version = value
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<u64>()
-        .map_err(|_| ApiError::bad_request("If-Match must be an ETag like \"3\" (a stream version)"))?;
+    // Exactly `"N"` or `W/"N"`: anything looser could read a malformed tag as some version.
+    let quoted = value.strip_prefix("W/").unwrap_or(value);
+    let version = quoted
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::bad_request("If-Match must be an ETag like \"3\" (a stream version) or *"))?;
     Ok(Some(ExpectedVersion::Exact(version)))
 }
 

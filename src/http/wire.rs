@@ -15,22 +15,20 @@ pub struct ExpectedVersionWire(pub ExpectedVersion);
 
 impl<'de> Deserialize<'de> for ExpectedVersionWire {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Version(u64),
-            Word(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Version(v) => Ok(Self(ExpectedVersion::Exact(v))),
-            Raw::Word(w) => match w.as_str() {
+        const EXPECTED: &str = "expected_version must be \"any\", \"no_stream\", \"exists\" or a non-negative integer";
+        // Any JSON value, then a precise message: an untagged enum would leak its own name.
+        match Value::deserialize(deserializer)? {
+            Value::Number(n) => n
+                .as_u64()
+                .map(|v| Self(ExpectedVersion::Exact(v)))
+                .ok_or_else(|| serde::de::Error::custom(EXPECTED)),
+            Value::String(w) => match w.as_str() {
                 "any" => Ok(Self(ExpectedVersion::Any)),
                 "no_stream" => Ok(Self(ExpectedVersion::NoStream)),
                 "exists" => Ok(Self(ExpectedVersion::Exists)),
-                _ => Err(serde::de::Error::custom(
-                    "expected_version must be \"any\", \"no_stream\", \"exists\" or a non-negative integer",
-                )),
+                _ => Err(serde::de::Error::custom(EXPECTED)),
             },
+            _ => Err(serde::de::Error::custom(EXPECTED)),
         }
     }
 }

@@ -158,6 +158,27 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
             Admin,
         ),
         route(
+            (M::PUT, "/admin/subjects/{subject}/hold"),
+            "/admin/subjects/99/hold",
+            "/admin/subjects/missing/hold",
+            Some(json!({"reason": "matrix"})),
+            Admin,
+        ),
+        route(
+            (M::DELETE, "/admin/subjects/{subject}/hold"),
+            "/admin/subjects/99/hold",
+            "/admin/subjects/missing/hold",
+            None,
+            Admin,
+        ),
+        route(
+            (M::DELETE, "/consumers/{name}"),
+            "/consumers/doomed",
+            "/consumers/missing",
+            None,
+            Admin,
+        ),
+        route(
             (M::POST, "/admin/tokens"),
             "/admin/tokens",
             "/admin/tokens",
@@ -220,10 +241,16 @@ async fn http_role_matrix_covers_every_route(db: TestDb) {
     server
         .append("user-private-43", json!("any"), Some("43"), events(1, "P"))
         .await;
-    server
-        .put("/consumers/matrix", &server.admin, &json!({"erasure_dependent": false}))
-        .await
-        .assert_status(200);
+    for name in ["matrix", "doomed"] {
+        server
+            .put(
+                &format!("/consumers/{name}"),
+                &server.admin,
+                &json!({"erasure_dependent": false}),
+            )
+            .await
+            .assert_status(200);
+    }
     let erased = server
         .post(
             "/admin/subjects/43/forget",

@@ -266,3 +266,42 @@ async fn admin_cli_files_holds_lists_and_exports() {
     assert!(!ok && err.contains("cannot reach"), "{err}");
     server.stop().await;
 }
+
+/// The last admin token cannot be revoked: the API would be locked for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_admin_token_cannot_be_revoked() {
+    let db = TestDb::sqlite().await;
+    let server = Server::start(&db).await;
+    let tokens = server.get("/admin/tokens", &server.admin).await.body;
+    let admins: Vec<String> = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["role"] == "admin" && t["revoked_at"].is_null())
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(admins.len(), 1);
+    server
+        .delete(&format!("/admin/tokens/{}", admins[0]), &server.admin)
+        .await
+        .assert_problem(409, "last_admin_token");
+    // With a second admin token, the first can go.
+    let second = server
+        .post(
+            "/admin/tokens",
+            &server.admin,
+            &json!({"name": "second", "role": "admin"}),
+        )
+        .await;
+    second.assert_status(201);
+    let second_secret = second.body["token"].as_str().unwrap().to_owned();
+    server
+        .delete(&format!("/admin/tokens/{}", admins[0]), &second_secret)
+        .await
+        .assert_status(204);
+    server
+        .get("/admin/tokens", &server.admin)
+        .await
+        .assert_problem(401, "unauthorized");
+    server.stop().await;
+}
