@@ -160,7 +160,7 @@ pub struct Consumer {
 pub(crate) fn check_consumer_name(name: &str) -> Result<(), Error> {
     crate::model::SubjectId::new(name).map(drop).map_err(|_| {
         ValidationError::InvalidName {
-            what: "consumer name",
+            what: "consumer name (of A-Z a-z 0-9 _ . : @ -)",
             max: crate::limits::NAME_LEN_MAX,
         }
         .into()

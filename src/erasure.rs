@@ -129,6 +129,8 @@ pub struct ErasureFilter {
     pub from: Option<DateTime<Utc>>,
     /// Requested before.
     pub to: Option<DateTime<Utc>>,
+    /// Only requests past their deadline and unfinished (`true`), or only the others (`false`).
+    pub overdue: Option<bool>,
     pub limit: usize,
 }
 
@@ -346,6 +348,13 @@ pub(crate) async fn drive(ctx: &ErasureContext<'_>, id: Uuid) -> Result<Erasure,
                 // after a crash the vault's repeat answer is empty, the record is not.
                 ctx.storage.mark_keys_destroyed(id, keys.len() as u64, &keys).await?;
                 ctx.keyring.revoke(&keys);
+                audit_step(
+                    ctx,
+                    &erasure,
+                    "erasure_keys_destroyed",
+                    json!({ "keys_destroyed": keys.len() }),
+                )
+                .await;
                 tracing::info!(request_id = %id, keys = keys.len(), "erasure: keys destroyed");
                 ctx.fail_at(ErasureFault::AfterKeysDestroyed)?;
             }
@@ -354,11 +363,19 @@ pub(crate) async fn drive(ctx: &ErasureContext<'_>, id: Uuid) -> Result<Erasure,
                     // Nothing was shredded, so there is no tombstone to acknowledge.
                     ctx.fail_at(ErasureFault::AfterTombstones)?;
                     ctx.storage.mark_erasure_completed(id, None).await?;
+                    audit_step(ctx, &erasure, "erasure_completed", json!({ "already_erased": true })).await;
                 } else {
                     let outcome = ctx.committer.submit(tombstones(&erasure)?).await?;
                     let position = outcome.streams.last().map_or(0, |s| s.last_position);
                     ctx.fail_at(ErasureFault::AfterTombstones)?;
                     ctx.storage.mark_tombstoned(id, position).await?;
+                    audit_step(
+                        ctx,
+                        &erasure,
+                        "erasure_tombstones_written",
+                        json!({ "tombstone_position": position }),
+                    )
+                    .await;
                 }
                 tracing::info!(request_id = %id, "erasure: tombstones written");
             }
@@ -373,5 +390,29 @@ pub(crate) async fn drive(ctx: &ErasureContext<'_>, id: Uuid) -> Result<Erasure,
             }
             ErasureStatus::Completed | ErasureStatus::Refused => return Ok(erasure),
         }
+    }
+}
+
+/// Records an erasure step in the audit trail. The step has happened whatever the trail says,
+/// so a failure to write the entry is logged, not returned (a re-run of the step would not
+/// repeat it: steps are recorded before the next one starts).
+async fn audit_step(ctx: &ErasureContext<'_>, erasure: &Erasure, action: &str, details: serde_json::Value) {
+    let subject = match &erasure.target {
+        ErasureTarget::Subject(s) => Some(s.clone()),
+        ErasureTarget::Stream(_) => None,
+    };
+    let mut details = details;
+    if let ErasureTarget::Stream(stream) = &erasure.target {
+        details["stream"] = json!(stream.as_str());
+    }
+    let entry = crate::audit::NewAuditEntry {
+        actor: crate::audit::SYSTEM_ACTOR.to_owned(),
+        action: action.to_owned(),
+        subject,
+        request_id: Some(erasure.id),
+        details,
+    };
+    if let Err(e) = ctx.storage.append_audit(&entry).await {
+        tracing::error!(request_id = %erasure.id, error = %e, "audit entry not written");
     }
 }

@@ -44,8 +44,10 @@ pub enum ValidationError {
     DuplicateStreamInAppend { stream: String },
     #[error("event data or metadata cannot be serialized as JSON")]
     InvalidData,
-    #[error("invalid {what}: it must be 1 to {max} characters (for consumers: of A-Z a-z 0-9 _ . : @ -)")]
+    #[error("invalid {what}: it must be 1 to {max} characters")]
     InvalidName { what: &'static str, max: usize },
+    #[error("invalid {what}: at most {max} characters, and no control characters")]
+    InvalidText { what: &'static str, max: usize },
     #[error("invalid position: {position} is past the head of the log ({head})")]
     PositionPastHead { position: u64, head: u64 },
     #[error("invalid limit: it must be 1 to {max}")]

@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
 pub mod access;
+pub mod audit;
 pub mod error;
 pub mod limits;
 pub mod model;

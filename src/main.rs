@@ -29,6 +29,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::AdminCommand,
     },
+    /// The audit trail, offline against the event database.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// The key vault: run it as its own server, rotate its KEK, generate a KEK.
     #[command(subcommand)]
     Keyvault(lethe_keyvault::cli::KeyvaultCommand),
@@ -44,6 +47,18 @@ enum TokenCommand {
         name: String,
         #[command(flatten)]
         config: ServeConfig,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain and report the first broken entry (exit code 1 if any).
+    Verify {
+        /// The event database (default: sqlite://<data-dir>/events.db).
+        #[arg(long, env = "LETHE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        #[arg(long, env = "LETHE_DATA_DIR", default_value = "./lethe-data")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -63,6 +78,20 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
         }
         Command::Admin { connection, command } => cli::run(connection, command).await?,
+        Command::Audit(AuditCommand::Verify { database_url, data_dir }) => {
+            let url = database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("events.db").display()));
+            let verification = lethe::audit::verify_database(&url).await?;
+            match verification.first_broken {
+                None => println!("audit trail intact: {} entries", verification.entries),
+                Some(seq) => {
+                    println!(
+                        "audit trail BROKEN at entry {seq} ({} entries read)",
+                        verification.entries
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Keyvault(cmd) => lethe_keyvault::cli::run(cmd).await?,
     }
     Ok(())

@@ -338,3 +338,30 @@ pub struct LogPage {
     /// The last committed position when the page was read (0: empty log).
     pub head: u64,
 }
+
+/// Checks free text an admin typed (reasons, references): at most `max` characters, and no
+/// control characters but line breaks and tabs (PostgreSQL cannot even store a NUL).
+pub(crate) fn check_text(what: &'static str, value: &str, max: usize) -> Result<(), ValidationError> {
+    let bad_char = value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
+    if bad_char || value.chars().count() > max {
+        return Err(ValidationError::InvalidText { what, max });
+    }
+    Ok(())
+}
+
+/// [`check_text`] for every free-text field of an erasure request.
+pub(crate) fn check_reason(reason: &crate::erasure::ErasureReason) -> Result<(), ValidationError> {
+    let max = crate::limits::REASON_LEN_MAX;
+    for (what, value) in [
+        ("reason", &reason.reason),
+        ("requested_by", &reason.requested_by),
+        ("reference", &reason.reference),
+    ] {
+        if let Some(value) = value {
+            check_text(what, value, max)?;
+        }
+    }
+    Ok(())
+}

@@ -379,6 +379,7 @@ impl EventStore {
     /// An active legal hold refuses the request: it is recorded as `refused` (with the hold's
     /// reason) and `Error::LegalHold` names it.
     pub async fn request_forget(&self, subject: &SubjectId, reason: ErasureReason) -> Result<Erasure, Error> {
+        crate::model::check_reason(&reason)?;
         let mut erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
         if let Some(hold) = self.inner.storage.hold(subject).await?
             && hold.is_active(chrono::Utc::now())
@@ -425,8 +426,9 @@ impl EventStore {
         reason: &str,
         until: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<LegalHold, Error> {
-        if reason.trim().is_empty() || reason.chars().count() > crate::limits::REASON_LEN_MAX {
-            return Err(ValidationError::InvalidName {
+        crate::model::check_text("hold reason", reason, crate::limits::REASON_LEN_MAX)?;
+        if reason.trim().is_empty() {
+            return Err(ValidationError::InvalidText {
                 what: "hold reason",
                 max: crate::limits::REASON_LEN_MAX,
             }
@@ -461,6 +463,7 @@ impl EventStore {
     /// Shreds one stream (its key destroyed, a `$erased` tombstone, `StreamDeleted` in
     /// `$erasures`); appends to it then fail with `stream_deleted`.
     pub async fn delete_stream(&self, stream: &StreamName, reason: ErasureReason) -> Result<Erasure, Error> {
+        crate::model::check_reason(&reason)?;
         let info = self
             .inner
             .storage

@@ -46,14 +46,15 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// Checks a webhook before it is stored: an http(s) URL and a long enough secret.
 pub fn check_webhook(url: &str, secret: &str) -> Result<(), Error> {
     let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-    if !scheme_ok || url.len() > 2_000 || url.chars().any(char::is_whitespace) {
+    if !scheme_ok || url.len() > 2_000 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ValidationError::InvalidName {
             what: "webhook url (http:// or https://)",
             max: 2_000,
         }
         .into());
     }
-    if secret.chars().count() < WEBHOOK_SECRET_LEN_MIN || secret.chars().count() > 200 {
+    let secret_len = secret.chars().count();
+    if !(WEBHOOK_SECRET_LEN_MIN..=200).contains(&secret_len) || secret.chars().any(char::is_control) {
         return Err(ValidationError::InvalidName {
             what: "webhook secret (at least 16 characters)",
             max: 200,

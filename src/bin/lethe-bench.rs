@@ -7,6 +7,12 @@
 //! (AES-256-GCM, the real thing) and off (the `insecure-noop-cipher` feature, which only this
 //! binary enables) so the cost of encryption shows side by side. See BENCHMARKS.md for figures.
 //!
+//! The `http-*` scenarios make the same appends over real HTTP: an in-process server
+//! ([`lethe::server::start`], on `127.0.0.1:<free port>`) on the round's fresh databases, and
+//! `reqwest` clients sharing one connection-pooling HTTP/1.1 `Client`. They run with encryption
+//! on only (the server always encrypts); their latency is the whole request as the client sees
+//! it, and answers other than 2xx are counted and reported (there should be none).
+//!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 //!
 //! ```text
@@ -15,13 +21,16 @@
 //! ```
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use lethe::server::{RunningServer, ServeConfig};
 use lethe::{EventStore, ExpectedVersion, NewEvent, StoreConfig, StreamAppend, StreamName};
 use lethe::{SubjectId, WriterStats};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, raw_sql};
@@ -67,9 +76,31 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Run with per-stream encryption off, on, or both (side by side rows).
+    /// Run with per-stream encryption off, on, or both (side by side rows). The `http-*`
+    /// scenarios always run with encryption on (and not at all with `--encryption off`).
     #[arg(long, value_enum, default_value_t = EncryptionChoice::Both)]
     encryption: EncryptionChoice,
+
+    /// Which scenarios to run: library calls (`EventStore::append`), HTTP requests to an
+    /// in-process server (`http-*`), or both.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Both)]
+    transport: TransportChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportChoice {
+    Library,
+    Http,
+    Both,
+}
+
+/// How a scenario's appends reach the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Calls to [`EventStore::append`] / [`EventStore::append_multi`] in this process.
+    Library,
+    /// `POST /streams/{stream}` requests to an in-process server over loopback TCP.
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,8 +158,10 @@ impl Shape {
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     name: &'static str,
+    /// Concurrent writers: tasks calling the store, or HTTP clients (one request at a time each).
     writers: usize,
     shape: Shape,
+    transport: Transport,
 }
 
 /// The scenarios, in the order they run and are printed.
@@ -137,33 +170,65 @@ const SCENARIOS: &[Scenario] = &[
         name: "single-event",
         writers: 1,
         shape: Shape::Single,
+        transport: Transport::Library,
     },
     Scenario {
         name: "single-event",
         writers: 64,
         shape: Shape::Single,
+        transport: Transport::Library,
     },
     Scenario {
         name: "batch-100",
         writers: 1,
         shape: Shape::Batch(100),
+        transport: Transport::Library,
     },
     Scenario {
         name: "batch-100",
         writers: 8,
         shape: Shape::Batch(100),
+        transport: Transport::Library,
     },
     Scenario {
         name: "multi-stream-2x1",
         writers: 64,
         shape: Shape::MultiStream,
+        transport: Transport::Library,
+    },
+    Scenario {
+        name: "http-single",
+        writers: 1,
+        shape: Shape::Single,
+        transport: Transport::Http,
+    },
+    Scenario {
+        name: "http-single",
+        writers: 64,
+        shape: Shape::Single,
+        transport: Transport::Http,
+    },
+    Scenario {
+        name: "http-batch-100",
+        writers: 1,
+        shape: Shape::Batch(100),
+        transport: Transport::Http,
+    },
+    Scenario {
+        name: "http-batch-100",
+        writers: 8,
+        shape: Shape::Batch(100),
+        transport: Transport::Http,
     },
 ];
 
 /// Figures of one round (or, in [`Row`], the medians over rounds).
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Figures {
+    /// Successful appends (for HTTP: requests answered 2xx).
     appends: u64,
+    /// HTTP answers other than 2xx (not counted in `appends`; always 0 for library calls).
+    non_2xx: u64,
     seconds: f64,
     appends_per_sec: f64,
     events_per_sec: f64,
@@ -210,18 +275,40 @@ async fn main() -> anyhow::Result<()> {
         EncryptionChoice::Both => &[false, true],
     };
 
+    let scenarios: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| match args.transport {
+            TransportChoice::Library => s.transport == Transport::Library,
+            TransportChoice::Http => s.transport == Transport::Http,
+            TransportChoice::Both => true,
+        })
+        .collect();
+
     let mut rows = Vec::new();
+    let mut total_non_2xx = 0u64;
     for &engine in engines {
-        for scenario in SCENARIOS {
+        for &scenario in &scenarios {
+            // The server always encrypts: HTTP scenarios run with encryption on only.
+            let encryption: Vec<bool> = match scenario.transport {
+                Transport::Library => encryption.to_vec(),
+                Transport::Http => encryption.iter().copied().filter(|&on| on).collect(),
+            };
+            if encryption.is_empty() {
+                continue;
+            }
             // Rounds alternate encryption off/on (rather than all "off" rounds, then all "on"
             // rounds) so that a slow phase of the machine does not land on one side only.
             let mut rounds: Vec<Vec<Figures>> = vec![Vec::with_capacity(args.rounds); encryption.len()];
             for round in 1..=args.rounds {
                 for (&encrypted, rounds) in encryption.iter().zip(&mut rounds) {
                     let figures = run_round(&args, engine, scenario, encrypted).await?;
+                    let non_2xx = match scenario.transport {
+                        Transport::Library => String::new(),
+                        Transport::Http => format!(", non-2xx answers: {}", figures.non_2xx),
+                    };
                     eprintln!(
                         "{:<8} {:<17} enc={:<3} writers={:<3} round {round}/{}: \
-                         {:>9.0} appends/s, p99 {:.2} ms",
+                         {:>9.0} appends/s, p99 {:.2} ms{non_2xx}",
                         engine.name(),
                         scenario.name,
                         on_off(encrypted),
@@ -234,6 +321,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             for (&encrypted, rounds) in encryption.iter().zip(rounds) {
+                if scenario.transport == Transport::Http {
+                    total_non_2xx += rounds.iter().map(|f| f.non_2xx).sum::<u64>();
+                }
                 rows.push(Row {
                     scenario: scenario.name,
                     engine,
@@ -248,6 +338,10 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("{}", table(&rows));
+    if rows.iter().any(|row| row.scenario.starts_with("http-")) {
+        // On stderr, so the table on stdout stays pasteable.
+        eprintln!("HTTP answers other than 2xx, all rounds: {total_non_2xx}");
+    }
 
     if let Some(path) = &args.json {
         let report = json!({
@@ -292,6 +386,13 @@ async fn open_store(db_url: &str, vault_url: &str, encrypted: bool) -> anyhow::R
 /// then the databases are removed again (also when the round failed).
 async fn run_round(args: &Args, engine: Engine, scenario: &Scenario, encrypted: bool) -> anyhow::Result<Figures> {
     let db = FreshDatabases::create(engine, &args.postgres_url).await?;
+    if scenario.transport == Transport::Http {
+        let result = run_http_round(args, &db, scenario).await;
+        let removed = db.remove().await;
+        let figures = result?;
+        removed?;
+        return Ok(figures);
+    }
     let result = async {
         let store = open_store(&db.url, &db.vault_url, encrypted).await?;
         let figures = drive(&store, scenario, Duration::from_secs(args.seconds), args.streams).await;
@@ -342,6 +443,7 @@ async fn drive(store: &EventStore, scenario: &Scenario, duration: Duration, stre
         events_per_sec: (appends * scenario.shape.events_per_append() as u64) as f64 / elapsed,
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
+        non_2xx: 0,
         transactions_per_append: ratio(transactions, writer_appends),
         appends_per_transaction: ratio(writer_appends, transactions),
     })
@@ -386,6 +488,163 @@ async fn writer(
         }
     }
     Ok(latencies)
+}
+
+// --- Over HTTP: an in-process server and reqwest clients. ---
+
+/// The admin token the bench's server is started with, and its clients send.
+const HTTP_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+
+/// One HTTP round on fresh databases `db`: starts a server on them (its data directory, with
+/// the KEK file, is a temporary directory of its own), drives it, and stops it again.
+async fn run_http_round(args: &Args, db: &FreshDatabases, scenario: &Scenario) -> anyhow::Result<Figures> {
+    let suffix = Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("lethe-bench-http-{}", &suffix[..12]));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = async {
+        let kek_file = dir.join("kek.key");
+        lethe_keyvault::Kek::load_or_create(&kek_file)
+            .with_context(|| format!("creating the KEK file {}", kek_file.display()))?;
+        let mut config = ServeConfig::embedded(&dir);
+        config.listen = "127.0.0.1:0".parse()?;
+        config.database_url = Some(db.url.clone());
+        config.keyvault_url = Some(db.vault_url.clone());
+        config.kek_file = Some(kek_file);
+        config.admin_token = Some(HTTP_TOKEN.into());
+        let server = lethe::server::start(config)
+            .await
+            .with_context(|| format!("starting the server on {}", redact(&db.url)))?;
+        let figures = drive_http(&server, scenario, Duration::from_secs(args.seconds), args.streams).await;
+        server.stop().await.context("stopping the server")?;
+        figures
+    }
+    .await;
+    let removed = std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()));
+    let figures = result?;
+    removed?;
+    Ok(figures)
+}
+
+/// Runs the scenario's clients against `server` until `duration` is up and measures them.
+/// All clients share one `reqwest::Client`, so connections are pooled (HTTP/1.1: one request
+/// at a time per connection, and each client keeps one request in flight).
+async fn drive_http(
+    server: &RunningServer,
+    scenario: &Scenario,
+    duration: Duration,
+    streams: u64,
+) -> anyhow::Result<Figures> {
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {HTTP_TOKEN}"))?);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(scenario.writers)
+        .default_headers(headers)
+        .build()
+        .context("building the HTTP client")?;
+
+    let before = server.store.writer_stats();
+    let start = Instant::now();
+    let deadline = start + duration;
+
+    let mut clients = JoinSet::new();
+    for _ in 0..scenario.writers {
+        let rng = Rng::new(Uuid::new_v4().as_u64_pair().0);
+        clients.spawn(http_client(
+            client.clone(),
+            server.addr,
+            scenario.shape,
+            streams,
+            deadline,
+            rng,
+        ));
+    }
+    let mut latencies = Vec::new();
+    let mut non_2xx = 0;
+    while let Some(joined) = clients.join_next().await {
+        let outcome = joined.context("HTTP client task panicked")??;
+        latencies.extend(outcome.latencies);
+        non_2xx += outcome.non_2xx;
+    }
+    // Requests still in flight at the deadline are counted, so the elapsed time includes them.
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = server.store.writer_stats();
+
+    latencies.sort_unstable();
+    let appends = latencies.len() as u64;
+    let transactions = after.transactions - before.transactions;
+    let writer_appends = after.appends - before.appends;
+    Ok(Figures {
+        appends,
+        non_2xx,
+        seconds: elapsed,
+        appends_per_sec: appends as f64 / elapsed,
+        events_per_sec: (appends * scenario.shape.events_per_append() as u64) as f64 / elapsed,
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        transactions_per_append: ratio(transactions, writer_appends),
+        appends_per_transaction: ratio(writer_appends, transactions),
+    })
+}
+
+/// What one HTTP client saw: the latency of each 2xx answer, and how many others it got.
+struct HttpOutcome {
+    latencies: Vec<Duration>,
+    non_2xx: u64,
+}
+
+/// One HTTP client: `POST /streams/bench-<n>` back to back until the deadline, one request at
+/// a time. The latency is from sending the request to having read the whole answer; building
+/// and serialising the body is not timed. A transport error (no answer at all) ends the round.
+async fn http_client(
+    client: reqwest::Client,
+    addr: SocketAddr,
+    shape: Shape,
+    streams: u64,
+    deadline: Instant,
+    mut rng: Rng,
+) -> anyhow::Result<HttpOutcome> {
+    let mut outcome = HttpOutcome {
+        latencies: Vec::new(),
+        non_2xx: 0,
+    };
+    while Instant::now() < deadline {
+        let n = rng.below(streams);
+        let events: Vec<serde_json::Value> = (0..shape.events_per_append())
+            .map(|_| json!({"type": "BenchEvent", "data": order_event(&mut rng).data}))
+            .collect();
+        let body = serde_json::to_vec(&json!({"expected_version": "any", "events": events}))?;
+        let url = format!("http://{addr}/streams/bench-{n}");
+        let started = Instant::now();
+        let response = client
+            .post(&url)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let answer = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer to POST {url}"))?;
+        let latency = started.elapsed();
+        if status.is_success() {
+            outcome.latencies.push(latency);
+        } else {
+            if outcome.non_2xx == 0 {
+                // The first one of each client, so the cause shows without flooding the output.
+                eprintln!(
+                    "POST {url}: {status}: {}",
+                    String::from_utf8_lossy(&answer[..answer.len().min(300)])
+                );
+            }
+            outcome.non_2xx += 1;
+        }
+    }
+    Ok(outcome)
 }
 
 // --- Payloads: realistic-looking JSON of about 150 bytes each. ---
@@ -575,6 +834,8 @@ fn median_figures(rounds: &[Figures]) -> Figures {
     };
     Figures {
         appends: median(|f| f.appends as f64).round() as u64,
+        // Not a median: any round with failed requests shows.
+        non_2xx: rounds.iter().map(|f| f.non_2xx).max().unwrap_or(0),
         seconds: median(|f| f.seconds),
         appends_per_sec: median(|f| f.appends_per_sec),
         events_per_sec: median(|f| f.events_per_sec),

@@ -1,28 +1,28 @@
 //! `/admin`: erasure requests, subjects (access and export), API tokens.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use super::problem::ApiError;
 use super::wire::{
-    ErasureListResponse, ErasureResponse, EventOut, ForgetRequest, HoldOut, HoldRequest, SubjectResponse,
-    SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
+    AuditEntryOut, AuditListResponse, AuditVerifyResponse, ErasureListResponse, ErasureResponse, EventOut,
+    ForgetRequest, HoldOut, HoldRequest, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
 };
-use super::{AppState, JsonBody, PathParam};
+use super::{AppState, Caller, JsonBody, PathParam, audit_entry};
 use crate::access::Role;
+use crate::audit::AuditQuery;
 use crate::erasure::{ErasureFilter, ErasureReason, ErasureStatus};
 use crate::metrics::{KindLabel, metrics};
 use crate::model::SubjectId;
 
-/// Longest free-text field of an erasure request (reason, requested_by, reference).
-pub const REASON_LEN_MAX: usize = 1_000;
 /// Erasure requests one listing returns at most.
 const ERASURES_LIST_MAX: usize = 1_000;
 
@@ -30,34 +30,32 @@ fn subject_of(raw: &str) -> Result<SubjectId, ApiError> {
     Ok(SubjectId::new(raw).map_err(crate::Error::from)?)
 }
 
-fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.chars().count() > REASON_LEN_MAX {
-        return Err(ApiError::bad_request(format!(
-            "{field} is longer than {REASON_LEN_MAX} characters"
-        )));
-    }
-    Ok(())
-}
-
 /// `POST /admin/subjects/{subject}/forget` → 202 with the request. The erasure runs before
 /// the answer when it can; if the vault is unreachable it stays `pending` and is resumed.
 pub async fn forget(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParam(subject): PathParam,
     JsonBody(body): JsonBody<ForgetRequest>,
 ) -> Result<Response, ApiError> {
     let subject = subject_of(&subject)?;
-    check_text("reason", &body.reason)?;
-    check_text("requested_by", &body.requested_by)?;
-    if let Some(reference) = &body.reference {
-        check_text("reference", reference)?;
-    }
     let reason = ErasureReason {
         reason: Some(body.reason),
         requested_by: Some(body.requested_by),
         reference: body.reference,
     };
-    let request = state.store.request_forget(&subject, reason).await?;
+    let details = json!({"reason": reason.reason, "requested_by": reason.requested_by, "reference": reason.reference});
+    let request = match state.store.request_forget(&subject, reason).await {
+        Ok(request) => request,
+        Err(e @ crate::Error::LegalHold { request_id, .. }) => {
+            let entry = audit_entry(&caller, "erasure_refused", Some(&subject), Some(request_id), details);
+            state.store.audit_quietly(entry).await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let entry = audit_entry(&caller, "erasure_requested", Some(&subject), Some(request.id), details);
+    state.store.audit_quietly(entry).await;
     metrics()
         .erasures
         .get_or_create(&KindLabel { kind: "subject".into() })
@@ -122,15 +120,14 @@ pub async fn erasures(
         status,
         from: query.from,
         to: query.to,
+        overdue: query.overdue,
         limit,
     };
-    let now = chrono::Utc::now();
     let erasures = state
         .store
         .list_erasures(&filter)
         .await?
         .into_iter()
-        .filter(|e| query.overdue.is_none_or(|overdue| e.is_overdue(now) == overdue))
         .map(ErasureResponse::from)
         .collect();
     Ok(Json(ErasureListResponse { erasures }))
@@ -171,8 +168,14 @@ pub async fn subject(
 
 /// `GET /admin/subjects/{subject}/export`: every event of the subject's streams, decrypted,
 /// streamed as one JSON document `{subject, exported_at, events: [...]}`.
-pub async fn export(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<Response, ApiError> {
+pub async fn export(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathParam(raw): PathParam,
+) -> Result<Response, ApiError> {
     let subject = subject_of(&raw)?;
+    let entry = audit_entry(&caller, "subject_exported", Some(&subject), None, json!({}));
+    state.store.audit_quietly(entry).await;
     tracing::info!(subject = %subject, "subject export");
     let head = serde_json::json!({ "subject": subject.as_str(), "exported_at": chrono::Utc::now() }).to_string();
     // `{"subject":…,"exported_at":…` + `,"events":[` + events + `]}`.
@@ -200,18 +203,32 @@ pub async fn export(State(state): State<AppState>, PathParam(raw): PathParam) ->
 /// `PUT /admin/subjects/{subject}/hold`: places (or replaces) a legal hold.
 pub async fn place_hold(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParam(raw): PathParam,
     JsonBody(body): JsonBody<HoldRequest>,
 ) -> Result<Json<HoldOut>, ApiError> {
     let subject = subject_of(&raw)?;
     let hold = state.store.place_hold(&subject, &body.reason, body.until).await?;
+    let details = json!({"reason": hold.reason, "until": hold.until});
+    state
+        .store
+        .audit_quietly(audit_entry(&caller, "hold_placed", Some(&subject), None, details))
+        .await;
     Ok(Json(hold.into()))
 }
 
 /// `DELETE /admin/subjects/{subject}/hold` → 204 (404 if there was none).
-pub async fn lift_hold(State(state): State<AppState>, PathParam(raw): PathParam) -> Result<StatusCode, ApiError> {
+pub async fn lift_hold(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathParam(raw): PathParam,
+) -> Result<StatusCode, ApiError> {
     let subject = subject_of(&raw)?;
     if state.store.lift_hold(&subject).await? {
+        state
+            .store
+            .audit_quietly(audit_entry(&caller, "hold_lifted", Some(&subject), None, json!({})))
+            .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found())
@@ -221,10 +238,16 @@ pub async fn lift_hold(State(state): State<AppState>, PathParam(raw): PathParam)
 /// `POST /admin/tokens` → 201 with the token (shown once).
 pub async fn create_token(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<TokenRequest>,
 ) -> Result<Response, ApiError> {
     let role = Role::parse(&body.role).ok_or_else(|| ApiError::bad_request("role must be reader, writer or admin"))?;
     let token = state.store.create_token(&body.name, role).await?;
+    let details = json!({"token_id": token.record.id, "name": token.record.name, "role": role.as_str()});
+    state
+        .store
+        .audit_quietly(audit_entry(&caller, "token_created", None, None, details))
+        .await;
     let mut out = TokenOut::from(token.record);
     out.token = Some(token.secret.to_string());
     Ok((StatusCode::CREATED, Json(out)).into_response())
@@ -237,11 +260,63 @@ pub async fn tokens(State(state): State<AppState>) -> Result<Json<TokenListRespo
 }
 
 /// `DELETE /admin/tokens/{id}` → 204.
-pub async fn revoke_token(State(state): State<AppState>, PathParam(id): PathParam) -> Result<StatusCode, ApiError> {
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathParam(id): PathParam,
+) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("the token id must be a UUID"))?;
     if state.store.revoke_token(id).await? {
+        let details = json!({"token_id": id});
+        state
+            .store
+            .audit_quietly(audit_entry(&caller, "token_revoked", None, None, details))
+            .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found())
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQueryParams {
+    /// Entries after this sequence number.
+    after: Option<u64>,
+    limit: Option<usize>,
+    action: Option<String>,
+    subject: Option<String>,
+}
+
+/// `GET /admin/audit?after=&limit=&action=&subject=`: the hash-chained trail, oldest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    query: Result<Query<AuditQueryParams>, QueryRejection>,
+) -> Result<Json<AuditListResponse>, ApiError> {
+    let Query(query) = query?;
+    let entries = state
+        .store
+        .audit_entries(&AuditQuery {
+            after: query.after.unwrap_or(0),
+            limit: query.limit.unwrap_or(100),
+            action: query.action,
+            subject: query.subject.as_deref().map(subject_of).transpose()?,
+        })
+        .await?;
+    let next = entries.last().map(|e| e.seq);
+    Ok(Json(AuditListResponse {
+        entries: entries.into_iter().map(AuditEntryOut::from).collect(),
+        next_after: next,
+    }))
+}
+
+/// `GET /admin/audit/verify`: walks the chain; names the first broken entry.
+pub async fn verify_audit(State(state): State<AppState>) -> Result<Json<AuditVerifyResponse>, ApiError> {
+    let verification = state.store.verify_audit().await?;
+    Ok(Json(AuditVerifyResponse {
+        intact: verification.is_intact(),
+        entries: verification.entries,
+        head_seq: verification.head_seq,
+        first_broken_seq: verification.first_broken,
+    }))
 }

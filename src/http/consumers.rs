@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 
 use super::problem::ApiError;
 use super::wire::{
@@ -37,6 +37,7 @@ fn out(consumer: Consumer, head: u64) -> ConsumerResponse {
 /// `PUT /consumers/{name}`.
 pub async fn put(
     State(state): State<AppState>,
+    Extension(caller): Extension<super::Caller>,
     PathParam(name): PathParam,
     JsonBody(body): JsonBody<ConsumerRequest>,
 ) -> Result<Json<ConsumerResponse>, ApiError> {
@@ -52,13 +53,29 @@ pub async fn put(
     // PUT replaces: without a webhook in the body the consumer has none.
     let webhook = body.webhook.as_ref().map(|w| (w.url.as_str(), w.secret.as_str()));
     let consumer = state.store.set_consumer_webhook(&name, webhook).await?;
+    let details = serde_json::json!({
+        "consumer": name, "erasure_dependent": consumer.erasure_dependent, "webhook": consumer.webhook_url.is_some()
+    });
+    state
+        .store
+        .audit_quietly(super::audit_entry(&caller, "consumer_registered", None, None, details))
+        .await;
     let head = state.store.head().await?;
     Ok(Json(out(consumer, head)))
 }
 
 /// `DELETE /consumers/{name}` → 204. A dependent of unfinished erasures stops holding them up.
-pub async fn delete(State(state): State<AppState>, PathParam(name): PathParam) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<super::Caller>,
+    PathParam(name): PathParam,
+) -> Result<StatusCode, ApiError> {
     if state.store.delete_consumer(&name).await? {
+        let details = serde_json::json!({"consumer": name});
+        state
+            .store
+            .audit_quietly(super::audit_entry(&caller, "consumer_removed", None, None, details))
+            .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found())

@@ -127,6 +127,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/subjects/{subject}", get(admin::subject))
         .route("/admin/subjects/{subject}/export", get(admin::export))
         .route("/admin/erasures", get(admin::erasures))
+        .route("/admin/audit", get(admin::audit))
+        .route("/admin/audit/verify", get(admin::verify_audit))
         .route("/admin/erasures/{id}", get(admin::erasure))
         .route("/admin/tokens", post(admin::create_token).get(admin::tokens))
         .route("/admin/tokens/{id}", axum::routing::delete(admin::revoke_token))
@@ -268,6 +270,23 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
     };
     let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// An audit entry for an action `caller` took.
+pub(crate) fn audit_entry(
+    caller: &Caller,
+    action: &str,
+    subject: Option<&crate::model::SubjectId>,
+    request_id: Option<uuid::Uuid>,
+    details: serde_json::Value,
+) -> crate::audit::NewAuditEntry {
+    crate::audit::NewAuditEntry {
+        actor: caller.name.clone(),
+        action: action.to_owned(),
+        subject: subject.cloned(),
+        request_id,
+        details,
+    }
 }
 
 /// Who is calling (put in request extensions by the auth middleware).

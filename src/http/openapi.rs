@@ -786,6 +786,8 @@ fn admin_paths() -> Vec<(&'static str, Value)> {
         ("/admin/erasures", json!({ "get": erasures() })),
         ("/admin/erasures/{id}", json!({ "get": erasure() })),
         ("/admin/tokens", json!({ "post": create_token(), "get": list_tokens() })),
+        ("/admin/audit", json!({ "get": list_audit() })),
+        ("/admin/audit/verify", json!({ "get": verify_audit() })),
         ("/admin/tokens/{id}", json!({ "delete": revoke_token() })),
     ]
 }
@@ -1045,6 +1047,86 @@ fn create_token() -> Value {
     )
 }
 
+fn list_audit() -> Value {
+    operation(
+        "admin",
+        "listAudit",
+        "Read the audit trail",
+        "The hash-chained trail of admin actions, oldest first, a page at a time (`after` = the previous \
+         page's `next_after`). Entries carry ids, never personal data.",
+        "admin",
+        responses([
+            ("200", json_response("A page of entries.", schema_ref("AuditList"))),
+            ("400", bad_request("An invalid query parameter.", false)),
+        ]),
+        json!({
+            "parameters": [
+                { "name": "after", "in": "query", "description": "Entries after this sequence number (default 0).",
+                  "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } },
+                { "name": "limit", "in": "query", "description": "Entries per page (default 100).",
+                  "schema": { "type": "integer", "minimum": 1, "maximum": crate::audit::AUDIT_PAGE_MAX } },
+                { "name": "action", "in": "query", "description": "Only this action.", "schema": { "type": "string" } },
+                { "name": "subject", "in": "query", "description": "Only entries about this subject.",
+                  "schema": schema_ref("SubjectId") }
+            ]
+        }),
+    )
+}
+
+fn verify_audit() -> Value {
+    operation(
+        "admin",
+        "verifyAudit",
+        "Verify the audit trail",
+        "Walks the whole chain (`hash = SHA-256(prev_hash ‖ canonical JSON of the entry)`) and names the \
+         first entry whose link or hash does not hold.",
+        "admin",
+        responses([(
+            "200",
+            json_response("The verification.", schema_ref("AuditVerification")),
+        )]),
+        json!({}),
+    )
+}
+
+fn audit_schemas() -> Value {
+    json!({
+        "AuditEntry": {
+            "type": "object",
+            "required": ["seq", "at", "actor", "action", "subject", "request_id", "details", "prev_hash", "hash"],
+            "properties": {
+                "seq": { "type": "integer", "minimum": 1 },
+                "at": { "type": "string", "format": "date-time" },
+                "actor": { "type": "string", "description": "The token's name, or `lethe` for its own steps." },
+                "action": { "type": "string" },
+                "subject": { "type": ["string", "null"] },
+                "request_id": { "type": ["string", "null"], "format": "uuid" },
+                "details": {},
+                "prev_hash": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                "hash": { "type": "string", "pattern": "^[0-9a-f]{64}$" }
+            }
+        },
+        "AuditList": {
+            "type": "object",
+            "required": ["entries", "next_after"],
+            "properties": {
+                "entries": { "type": "array", "items": schema_ref("AuditEntry") },
+                "next_after": { "type": ["integer", "null"], "minimum": 1 }
+            }
+        },
+        "AuditVerification": {
+            "type": "object",
+            "required": ["intact", "entries", "head_seq", "first_broken_seq"],
+            "properties": {
+                "intact": { "type": "boolean" },
+                "entries": { "type": "integer", "minimum": 0 },
+                "head_seq": { "type": "integer", "minimum": 0 },
+                "first_broken_seq": { "type": ["integer", "null"], "minimum": 1 }
+            }
+        }
+    })
+}
+
 fn list_tokens() -> Value {
     operation(
         "admin",
@@ -1228,7 +1310,13 @@ fn types_pattern() -> String {
 
 fn schemas() -> Value {
     let mut all = Map::new();
-    for part in [request_schemas(), stream_schemas(), admin_schemas(), misc_schemas()] {
+    for part in [
+        request_schemas(),
+        stream_schemas(),
+        admin_schemas(),
+        audit_schemas(),
+        misc_schemas(),
+    ] {
         if let Value::Object(part) = part {
             all.extend(part);
         }

@@ -2,12 +2,12 @@
 
 use std::convert::Infallible;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
 
 use super::problem::ApiError;
@@ -209,6 +209,7 @@ pub async fn read(
 /// `DELETE /streams/{stream}`: shreds one stream.
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<super::Caller>,
     PathParam(stream): PathParam,
     headers: HeaderMap,
     body: Option<JsonBody<DeleteStreamRequest>>,
@@ -223,6 +224,9 @@ pub async fn delete(
         reference: body.reference,
     };
     let erasure = state.store.delete_stream(&stream, reason).await?;
+    let details = serde_json::json!({"stream": stream.as_str()});
+    let entry = super::audit_entry(&caller, "stream_deleted", None, Some(erasure.id), details);
+    state.store.audit_quietly(entry).await;
     metrics()
         .erasures
         .get_or_create(&crate::metrics::KindLabel { kind: "stream".into() })

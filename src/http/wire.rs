@@ -415,3 +415,49 @@ impl From<crate::access::TokenRecord> for TokenOut {
 pub struct TokenListResponse {
     pub tokens: Vec<TokenOut>,
 }
+
+/// An audit trail entry (hashes in hex).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditEntryOut {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub request_id: Option<Uuid>,
+    pub details: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<crate::audit::AuditEntry> for AuditEntryOut {
+    fn from(e: crate::audit::AuditEntry) -> Self {
+        Self {
+            seq: e.seq,
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            subject: e.subject,
+            request_id: e.request_id,
+            details: e.details,
+            prev_hash: hex::encode(e.prev_hash),
+            hash: hex::encode(e.hash),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditListResponse {
+    pub entries: Vec<AuditEntryOut>,
+    /// Pass as `after` for the next page (`null`: this page was empty).
+    pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    pub intact: bool,
+    pub entries: u64,
+    pub head_seq: u64,
+    /// The first entry whose link or hash does not hold.
+    pub first_broken_seq: Option<u64>,
+}

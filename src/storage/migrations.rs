@@ -22,6 +22,7 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         "erasure workflow",
         include_str!("../../migrations/sqlite/0004_erasure_workflow.sql"),
     ),
+    (5, "audit", include_str!("../../migrations/sqlite/0005_audit.sql")),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -37,6 +38,7 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         "erasure workflow",
         include_str!("../../migrations/postgres/0004_erasure_workflow.sql"),
     ),
+    (5, "audit", include_str!("../../migrations/postgres/0005_audit.sql")),
 ];
 
 #[derive(Debug)]

@@ -46,6 +46,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::access::{Consumer, Role, TokenRecord};
+use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 use crate::erasure::{
     Dependent, Erasure, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold, ShreddedStream,
 };
@@ -272,6 +273,13 @@ pub trait Storage: Send + Sync + 'static {
     async fn consumers(&self) -> Result<Vec<Consumer>, StorageError>;
     /// Moves a consumer's checkpoint forward to `position` (never back); `None`: no such consumer.
     async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError>;
+
+    /// Appends an entry to the audit chain (serialised by the chain head's row lock).
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError>;
+    /// Audit entries after `query.after`, oldest first.
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
+    /// The chain head: last `seq` and its hash.
+    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError>;
 
     /// Starts forwarding what *other* processes do — new commits, revoked keys — into `feed`
     /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
@@ -614,4 +622,45 @@ fn micros(us: i64) -> Result<chrono::DateTime<chrono::Utc>, StorageError> {
 /// The `types` column of a consumer: its type filter as a JSON array.
 pub(crate) fn encode_types(types: &[String]) -> String {
     serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Decodes an `audit_log` row selected as
+/// `seq, at, actor, action, subject, request_id, details, prev_hash, hash`.
+pub(crate) fn decode_audit<R>(row: &R) -> Result<AuditEntry, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let details: String = row.try_get(6)?;
+    Ok(AuditEntry {
+        seq: to_u64(row.try_get(0)?, "seq")?,
+        at: micros(row.try_get(1)?)?,
+        actor: row.try_get(2)?,
+        action: row.try_get(3)?,
+        subject: row.try_get(4)?,
+        request_id: row.try_get(5)?,
+        // A row edited into invalid JSON still decodes (as a string) so verification can
+        // name it instead of failing as a whole.
+        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        prev_hash: hash32(row.try_get(7)?)?,
+        hash: hash32(row.try_get(8)?)?,
+    })
+}
+
+pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StorageError> {
+    bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("audit hash is not 32 bytes".into()))
+}
+
+/// Requests made before this (unix microseconds) are past their one-month deadline now.
+pub(crate) fn overdue_cutoff_us() -> i64 {
+    let now = chrono::Utc::now();
+    now.checked_sub_months(chrono::Months::new(1))
+        .unwrap_or(now)
+        .timestamp_micros()
 }

@@ -16,11 +16,13 @@ use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::{
-    AppendReply, AtomicAppend, ChangeFeed, Delivery, Storage, StoredEvent, attach_dependents, decode_consumer,
-    decode_erasure, decode_event, decode_existing, decode_hold, decode_shredded, decode_stream_info,
-    decode_stream_state, decode_token, encode_shredded, encode_types, now_us, target_columns, to_i64, to_u64,
+    AppendReply, AtomicAppend, ChangeFeed, Delivery, Storage, StoredEvent, attach_dependents, decode_audit,
+    decode_consumer, decode_erasure, decode_event, decode_existing, decode_hold, decode_shredded, decode_stream_info,
+    decode_stream_state, decode_token, encode_shredded, encode_types, hash32, now_us, overdue_cutoff_us,
+    target_columns, to_i64, to_u64,
 };
 use crate::access::{Consumer, TokenRecord};
+use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 use crate::erasure::{Erasure, ErasureFilter, ErasureStatus, ErasureTarget, LegalHold};
 use crate::error::StorageError;
 use crate::model::{Direction, LogFilter, StreamInfo, StreamName, SubjectId};
@@ -101,11 +103,84 @@ impl SqliteStorage {
     }
 }
 
+/// Appends an audit entry inside the caller's transaction (the chain head's row lock orders it).
+async fn audit_in(conn: &mut sqlx::SqliteConnection, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
+    let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    let prev_hash = hash32(head_hash)?;
+    let seq = to_u64(head_seq, "audit seq")? + 1;
+    let at = now_us();
+    let subject = entry.subject.as_ref().map(|s| s.as_str());
+    let fields = crate::audit::HashedFields {
+        seq,
+        at_us: at,
+        actor: &entry.actor,
+        action: &entry.action,
+        subject,
+        request_id: entry.request_id,
+        details: &entry.details,
+    };
+    let hash = crate::audit::entry_hash(&prev_hash, &fields);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, action, subject, request_id, details, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(to_i64(seq))
+    .bind(at)
+    .bind(entry.actor.as_str())
+    .bind(entry.action.as_str())
+    .bind(subject)
+    .bind(entry.request_id)
+    .bind(entry.details.to_string())
+    .bind(prev_hash.as_slice())
+    .bind(hash.as_slice())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")
+        .bind(to_i64(seq))
+        .bind(hash.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    Ok(AuditEntry {
+        seq,
+        at: chrono::DateTime::from_timestamp_micros(at).unwrap_or_default(),
+        actor: entry.actor.clone(),
+        action: entry.action.clone(),
+        subject: subject.map(str::to_owned),
+        request_id: entry.request_id,
+        details: entry.details.clone(),
+        prev_hash,
+        hash,
+    })
+}
+
+/// Completes every request no dependent is still holding up, and audits each completion in the
+/// same transaction.
+async fn complete_acknowledged(conn: &mut sqlx::SqliteConnection, now: i64) -> Result<(), StorageError> {
+    let completed: Vec<(Uuid, Option<String>)> = sqlx::query_as(COMPLETE_ACKNOWLEDGED)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    for (request_id, subject) in completed {
+        let entry = NewAuditEntry {
+            actor: crate::audit::SYSTEM_ACTOR.to_owned(),
+            action: "erasure_completed".to_owned(),
+            subject: subject.and_then(|s| crate::model::SubjectId::new(s).ok()),
+            request_id: Some(request_id),
+            details: serde_json::json!({}),
+        };
+        audit_in(conn, &entry).await?;
+    }
+    Ok(())
+}
+
 /// Completes every request no dependent is still holding up (param 1: now).
 const COMPLETE_ACKNOWLEDGED: &str = "UPDATE erasure_requests SET status = 'completed', completed_at = ?1 \
      WHERE status = 'awaiting_acknowledgements' AND NOT EXISTS ( \
        SELECT 1 FROM erasure_dependents d WHERE d.erasure_id = erasure_requests.id \
-         AND d.acknowledged_at IS NULL AND d.removed_at IS NULL)";
+         AND d.acknowledged_at IS NULL AND d.removed_at IS NULL) \
+     RETURNING id, subject";
 
 #[async_trait]
 impl Storage for SqliteStorage {
@@ -434,6 +509,8 @@ impl Storage for SqliteStorage {
             select_erasures!(),
             "WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR status = ?2) \
              AND (?3 IS NULL OR requested_at >= ?3) AND (?4 IS NULL OR requested_at < ?4) \
+             AND (?6 IS NULL OR \
+                  ((status NOT IN ('completed', 'refused') AND requested_at < ?7) = ?6)) \
              ORDER BY requested_at DESC LIMIT ?5"
         ))
         .bind(filter.subject.as_ref().map(|s| s.as_str()))
@@ -441,6 +518,8 @@ impl Storage for SqliteStorage {
         .bind(filter.from.map(|t| t.timestamp_micros()))
         .bind(filter.to.map(|t| t.timestamp_micros()))
         .bind(to_i64(filter.limit as u64))
+        .bind(filter.overdue)
+        .bind(overdue_cutoff_us())
         .fetch_all(&self.readers)
         .await?;
         let mut erasures = rows.iter().map(decode_erasure).collect::<Result<Vec<_>, _>>()?;
@@ -483,7 +562,7 @@ impl Storage for SqliteStorage {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -504,7 +583,7 @@ impl Storage for SqliteStorage {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
         Ok(deleted == 1)
     }
@@ -595,7 +674,7 @@ impl Storage for SqliteStorage {
         .bind(acknowledged)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -744,9 +823,38 @@ impl Storage for SqliteStorage {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(COMPLETE_ACKNOWLEDGED).bind(now).execute(&mut *tx).await?;
+        complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
         Ok(Some(consumer))
+    }
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let appended = audit_in(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, request_id, details, prev_hash, hash FROM audit_log \
+             WHERE seq > ?1 AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR subject = ?3) \
+             ORDER BY seq LIMIT ?4",
+        )
+        .bind(to_i64(query.after))
+        .bind(query.action.as_deref())
+        .bind(query.subject.as_ref().map(|s| s.as_str()))
+        .bind(to_i64(query.limit as u64))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(decode_audit).collect()
+    }
+
+    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError> {
+        let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.readers)
+            .await?;
+        Ok((to_u64(seq, "audit seq")?, hash32(hash)?))
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {

@@ -241,6 +241,26 @@ async fn erasures_can_be_listed_by_subject_status_and_time(db: TestDb) {
             .filter(|e| !e.status.is_final())
             .all(|e| e.is_overdue(Utc::now() + chrono::Duration::days(40)))
     );
+
+    // An old, unfinished request is overdue, and the filter finds it however old it is.
+    db.execute("UPDATE erasure_requests SET requested_at = requested_at - 3456000000000, status = 'pending' WHERE subject = '1'")
+        .await;
+    let overdue = list(ErasureFilter {
+        overdue: Some(true),
+        limit: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].target, lethe::ErasureTarget::Subject(subject("1")));
+    assert!(overdue[0].is_overdue(Utc::now()));
+    let on_time = list(ErasureFilter {
+        overdue: Some(false),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(on_time.len(), 3);
 }
 
 backend_tests!(a_webhook_that_fails_twice_then_succeeds_acknowledges_the_erasure);

@@ -179,6 +179,20 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
             Admin,
         ),
         route(
+            (M::GET, "/admin/audit"),
+            "/admin/audit",
+            "/admin/audit?after=99999",
+            None,
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/audit/verify"),
+            "/admin/audit/verify",
+            "/admin/audit/verify",
+            None,
+            Admin,
+        ),
+        route(
             (M::POST, "/admin/tokens"),
             "/admin/tokens",
             "/admin/tokens",

@@ -305,3 +305,67 @@ async fn the_last_admin_token_cannot_be_revoked() {
         .assert_problem(401, "unauthorized");
     server.stop().await;
 }
+
+/// Control characters (a NUL above all: PostgreSQL cannot store one) in free text are a 400,
+/// never a 500, and change nothing.
+async fn free_text_with_control_characters_is_refused(db: TestDb) {
+    let server = Server::start(&db).await;
+    server.append("cart-1", json!("any"), None, events(1, "E")).await;
+    let before = server.head().await;
+    let nul = "a\u{0}b";
+    let cases: Vec<(reqwest::Method, &str, serde_json::Value)> = vec![
+        (
+            reqwest::Method::POST,
+            "/admin/subjects/5/forget",
+            json!({"reason": nul, "requested_by": "dpo"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/subjects/5/forget",
+            json!({"reason": "r", "requested_by": nul}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/subjects/5/forget",
+            json!({"reason": "r", "requested_by": "d", "reference": nul}),
+        ),
+        (reqwest::Method::PUT, "/admin/subjects/5/hold", json!({"reason": nul})),
+        (
+            reqwest::Method::PUT,
+            "/consumers/c",
+            json!({"webhook": {"url": format!("http://x/{nul}"), "secret": "0123456789abcdef"}}),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/consumers/c",
+            json!({"webhook": {"url": "http://x/", "secret": format!("0123456789abcdef{nul}")}}),
+        ),
+        (reqwest::Method::DELETE, "/streams/cart-1", json!({"reason": nul})),
+        (
+            reqwest::Method::POST,
+            "/admin/tokens",
+            json!({"name": nul, "role": "reader"}),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let token = if path.starts_with("/streams") {
+            server.writer.clone()
+        } else {
+            server.admin.clone()
+        };
+        server
+            .call(method, path, Some(&token), Some(&body))
+            .await
+            .assert_problem(400, "invalid_request");
+    }
+    assert_eq!(server.head().await, before, "nothing was written");
+    let erasures = server.get("/admin/erasures", &server.admin).await;
+    assert!(erasures.body["erasures"].as_array().unwrap().is_empty());
+    server
+        .get("/consumers/c", &server.admin)
+        .await
+        .assert_problem(404, "not_found");
+    server.stop().await;
+}
+
+backend_tests!(free_text_with_control_characters_is_refused);

@@ -5,6 +5,7 @@
 mod support;
 
 mod appends;
+mod audit;
 mod cascade;
 mod erasure_workflow;
 mod multi_stream;
