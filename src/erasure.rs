@@ -9,10 +9,14 @@
 //!    (stream), their ciphertext is removed, and the list of streams is recorded on the request.
 //!    From this commit on, no read path on any process decrypts them: reads check the status.
 //! 2. **keys_destroyed** — the vault destroyed the DEKs; every process evicts (zeroizes) them.
-//! 3. **completed** — the tombstones are written in one atomic append: a `$erased` event in each
-//!    shredded stream and one `SubjectForgotten` / `StreamDeleted` event in `$erasures`. Their
-//!    event ids derive from the request id, so re-writing them after a crash is an idempotent
-//!    retry and never duplicates them.
+//! 3. **awaiting_acknowledgements** — the tombstones are written in one atomic append: a
+//!    `$erased` event in each shredded stream and one `SubjectForgotten` / `StreamDeleted` event
+//!    in `$erasures`. Their event ids derive from the request id, so re-writing them after a
+//!    crash is an idempotent retry and never duplicates them.
+//! 4. **completed** — every erasure-dependent consumer registered when the request was made has
+//!    acknowledged a position at or past the `$erasures` tombstone (or was removed).
+//!
+//! An active legal hold makes the request `refused` instead.
 //!
 //! Tombstones carry ids only (stream names, key ids, the pseudonymous subject id), stored in
 //! clear with no key, so they stay readable after the keys are gone.

@@ -33,7 +33,7 @@ impl<'de> Deserialize<'de> for ExpectedVersionWire {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
     pub id: Option<Uuid>,
@@ -41,6 +41,16 @@ pub struct EventIn {
     pub event_type: String,
     pub data: Value,
     pub metadata: Option<Value>,
+}
+
+// `data` may hold personal data: `Debug` shows the rest only, so nothing logs it by accident.
+impl std::fmt::Debug for EventIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventIn")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /streams/{stream}`.
@@ -184,12 +194,18 @@ pub struct ConsumerRequest {
     pub webhook: Option<WebhookIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookIn {
     pub url: String,
     /// Signs each delivery (`X-Lethe-Signature: sha256=<hex HMAC-SHA256(secret, body)>`).
     pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookIn").field("url", &self.url).field("secret", &"<redacted>").finish()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
