@@ -23,6 +23,8 @@ use zeroize::Zeroizing;
 use crate::http::{AppState, HttpLimits, router};
 use crate::store::{EventStore, StoreConfig};
 
+/// Open connections at most (each holds a task and a socket).
+const CONNECTIONS_MAX: usize = 4096;
 /// How long shutdown waits for in-flight requests before closing anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -299,13 +301,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: the header-read timeout is an HTTP/1 setting, and no client needs h2c.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     tokio::pin!(shutdown);
     loop {
+        // At most CONNECTIONS_MAX open connections: past that, new ones wait in the backlog.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -322,6 +334,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     // Client resets and timeouts end connections; nothing to report.
                     let _ = connection.await;
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,

@@ -32,6 +32,8 @@ const WEBHOOK_URL_LEN_MAX: usize = 2_000;
 const WEBHOOK_SECRET_LEN_MAX: usize = 200;
 /// Characters `char::is_control` refuses (Unicode category Cc), as a regex class body.
 const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
+/// Control characters free text may not hold (all but tab, line feed and carriage return).
+const TEXT_FORBIDDEN: &str = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f";
 /// Characters `str::trim` removes (Unicode `White_Space`), as a regex class.
 const TRIMMED: &str = r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
 
@@ -1410,9 +1412,15 @@ fn request_schemas() -> Value {
             "additionalProperties": false,
             "description": "Why the stream is deleted (kept in the erasure request; no personal data).",
             "properties": {
-                "reason": { "type": ["string", "null"] },
-                "requested_by": { "type": ["string", "null"] },
-                "reference": { "type": ["string", "null"] }
+                "reason": {
+                    "type": ["string", "null"], "maxLength": REASON_LEN_MAX, "pattern": format!("^[^{TEXT_FORBIDDEN}]*$")
+                },
+                "requested_by": {
+                    "type": ["string", "null"], "maxLength": REASON_LEN_MAX, "pattern": format!("^[^{TEXT_FORBIDDEN}]*$")
+                },
+                "reference": {
+                    "type": ["string", "null"], "maxLength": REASON_LEN_MAX, "pattern": format!("^[^{TEXT_FORBIDDEN}]*$")
+                }
             }
         },
         "ConsumerRequest": {
@@ -1449,14 +1457,15 @@ fn request_schemas() -> Value {
                 "url": {
                     "type": "string",
                     "maxLength": WEBHOOK_URL_LEN_MAX,
-                    "pattern": format!("^https?://[^{}]*$", &TRIMMED[1..TRIMMED.len() - 1]),
+                    "pattern": format!("^https?://[^{}{CONTROL}]*$", &TRIMMED[1..TRIMMED.len() - 1]),
                     "description": format!("`http://` or `https://`, at most {WEBHOOK_URL_LEN_MAX} bytes, no whitespace.")
                 },
                 "secret": {
                     "type": "string",
                     "minLength": WEBHOOK_SECRET_LEN_MIN,
                     "maxLength": WEBHOOK_SECRET_LEN_MAX,
-                    "writeOnly": true
+                    "writeOnly": true,
+                    "pattern": format!("^[^{CONTROL}]*$")
                 }
             }
         },
@@ -1468,8 +1477,12 @@ fn request_schemas() -> Value {
                 "reason": {
                     "type": "string",
                     "maxLength": REASON_LEN_MAX,
-                    "pattern": format!("[^{}]", &TRIMMED[1..TRIMMED.len() - 1]),
-                    "description": "Why (not only whitespace; no personal data)."
+                    "pattern": format!(
+                        "^[^{TEXT_FORBIDDEN}]*[^{}{TEXT_FORBIDDEN}][^{TEXT_FORBIDDEN}]*$",
+                        &TRIMMED[1..TRIMMED.len() - 1]
+                    ),
+                    "description": "Why (not only whitespace; no control characters but tabs and line breaks; \
+                        no personal data)."
                 },
                 "until": {
                     "type": ["string", "null"],
@@ -1495,9 +1508,11 @@ fn request_schemas() -> Value {
             "required": ["reason", "requested_by"],
             "description": "Why and for whom (kept in the erasure request; no personal data).",
             "properties": {
-                "reason": { "type": "string", "maxLength": REASON_LEN_MAX },
-                "requested_by": { "type": "string", "maxLength": REASON_LEN_MAX },
-                "reference": { "type": ["string", "null"], "maxLength": REASON_LEN_MAX }
+                "reason": { "type": "string", "maxLength": REASON_LEN_MAX, "pattern": format!("^[^{TEXT_FORBIDDEN}]*$") },
+                "requested_by": { "type": "string", "maxLength": REASON_LEN_MAX, "pattern": format!("^[^{TEXT_FORBIDDEN}]*$") },
+                "reference": {
+                    "type": ["string", "null"], "maxLength": REASON_LEN_MAX, "pattern": format!("^[^{TEXT_FORBIDDEN}]*$")
+                }
             }
         },
         "TokenRequest": {

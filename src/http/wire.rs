@@ -204,7 +204,10 @@ pub struct WebhookIn {
 
 impl std::fmt::Debug for WebhookIn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookIn").field("url", &self.url).field("secret", &"<redacted>").finish()
+        f.debug_struct("WebhookIn")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
