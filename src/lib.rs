@@ -10,6 +10,7 @@ pub mod audit;
 pub mod error;
 pub mod limits;
 pub mod model;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod webhooks;

@@ -68,6 +68,18 @@ pub enum AdminCommand {
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
     },
+    /// The erasure report (as a table, `--json`, or CSV to a file).
+    Report {
+        /// Requests made at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Requests made before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Write CSV to this file.
+        #[arg(long)]
+        csv: Option<std::path::PathBuf>,
+    },
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -323,6 +335,7 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             println!("erasure requests: {}", view["erasures"].as_array().map_or(0, Vec::len));
         }
         AdminCommand::Export { subject, output } => export(&client, &subject, output).await?,
+        AdminCommand::Report { from, to, csv } => report(&client, &connection, from, to, csv).await?,
         AdminCommand::Tokens(TokensCommand::List) => {
             let list = client.get("/admin/tokens", &[]).await?;
             if connection.json {
@@ -391,5 +404,53 @@ async fn export(client: &Client, subject: &str, output: Option<std::path::PathBu
     if let Some(path) = output {
         eprintln!("exported {subject} to {}", path.display());
     }
+    Ok(())
+}
+
+/// `lethe admin report`: a table, the JSON, or CSV written to a file.
+async fn report(
+    client: &Client,
+    connection: &Connection,
+    from: Option<String>,
+    to: Option<String>,
+    csv: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(from) = from {
+        query.push(("from", from));
+    }
+    if let Some(to) = to {
+        query.push(("to", to));
+    }
+    if let Some(path) = csv {
+        query.push(("format", "csv".to_owned()));
+        let url = format!("{}/admin/reports/erasures", client.base);
+        let body = client.send(client.http.get(url).query(&query)).await?.text().await?;
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        println!("report written to {}", path.display());
+        return Ok(());
+    }
+    let report = client.get("/admin/reports/erasures", &query).await?;
+    if connection.json {
+        return print_json(&report);
+    }
+    let mut t = table(&["figure", "value"]);
+    t.add_row(vec!["requests".to_owned(), text(&report["requests"])]);
+    for (status, count) in report["by_status"].as_object().into_iter().flatten() {
+        t.add_row(vec![format!("  {status}"), text(count)]);
+    }
+    let ttc = &report["time_to_complete"];
+    t.add_row(vec![
+        "time to complete, median (s)".to_owned(),
+        text(&ttc["median_secs"]),
+    ]);
+    t.add_row(vec!["time to complete, p95 (s)".to_owned(), text(&ttc["p95_secs"])]);
+    t.add_row(vec!["time to complete, max (s)".to_owned(), text(&ttc["max_secs"])]);
+    let count = |key: &str| report[key].as_array().map_or(0, Vec::len).to_string();
+    t.add_row(vec!["overdue".to_owned(), count("overdue")]);
+    t.add_row(vec!["unacknowledged dependents".to_owned(), count("unacknowledged")]);
+    t.add_row(vec!["keys destroyed".to_owned(), text(&report["keys_destroyed"])]);
+    t.add_row(vec!["legal holds active".to_owned(), text(&report["holds_active"])]);
+    println!("{t}");
     Ok(())
 }

@@ -320,3 +320,30 @@ pub async fn verify_audit(State(state): State<AppState>) -> Result<Json<AuditVer
         first_broken_seq: verification.first_broken,
     }))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    format: Option<String>,
+}
+
+/// `GET /admin/reports/erasures?from=&to=&format=json|csv`.
+pub async fn erasure_report(
+    State(state): State<AppState>,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let csv = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::bad_request("format must be json or csv")),
+    };
+    let report = state.store.erasure_report(query.from, query.to).await?;
+    if csv {
+        Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], report.to_csv()).into_response())
+    } else {
+        Ok(Json(report).into_response())
+    }
+}

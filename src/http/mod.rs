@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/subjects/{subject}", get(admin::subject))
         .route("/admin/subjects/{subject}/export", get(admin::export))
         .route("/admin/erasures", get(admin::erasures))
+        .route("/admin/reports/erasures", get(admin::erasure_report))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/audit/verify", get(admin::verify_audit))
         .route("/admin/erasures/{id}", get(admin::erasure))

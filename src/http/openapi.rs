@@ -789,6 +789,7 @@ fn admin_paths() -> Vec<(&'static str, Value)> {
         ("/admin/erasures/{id}", json!({ "get": erasure() })),
         ("/admin/tokens", json!({ "post": create_token(), "get": list_tokens() })),
         ("/admin/audit", json!({ "get": list_audit() })),
+        ("/admin/reports/erasures", json!({ "get": erasure_report() })),
         ("/admin/audit/verify", json!({ "get": verify_audit() })),
         ("/admin/tokens/{id}", json!({ "delete": revoke_token() })),
     ]
@@ -1091,6 +1092,41 @@ fn verify_audit() -> Value {
     )
 }
 
+fn erasure_report() -> Value {
+    operation(
+        "admin",
+        "erasureReport",
+        "The erasure report",
+        "Requests made in `[from, to)`: counts by status, time from request to completion (median, p95, max), \
+         overdue requests (past their one-month deadline), dependents that have not acknowledged a tombstone and \
+         for how long, keys destroyed, active legal holds. `format=csv` gives `section,key,value` rows.",
+        "admin",
+        responses([
+            (
+                "200",
+                json!({
+                    "description": "The report.",
+                    "content": {
+                        "application/json": { "schema": schema_ref("ErasureReport") },
+                        "text/csv": { "schema": { "type": "string" } }
+                    }
+                }),
+            ),
+            ("400", bad_request("An invalid query parameter.", false)),
+        ]),
+        json!({
+            "parameters": [
+                { "name": "from", "in": "query", "description": "Requests made at or after (RFC 3339).",
+                  "schema": { "type": "string", "format": "date-time" } },
+                { "name": "to", "in": "query", "description": "Requests made before (RFC 3339).",
+                  "schema": { "type": "string", "format": "date-time" } },
+                { "name": "format", "in": "query", "description": "`json` (default) or `csv`.",
+                  "schema": { "type": "string", "enum": ["json", "csv"] } }
+            ]
+        }),
+    )
+}
+
 fn audit_schemas() -> Value {
     json!({
         "AuditEntry": {
@@ -1106,6 +1142,32 @@ fn audit_schemas() -> Value {
                 "details": {},
                 "prev_hash": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
                 "hash": { "type": "string", "pattern": "^[0-9a-f]{64}$" }
+            }
+        },
+        "ErasureReport": {
+            "type": "object",
+            "required": ["from", "to", "generated_at", "requests", "by_status", "time_to_complete", "overdue",
+                         "unacknowledged", "keys_destroyed", "holds_active"],
+            "properties": {
+                "from": { "type": ["string", "null"], "format": "date-time" },
+                "to": { "type": ["string", "null"], "format": "date-time" },
+                "generated_at": { "type": "string", "format": "date-time" },
+                "requests": { "type": "integer", "minimum": 0 },
+                "by_status": { "type": "object", "additionalProperties": { "type": "integer", "minimum": 0 } },
+                "time_to_complete": {
+                    "type": "object",
+                    "required": ["count", "median_secs", "p95_secs", "max_secs"],
+                    "properties": {
+                        "count": { "type": "integer", "minimum": 0 },
+                        "median_secs": { "type": ["number", "null"] },
+                        "p95_secs": { "type": ["number", "null"] },
+                        "max_secs": { "type": ["number", "null"] }
+                    }
+                },
+                "overdue": { "type": "array", "items": { "type": "object" } },
+                "unacknowledged": { "type": "array", "items": { "type": "object" } },
+                "keys_destroyed": { "type": "integer", "minimum": 0 },
+                "holds_active": { "type": "integer", "minimum": 0 }
             }
         },
         "AuditList": {

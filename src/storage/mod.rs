@@ -250,6 +250,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError>;
     /// Lifts a subject's hold; false if there was none.
     async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError>;
+    /// Holds active at `now_us` (no `until`, or `until` later).
+    async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError>;
     /// The subject's hold, active or lapsed.
     async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError>;
 

@@ -709,6 +709,14 @@ impl Storage for PostgresStorage {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM legal_holds WHERE until IS NULL OR until > $1")
+            .bind(now_us)
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(count, "holds")
+    }
+
     async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
         let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
             .bind(subject.as_str())

@@ -186,6 +186,13 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
             Admin,
         ),
         route(
+            (M::GET, "/admin/reports/erasures"),
+            "/admin/reports/erasures",
+            "/admin/reports/erasures?from=2999-01-01T00:00:00Z",
+            None,
+            Admin,
+        ),
+        route(
             (M::GET, "/admin/audit/verify"),
             "/admin/audit/verify",
             "/admin/audit/verify",

@@ -11,6 +11,7 @@ mod erasure_workflow;
 mod multi_stream;
 mod ordering;
 mod reads;
+mod report;
 mod schemathesis;
 mod shredding;
 mod tour;

@@ -1,0 +1,203 @@
+//! The erasure report for auditors and data-protection officers: what was erased in a period,
+//! how long it took, what is overdue, and which dependents still owe an acknowledgement.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::erasure::{ErasureFilter, ErasureStatus};
+use crate::error::Error;
+use crate::store::EventStore;
+
+/// Requests one report covers at most.
+pub const REPORT_ERASURES_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DurationStats {
+    /// Completed requests measured.
+    pub count: u64,
+    pub median_secs: Option<f64>,
+    pub p95_secs: Option<f64>,
+    pub max_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OverdueRequest {
+    pub request_id: Uuid,
+    pub subject: Option<String>,
+    pub status: String,
+    pub requested_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WaitingDependent {
+    pub request_id: Uuid,
+    pub consumer: String,
+    /// Since when the tombstone has waited for this dependent (the keys' destruction).
+    pub waiting_since: Option<DateTime<Utc>>,
+    pub waiting_secs: Option<f64>,
+}
+
+/// `GET /admin/reports/erasures`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErasureReport {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub generated_at: DateTime<Utc>,
+    pub requests: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub time_to_complete: DurationStats,
+    pub overdue: Vec<OverdueRequest>,
+    pub unacknowledged: Vec<WaitingDependent>,
+    pub keys_destroyed: u64,
+    pub holds_active: u64,
+}
+
+/// The value at quantile `q` (nearest rank) of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).copied()
+}
+
+impl EventStore {
+    /// The erasure report over requests made in `[from, to)` (either end open).
+    pub async fn erasure_report(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<ErasureReport, Error> {
+        let now = Utc::now();
+        let erasures = self
+            .inner
+            .storage
+            .erasures(&ErasureFilter {
+                from,
+                to,
+                limit: REPORT_ERASURES_MAX,
+                ..ErasureFilter::default()
+            })
+            .await?;
+        let mut by_status: BTreeMap<String, u64> =
+            ErasureStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
+        let mut durations = Vec::new();
+        let mut overdue = Vec::new();
+        let mut unacknowledged = Vec::new();
+        let mut keys_destroyed = 0;
+        for e in &erasures {
+            *by_status.entry(e.status.as_str().to_owned()).or_default() += 1;
+            keys_destroyed += e.keys_destroyed;
+            if let (ErasureStatus::Completed, Some(done)) = (e.status, e.completed_at) {
+                durations.push((done - e.requested_at).num_milliseconds() as f64 / 1000.0);
+            }
+            if e.is_overdue(now) {
+                overdue.push(OverdueRequest {
+                    request_id: e.id,
+                    subject: subject_of(e),
+                    status: e.status.as_str().to_owned(),
+                    requested_at: e.requested_at,
+                    deadline: e.deadline(),
+                });
+            }
+            if e.status == ErasureStatus::AwaitingAcknowledgements {
+                for d in e
+                    .dependents
+                    .iter()
+                    .filter(|d| d.acknowledged_at.is_none() && d.removed_at.is_none())
+                {
+                    unacknowledged.push(WaitingDependent {
+                        request_id: e.id,
+                        consumer: d.consumer.clone(),
+                        waiting_since: e.keys_destroyed_at,
+                        waiting_secs: e
+                            .keys_destroyed_at
+                            .map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
+                    });
+                }
+            }
+        }
+        durations.sort_by(f64::total_cmp);
+        Ok(ErasureReport {
+            from,
+            to,
+            generated_at: now,
+            requests: erasures.len() as u64,
+            by_status,
+            time_to_complete: DurationStats {
+                count: durations.len() as u64,
+                median_secs: quantile(&durations, 0.5),
+                p95_secs: quantile(&durations, 0.95),
+                max_secs: durations.last().copied(),
+            },
+            overdue,
+            unacknowledged,
+            keys_destroyed,
+            holds_active: self.inner.storage.active_holds(now.timestamp_micros()).await?,
+        })
+    }
+}
+
+fn subject_of(e: &crate::erasure::Erasure) -> Option<String> {
+    match &e.target {
+        crate::erasure::ErasureTarget::Subject(s) => Some(s.to_string()),
+        crate::erasure::ErasureTarget::Stream(_) => None,
+    }
+}
+
+impl ErasureReport {
+    /// The report as CSV: one `section,key,value` row per figure.
+    pub fn to_csv(&self) -> String {
+        let mut rows = vec!["section,key,value".to_owned()];
+        let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.3}"));
+        rows.push(format!("summary,requests,{}", self.requests));
+        rows.push(format!("summary,keys_destroyed,{}", self.keys_destroyed));
+        rows.push(format!("summary,holds_active,{}", self.holds_active));
+        for (status, count) in &self.by_status {
+            rows.push(format!("by_status,{status},{count}"));
+        }
+        rows.push(format!("time_to_complete,count,{}", self.time_to_complete.count));
+        rows.push(format!(
+            "time_to_complete,median_secs,{}",
+            opt(self.time_to_complete.median_secs)
+        ));
+        rows.push(format!(
+            "time_to_complete,p95_secs,{}",
+            opt(self.time_to_complete.p95_secs)
+        ));
+        rows.push(format!(
+            "time_to_complete,max_secs,{}",
+            opt(self.time_to_complete.max_secs)
+        ));
+        for o in &self.overdue {
+            rows.push(format!("overdue,{},{}", o.request_id, o.deadline.to_rfc3339()));
+        }
+        for w in &self.unacknowledged {
+            rows.push(format!(
+                "unacknowledged,{}:{},{}",
+                w.request_id,
+                w.consumer,
+                opt(w.waiting_secs)
+            ));
+        }
+        rows.join("\n") + "\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v = [1.0, 2.0, 3.0, 4.0, 10.0];
+        assert_eq!(quantile(&v, 0.5), Some(3.0));
+        assert_eq!(quantile(&v, 0.95), Some(10.0));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&[7.0], 0.95), Some(7.0));
+    }
+}
