@@ -26,6 +26,13 @@ pub enum ValidationError {
     InvalidSubject { reason: &'static str },
     #[error("invalid event type: it must be 1 to 200 characters without control characters")]
     InvalidEventType,
+    /// A problem with one event of one stream of an append (the part is named).
+    #[error("stream {stream:?}, event {index}: {error}")]
+    InPart {
+        stream: String,
+        index: usize,
+        error: Box<ValidationError>,
+    },
     #[error("an append needs at least one event for each stream")]
     NoEvents,
     #[error("a multi-stream append needs at least one stream")]
@@ -57,8 +64,18 @@ pub enum ValidationError {
 }
 
 impl ValidationError {
+    /// Names the stream and event (index within its stream) this error is about.
+    pub(crate) fn in_part(self, stream: &str, index: usize) -> Self {
+        ValidationError::InPart {
+            stream: stream.to_owned(),
+            index,
+            error: Box::new(self),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
+            ValidationError::InPart { error, .. } => error.code(),
             ValidationError::InvalidStreamName { .. } | ValidationError::ReservedStreamName { .. } => {
                 "invalid_stream_name"
             }

@@ -666,8 +666,8 @@ fn validate_append(appends: &[StreamAppend]) -> Result<(), Error> {
             }
             .into());
         }
-        for event in &append.events {
-            check_event_type(&event.event_type)?;
+        for (index, event) in append.events.iter().enumerate() {
+            check_event_type(&event.event_type).map_err(|e| e.in_part(append.stream.as_str(), index))?;
             if let Some(id) = event.id
                 && !ids.insert(id)
             {
@@ -692,8 +692,12 @@ fn encode_append(
             detail: format!("no key for stream {:?}", append.stream.as_str()),
         })?;
         let mut events = Vec::with_capacity(append.events.len());
-        for event in append.events {
-            let encoded = payload::encode(append.stream.as_str(), event, index, sealed.then_some(dek))?;
+        for (in_stream, event) in append.events.into_iter().enumerate() {
+            let encoded =
+                payload::encode(append.stream.as_str(), event, index, sealed.then_some(dek)).map_err(|e| match e {
+                    Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
+                    other => other,
+                })?;
             // Data and metadata as given: the envelope's own bytes do not count.
             let overhead = if sealed { lethe_keyvault::envelope::OVERHEAD } else { 0 };
             bytes += encoded.payload.len().saturating_sub(overhead) + encoded.metadata.len();

@@ -68,6 +68,21 @@ pub enum AdminCommand {
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
     },
+    /// The audit trail (newest page), or `--verify` the whole chain.
+    Audit {
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Durable consumers: list them (with checkpoint and lag), or remove one.
+    Consumers {
+        /// Remove this consumer (as a dependent it stops holding up erasures).
+        #[arg(long)]
+        remove: Option<String>,
+    },
     /// The erasure report (as a table, `--json`, or CSV to a file).
     Report {
         /// Requests made at or after (RFC 3339).
@@ -336,6 +351,76 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
         }
         AdminCommand::Export { subject, output } => export(&client, &subject, output).await?,
         AdminCommand::Report { from, to, csv } => report(&client, &connection, from, to, csv).await?,
+        AdminCommand::Audit { verify: true, .. } => {
+            let verification = client.get("/admin/audit/verify", &[]).await?;
+            if connection.json {
+                return print_json(&verification);
+            }
+            if verification["intact"] == true {
+                println!("audit trail intact: {} entries", text(&verification["entries"]));
+            } else {
+                bail!(
+                    "audit trail BROKEN at entry {}",
+                    text(&verification["first_broken_seq"])
+                );
+            }
+        }
+        AdminCommand::Audit {
+            verify: false,
+            action,
+            subject,
+        } => {
+            let mut query = vec![("limit", "1000".to_owned())];
+            if let Some(action) = action {
+                query.push(("action", action));
+            }
+            if let Some(subject) = subject {
+                query.push(("subject", subject));
+            }
+            let page = client.get("/admin/audit", &query).await?;
+            if connection.json {
+                return print_json(&page);
+            }
+            let mut t = table(&["seq", "at", "actor", "action", "subject", "request"]);
+            for e in page["entries"].as_array().into_iter().flatten() {
+                t.add_row(vec![
+                    text(&e["seq"]),
+                    text(&e["at"]),
+                    text(&e["actor"]),
+                    text(&e["action"]),
+                    text(&e["subject"]),
+                    text(&e["request_id"]),
+                ]);
+            }
+            println!("{t}");
+        }
+        AdminCommand::Consumers { remove: Some(name) } => {
+            client
+                .send(
+                    client
+                        .http
+                        .delete(format!("{}/consumers/{}", client.base, segment(&name))),
+                )
+                .await?;
+            println!("consumer {name} removed");
+        }
+        AdminCommand::Consumers { remove: None } => {
+            let list = client.get("/consumers", &[]).await?;
+            if connection.json {
+                return print_json(&list);
+            }
+            let mut t = table(&["consumer", "erasure_dependent", "checkpoint", "lag", "webhook"]);
+            for c in list["consumers"].as_array().into_iter().flatten() {
+                t.add_row(vec![
+                    text(&c["name"]),
+                    text(&c["erasure_dependent"]),
+                    text(&c["checkpoint"]),
+                    text(&c["lag"]),
+                    text(&c["webhook_url"]),
+                ]);
+            }
+            println!("{t}");
+        }
         AdminCommand::Tokens(TokensCommand::List) => {
             let list = client.get("/admin/tokens", &[]).await?;
             if connection.json {

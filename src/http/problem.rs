@@ -172,6 +172,11 @@ impl From<Error> for ApiError {
                     .with("request_id", serde_json::json!(request_id))
                     .with("hold_until", serde_json::json!(until));
             }
+            Error::Invalid(crate::error::ValidationError::InPart { stream, index, .. }) => {
+                api = api
+                    .with("stream", Value::String(stream.clone()))
+                    .with("index", serde_json::json!(index));
+            }
             Error::StreamErased { stream }
             | Error::StreamDeleted { stream }
             | Error::SubjectMismatch { stream }

@@ -238,6 +238,27 @@ async fn admin_cli_files_holds_lists_and_exports() {
     assert!(ok);
     let view: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(view["streams"][0]["status"], "erased");
+    let (ok, out, err) = run(args(&["audit", "--verify"])).await.unwrap();
+    assert!(ok && out.contains("intact"), "{err}");
+    let (ok, out, _) = run(args(&["audit", "--action", "hold_placed"])).await.unwrap();
+    assert!(ok && out.contains("hold_placed"), "{out}");
+    let (ok, out, _) = run(args(&["report"])).await.unwrap();
+    assert!(ok && out.contains("keys destroyed"), "{out}");
+    let csv = dir.path().join("report.csv");
+    let (ok, _, _) = run(args(&["report", "--csv", csv.to_str().unwrap()])).await.unwrap();
+    assert!(ok && std::fs::read_to_string(&csv).unwrap().starts_with("section,key,value"));
+    server
+        .put("/consumers/old", &server.admin, &json!({"erasure_dependent": true}))
+        .await
+        .assert_status(200);
+    let (ok, out, _) = run(args(&["consumers"])).await.unwrap();
+    assert!(ok && out.contains("old"), "{out}");
+    let (ok, _, _) = run(args(&["consumers", "--remove", "old"])).await.unwrap();
+    assert!(ok);
+    server
+        .get("/consumers/old", &server.admin)
+        .await
+        .assert_problem(404, "not_found");
     let (ok, out, _) = run(args(&["tokens", "create", "--name", "ci", "--role", "reader"]))
         .await
         .unwrap();

@@ -235,6 +235,24 @@ async fn any_failing_part_fails_the_whole_append(db: TestDb) {
         let err = store.append_multi(appends).await.unwrap_err();
         assert_eq!(err.code(), code, "{err}");
     }
+    // A validation error names the part it is about.
+    let err = store
+        .append_multi(vec![
+            append("fresh-f", ExpectedVersion::Any, events(1, "e")),
+            append(
+                "fresh-g",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("e", json!({})), NewEvent::new("", json!({}))],
+            ),
+        ])
+        .await
+        .unwrap_err();
+    match err {
+        Error::Invalid(lethe::ValidationError::InPart { stream, index, .. }) => {
+            assert_eq!((stream.as_str(), index), ("fresh-g", 1))
+        }
+        other => panic!("expected the part to be named, got {other}"),
+    }
     assert_eq!(
         store.head().await.unwrap(),
         head,

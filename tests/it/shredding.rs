@@ -638,3 +638,30 @@ async fn export_yields_every_event_of_the_subjects_streams(db: TestDb) {
             .all(|e| e.stream != "user-private-789" && e.stream != "user-public-456")
     );
 }
+
+/// On PostgreSQL another process evicts a forgotten subject's keys when the revocation
+/// notification arrives, without having to read a shredded row first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_revocation_notifications_evict_keys_in_other_processes() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let first = db.open().await;
+    let second = db.open().await;
+    register_user(&first, "456").await;
+    assert!(read(&second, "user-private-456").await.events[0].data.is_some());
+    let cached = second.cached_keys();
+    first.forget(&subject("456"), ErasureReason::default()).await.unwrap();
+    let mut evicted = false;
+    for _ in 0..100 {
+        if second.cached_keys() < cached {
+            evicted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        evicted,
+        "the second process evicted the destroyed key on notification alone"
+    );
+}
