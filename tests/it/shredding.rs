@@ -564,6 +564,19 @@ async fn sqlite_files_never_hold_plaintext_and_lose_the_key_on_forget() {
         found(&files(&vault_db), &wrapped),
         "the wrapped key is in the vault file before"
     );
+    // Guarantee 8: the event database holds key ids, never key bytes (raw or wrapped).
+    let vault = db.vault().await;
+    let dek = match &vault.fetch_keys(&[KeyId(key_id)]).await.unwrap()[0].1 {
+        KeyLookup::Live(dek) => dek.expose_secret().to_vec(),
+        other => panic!("expected a live key, got {other:?}"),
+    };
+    let event_files = files(&events_db);
+    assert!(!found(&event_files, &dek), "no DEK bytes in the event database");
+    assert!(!found(&event_files, &wrapped), "no wrapped DEK in the event database");
+    assert!(
+        found(&event_files, key_id.as_bytes()),
+        "the scan is real: the key id is there"
+    );
 
     independent_decryption(&db, &vault_db, key_id).await;
 
