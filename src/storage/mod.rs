@@ -6,7 +6,9 @@
 //! [`postgres::PostgresStorage`] (production; several processes on one database). What an
 //! append *means* (expected versions, idempotent retries, subject binding, positions) is decided
 //! once, engine-independently, by [`plan`]; the engines only load the state the plan needs and
-//! write what it decided.
+//! write what it decided. Queries whose SQL reads the same on both engines are written once, in
+//! [`shared_queries`] (the [`SharedQueries`] supertrait); each engine's file holds only what
+//! really differs.
 //!
 //! Rows here are opaque bytes: payloads arrive already encrypted and leave still encrypted.
 //! This module never sees key bytes or plaintext.
@@ -30,6 +32,307 @@ macro_rules! select_erasures {
          FROM erasure_requests "
     };
 }
+
+/// The [`SharedQueries`] of an engine, from one definition: `shared_queries!(Engine, writer:
+/// pool_field, reader: pool_field)`. The SQL uses `$N` placeholders, which sqlx binds by number
+/// on SQLite as on PostgreSQL.
+macro_rules! shared_queries {
+    ($engine:ty, writer: $w:ident, reader: $r:ident) => {
+        #[async_trait::async_trait]
+        impl super::SharedQueries for $engine {
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
+        let row = sqlx::query("SELECT name, subject, status, version FROM streams WHERE name = $1")
+            .bind(stream.as_str())
+            .fetch_optional(&self.$r)
+            .await?;
+        row.as_ref().map(decode_stream_info).transpose()
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
+        let sql = match direction {
+            Direction::Forward => concat!(
+                select_events!(),
+                "WHERE e.stream = $1 AND e.version >= $2 ORDER BY e.version ASC LIMIT $3"
+            ),
+            Direction::Backward => concat!(
+                select_events!(),
+                "WHERE e.stream = $1 AND e.version <= $2 ORDER BY e.version DESC LIMIT $3"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.$r)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn head(&self) -> Result<u64, StorageError> {
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&self.$r)
+            .await?;
+        to_u64(head, "head")
+    }
+
+    async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError> {
+        let rows = sqlx::query("SELECT name, subject, status, version FROM streams WHERE subject = $1 ORDER BY name")
+            .bind(subject.as_str())
+            .fetch_all(&self.$r)
+            .await?;
+        rows.iter().map(decode_stream_info).collect()
+    }
+
+    async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'completed', completed_at = $2, tombstone_position = $3 \
+             WHERE id = $1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(now_us())
+        .bind(tombstone_position.map(to_i64))
+        .execute(&self.$w)
+        .await?;
+        Ok(())
+    }
+
+    async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError> {
+        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.$r)
+            .await?;
+        let mut erasures = row
+            .as_ref()
+            .map(decode_erasure)
+            .transpose()?
+            .into_iter()
+            .collect::<Vec<_>>();
+        self.load_dependents(&mut erasures).await?;
+        Ok(erasures.pop())
+    }
+
+    async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_erasures!(),
+            "WHERE status NOT IN ('completed', 'refused') ORDER BY requested_at"
+        ))
+        .fetch_all(&self.$r)
+        .await?;
+        rows.iter().map(decode_erasure).collect()
+    }
+
+    async fn mark_tombstoned(&self, id: Uuid, position: u64) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'awaiting_acknowledgements', tombstone_position = $2 \
+             WHERE id = $1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(to_i64(position))
+        .execute(&self.$w)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError> {
+        let done =
+            sqlx::query("UPDATE consumers SET webhook_url = $2, webhook_secret = $3, updated_at = $4 WHERE name = $1")
+                .bind(name)
+                .bind(webhook.map(|(url, _)| url))
+                .bind(webhook.map(|(_, secret)| secret))
+                .bind(now_us())
+                .execute(&self.$w)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now_us: i64,
+        lease_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT d.erasure_id, d.consumer, c.webhook_url, c.webhook_secret, r.tombstone_position, d.delivery_attempts \
+             FROM erasure_dependents d \
+             JOIN consumers c ON c.name = d.consumer \
+             JOIN erasure_requests r ON r.id = d.erasure_id \
+             WHERE r.status = 'awaiting_acknowledgements' AND d.acknowledged_at IS NULL AND d.removed_at IS NULL \
+               AND c.webhook_url IS NOT NULL AND c.webhook_secret IS NOT NULL \
+               AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $1) \
+             ORDER BY r.requested_at LIMIT $2",
+        )
+        .bind(now_us)
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.$w)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let delivery = Delivery {
+                erasure_id: row.try_get(0)?,
+                consumer: row.try_get(1)?,
+                url: row.try_get(2)?,
+                secret: row.try_get(3)?,
+                tombstone_position: to_u64(row.try_get(4)?, "tombstone_position")?,
+                attempts: to_u64(row.try_get(5)?, "delivery_attempts")?,
+            };
+            // Claimed only if no other worker moved its next attempt meanwhile.
+            let claim = sqlx::query(
+                "UPDATE erasure_dependents SET next_attempt_at = $3 \
+                 WHERE erasure_id = $1 AND consumer = $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $4)",
+            )
+            .bind(delivery.erasure_id)
+            .bind(delivery.consumer.as_str())
+            .bind(now_us + lease_us)
+            .bind(now_us)
+            .execute(&self.$w)
+            .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(delivery);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO legal_holds (subject, reason, until, placed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (subject) DO UPDATE SET reason = excluded.reason, until = excluded.until, \
+               placed_at = excluded.placed_at",
+        )
+        .bind(hold.subject.as_str())
+        .bind(hold.reason.as_str())
+        .bind(hold.until.map(|t| t.timestamp_micros()))
+        .bind(hold.placed_at.timestamp_micros())
+        .execute(&self.$w)
+        .await?;
+        Ok(())
+    }
+
+    async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError> {
+        let done = sqlx::query("DELETE FROM legal_holds WHERE subject = $1")
+            .bind(subject.as_str())
+            .execute(&self.$w)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM legal_holds WHERE until IS NULL OR until > $1")
+            .bind(now_us)
+            .fetch_one(&self.$r)
+            .await?;
+        to_u64(count, "holds")
+    }
+
+    async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
+        let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
+            .bind(subject.as_str())
+            .fetch_optional(&self.$r)
+            .await?;
+        row.as_ref().map(decode_hold).transpose()
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO api_tokens (id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token.id)
+            .bind(token.name.as_str())
+            .bind(token.role.as_str())
+            .bind(token.hash.as_slice())
+            .bind(token.created_at.timestamp_micros())
+            .execute(&self.$w)
+            .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
+        let row = sqlx::query(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens WHERE token_hash = $1",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.$r)
+        .await?;
+        row.as_ref().map(decode_token).transpose()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now_us())
+            .execute(&self.$w)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens ORDER BY created_at",
+        )
+        .fetch_all(&self.$r)
+        .await?;
+        rows.iter().map(decode_token).collect()
+    }
+
+    async fn upsert_consumer(
+        &self,
+        name: &str,
+        filter: &LogFilter,
+        erasure_dependent: bool,
+    ) -> Result<Consumer, StorageError> {
+        let now = now_us();
+        let row = sqlx::query(
+            "INSERT INTO consumers (name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5) \
+             ON CONFLICT (name) DO UPDATE SET stream_prefix = excluded.stream_prefix, types = excluded.types, \
+               erasure_dependent = excluded.erasure_dependent, updated_at = excluded.updated_at \
+             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url",
+        )
+        .bind(name)
+        .bind(filter.stream_prefix.as_deref())
+        .bind(encode_types(&filter.types))
+        .bind(erasure_dependent)
+        .bind(now)
+        .fetch_one(&self.$w)
+        .await?;
+        decode_consumer(&row)
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError> {
+        let row = sqlx::query(
+            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url \
+             FROM consumers WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.$r)
+        .await?;
+        row.as_ref().map(decode_consumer).transpose()
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url \
+             FROM consumers ORDER BY name",
+        )
+        .fetch_all(&self.$r)
+        .await?;
+        rows.iter().map(decode_consumer).collect()
+    }
+
+    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError> {
+        let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.$r)
+            .await?;
+        Ok((to_u64(seq, "audit seq")?, hash32(hash)?))
+    }
+        }
+    };
+}
+pub(crate) use shared_queries;
 
 pub(crate) mod plan;
 pub(crate) mod postgres;
@@ -153,14 +456,10 @@ pub struct StoredEvent {
     pub stream_status: StreamStatus,
 }
 
-/// Everything Lethe needs from an event database engine.
+/// Queries written once for both engines (see [`shared_queries`]): `$N` placeholders mean the
+/// same thing to sqlx on SQLite and PostgreSQL, so only the pools differ.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
-    /// Stores a group of independent appends in one database transaction. Each append is
-    /// checked on its own (a conflict rejects only that append); the `Vec` has one reply per
-    /// append, in order. `Err` means the transaction itself failed and nothing was stored.
-    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError>;
-
+pub trait SharedQueries: Send + Sync + 'static {
     /// A stream's metadata, or `None` if it was never written.
     async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError>;
 
@@ -173,57 +472,19 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StorageError>;
 
-    /// Up to `limit` events of the global log from position `from` (inclusive), never past the
-    /// returned head: every position up to the head is committed, so a reader that continues
-    /// from `head + 1` skips nothing.
-    async fn read_log(
-        &self,
-        from: u64,
-        filter: &LogFilter,
-        limit: usize,
-    ) -> Result<(Vec<StoredEvent>, u64), StorageError>;
-
     /// The last committed position (0 for an empty log).
     async fn head(&self) -> Result<u64, StorageError>;
 
-    /// The stored state of these streams (absent: never written).
-    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, plan::StreamState>, StorageError>;
-
     /// Streams bound to a subject.
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;
-
-    /// Which of these subjects have an unfinished erasure.
-    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError>;
-
-    /// Records a new erasure request.
-    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError>;
-
-    /// Step 1 of an erasure, in one transaction serialised with appends: marks its target's
-    /// active streams erased (subject) or deleted (stream), removes their ciphertext, and
-    /// records the list on the request. Once: a repeat returns the recorded list unchanged.
-    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError>;
-
-    /// Step 2 done: the vault destroyed `keys`. Other processes are told to evict them.
-    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError>;
 
     /// Step 3 done: tombstones written (the `$erasures` event at `tombstone_position`).
     async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError>;
 
     async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError>;
 
-    /// Erasure requests matching `filter`, newest first, with their dependents.
-    async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError>;
-
     /// Tombstones written at `position`: now waiting for acknowledgements.
     async fn mark_tombstoned(&self, id: Uuid, position: u64) -> Result<(), StorageError>;
-
-    /// Counts dependents already past the tombstone as acknowledged, and completes the request
-    /// if none is left waiting.
-    async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError>;
-
-    /// Deletes a consumer; as a dependent of unfinished erasures it is marked removed (which
-    /// may complete them). False if there was no such consumer.
-    async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError>;
 
     /// Sets (or, with `None`, removes) a consumer's webhook; false if there is no such consumer.
     async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError>;
@@ -236,15 +497,6 @@ pub trait Storage: Send + Sync + 'static {
         lease_us: i64,
         limit: usize,
     ) -> Result<Vec<Delivery>, StorageError>;
-
-    /// Records a delivery attempt: success acknowledges the dependent (and may complete the
-    /// erasure); failure records the error and when to try again.
-    async fn record_delivery(
-        &self,
-        delivery: &Delivery,
-        outcome: Result<(), String>,
-        next_attempt_us: i64,
-    ) -> Result<(), StorageError>;
 
     /// Places (or replaces) the legal hold on a subject.
     async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError>;
@@ -273,6 +525,64 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Consumer, StorageError>;
     async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError>;
     async fn consumers(&self) -> Result<Vec<Consumer>, StorageError>;
+    /// The chain head: last `seq` and its hash.
+    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError>;
+}
+
+/// Everything else Lethe needs from an event database engine (the parts whose SQL differs).
+#[async_trait]
+pub trait Storage: SharedQueries {
+    /// Stores a group of independent appends in one database transaction. Each append is
+    /// checked on its own (a conflict rejects only that append); the `Vec` has one reply per
+    /// append, in order. `Err` means the transaction itself failed and nothing was stored.
+    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError>;
+
+    /// Up to `limit` events of the global log from position `from` (inclusive), never past the
+    /// returned head: every position up to the head is committed, so a reader that continues
+    /// from `head + 1` skips nothing.
+    async fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StorageError>;
+
+    /// The stored state of these streams (absent: never written).
+    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, plan::StreamState>, StorageError>;
+
+    /// Which of these subjects have an unfinished erasure.
+    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError>;
+
+    /// Records a new erasure request.
+    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError>;
+
+    /// Step 1 of an erasure, in one transaction serialised with appends: marks its target's
+    /// active streams erased (subject) or deleted (stream), removes their ciphertext, and
+    /// records the list on the request. Once: a repeat returns the recorded list unchanged.
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError>;
+
+    /// Step 2 done: the vault destroyed `keys`. Other processes are told to evict them.
+    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError>;
+
+    /// Erasure requests matching `filter`, newest first, with their dependents.
+    async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError>;
+
+    /// Counts dependents already past the tombstone as acknowledged, and completes the request
+    /// if none is left waiting.
+    async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError>;
+
+    /// Deletes a consumer; as a dependent of unfinished erasures it is marked removed (which
+    /// may complete them). False if there was no such consumer.
+    async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError>;
+
+    /// Records a delivery attempt: success acknowledges the dependent (and may complete the
+    /// erasure); failure records the error and when to try again.
+    async fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        outcome: Result<(), String>,
+        next_attempt_us: i64,
+    ) -> Result<(), StorageError>;
     /// Moves a consumer's checkpoint forward to `position` (never back); `None`: no such consumer.
     async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError>;
 
@@ -280,8 +590,6 @@ pub trait Storage: Send + Sync + 'static {
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError>;
     /// Audit entries after `query.after`, oldest first.
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
-    /// The chain head: last `seq` and its hash.
-    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError>;
 
     /// Starts forwarding what *other* processes do — new commits, revoked keys — into `feed`
     /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.

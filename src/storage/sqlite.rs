@@ -182,6 +182,8 @@ const COMPLETE_ACKNOWLEDGED: &str = "UPDATE erasure_requests SET status = 'compl
          AND d.acknowledged_at IS NULL AND d.removed_at IS NULL) \
      RETURNING id, subject";
 
+super::shared_queries!(SqliteStorage, writer: writer, reader: readers);
+
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
@@ -277,40 +279,6 @@ impl Storage for SqliteStorage {
         Ok(plan.replies)
     }
 
-    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
-        let row = sqlx::query("SELECT name, subject, status, version FROM streams WHERE name = ?1")
-            .bind(stream.as_str())
-            .fetch_optional(&self.readers)
-            .await?;
-        row.as_ref().map(decode_stream_info).transpose()
-    }
-
-    async fn read_stream(
-        &self,
-        stream: &StreamName,
-        from: u64,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StorageError> {
-        let sql = match direction {
-            Direction::Forward => concat!(
-                select_events!(),
-                "WHERE e.stream = ?1 AND e.version >= ?2 ORDER BY e.version ASC LIMIT ?3"
-            ),
-            Direction::Backward => concat!(
-                select_events!(),
-                "WHERE e.stream = ?1 AND e.version <= ?2 ORDER BY e.version DESC LIMIT ?3"
-            ),
-        };
-        let rows = sqlx::query(sql)
-            .bind(stream.as_str())
-            .bind(to_i64(from))
-            .bind(to_i64(limit as u64))
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(decode_event).collect()
-    }
-
     async fn read_log(
         &self,
         from: u64,
@@ -347,13 +315,6 @@ impl Storage for SqliteStorage {
         Ok((events, to_u64(head, "head")?))
     }
 
-    async fn head(&self) -> Result<u64, StorageError> {
-        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
-            .fetch_one(&self.readers)
-            .await?;
-        to_u64(head, "head")
-    }
-
     async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
         let names_json = serde_json::to_string(names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let rows = sqlx::query(SELECT_STATES)
@@ -361,14 +322,6 @@ impl Storage for SqliteStorage {
             .fetch_all(&self.readers)
             .await?;
         rows.iter().map(decode_stream_state).collect()
-    }
-
-    async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError> {
-        let rows = sqlx::query("SELECT name, subject, status, version FROM streams WHERE subject = ?1 ORDER BY name")
-            .bind(subject.as_str())
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(decode_stream_info).collect()
     }
 
     async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
@@ -476,34 +429,6 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE erasure_requests SET status = 'completed', completed_at = ?2, tombstone_position = ?3 \
-             WHERE id = ?1 AND status = 'keys_destroyed'",
-        )
-        .bind(id)
-        .bind(now_us())
-        .bind(tombstone_position.map(to_i64))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError> {
-        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.readers)
-            .await?;
-        let mut erasures = row
-            .as_ref()
-            .map(decode_erasure)
-            .transpose()?
-            .into_iter()
-            .collect::<Vec<_>>();
-        self.load_dependents(&mut erasures).await?;
-        Ok(erasures.pop())
-    }
-
     async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError> {
         let rows = sqlx::query(concat!(
             select_erasures!(),
@@ -525,28 +450,6 @@ impl Storage for SqliteStorage {
         let mut erasures = rows.iter().map(decode_erasure).collect::<Result<Vec<_>, _>>()?;
         self.load_dependents(&mut erasures).await?;
         Ok(erasures)
-    }
-
-    async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
-        let rows = sqlx::query(concat!(
-            select_erasures!(),
-            "WHERE status NOT IN ('completed', 'refused') ORDER BY requested_at"
-        ))
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(decode_erasure).collect()
-    }
-
-    async fn mark_tombstoned(&self, id: Uuid, position: u64) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE erasure_requests SET status = 'awaiting_acknowledgements', tombstone_position = ?2 \
-             WHERE id = ?1 AND status = 'keys_destroyed'",
-        )
-        .bind(id)
-        .bind(to_i64(position))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
     }
 
     async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError> {
@@ -588,66 +491,6 @@ impl Storage for SqliteStorage {
         Ok(deleted == 1)
     }
 
-    async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError> {
-        let done =
-            sqlx::query("UPDATE consumers SET webhook_url = ?2, webhook_secret = ?3, updated_at = ?4 WHERE name = ?1")
-                .bind(name)
-                .bind(webhook.map(|(url, _)| url))
-                .bind(webhook.map(|(_, secret)| secret))
-                .bind(now_us())
-                .execute(&self.writer)
-                .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn claim_due_deliveries(
-        &self,
-        now_us: i64,
-        lease_us: i64,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT d.erasure_id, d.consumer, c.webhook_url, c.webhook_secret, r.tombstone_position, d.delivery_attempts \
-             FROM erasure_dependents d \
-             JOIN consumers c ON c.name = d.consumer \
-             JOIN erasure_requests r ON r.id = d.erasure_id \
-             WHERE r.status = 'awaiting_acknowledgements' AND d.acknowledged_at IS NULL AND d.removed_at IS NULL \
-               AND c.webhook_url IS NOT NULL AND c.webhook_secret IS NOT NULL \
-               AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?1) \
-             ORDER BY r.requested_at LIMIT ?2",
-        )
-        .bind(now_us)
-        .bind(to_i64(limit as u64))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let delivery = Delivery {
-                erasure_id: row.try_get(0)?,
-                consumer: row.try_get(1)?,
-                url: row.try_get(2)?,
-                secret: row.try_get(3)?,
-                tombstone_position: to_u64(row.try_get(4)?, "tombstone_position")?,
-                attempts: to_u64(row.try_get(5)?, "delivery_attempts")?,
-            };
-            // Claimed only if no other worker moved its next attempt meanwhile.
-            let claim = sqlx::query(
-                "UPDATE erasure_dependents SET next_attempt_at = ?3 \
-                 WHERE erasure_id = ?1 AND consumer = ?2 AND (next_attempt_at IS NULL OR next_attempt_at <= ?4)",
-            )
-            .bind(delivery.erasure_id)
-            .bind(delivery.consumer.as_str())
-            .bind(now_us + lease_us)
-            .bind(now_us)
-            .execute(&self.writer)
-            .await?;
-            if claim.rows_affected() == 1 {
-                claimed.push(delivery);
-            }
-        }
-        Ok(claimed)
-    }
-
     async fn record_delivery(
         &self,
         delivery: &Delivery,
@@ -677,130 +520,6 @@ impl Storage for SqliteStorage {
         complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO legal_holds (subject, reason, until, placed_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (subject) DO UPDATE SET reason = excluded.reason, until = excluded.until, \
-               placed_at = excluded.placed_at",
-        )
-        .bind(hold.subject.as_str())
-        .bind(hold.reason.as_str())
-        .bind(hold.until.map(|t| t.timestamp_micros()))
-        .bind(hold.placed_at.timestamp_micros())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError> {
-        let done = sqlx::query("DELETE FROM legal_holds WHERE subject = ?1")
-            .bind(subject.as_str())
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM legal_holds WHERE until IS NULL OR until > ?1")
-            .bind(now_us)
-            .fetch_one(&self.readers)
-            .await?;
-        to_u64(count, "holds")
-    }
-
-    async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
-        let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = ?1")
-            .bind(subject.as_str())
-            .fetch_optional(&self.readers)
-            .await?;
-        row.as_ref().map(decode_hold).transpose()
-    }
-
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError> {
-        sqlx::query("INSERT INTO api_tokens (id, name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(token.id)
-            .bind(token.name.as_str())
-            .bind(token.role.as_str())
-            .bind(token.hash.as_slice())
-            .bind(token.created_at.timestamp_micros())
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
-        let row = sqlx::query(
-            "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens WHERE token_hash = ?1",
-        )
-        .bind(hash.as_slice())
-        .fetch_optional(&self.readers)
-        .await?;
-        row.as_ref().map(decode_token).transpose()
-    }
-
-    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
-        let done = sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(now_us())
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens ORDER BY created_at",
-        )
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(decode_token).collect()
-    }
-
-    async fn upsert_consumer(
-        &self,
-        name: &str,
-        filter: &LogFilter,
-        erasure_dependent: bool,
-    ) -> Result<Consumer, StorageError> {
-        let now = now_us();
-        let row = sqlx::query(
-            "INSERT INTO consumers (name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
-             ON CONFLICT (name) DO UPDATE SET stream_prefix = excluded.stream_prefix, types = excluded.types, \
-               erasure_dependent = excluded.erasure_dependent, updated_at = excluded.updated_at \
-             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url",
-        )
-        .bind(name)
-        .bind(filter.stream_prefix.as_deref())
-        .bind(encode_types(&filter.types))
-        .bind(erasure_dependent)
-        .bind(now)
-        .fetch_one(&self.writer)
-        .await?;
-        decode_consumer(&row)
-    }
-
-    async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError> {
-        let row = sqlx::query(
-            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url \
-             FROM consumers WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&self.readers)
-        .await?;
-        row.as_ref().map(decode_consumer).transpose()
-    }
-
-    async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url \
-             FROM consumers ORDER BY name",
-        )
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(decode_consumer).collect()
     }
 
     async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
@@ -856,13 +575,6 @@ impl Storage for SqliteStorage {
         .fetch_all(&self.readers)
         .await?;
         rows.iter().map(decode_audit).collect()
-    }
-
-    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError> {
-        let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&self.readers)
-            .await?;
-        Ok((to_u64(seq, "audit seq")?, hash32(hash)?))
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {
