@@ -42,14 +42,14 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:2113")]
     pub listen: SocketAddr,
-    /// The event database (default: sqlite://<data-dir>/events.db).
+    /// The event database (default: sqlite://`<data-dir>`/events.db).
     #[arg(long, env = "LETHE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The key vault: sqlite://… or postgres://… (in-process, its own database) or
-    /// http(s)://… (a `lethe keyvault serve`). Default: sqlite://<data-dir>/keyvault.db.
+    /// http(s)://… (a `lethe keyvault serve`). Default: sqlite://`<data-dir>`/keyvault.db.
     #[arg(long, env = "LETHE_KEYVAULT_URL", hide_env_values = true)]
     pub keyvault_url: Option<String>,
-    /// The KEK file of an in-process vault (default: <data-dir>/kek.key, created on first
+    /// The KEK file of an in-process vault (default: `<data-dir>`/kek.key, created on first
     /// start). Without it and with LETHE_KEK set, the KEK comes from that variable (base64).
     #[arg(long, env = "LETHE_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
@@ -293,7 +293,7 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Serves `app` with a header-read timeout (which `axum::serve` lacks) until `shutdown`, then
-/// drains connections for at most [`DRAIN_TIMEOUT`].
+/// drains connections for at most `DRAIN_TIMEOUT`.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,

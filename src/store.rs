@@ -1,8 +1,8 @@
 //! [`EventStore`]: the library's front door.
 //!
-//! It validates input, turns events into stored rows ([`crate::payload`]), hands appends to the
+//! It validates input, turns events into stored rows (`crate::payload`), hands appends to the
 //! group committer and reads back through the storage trait. It knows nothing of SQL (that is
-//! [`crate::storage`]) nor of HTTP.
+//! `crate::storage`) nor of HTTP.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};

@@ -334,6 +334,92 @@ macro_rules! shared_queries {
 }
 pub(crate) use shared_queries;
 
+/// The helpers every engine's write transactions share: appending to the audit chain and
+/// completing acknowledged erasures (audited in the same transaction). `$head_select` reads the
+/// chain head, locking it where the engine can (`FOR UPDATE` on PostgreSQL; SQLite's single
+/// writer already serialises).
+macro_rules! transaction_helpers {
+    ($conn:ty, head_select: $head_select:expr) => {
+        /// Appends an audit entry inside the caller's transaction (the chain head's row lock orders it).
+        async fn audit_in(conn: &mut $conn, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
+            let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as($head_select).fetch_one(&mut *conn).await?;
+            let prev_hash = hash32(head_hash)?;
+            let seq = to_u64(head_seq, "audit seq")? + 1;
+            let at = now_us();
+            let subject = entry.subject.as_ref().map(|s| s.as_str());
+            let fields = crate::audit::HashedFields {
+                seq,
+                at_us: at,
+                actor: &entry.actor,
+                action: &entry.action,
+                subject,
+                request_id: entry.request_id,
+                details: &entry.details,
+            };
+            let hash = crate::audit::entry_hash(&prev_hash, &fields);
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, actor, action, subject, request_id, details, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(to_i64(seq))
+            .bind(at)
+            .bind(entry.actor.as_str())
+            .bind(entry.action.as_str())
+            .bind(subject)
+            .bind(entry.request_id)
+            .bind(entry.details.to_string())
+            .bind(prev_hash.as_slice())
+            .bind(hash.as_slice())
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(to_i64(seq))
+                .bind(hash.as_slice())
+                .execute(&mut *conn)
+                .await?;
+            Ok(AuditEntry {
+                seq,
+                at: chrono::DateTime::from_timestamp_micros(at).unwrap_or_default(),
+                actor: entry.actor.clone(),
+                action: entry.action.clone(),
+                subject: subject.map(str::to_owned),
+                request_id: entry.request_id,
+                details: entry.details.clone(),
+                prev_hash,
+                hash,
+            })
+        }
+
+        /// Completes every request no dependent is still holding up, and audits each completion in the
+        /// same transaction.
+        async fn complete_acknowledged(conn: &mut $conn, now: i64) -> Result<(), StorageError> {
+            let completed: Vec<(Uuid, Option<String>)> = sqlx::query_as(COMPLETE_ACKNOWLEDGED)
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            for (request_id, subject) in completed {
+                let entry = NewAuditEntry {
+                    actor: crate::audit::SYSTEM_ACTOR.to_owned(),
+                    action: "erasure_completed".to_owned(),
+                    subject: subject.and_then(|s| crate::model::SubjectId::new(s).ok()),
+                    request_id: Some(request_id),
+                    details: serde_json::json!({}),
+                };
+                audit_in(conn, &entry).await?;
+            }
+            Ok(())
+        }
+
+        /// Completes every request no dependent is still holding up (param 1: now).
+        const COMPLETE_ACKNOWLEDGED: &str = "UPDATE erasure_requests SET status = 'completed', completed_at = $1 \
+             WHERE status = 'awaiting_acknowledgements' AND NOT EXISTS ( \
+               SELECT 1 FROM erasure_dependents d WHERE d.erasure_id = erasure_requests.id \
+                 AND d.acknowledged_at IS NULL AND d.removed_at IS NULL) \
+             RETURNING id, subject";
+    };
+}
+pub(crate) use transaction_helpers;
+
 pub(crate) mod plan;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
