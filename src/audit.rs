@@ -204,6 +204,15 @@ pub async fn verify_database(database_url: &str) -> Result<AuditVerification, Er
     Ok(verification?)
 }
 
+/// Appends one entry to an event database's trail directly (for CLI actions that happen
+/// outside a running server, such as `lethe keyvault rotate-kek`).
+pub async fn append_to_database(database_url: &str, entry: &NewAuditEntry) -> Result<AuditEntry, Error> {
+    let storage = crate::storage::open(database_url).await?;
+    let appended = storage.append_audit(entry).await;
+    storage.close().await;
+    Ok(appended?)
+}
+
 async fn verify_storage(storage: &dyn crate::storage::Storage) -> Result<AuditVerification, StorageError> {
     let head = storage.audit_head().await?;
     let mut check = ChainCheck::new();

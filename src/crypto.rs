@@ -258,23 +258,50 @@ async fn answer(vault: &dyn KeyVault, job: CreateJob) {
     let _ = job.reply.send(result);
 }
 
+/// A DEK prepared to seal, open and digest many events (`envelope::DekCipher`): an append or a
+/// page of reads builds one per key, so the AES key schedule and the digest sub-key are
+/// computed once per key rather than once per event. Wiped on drop, like the `Dek`.
+pub(crate) use lethe_keyvault::envelope::DekCipher;
+
+/// What a page of reads holds for each key it needs.
+pub(crate) enum OpenKey {
+    Live(Box<DekCipher>),
+    Destroyed,
+}
+
+impl OpenKey {
+    pub(crate) fn new(state: &KeyState) -> Self {
+        match state {
+            KeyState::Live(dek) => OpenKey::Live(DekCipher::new(dek)),
+            KeyState::Destroyed => OpenKey::Destroyed,
+        }
+    }
+}
+
 /// Seals an event's serialized data with its stream's DEK.
-pub(crate) fn seal_event(dek: &Dek, stream: &str, event_id: &Uuid, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-    envelope::try_seal(dek, &envelope::event_aad(stream, event_id), plaintext).map_err(|e| Error::Corrupt {
-        detail: format!("cannot encrypt event {event_id}: {e}"),
-    })
+pub(crate) fn seal_event(dek: &DekCipher, stream: &str, event_id: &Uuid, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    dek.seal(&envelope::event_aad(stream, event_id), plaintext)
+        .map_err(|e| Error::Corrupt {
+            detail: format!("cannot encrypt event {event_id}: {e}"),
+        })
 }
 
 /// Opens an event's sealed data. A ciphertext moved to another row, or tampered with, fails
 /// here and is reported as corruption, never returned.
-pub(crate) fn open_event(dek: &Dek, stream: &str, event_id: &Uuid, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    envelope::open(dek, &envelope::event_aad(stream, event_id), sealed).map_err(|e| Error::Corrupt {
-        detail: format!("event {event_id} in stream {stream:?} does not decrypt: {e}"),
-    })
+pub(crate) fn open_event(
+    dek: &DekCipher,
+    stream: &str,
+    event_id: &Uuid,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    dek.open(&envelope::event_aad(stream, event_id), sealed)
+        .map_err(|e| Error::Corrupt {
+            detail: format!("event {event_id} in stream {stream:?} does not decrypt: {e}"),
+        })
 }
 
 /// The idempotency digest of an event's content, keyed by its stream's DEK so that it reveals
 /// nothing once the DEK is destroyed.
-pub(crate) fn keyed_digest(dek: &Dek, content: &[u8]) -> [u8; 32] {
-    envelope::keyed_digest(dek, content)
+pub(crate) fn keyed_digest(dek: &DekCipher, content: &[u8]) -> [u8; 32] {
+    dek.keyed_digest(content)
 }

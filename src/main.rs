@@ -33,8 +33,14 @@ enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// The key vault: run it as its own server, rotate its KEK, generate a KEK.
-    #[command(subcommand)]
-    Keyvault(lethe_keyvault::cli::KeyvaultCommand),
+    Keyvault {
+        /// The event database whose audit trail records a KEK rotation (`kek_rotated`).
+        /// Without it, a rotation is not audited (a warning says so).
+        #[arg(long, env = "LETHE_DATABASE_URL", hide_env_values = true, global = true)]
+        audit_database_url: Option<String>,
+        #[command(subcommand)]
+        command: lethe_keyvault::cli::KeyvaultCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,8 +98,41 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Keyvault(cmd) => lethe_keyvault::cli::run(cmd).await?,
+        Command::Keyvault {
+            audit_database_url,
+            command,
+        } => {
+            if let lethe_keyvault::cli::Outcome::Rotated(report) = lethe_keyvault::cli::run(command).await? {
+                audit_rotation(audit_database_url.as_deref(), &report).await?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// Records a finished KEK rotation in the event database's audit trail.
+async fn audit_rotation(database_url: Option<&str>, report: &lethe_keyvault::RotationReport) -> anyhow::Result<()> {
+    let Some(url) = database_url else {
+        eprintln!(
+            "warning: the rotation was not recorded in an audit trail; pass --audit-database-url \
+             (or LETHE_DATABASE_URL) with the event database to record it"
+        );
+        return Ok(());
+    };
+    let entry = lethe::audit::NewAuditEntry {
+        actor: "cli".to_owned(),
+        action: "kek_rotated".to_owned(),
+        subject: None,
+        request_id: None,
+        details: serde_json::json!({
+            "from_version": report.from_version,
+            "to_version": report.to_version,
+            "keys_rewrapped": report.rewrapped,
+        }),
+    };
+    lethe::audit::append_to_database(url, &entry)
+        .await
+        .context("the KEK was rotated, but recording it in the audit trail failed")?;
     Ok(())
 }
 

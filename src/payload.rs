@@ -5,12 +5,11 @@
 //! events (tombstones) carry ids only and are stored in clear, with no key.
 
 use chrono::{DateTime, Utc};
-use lethe_keyvault::Dek;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, KeyState};
+use crate::crypto::{self, DekCipher, OpenKey};
 use crate::error::{Error, ValidationError};
 use crate::limits::EVENT_BYTES_MAX;
 use crate::model::{NewEvent, RecordedEvent, StreamStatus};
@@ -18,7 +17,13 @@ use crate::storage::{EncodedEvent, StoredEvent};
 
 /// Serializes (and, given a DEK, encrypts) an event for storage. `index` names the event in
 /// errors.
-pub(crate) fn encode(stream: &str, event: NewEvent, index: usize, dek: Option<&Dek>) -> Result<EncodedEvent, Error> {
+pub(crate) fn encode(
+    stream: &str,
+    event: NewEvent,
+    index: usize,
+    dek: Option<&DekCipher>,
+) -> Result<EncodedEvent, Error> {
+    let id_given = event.id.is_some();
     let id = event.id.unwrap_or_else(Uuid::now_v7);
     // serde_json::Value always serializes; the error arm is unreachable in practice.
     let data = Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?);
@@ -45,6 +50,7 @@ pub(crate) fn encode(stream: &str, event: NewEvent, index: usize, dek: Option<&D
     };
     Ok(EncodedEvent {
         id,
+        id_given,
         event_type: event.event_type,
         payload,
         metadata,
@@ -72,11 +78,16 @@ pub(crate) fn is_shredded(stored: &StoredEvent) -> bool {
 
 /// Turns a stored row into what readers see. `key` is the state of the row's key (`None` for
 /// rows that have no key or need none).
-pub(crate) fn decode(stored: StoredEvent, key: Option<&KeyState>) -> Result<RecordedEvent, Error> {
+pub(crate) fn decode(stored: StoredEvent, key: Option<&OpenKey>) -> Result<RecordedEvent, Error> {
     let corrupt = |what: &str| Error::Corrupt {
         detail: format!("event at position {}: {what}", stored.position),
     };
-    let metadata = serde_json::from_str(&stored.metadata).map_err(|_| corrupt("metadata is not JSON"))?;
+    // Events appended without metadata store `{}`: no parser needed for the common case.
+    let metadata = if stored.metadata == "{}" {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_str(&stored.metadata).map_err(|_| corrupt("metadata is not JSON"))?
+    };
     let recorded_at = DateTime::<Utc>::from_timestamp_micros(stored.recorded_at_us)
         .ok_or_else(|| corrupt("recorded_at out of range"))?;
     let data = match (&stored.payload, stored.key_id) {
@@ -84,11 +95,11 @@ pub(crate) fn decode(stored: StoredEvent, key: Option<&KeyState>) -> Result<Reco
         (None, None) => None,
         (Some(clear), None) => Some(serde_json::from_slice(clear).map_err(|_| corrupt("data is not JSON"))?),
         (Some(sealed), Some(_)) => match key {
-            Some(KeyState::Live(dek)) => {
+            Some(OpenKey::Live(dek)) => {
                 let plaintext = crypto::open_event(dek, &stored.stream, &stored.id, sealed)?;
                 Some(serde_json::from_slice(&plaintext).map_err(|_| corrupt("data is not JSON"))?)
             }
-            Some(KeyState::Destroyed) => None,
+            Some(OpenKey::Destroyed) => None,
             None => return Err(corrupt("no key supplied for an encrypted event")),
         },
         (None, Some(_)) => None,

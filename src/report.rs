@@ -54,6 +54,51 @@ pub struct ErasureReport {
     pub unacknowledged: Vec<WaitingDependent>,
     pub keys_destroyed: u64,
     pub holds_active: u64,
+    /// Requests per week (weeks start on Monday, UTC), oldest first, with the weeks in between
+    /// that had none, so a chart of it has no holes.
+    pub weekly: Vec<WeekFigures>,
+}
+
+/// One week of [`ErasureReport::weekly`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WeekFigures {
+    /// The Monday that starts the week (`YYYY-MM-DD`, UTC).
+    pub week: chrono::NaiveDate,
+    /// Requests made that week.
+    pub requests: u64,
+    /// Of those, completed (by now).
+    pub completed: u64,
+    /// Median time from request to completion of those completed.
+    pub median_secs_to_complete: Option<f64>,
+}
+
+/// The Monday starting the week of `at` (UTC).
+fn week_of(at: DateTime<Utc>) -> chrono::NaiveDate {
+    use chrono::Datelike;
+    let day = at.date_naive();
+    day - chrono::Days::new(u64::from(day.weekday().num_days_from_monday()))
+}
+
+/// Weeks from the first to the last one in `weeks` (a map week → durations of completed
+/// requests, and request count), gaps filled with zeroes.
+fn weekly_figures(weeks: &BTreeMap<chrono::NaiveDate, (u64, Vec<f64>)>) -> Vec<WeekFigures> {
+    let (Some(first), Some(last)) = (weeks.keys().next(), weeks.keys().next_back()) else {
+        return Vec::new();
+    };
+    let mut figures = Vec::new();
+    let mut week = *first;
+    while week <= *last {
+        let (requests, mut durations) = weeks.get(&week).cloned().unwrap_or_default();
+        durations.sort_by(f64::total_cmp);
+        figures.push(WeekFigures {
+            week,
+            requests,
+            completed: durations.len() as u64,
+            median_secs_to_complete: quantile(&durations, 0.5),
+        });
+        week = week + chrono::Days::new(7);
+    }
+    figures
 }
 
 /// The value at quantile `q` (nearest rank) of sorted values.
@@ -89,11 +134,16 @@ impl EventStore {
         let mut overdue = Vec::new();
         let mut unacknowledged = Vec::new();
         let mut keys_destroyed = 0;
+        let mut weeks: BTreeMap<chrono::NaiveDate, (u64, Vec<f64>)> = BTreeMap::new();
         for e in &erasures {
             *by_status.entry(e.status.as_str().to_owned()).or_default() += 1;
             keys_destroyed += e.keys_destroyed;
+            let week = weeks.entry(week_of(e.requested_at)).or_default();
+            week.0 += 1;
             if let (ErasureStatus::Completed, Some(done)) = (e.status, e.completed_at) {
-                durations.push((done - e.requested_at).num_milliseconds() as f64 / 1000.0);
+                let secs = (done - e.requested_at).num_milliseconds() as f64 / 1000.0;
+                durations.push(secs);
+                week.1.push(secs);
             }
             if e.is_overdue(now) {
                 overdue.push(OverdueRequest {
@@ -138,6 +188,7 @@ impl EventStore {
             unacknowledged,
             keys_destroyed,
             holds_active: self.inner.storage.active_holds(now.timestamp_micros()).await?,
+            weekly: weekly_figures(&weeks),
         })
     }
 }
@@ -184,13 +235,35 @@ impl ErasureReport {
                 opt(w.waiting_secs)
             ));
         }
+        for w in &self.weekly {
+            rows.push(format!("weekly_requests,{},{}", w.week, w.requests));
+            rows.push(format!("weekly_completed,{},{}", w.week, w.completed));
+        }
         rows.join("\n") + "\n"
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::quantile;
+    use super::{quantile, week_of, weekly_figures};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn weeks_start_on_monday_and_gaps_are_filled() {
+        let thursday = chrono::DateTime::parse_from_rfc3339("2026-11-26T23:59:00Z")
+            .unwrap()
+            .to_utc();
+        let monday = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        assert_eq!(week_of(thursday), monday);
+        let earlier = monday - chrono::Days::new(14);
+        let weeks = BTreeMap::from([(earlier, (2, vec![30.0])), (monday, (1, vec![]))]);
+        let figures = weekly_figures(&weeks);
+        assert_eq!(figures.len(), 3);
+        assert_eq!((figures[0].requests, figures[0].completed), (2, 1));
+        assert_eq!(figures[0].median_secs_to_complete, Some(30.0));
+        assert_eq!((figures[1].requests, figures[1].completed), (0, 0));
+        assert_eq!(figures[2].week, monday);
+    }
 
     #[test]
     fn nearest_rank_quantiles() {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::crypto::{KeyCacheStats, KeyState, Keyring};
+use crate::crypto::{DekCipher, KeyCacheStats, KeyState, Keyring, OpenKey};
 use crate::erasure::{
     self, Erasure, ErasureContext, ErasureFault, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold,
 };
@@ -329,13 +329,34 @@ impl EventStore {
     /// are never decrypted, even with the key still at hand, and its key is evicted.
     pub(crate) async fn decode(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
         let keys = self.page_keys(&stored).await?;
-        stored
-            .into_iter()
-            .map(|event| {
-                let key = event.key_id.and_then(|k| keys.get(&KeyId(k)));
-                payload::decode(event, key)
-            })
-            .collect()
+        // Each key prepared once for the whole page (not once per event).
+        let keys: HashMap<KeyId, OpenKey> = keys.iter().map(|(id, state)| (*id, OpenKey::new(state))).collect();
+        let decode_all = |events: Vec<StoredEvent>| -> Result<Vec<RecordedEvent>, Error> {
+            events
+                .into_iter()
+                .map(|event| {
+                    let key = event.key_id.and_then(|k| keys.get(&KeyId(k)));
+                    payload::decode(event, key)
+                })
+                .collect()
+        };
+        if stored.len() < PARALLEL_DECODE_EVENTS_MIN {
+            return decode_all(stored);
+        }
+        // A big page (a catch-up reads 1,000 events at a time) is pure CPU work — AES-GCM and
+        // JSON parsing, a few µs per event — that kept one core busy while the database and
+        // the other core waited: its second half is decoded on a scoped thread meanwhile. The
+        // events keep their order, and an error is the first one in page order, as before.
+        let mut first = stored;
+        let second = first.split_off(first.len() / 2);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| decode_all(second));
+            let first = decode_all(first);
+            let second = other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let mut events = first?;
+            events.extend(second?);
+            Ok(events)
+        })
     }
 
     /// Puts the keys a page will need into the cache (subscriptions decrypt lazily).
@@ -452,6 +473,13 @@ impl EventStore {
             tracing::info!(subject = %subject, "legal hold lifted");
         }
         Ok(lifted)
+    }
+
+    /// Records `hold_expired` in the audit trail for each hold that has lapsed since the last
+    /// call (each once, across processes); returns how many. Runs in the background loop.
+    pub async fn audit_lapsed_holds(&self) -> Result<u64, Error> {
+        let now = chrono::Utc::now().timestamp_micros();
+        Ok(self.inner.storage.audit_lapsed_holds(now).await?)
     }
 
     /// The subject's active legal hold, if any (a hold past its `until` has lapsed).
@@ -692,9 +720,11 @@ fn encode_append(
             detail: format!("no key for stream {:?}", append.stream.as_str()),
         })?;
         let mut events = Vec::with_capacity(append.events.len());
+        // The DEK prepared once for all of this stream's events (not once per event).
+        let cipher = sealed.then(|| DekCipher::new(dek));
         for (in_stream, event) in append.events.into_iter().enumerate() {
             let encoded =
-                payload::encode(append.stream.as_str(), event, index, sealed.then_some(dek)).map_err(|e| match e {
+                payload::encode(append.stream.as_str(), event, index, cipher.as_deref()).map_err(|e| match e {
                     Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
                     other => other,
                 })?;
@@ -724,8 +754,12 @@ fn encode_append(
     Ok(AtomicAppend { writes })
 }
 
-/// Retries unfinished erasures at open and then every [`ERASURE_RESUME_INTERVAL`], until the
+/// Retries unfinished erasures (and audits lapsed holds) at open and then every
+/// [`ERASURE_RESUME_INTERVAL`], until the
 /// store shuts down. Holds only a weak reference, so it never keeps a dropped store alive.
+/// Pages of at least this many events are decoded on two threads ([`EventStore::decode`]).
+const PARALLEL_DECODE_EVENTS_MIN: usize = 256;
+
 async fn resume_erasures_periodically(inner: Weak<Inner>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let Some(inner) = inner.upgrade() else {
@@ -734,6 +768,9 @@ async fn resume_erasures_periodically(inner: Weak<Inner>, mut shutdown: watch::R
         let store = EventStore { inner };
         if let Err(e) = store.resume_erasures().await {
             tracing::warn!(error = %e, "resuming erasures failed; will retry");
+        }
+        if let Err(e) = store.audit_lapsed_holds().await {
+            tracing::warn!(error = %e, "auditing lapsed holds failed; will retry");
         }
         drop(store);
         tokio::select! {

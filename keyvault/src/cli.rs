@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::{Kek, LocalVault, RotateOptions};
+use crate::{Kek, LocalVault, RotateOptions, RotationReport};
 
 /// Environment variable holding a base64 KEK when no KEK file is given.
 pub const KEK_ENV: &str = "LETHE_KEK";
@@ -97,7 +97,15 @@ fn load_kek(file: Option<&Path>) -> anyhow::Result<Kek> {
     }
 }
 
-pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<()> {
+/// What a command did that its caller may want to record (the root binary audits rotations).
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    /// `rotate-kek` finished: every key is wrapped with the new KEK.
+    Rotated(RotationReport),
+}
+
+pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
     match cmd {
         KeyvaultCommand::Serve {
             listen,
@@ -119,7 +127,7 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(addr = %listener.local_addr()?, "key vault listening");
             crate::server::serve(listener, Arc::new(vault), &token, shutdown_signal()).await?;
-            Ok(())
+            Ok(Outcome::Done)
         }
         KeyvaultCommand::RotateKek {
             database_url,
@@ -152,7 +160,7 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<()> {
                  KEK and every copy of it.",
                 report.to_version
             );
-            Ok(())
+            Ok(Outcome::Rotated(report))
         }
         KeyvaultCommand::GenerateKek { path } => {
             if path.exists() {
@@ -160,7 +168,7 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<()> {
             }
             Kek::load_or_create(&path).context("writing the KEK file")?;
             eprintln!("wrote a new KEK to {} (mode 0600)", path.display());
-            Ok(())
+            Ok(Outcome::Done)
         }
     }
 }

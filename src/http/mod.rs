@@ -12,6 +12,7 @@ pub mod openapi;
 mod ops;
 pub mod problem;
 mod streams;
+mod ui;
 pub mod wire;
 
 use std::sync::Arc;
@@ -138,7 +139,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics_handler))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(ops::openapi))
+        // The admin page itself is open: it holds no data and signs in with an admin token.
+        .route("/admin/ui", get(ui::index))
+        .route("/admin/ui/app.js", get(ui::script))
+        .route("/admin/ui/app.css", get(ui::stylesheet));
 
     // Long-lived responses (SSE, long polls) are exempt from the request timeout.
     let timed = Router::new()

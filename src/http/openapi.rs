@@ -1147,7 +1147,7 @@ fn audit_schemas() -> Value {
         "ErasureReport": {
             "type": "object",
             "required": ["from", "to", "generated_at", "requests", "by_status", "time_to_complete", "overdue",
-                         "unacknowledged", "keys_destroyed", "holds_active"],
+                         "unacknowledged", "keys_destroyed", "holds_active", "weekly"],
             "properties": {
                 "from": { "type": ["string", "null"], "format": "date-time" },
                 "to": { "type": ["string", "null"], "format": "date-time" },
@@ -1167,7 +1167,21 @@ fn audit_schemas() -> Value {
                 "overdue": { "type": "array", "items": { "type": "object" } },
                 "unacknowledged": { "type": "array", "items": { "type": "object" } },
                 "keys_destroyed": { "type": "integer", "minimum": 0 },
-                "holds_active": { "type": "integer", "minimum": 0 }
+                "holds_active": { "type": "integer", "minimum": 0 },
+                "weekly": {
+                    "type": "array",
+                    "description": "Requests per week (Monday to Sunday, UTC), oldest first, empty weeks included.",
+                    "items": {
+                        "type": "object",
+                        "required": ["week", "requests", "completed", "median_secs_to_complete"],
+                        "properties": {
+                            "week": { "type": "string", "format": "date" },
+                            "requests": { "type": "integer", "minimum": 0 },
+                            "completed": { "type": "integer", "minimum": 0 },
+                            "median_secs_to_complete": { "type": ["number", "null"] }
+                        }
+                    }
+                }
             }
         },
         "AuditList": {
@@ -1282,7 +1296,39 @@ fn ops_paths() -> Vec<(&'static str, Value)> {
                 responses([("200", json_response("The document.", json!({ "type": "object" })))]),
             )}),
         ),
+        ui_path("/admin/ui", "adminUi", "The admin web page", "text/html"),
+        ui_path(
+            "/admin/ui/app.js",
+            "adminUiScript",
+            "The admin page's script",
+            "text/javascript",
+        ),
+        ui_path(
+            "/admin/ui/app.css",
+            "adminUiStyles",
+            "The admin page's stylesheet",
+            "text/css",
+        ),
     ]
+}
+
+/// One static file of the admin page (open: the page signs in with a token to call the API).
+fn ui_path(path: &'static str, operation_id: &str, summary: &str, media_type: &str) -> (&'static str, Value) {
+    (
+        path,
+        json!({ "get": open_operation(
+            operation_id,
+            summary,
+            "A static file of the admin page served at `/admin/ui`; it holds no data.",
+            responses([(
+                "200",
+                json!({
+                    "description": "The file.",
+                    "content": { media_type: { "schema": { "type": "string" } } }
+                }),
+            )]),
+        )}),
+    )
 }
 
 /// An operation that needs no token.
@@ -2037,6 +2083,17 @@ mod tests {
             }
         }
         open.sort();
-        assert_eq!(open, ["/healthz", "/metrics", "/openapi.json", "/readyz"]);
+        assert_eq!(
+            open,
+            [
+                "/admin/ui",
+                "/admin/ui/app.css",
+                "/admin/ui/app.js",
+                "/healthz",
+                "/metrics",
+                "/openapi.json",
+                "/readyz"
+            ]
+        );
     }
 }

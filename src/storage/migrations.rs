@@ -23,6 +23,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         include_str!("../../migrations/sqlite/0004_erasure_workflow.sql"),
     ),
     (5, "audit", include_str!("../../migrations/sqlite/0005_audit.sql")),
+    (
+        6,
+        "hold_lapses",
+        include_str!("../../migrations/sqlite/0006_hold_lapses.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -39,6 +44,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         include_str!("../../migrations/postgres/0004_erasure_workflow.sql"),
     ),
     (5, "audit", include_str!("../../migrations/postgres/0005_audit.sql")),
+    (
+        6,
+        "hold_lapses",
+        include_str!("../../migrations/postgres/0006_hold_lapses.sql"),
+    ),
 ];
 
 #[derive(Debug)]

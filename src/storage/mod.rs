@@ -203,7 +203,7 @@ macro_rules! shared_queries {
         sqlx::query(
             "INSERT INTO legal_holds (subject, reason, until, placed_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (subject) DO UPDATE SET reason = excluded.reason, until = excluded.until, \
-               placed_at = excluded.placed_at",
+               placed_at = excluded.placed_at, lapse_audited_at = NULL",
         )
         .bind(hold.subject.as_str())
         .bind(hold.reason.as_str())
@@ -410,6 +410,31 @@ macro_rules! transaction_helpers {
             Ok(())
         }
 
+        /// Audits, once, each hold whose `until` has passed (`hold_expired`, by the system actor).
+        /// The row update claims a hold, so of two processes only one audits it.
+        async fn audit_lapsed_holds_in(conn: &mut $conn, now: i64) -> Result<u64, StorageError> {
+            let mut lapsed: Vec<(String, i64)> = sqlx::query_as(
+                "UPDATE legal_holds SET lapse_audited_at = $1 \
+                 WHERE until IS NOT NULL AND until <= $1 AND lapse_audited_at IS NULL RETURNING subject, until",
+            )
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+            lapsed.sort();
+            for (subject, until) in &lapsed {
+                let until = chrono::DateTime::from_timestamp_micros(*until).unwrap_or_default();
+                let entry = NewAuditEntry {
+                    actor: crate::audit::SYSTEM_ACTOR.to_owned(),
+                    action: "hold_expired".to_owned(),
+                    subject: crate::model::SubjectId::new(subject.as_str()).ok(),
+                    request_id: None,
+                    details: serde_json::json!({ "until": until.to_rfc3339() }),
+                };
+                audit_in(conn, &entry).await?;
+            }
+            Ok(lapsed.len() as u64)
+        }
+
         /// Completes every request no dependent is still holding up (param 1: now).
         const COMPLETE_ACKNOWLEDGED: &str = "UPDATE erasure_requests SET status = 'completed', completed_at = $1 \
              WHERE status = 'awaiting_acknowledgements' AND NOT EXISTS ( \
@@ -449,6 +474,10 @@ use crate::model::{
 #[derive(Debug, Clone)]
 pub struct EncodedEvent {
     pub id: Uuid,
+    /// Whether the caller chose `id`. Only such events can already be stored (an idempotent
+    /// retry, or a duplicate id); an id the store generated (a fresh UUIDv7) cannot, so the
+    /// engines skip looking those up (one query less inside the commit-order lock).
+    pub id_given: bool,
     pub event_type: String,
     /// Ciphertext (or, for tests of the storage layer alone, any bytes).
     pub payload: Vec<u8>,
@@ -674,6 +703,8 @@ pub trait Storage: SharedQueries {
 
     /// Appends an entry to the audit chain (serialised by the chain head's row lock).
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError>;
+    /// Audits each hold that lapsed by `now_us` and was not audited yet; returns how many.
+    async fn audit_lapsed_holds(&self, now_us: i64) -> Result<u64, StorageError>;
     /// Audit entries after `query.after`, oldest first.
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
 

@@ -349,6 +349,7 @@ mod tests {
     fn event(id: u128, digest: u8) -> EncodedEvent {
         EncodedEvent {
             id: Uuid::from_u128(id),
+            id_given: true,
             event_type: "t".into(),
             payload: vec![],
             metadata: "{}".into(),

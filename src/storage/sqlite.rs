@@ -127,16 +127,20 @@ impl Storage for SqliteStorage {
             states.insert(name, state);
         }
 
+        // Only caller-chosen ids can be stored already (see `EncodedEvent::id_given`).
         let ids: Vec<String> = group
             .iter()
             .flat_map(|a| a.writes.iter().flat_map(|w| w.events.iter()))
+            .filter(|e| e.id_given)
             .map(|e| hex::encode(e.id.as_bytes()))
             .collect();
-        let ids_json = serde_json::to_string(&ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
-        for row in sqlx::query(SELECT_EXISTING).bind(ids_json).fetch_all(&mut *tx).await? {
-            let (id, event) = decode_existing(&row)?;
-            existing.insert(id, event);
+        if !ids.is_empty() {
+            let ids_json = serde_json::to_string(&ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            for row in sqlx::query(SELECT_EXISTING).bind(ids_json).fetch_all(&mut *tx).await? {
+                let (id, event) = decode_existing(&row)?;
+                existing.insert(id, event);
+            }
         }
 
         let subjects: Vec<&str> = group
@@ -476,6 +480,13 @@ impl Storage for SqliteStorage {
         complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
         Ok(Some(consumer))
+    }
+
+    async fn audit_lapsed_holds(&self, now_us: i64) -> Result<u64, StorageError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let audited = audit_lapsed_holds_in(&mut tx, now_us).await?;
+        tx.commit().await?;
+        Ok(audited)
     }
 
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {

@@ -14,7 +14,9 @@ use crate::support::TestDb;
 
 backend_tests!(
     the_audit_chain_detects_an_edited_row,
-    audit_over_http_records_who_did_what
+    audit_over_http_records_who_did_what,
+    a_lapsed_hold_is_audited_once,
+    a_kek_rotation_is_audited
 );
 
 async fn the_audit_chain_detects_an_edited_row(db: TestDb) {
@@ -160,4 +162,97 @@ async fn audit_over_http_records_who_did_what(db: TestDb) {
     assert_eq!(verify.body["intact"], false);
     assert_eq!(verify.body["first_broken_seq"], 1);
     server.stop().await;
+}
+
+/// A hold that lapses is recorded as `hold_expired` (by Lethe itself) exactly once; a hold
+/// placed again on the subject is audited again when it lapses in turn.
+async fn a_lapsed_hold_is_audited_once(db: TestDb) {
+    let store = db.open().await;
+    let (past, future) = (
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        chrono::Utc::now() + chrono::Duration::days(30),
+    );
+    let subject = SubjectId::new("71").unwrap();
+    store.place_hold(&subject, "litigation", Some(past)).await.unwrap();
+    store
+        .place_hold(&SubjectId::new("72").unwrap(), "audit", Some(future))
+        .await
+        .unwrap();
+    store
+        .place_hold(&SubjectId::new("73").unwrap(), "until lifted", None)
+        .await
+        .unwrap();
+    let expired = || async {
+        let entries = store
+            .audit_entries(&AuditQuery {
+                limit: 100,
+                action: Some("hold_expired".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|e| (e.actor, e.subject.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    // (The stores' background loops call it too; the entries, not the return values, count.)
+    store.audit_lapsed_holds().await.unwrap();
+    store.audit_lapsed_holds().await.unwrap();
+    assert_eq!(expired().await, [("lethe".to_owned(), "71".to_owned())], "only once");
+    // A second process sharing the database does not audit it again.
+    let other = db.open().await;
+    other.audit_lapsed_holds().await.unwrap();
+    assert_eq!(expired().await.len(), 1);
+    // Placed again and lapsed again: a second entry.
+    store.place_hold(&subject, "again", Some(past)).await.unwrap();
+    other.audit_lapsed_holds().await.unwrap();
+    store.audit_lapsed_holds().await.unwrap();
+    assert_eq!(expired().await.len(), 2);
+    assert!(store.verify_audit().await.unwrap().is_intact());
+}
+
+/// `lethe keyvault rotate-kek` records `kek_rotated` in the event database's trail when it is
+/// given one (here through `LETHE_DATABASE_URL`, as `lethe serve` reads it).
+async fn a_kek_rotation_is_audited(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let lethe = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(args)
+            .env("LETHE_DATABASE_URL", &db.url)
+            .env_remove("LETHE_KEK")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (old, new) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    let vault = format!("sqlite://{}", dir.path().join("vault.db").display());
+    lethe(&["keyvault", "generate-kek", old.to_str().unwrap()]);
+    lethe(&["keyvault", "generate-kek", new.to_str().unwrap()]);
+    lethe(&[
+        "keyvault",
+        "rotate-kek",
+        "--database-url",
+        &vault,
+        "--kek-file",
+        old.to_str().unwrap(),
+        "--new-kek-file",
+        new.to_str().unwrap(),
+    ]);
+    let store = db.open().await;
+    let entries = store
+        .audit_entries(&AuditQuery {
+            limit: 10,
+            action: Some("kek_rotated".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].actor, "cli");
+    assert_eq!(
+        entries[0].details["to_version"],
+        entries[0].details["from_version"].as_u64().unwrap() + 1
+    );
+    assert!(store.verify_audit().await.unwrap().is_intact());
 }

@@ -218,6 +218,21 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
         route((M::GET, "/readyz"), "/readyz", "/readyz", None, Open),
         route((M::GET, "/metrics"), "/metrics", "/metrics", None, Open),
         route((M::GET, "/openapi.json"), "/openapi.json", "/openapi.json", None, Open),
+        route((M::GET, "/admin/ui"), "/admin/ui", "/admin/ui", None, Open),
+        route(
+            (M::GET, "/admin/ui/app.js"),
+            "/admin/ui/app.js",
+            "/admin/ui/app.js",
+            None,
+            Open,
+        ),
+        route(
+            (M::GET, "/admin/ui/app.css"),
+            "/admin/ui/app.css",
+            "/admin/ui/app.css",
+            None,
+            Open,
+        ),
     ]
 }
 

@@ -81,6 +81,31 @@ async fn the_erasure_report_adds_up(db: TestDb) {
     assert_eq!(unacknowledged.len(), 1);
     assert_eq!(unacknowledged[0]["consumer"], "ledger");
     assert!(unacknowledged[0]["waiting_secs"].as_f64().unwrap() >= 0.0);
+    // Weekly figures for the chart: the old request's week, the empty weeks since, this week.
+    let weekly = r["weekly"].as_array().unwrap();
+    let monday = |at: chrono::DateTime<chrono::Utc>| {
+        use chrono::Datelike;
+        at.date_naive() - chrono::Days::new(u64::from(at.weekday().num_days_from_monday()))
+    };
+    let (this_week, old_week) = (
+        monday(chrono::Utc::now()),
+        monday(chrono::Utc::now() - chrono::Duration::days(40)),
+    );
+    assert_eq!(weekly.len() as i64, (this_week - old_week).num_days() / 7 + 1);
+    assert_eq!(weekly[0]["week"], old_week.to_string());
+    assert_eq!(
+        (weekly[0]["requests"].as_u64(), weekly[0]["completed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let last = weekly.last().unwrap();
+    assert_eq!(last["week"], this_week.to_string());
+    assert_eq!(
+        (last["requests"].as_u64(), last["completed"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(last["median_secs_to_complete"], 20.0);
+    let total: u64 = weekly.iter().map(|w| w["requests"].as_u64().unwrap()).sum();
+    assert_eq!(total, 5);
 
     // A range that excludes the old request, and CSV.
     let recent = server

@@ -6,7 +6,7 @@
 //! on the KEK version row it wraps with, and `finish_rotation` updates that row first, so a
 //! rotation can never retire a version while a key wrapped with it is being inserted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -139,27 +139,39 @@ impl Storage for PgStorage {
         if !matches!(state.as_deref(), Some("active" | "pending")) {
             return Ok(CreateResult::KekVersionRetired);
         }
+        // One statement for the whole batch (it used to be two round trips per key): insert
+        // every stream's key row, in stream order so that concurrent batches lock in the same
+        // order, and the key material of the rows that went in. ON CONFLICT waits for a
+        // concurrent insert of the same stream to settle, so the SELECT below then sees the
+        // committed winner; a stream given twice in one batch gets the first row's key.
+        let versions = rows
+            .iter()
+            .map(|r| version_to_db(r.wrapped.kek_version))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inserted: HashSet<Uuid> = sqlx::query_scalar(
+            "WITH input AS ( \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bytea[]) \
+                 WITH ORDINALITY AS t(id, stream, subject, kek_version, wrapped, n)), \
+             keys AS ( \
+                 INSERT INTO vault_keys (id, stream, subject) \
+                 SELECT id, stream, subject FROM input ORDER BY stream, n \
+                 ON CONFLICT (stream) DO NOTHING RETURNING id) \
+             INSERT INTO vault_key_material (id, kek_version, wrapped) \
+             SELECT i.id, i.kek_version, i.wrapped FROM input i JOIN keys k ON k.id = i.id \
+             RETURNING id",
+        )
+        .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
+        .bind(versions)
+        .bind(rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            // ON CONFLICT waits for a concurrent insert of the same stream to settle, so the
-            // SELECT below then sees the committed winner.
-            let inserted = sqlx::query(
-                "INSERT INTO vault_keys (id, stream, subject) VALUES ($1, $2, $3) \
-                 ON CONFLICT (stream) DO NOTHING",
-            )
-            .bind(row.id.0)
-            .bind(row.stream)
-            .bind(row.subject)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                sqlx::query("INSERT INTO vault_key_material (id, kek_version, wrapped) VALUES ($1, $2, $3)")
-                    .bind(row.id.0)
-                    .bind(version_to_db(row.wrapped.kek_version)?)
-                    .bind(&row.wrapped.wrapped)
-                    .execute(&mut *tx)
-                    .await?;
+            if inserted.contains(&row.id.0) {
                 out.push(Created::Inserted(row.id));
                 continue;
             }
