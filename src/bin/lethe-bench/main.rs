@@ -1,0 +1,777 @@
+//! `lethe-bench`: Lethe's throughput, latency, catch-up speed, forget time and memory, against
+//! its peers on the same PostgreSQL server, in one run.
+//!
+//! Every round runs on fresh databases (removed afterwards) and the table reports the median of
+//! each figure over the rounds. What it measures (BENCHMARKS.md has the details and figures):
+//!
+//! - appends through the library (`EventStore::append`), with encryption on and off (the
+//!   `insecure-noop-cipher` feature, which only this binary enables): single events with 1, 16
+//!   and 64 writers, 100-event batches with 1 and 8, the seed's 2-stream atomic append;
+//! - the same over HTTP against the real `lethe serve` binary run as a child process
+//!   (`server.rs`), whose peak resident memory (`VmHWM`) is read at the end of every round;
+//! - a catch-up read of the whole global log (1M events by default), decrypted, through the
+//!   library and over HTTP;
+//! - `forget` of a subject with 1 stream and with 1,000 streams of 10 events;
+//! - baselines on the same PostgreSQL server (`baselines.rs`): raw INSERTs of the same rows into
+//!   a bare events-shaped table (1 and 100 rows per transaction), and Message DB's
+//!   `write_message` with the same number of connections, streams and payloads;
+//! - the targets of issue 8 as ratios between figures of this run.
+//!
+//! This is a measuring tool, not a test: nothing here asserts on timings.
+//!
+//! ```text
+//! cargo run --release --features insecure-noop-cipher --bin lethe-bench -- --json bench.json
+//! cargo run --features insecure-noop-cipher --bin lethe-bench -- --quick   # CI: it runs, no thresholds
+//! ```
+
+mod baselines;
+mod db;
+mod reads;
+mod report;
+mod server;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use lethe::{EventStore, StoreConfig};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::baselines::MessageDb;
+use crate::db::{FreshDatabases, redact};
+use crate::report::{Figures, Row, Target, median_figures, table, targets_table};
+use crate::server::ServerProcess;
+use crate::workload::{Shape, http_client, http_writer, library_writer, timed};
+
+#[derive(Debug, Parser)]
+#[command(about = "Lethe against its peers: appends, catch-up, forget, memory; one run, one PostgreSQL")]
+struct Args {
+    /// Which event database engine(s) to measure (the baselines run on PostgreSQL only).
+    #[arg(long, value_enum, default_value_t = EngineChoice::Both)]
+    engine: EngineChoice,
+
+    /// A PostgreSQL server to run on. The bench creates fresh `lethe_bench_*` databases on it
+    /// for every round and drops them afterwards.
+    #[arg(
+        long,
+        env = "LETHE_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+
+    /// Each append picks its stream at random among this many (`bench-<n>`).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    streams: u64,
+
+    /// Seconds each timed round runs (fractions allowed).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+
+    /// Rounds per scenario; the table reports the median of each figure over the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
+    /// Events in the log for the catch-up read (0: no catch-up scenarios).
+    #[arg(long, default_value_t = 1_000_000)]
+    catch_up_events: u64,
+
+    /// Streams (of 10 events each) of the subject forgotten in `forget-many` (0: no forgets).
+    #[arg(long, default_value_t = 1_000)]
+    forget_streams: u64,
+
+    /// Smoke run for CI: 0.5 s rounds, 1 round each, 10,000 events to catch up, 100 streams to
+    /// forget (overrides those options). It checks that everything runs, not how fast.
+    #[arg(long)]
+    quick: bool,
+
+    /// Also write the results (every round, the medians, the targets) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+
+    /// Library appends with per-stream encryption off, on, or both (side by side rows). HTTP,
+    /// catch-up and forget always run with encryption on.
+    #[arg(long, value_enum, default_value_t = EncryptionChoice::Both)]
+    encryption: EncryptionChoice,
+
+    /// Only these scenarios (comma-separated names as in the table's first column, e.g.
+    /// `http-single,message-db`). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+
+    /// Skip the Message DB baseline (it needs npm, psql and createdb).
+    #[arg(long)]
+    no_message_db: bool,
+
+    /// The `lethe` binary for the HTTP scenarios. Default: the one next to this executable,
+    /// built with `cargo build --bin lethe` (same profile) if it is missing.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+
+    /// The script that installs Message DB into a database (default: bench/install-message-db.sh
+    /// in the source tree).
+    #[arg(long)]
+    message_db_installer: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EngineChoice {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EncryptionChoice {
+    Off,
+    On,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+/// Library append scenarios: name, writers, shape.
+const LIBRARY: &[(&str, usize, Shape)] = &[
+    ("single-event", 1, Shape::Single),
+    ("single-event", 16, Shape::Single),
+    ("single-event", 64, Shape::Single),
+    ("batch-100", 1, Shape::Batch(100)),
+    ("batch-100", 8, Shape::Batch(100)),
+    ("multi-stream-2x1", 64, Shape::MultiStream),
+];
+
+/// HTTP append scenarios (same payloads; `POST /streams/bench-<n>`): name, clients, shape.
+const HTTP: &[(&str, usize, Shape)] = &[
+    ("http-single", 1, Shape::Single),
+    ("http-single", 16, Shape::Single),
+    ("http-single", 64, Shape::Single),
+    ("http-batch-100", 1, Shape::Batch(100)),
+    ("http-batch-100", 8, Shape::Batch(100)),
+];
+
+/// Baselines: raw INSERT rows per transaction and connections; Message DB connections.
+const RAW_INSERTS: &[(&str, usize, usize)] = &[
+    ("raw-insert-1", 1, 1),
+    ("raw-insert-1", 16, 1),
+    ("raw-insert-1", 64, 1),
+    ("raw-insert-100", 1, 100),
+    ("raw-insert-100", 8, 100),
+];
+const MESSAGE_DB_WRITERS: &[usize] = &[1, 16, 64];
+
+struct Bench {
+    args: Args,
+    duration: Duration,
+    server_bin: Option<PathBuf>,
+    rows: Vec<Row>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.seconds = 0.5;
+        args.rounds = 1;
+        args.catch_up_events = args.catch_up_events.min(10_000);
+        args.forget_streams = args.forget_streams.min(100);
+    }
+    if args.seconds.is_nan() || args.seconds <= 0.0 || args.rounds == 0 {
+        bail!("--seconds must be positive and --rounds at least 1");
+    }
+    let engines: &[Engine] = match args.engine {
+        EngineChoice::Sqlite => &[Engine::Sqlite],
+        EngineChoice::Postgres => &[Engine::Postgres],
+        EngineChoice::Both => &[Engine::Sqlite, Engine::Postgres],
+    };
+    let started = Instant::now();
+    let load_before = load_average();
+    let mut bench = Bench {
+        duration: Duration::from_secs_f64(args.seconds),
+        server_bin: None,
+        rows: Vec::new(),
+        args,
+    };
+    for &engine in engines {
+        bench.library_appends(engine).await?;
+        bench.http_appends(engine).await?;
+        bench.catch_up(engine).await?;
+        bench.forgets(engine).await?;
+    }
+    if engines.contains(&Engine::Postgres) {
+        bench.baselines().await?;
+    }
+    let load_after = load_average();
+
+    let rows = bench.rows;
+    let targets = targets(&rows, bench.args.forget_streams);
+    println!("{}", table(&rows));
+    println!();
+    println!("{}", targets_table(&targets));
+    let failures: u64 = rows.iter().flat_map(|r| &r.rounds).map(|f| f.failures).sum();
+    eprintln!(
+        "{:.0} s; load average {} before, {} after; failed operations (HTTP non-2xx), all rounds: {failures}",
+        started.elapsed().as_secs_f64(),
+        load_before.as_deref().unwrap_or("?"),
+        load_after.as_deref().unwrap_or("?"),
+    );
+
+    if let Some(path) = &bench.args.json {
+        let report = json!({
+            "seconds_per_round": bench.args.seconds,
+            "rounds": bench.args.rounds,
+            "streams": bench.args.streams,
+            "catch_up_events": bench.args.catch_up_events,
+            "forget_streams": bench.args.forget_streams,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "results": rows,
+            "targets": targets,
+        });
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    if failures > 0 {
+        bail!("{failures} operations failed (see above)");
+    }
+    Ok(())
+}
+
+impl Bench {
+    fn wants(&self, scenario: &str) -> bool {
+        self.args.only.is_empty() || self.args.only.iter().any(|s| s == scenario)
+    }
+
+    fn server_bin(&mut self) -> anyhow::Result<PathBuf> {
+        if self.server_bin.is_none() {
+            self.server_bin = Some(server::server_binary(self.args.server_bin.as_deref())?);
+        }
+        self.server_bin.clone().context("no server binary")
+    }
+
+    fn push(
+        &mut self,
+        scenario: &str,
+        engine: &'static str,
+        encrypted: &'static str,
+        writers: usize,
+        events_per_op: usize,
+        rounds: Vec<Figures>,
+    ) {
+        self.rows.push(Row {
+            scenario: scenario.to_owned(),
+            engine,
+            encrypted,
+            writers,
+            events_per_op,
+            median: median_figures(&rounds),
+            rounds,
+        });
+    }
+
+    async fn library_appends(&mut self, engine: Engine) -> anyhow::Result<()> {
+        let encryption: &[bool] = match self.args.encryption {
+            EncryptionChoice::Off => &[false],
+            EncryptionChoice::On => &[true],
+            EncryptionChoice::Both => &[false, true],
+        };
+        for &(name, writers, shape) in LIBRARY {
+            if !self.wants(name) {
+                continue;
+            }
+            // Rounds alternate encryption off/on (rather than all "off" rounds, then all "on"
+            // rounds) so that a slow phase of the machine does not land on one side only.
+            let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); encryption.len()];
+            for round in 1..=self.args.rounds {
+                for (&encrypted, rounds) in encryption.iter().zip(&mut rounds) {
+                    let figures = self.library_round(engine, writers, shape, encrypted).await?;
+                    progress(
+                        engine,
+                        name,
+                        on_off(encrypted),
+                        writers,
+                        round,
+                        self.args.rounds,
+                        &figures,
+                    );
+                    rounds.push(figures);
+                }
+            }
+            for (&encrypted, rounds) in encryption.iter().zip(rounds) {
+                self.push(
+                    name,
+                    engine.name(),
+                    on_off(encrypted),
+                    writers,
+                    shape.events_per_append(),
+                    rounds,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn library_round(
+        &self,
+        engine: Engine,
+        writers: usize,
+        shape: Shape,
+        encrypted: bool,
+    ) -> anyhow::Result<Figures> {
+        let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
+        let result = async {
+            let store = open_store(&db.url, &db.vault_url, encrypted, None).await?;
+            let before = store.writer_stats();
+            let deadline = Instant::now() + self.duration;
+            let streams = self.args.streams;
+            let figures = timed(writers, shape.events_per_append(), |_, rng| {
+                library_writer(store.clone(), shape, streams, deadline, rng)
+            })
+            .await;
+            let after = store.writer_stats();
+            store.close().await;
+            let mut figures = figures?;
+            let transactions = after.transactions - before.transactions;
+            figures.appends_per_txn =
+                (transactions > 0).then(|| (after.appends - before.appends) as f64 / transactions as f64);
+            Ok(figures)
+        }
+        .await;
+        finish(result, db.remove().await)
+    }
+
+    async fn http_appends(&mut self, engine: Engine) -> anyhow::Result<()> {
+        for &(name, clients, shape) in HTTP {
+            if !self.wants(name) {
+                continue;
+            }
+            let binary = self.server_bin()?;
+            let mut rounds = Vec::new();
+            for round in 1..=self.args.rounds {
+                let figures = self.http_round(&binary, engine, clients, shape).await?;
+                progress(engine, name, "on", clients, round, self.args.rounds, &figures);
+                rounds.push(figures);
+            }
+            self.push(name, engine.name(), "on", clients, shape.events_per_append(), rounds);
+        }
+        Ok(())
+    }
+
+    async fn http_round(&self, binary: &Path, engine: Engine, clients: usize, shape: Shape) -> anyhow::Result<Figures> {
+        let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
+        let kek_dir = TempDir::new("kek")?;
+        let result = async {
+            let kek_file = kek_dir.0.join("kek.key");
+            reads::kek(&kek_file)?;
+            let server = ServerProcess::start(binary, &db.url, &db.vault_url, &kek_file).await?;
+            let client = http_client(clients)?;
+            let deadline = Instant::now() + self.duration;
+            let streams = self.args.streams;
+            let addr = server.addr;
+            let figures = timed(clients, shape.events_per_append(), |_, rng| {
+                http_writer(client.clone(), addr, shape, streams, deadline, rng)
+            })
+            .await;
+            let rss = server.peak_rss_bytes();
+            let stopped = server.stop().await;
+            let mut figures = figures?;
+            stopped?;
+            figures.peak_rss_mb = Some(rss? as f64 / (1024.0 * 1024.0));
+            let transactions = event_transactions(engine, &db.url).await?;
+            figures.appends_per_txn = (transactions > 0).then(|| figures.ops as f64 / transactions as f64);
+            Ok(figures)
+        }
+        .await;
+        drop(kek_dir);
+        finish(result, db.remove().await)
+    }
+
+    async fn catch_up(&mut self, engine: Engine) -> anyhow::Result<()> {
+        let events = self.args.catch_up_events;
+        let (library, http) = (self.wants("catch-up"), self.wants("http-catch-up"));
+        if events == 0 || !(library || http) {
+            return Ok(());
+        }
+        let binary = if http { Some(self.server_bin()?) } else { None };
+        let (mut library_rounds, mut http_rounds) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
+            let kek_dir = TempDir::new("kek")?;
+            let result = async {
+                let kek_file = kek_dir.0.join("kek.key");
+                let filling = Instant::now();
+                let store = open_store(&db.url, &db.vault_url, true, Some(&kek_file)).await?;
+                reads::fill_log(&store, events).await?;
+                store.close().await;
+                drop(store);
+                eprintln!(
+                    "{:<8} catch-up: {events} events appended in {:.1} s",
+                    engine.name(),
+                    filling.elapsed().as_secs_f64()
+                );
+                if library {
+                    // A fresh store: a new reader, its key cache cold.
+                    let store = open_store(&db.url, &db.vault_url, true, Some(&kek_file)).await?;
+                    let figures = reads::catch_up_library(&store, events).await;
+                    store.close().await;
+                    let figures = figures?;
+                    progress(engine, "catch-up", "on", 1, round, self.args.rounds, &figures);
+                    library_rounds.push(figures);
+                }
+                if let Some(binary) = &binary {
+                    let server = ServerProcess::start(binary, &db.url, &db.vault_url, &kek_file).await?;
+                    let figures = reads::catch_up_http(&http_client(1)?, server.addr, events).await;
+                    let rss = server.peak_rss_bytes();
+                    let stopped = server.stop().await;
+                    let mut figures = figures?;
+                    stopped?;
+                    figures.peak_rss_mb = Some(rss? as f64 / (1024.0 * 1024.0));
+                    progress(engine, "http-catch-up", "on", 1, round, self.args.rounds, &figures);
+                    http_rounds.push(figures);
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            drop(kek_dir);
+            finish(result, db.remove().await)?;
+        }
+        if library {
+            self.push("catch-up", engine.name(), "on", 1, 1, library_rounds);
+        }
+        if http {
+            self.push("http-catch-up", engine.name(), "on", 1, 1, http_rounds);
+        }
+        Ok(())
+    }
+
+    async fn forgets(&mut self, engine: Engine) -> anyhow::Result<()> {
+        let streams = self.args.forget_streams;
+        let (one, many) = (self.wants("forget-1-stream"), self.wants(&forget_many(streams)));
+        if streams == 0 || !(one || many) {
+            return Ok(());
+        }
+        let (mut one_rounds, mut many_rounds) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
+            let result = async {
+                let store = open_store(&db.url, &db.vault_url, true, None).await?;
+                let result = async {
+                    reads::fill_subjects(&store, streams).await?;
+                    let one = reads::forget(&store, "one", 1).await?;
+                    let many = reads::forget(&store, "many", streams).await?;
+                    anyhow::Ok((one, many))
+                }
+                .await;
+                store.close().await;
+                result
+            }
+            .await;
+            let (one, many) = finish(result, db.remove().await)?;
+            progress(engine, "forget-1-stream", "on", 1, round, self.args.rounds, &one);
+            progress(engine, &forget_many(streams), "on", 1, round, self.args.rounds, &many);
+            one_rounds.push(one);
+            many_rounds.push(many);
+        }
+        if one {
+            self.push("forget-1-stream", engine.name(), "on", 1, 10, one_rounds);
+        }
+        if many {
+            self.push(
+                &forget_many(streams),
+                engine.name(),
+                "on",
+                1,
+                10 * streams as usize,
+                many_rounds,
+            );
+        }
+        Ok(())
+    }
+
+    async fn baselines(&mut self) -> anyhow::Result<()> {
+        let url = self.args.postgres_url.clone();
+        for &(name, writers, rows) in RAW_INSERTS {
+            if !self.wants(name) {
+                continue;
+            }
+            let mut rounds = Vec::new();
+            for round in 1..=self.args.rounds {
+                let figures = baselines::raw_inserts(&url, writers, rows, self.args.streams, self.duration).await?;
+                progress(Engine::Postgres, name, "-", writers, round, self.args.rounds, &figures);
+                rounds.push(figures);
+            }
+            self.push(name, "postgres", "-", writers, rows, rounds);
+        }
+        if !self.wants("message-db") {
+            return Ok(());
+        }
+        if self.args.no_message_db {
+            eprintln!("Message DB baseline SKIPPED (--no-message-db)");
+            return Ok(());
+        }
+        let script = self
+            .args
+            .message_db_installer
+            .clone()
+            .unwrap_or_else(baselines::default_script);
+        let Some(mdb) = MessageDb::install(&url, &script).await? else {
+            return Ok(());
+        };
+        let result = async {
+            for &writers in MESSAGE_DB_WRITERS {
+                let mut rounds = Vec::new();
+                for round in 1..=self.args.rounds {
+                    let figures = mdb.write_messages(writers, self.args.streams, self.duration).await?;
+                    progress(
+                        Engine::Postgres,
+                        "message-db",
+                        "-",
+                        writers,
+                        round,
+                        self.args.rounds,
+                        &figures,
+                    );
+                    rounds.push(figures);
+                }
+                self.push("message-db", "postgres", "-", writers, 1, rounds);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        finish(result, mdb.remove().await)
+    }
+}
+
+fn forget_many(streams: u64) -> String {
+    format!("forget-{streams}-streams")
+}
+
+/// The round's result, unless cleaning up failed (a result error wins: it is the cause).
+fn finish<T>(result: anyhow::Result<T>, cleanup: anyhow::Result<()>) -> anyhow::Result<T> {
+    let value = result?;
+    cleanup?;
+    Ok(value)
+}
+
+fn progress(engine: Engine, scenario: &str, encrypted: &str, writers: usize, round: usize, rounds: usize, f: &Figures) {
+    eprintln!(
+        "{:<8} {:<20} enc={:<3} writers={:<3} round {round}/{rounds}: {:>9.0} ops/s {:>9.0} events/s, p50 {:.2} ms, p99 {:.2} ms{}{}",
+        engine.name(),
+        scenario,
+        encrypted,
+        writers,
+        f.ops_per_sec,
+        f.events_per_sec,
+        f.p50_ms,
+        f.p99_ms,
+        f.peak_rss_mb
+            .map_or(String::new(), |mb| format!(", peak RSS {mb:.0} MiB")),
+        if f.failures > 0 {
+            format!(", FAILED: {}", f.failures)
+        } else {
+            String::new()
+        },
+    );
+}
+
+fn on_off(flag: bool) -> &'static str {
+    if flag { "on" } else { "off" }
+}
+
+/// Opens the event store the bench measures: the one place that builds a [`StoreConfig`].
+///
+/// The key vault is in-process on its own database (`vault_url`), as in the embedded default
+/// and the production layout. Its KEK is random, or the one in `kek_file` (created if missing)
+/// when a server will open the same databases. `encrypted == false` switches only the cipher
+/// off (`insecure_noop_cipher`): every stream still gets its DEK created in the vault on its
+/// first append, so the on/off difference is the cost of AES-256-GCM itself.
+async fn open_store(
+    db_url: &str,
+    vault_url: &str,
+    encrypted: bool,
+    kek_file: Option<&Path>,
+) -> anyhow::Result<EventStore> {
+    let kek = match kek_file {
+        Some(path) => reads::kek(path)?,
+        None => lethe_keyvault::Kek::generate()?,
+    };
+    let vault = lethe_keyvault::open(
+        vault_url,
+        lethe_keyvault::OpenOptions {
+            kek: Some(kek),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("opening the key vault at {}", redact(vault_url)))?;
+    let mut config = StoreConfig::new(db_url, vault);
+    config.insecure_noop_cipher = !encrypted;
+    EventStore::open(config)
+        .await
+        .with_context(|| format!("opening the event store at {}", redact(db_url)))
+}
+
+/// How many database transactions wrote the events of a round (after its server stopped):
+/// PostgreSQL rows carry their transaction id (`xmin`); on SQLite every row of one group gets
+/// the same `recorded_at`.
+async fn event_transactions(engine: Engine, url: &str) -> anyhow::Result<u64> {
+    let count: i64 = match engine {
+        Engine::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            let count = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+            count
+        }
+        Engine::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=ro")).await?;
+            let count = sqlx::query_scalar("SELECT count(DISTINCT recorded_at) FROM events")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+            count
+        }
+    };
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// The targets of issue 8, from the PostgreSQL rows of this run.
+fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
+    let find = |scenario: &str, encrypted: &str, writers: usize| {
+        rows.iter()
+            .find(|r| {
+                r.engine == "postgres" && r.scenario == scenario && r.encrypted == encrypted && r.writers == writers
+            })
+            .map(|r| r.median)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let apart = |a: Option<f64>, b: Option<f64>| ratio(a, b).map(|r| (r - 1.0).abs() * 100.0);
+    let ops = |f: Option<Figures>| f.map(|f| f.ops_per_sec);
+    let events = |f: Option<Figures>| f.map(|f| f.events_per_sec);
+    let peak_rss = rows
+        .iter()
+        .filter(|r| r.engine == "postgres" && (r.scenario == "http-single" || r.scenario == "http-batch-100"))
+        .filter_map(|r| r.median.peak_rss_mb)
+        .reduce(f64::max);
+    vec![
+        Target::new(
+            "single-event HTTP appends vs Message DB",
+            "http-single@64 / message-db@64 (ops/s)".into(),
+            ratio(ops(find("http-single", "on", 64)), ops(find("message-db", "-", 64))),
+            3.0,
+            true,
+            "x",
+        ),
+        Target::new(
+            "100-event batches vs raw INSERT (HTTP)",
+            "http-batch-100@8 / raw-insert-100@8 (events/s)".into(),
+            ratio(
+                events(find("http-batch-100", "on", 8)),
+                events(find("raw-insert-100", "-", 8)),
+            ),
+            0.5,
+            true,
+            "x",
+        ),
+        Target::new(
+            "100-event batches vs raw INSERT (library)",
+            "batch-100@8 on / raw-insert-100@8 (events/s)".into(),
+            ratio(
+                events(find("batch-100", "on", 8)),
+                events(find("raw-insert-100", "-", 8)),
+            ),
+            0.5,
+            true,
+            "x",
+        ),
+        Target::new(
+            "encryption on vs off, single events",
+            "abs(single-event@64 on / off - 1)".into(),
+            apart(
+                ops(find("single-event", "on", 64)),
+                ops(find("single-event", "off", 64)),
+            ),
+            10.0,
+            false,
+            "%",
+        ),
+        Target::new(
+            "encryption on vs off, batches",
+            "abs(batch-100@8 on / off - 1)".into(),
+            apart(events(find("batch-100", "on", 8)), events(find("batch-100", "off", 8))),
+            10.0,
+            false,
+            "%",
+        ),
+        Target::new(
+            "catch-up, decrypted, library",
+            "catch-up events/s".into(),
+            events(find("catch-up", "on", 1)),
+            200_000.0,
+            true,
+            "events/s",
+        ),
+        Target::new(
+            "forget of 1,000 streams",
+            format!("{} (ms)", forget_many(forget_streams)),
+            find(&forget_many(forget_streams), "on", 1).map(|f| f.p50_ms),
+            1000.0,
+            false,
+            "ms",
+        ),
+        Target::new(
+            "server peak RSS during appends",
+            "max VmHWM of http-single/http-batch-100 (MiB)".into(),
+            peak_rss,
+            150.0,
+            false,
+            "MiB",
+        ),
+    ]
+}
+
+/// `/proc/loadavg`'s first three figures (Linux), for the record of how busy the machine was.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("lethe-bench-{what}-{}", db::suffix()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

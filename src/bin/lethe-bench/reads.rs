@@ -1,0 +1,215 @@
+//! Catch-up reads of the global log, and forgets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lethe::erasure::{ErasureReason, ErasureStatus};
+use lethe::{EventStore, ExpectedVersion, LogFilter, StreamAppend, StreamName, SubjectId};
+use serde::Deserialize;
+use tokio::task::JoinSet;
+
+use crate::report::{Figures, percentile_ms};
+use crate::workload::{Rng, order_event, private_user_event};
+
+/// Events per read: the largest page the store serves (`READ_PAGE_EVENTS_MAX`).
+pub const PAGE: usize = 1_000;
+/// Events per append when filling the log for a catch-up (the most one append may carry).
+const FILL_BATCH: usize = 1_000;
+/// Concurrent appends while filling.
+const FILL_WRITERS: usize = 4;
+
+/// Appends `events` events (~150-byte JSON each) in 1,000-event batches, each to a stream of
+/// its own (`catchup-<n>`), from a few concurrent writers.
+pub async fn fill_log(store: &EventStore, events: u64) -> anyhow::Result<()> {
+    let batches = events.div_ceil(FILL_BATCH as u64);
+    let mut tasks = JoinSet::new();
+    for writer in 0..FILL_WRITERS as u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut rng = Rng::new(writer + 1);
+            let mut batch = writer;
+            while batch < batches {
+                let size = (events - batch * FILL_BATCH as u64).min(FILL_BATCH as u64);
+                let batch_events = (0..size).map(|_| order_event(&mut rng)).collect();
+                let stream = StreamName::new(format!("catchup-{batch}"))?;
+                store
+                    .append(StreamAppend::new(stream, ExpectedVersion::NoStream, batch_events))
+                    .await?;
+                batch += FILL_WRITERS as u64;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("fill task panicked")??;
+    }
+    Ok(())
+}
+
+/// Reads the whole log from position 1 through the library, page by page, and checks that
+/// every event came back decrypted. `ops` = events read; the latencies are per page.
+pub async fn catch_up_library(store: &EventStore, expected: u64) -> anyhow::Result<Figures> {
+    let filter = LogFilter::default();
+    let mut from = 1;
+    let mut events = 0u64;
+    let mut pages = Vec::new();
+    let start = Instant::now();
+    loop {
+        let started = Instant::now();
+        let page = store.read_log(from, &filter, PAGE).await?;
+        pages.push(started.elapsed());
+        if let Some(event) = page.events.iter().find(|e| e.data.is_none()) {
+            bail!("event at position {} was not decrypted", event.position);
+        }
+        events += page.events.len() as u64;
+        if page.events.is_empty() || page.next > page.head {
+            break;
+        }
+        from = page.next;
+    }
+    let figures = read_figures(start.elapsed(), events, pages);
+    if events != expected {
+        bail!("catch-up read {events} events, expected {expected}");
+    }
+    Ok(figures)
+}
+
+#[derive(Deserialize)]
+struct LogPage {
+    events: Vec<LogEvent>,
+    next: u64,
+    head: u64,
+}
+
+#[derive(Deserialize)]
+struct LogEvent {
+    position: u64,
+    data: Option<serde::de::IgnoredAny>,
+}
+
+/// The same over HTTP: `GET /log?from=&limit=1000` until the head. The client parses every
+/// answer (the JSON of each event), as a real consumer would.
+pub async fn catch_up_http(client: &reqwest::Client, addr: SocketAddr, expected: u64) -> anyhow::Result<Figures> {
+    let mut from = 1;
+    let mut events = 0u64;
+    let mut pages = Vec::new();
+    let start = Instant::now();
+    loop {
+        let url = format!("http://{addr}/log?from={from}&limit={PAGE}");
+        let started = Instant::now();
+        let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            bail!(
+                "GET {url}: {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+        }
+        let page: LogPage = serde_json::from_slice(&body).with_context(|| format!("parsing GET {url}"))?;
+        pages.push(started.elapsed());
+        if let Some(event) = page.events.iter().find(|e| e.data.is_none()) {
+            bail!("event at position {} was not decrypted", event.position);
+        }
+        events += page.events.len() as u64;
+        if page.events.is_empty() || page.next > page.head {
+            break;
+        }
+        from = page.next;
+    }
+    let figures = read_figures(start.elapsed(), events, pages);
+    if events != expected {
+        bail!("HTTP catch-up read {events} events, expected {expected}");
+    }
+    Ok(figures)
+}
+
+fn read_figures(elapsed: Duration, events: u64, mut pages: Vec<Duration>) -> Figures {
+    pages.sort_unstable();
+    let seconds = elapsed.as_secs_f64();
+    Figures {
+        ops: events,
+        failures: 0,
+        seconds,
+        ops_per_sec: events as f64 / seconds,
+        events_per_sec: events as f64 / seconds,
+        p50_ms: percentile_ms(&pages, 0.50),
+        p99_ms: percentile_ms(&pages, 0.99),
+        appends_per_txn: None,
+        peak_rss_mb: None,
+    }
+}
+
+/// Subject `one` with 1 stream, subject `many` with `streams` streams, each stream of 10
+/// events (~150 bytes each), all bound to their subject.
+pub async fn fill_subjects(store: &EventStore, streams: u64) -> anyhow::Result<()> {
+    let mut tasks = JoinSet::new();
+    const WRITERS: u64 = 16;
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut rng = Rng::new(writer + 1);
+            let mut k = writer;
+            // Stream 0 of the writer 0 is subject `one`'s; the others are `many`'s.
+            while k <= streams {
+                let (name, subject) = if k == 0 {
+                    ("profile-one".to_owned(), "one")
+                } else {
+                    (format!("profile-many-{k}"), "many")
+                };
+                let events = (0..10).map(|_| private_user_event(k, &mut rng)).collect();
+                store
+                    .append(
+                        StreamAppend::new(StreamName::new(name)?, ExpectedVersion::NoStream, events)
+                            .with_subject(SubjectId::new(subject)?),
+                    )
+                    .await?;
+                k += WRITERS;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("fill task panicked")??;
+    }
+    Ok(())
+}
+
+/// Times `forget(subject)` through the library, to completion (no erasure-dependent consumer
+/// is registered, so it completes at once), and checks it destroyed `streams` keys.
+pub async fn forget(store: &EventStore, subject: &str, streams: u64) -> anyhow::Result<Figures> {
+    let reason = ErasureReason {
+        reason: Some("benchmark".to_owned()),
+        requested_by: Some("lethe-bench".to_owned()),
+        reference: None,
+    };
+    let started = Instant::now();
+    let erasure = store.forget(&SubjectId::new(subject)?, reason).await?;
+    let elapsed = started.elapsed();
+    if erasure.status != ErasureStatus::Completed || erasure.keys_destroyed != streams {
+        bail!(
+            "forget({subject}) ended {:?} with {} keys destroyed, expected completed with {streams}",
+            erasure.status,
+            erasure.keys_destroyed
+        );
+    }
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    Ok(Figures {
+        ops: 1,
+        failures: 0,
+        seconds: elapsed.as_secs_f64(),
+        ops_per_sec: 1.0 / elapsed.as_secs_f64(),
+        events_per_sec: (streams * 10) as f64 / elapsed.as_secs_f64(),
+        p50_ms: ms,
+        p99_ms: ms,
+        appends_per_txn: None,
+        peak_rss_mb: None,
+    })
+}
+
+/// Loads the KEK a round's store and server share (created on first use).
+pub fn kek(path: &Path) -> anyhow::Result<lethe_keyvault::Kek> {
+    lethe_keyvault::Kek::load_or_create(path).with_context(|| format!("creating the KEK file {}", path.display()))
+}
