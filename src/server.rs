@@ -329,7 +329,11 @@ pub async fn serve(
                     }
                 };
                 let service = TowerToHyperService::new(app.clone());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                // `serve_connection`, not `serve_connection_with_upgrades`: the latter first
+                // waits, without any timeout, for bytes to tell HTTP/1 from HTTP/2 (ignoring
+                // `http1_only`), so a client that connected and sent nothing held its slot
+                // forever. Lethe needs no upgrades.
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     // Client resets and timeouts end connections; nothing to report.

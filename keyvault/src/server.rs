@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -20,6 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -34,6 +38,12 @@ pub const BODY_BYTES_MAX: usize = 256 * 1024;
 pub const CONCURRENT_REQUESTS_MAX: usize = 64;
 /// Shortest token accepted, so a forgotten or toy token cannot guard real keys.
 pub const TOKEN_LEN_MIN: usize = 16;
+/// Time a client has to send a request head, from connecting or since its last response.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; more wait in the listen backlog.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// How long a shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 struct AppState {
@@ -72,18 +82,74 @@ pub fn router(vault: Arc<dyn KeyVault>, token: &str) -> Result<Router, VaultErro
         .with_state(state))
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Serves until `shutdown` resolves, then drains in-flight requests, with a
+/// [`HEADER_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     vault: Arc<dyn KeyVault>,
     token: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), VaultError> {
+    serve_with_header_timeout(listener, vault, token, HEADER_TIMEOUT, shutdown).await
+}
+
+/// [`serve`] with another header timeout: a connection that has not sent a whole request head
+/// within it — from connecting, or since its last response — is closed. (`axum::serve` has no
+/// such timeout, so a client that connected and said nothing was kept forever.) At most
+/// [`CONNECTIONS_MAX`] connections are open at once; more wait in the listen backlog.
+pub async fn serve_with_header_timeout(
+    listener: tokio::net::TcpListener,
+    vault: Arc<dyn KeyVault>,
+    token: &str,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), VaultError> {
     let app = router(vault, token)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| VaultError::Unavailable(format!("key vault server failed: {e}")))
+    let graceful = GracefulShutdown::new();
+    // HTTP/1 only (`serve_connection`, not `…_with_upgrades`, which would first wait without a
+    // timeout for bytes to tell HTTP/1 from HTTP/2).
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    // Client resets and timeouts end connections; nothing to report.
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        warn!("shutdown: some connections did not finish in time");
+    }
+    Ok(())
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -18,10 +18,19 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the event database and the key vault answer.
+/// How long `/readyz` waits for each dependency. Requests wait for a database connection for up
+/// to the pool's acquire timeout (so short outages stay invisible to clients), but a readiness
+/// probe must hear "not ready" promptly.
+const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: the event database and the key vault answer (each within 2 s).
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let database = state.store.head().await.is_ok();
-    let vault = state.store.vault_health().await.is_ok();
+    let (database, vault) = tokio::join!(
+        tokio::time::timeout(READINESS_TIMEOUT, state.store.head()),
+        tokio::time::timeout(READINESS_TIMEOUT, state.store.vault_health()),
+    );
+    let database = matches!(database, Ok(Ok(_)));
+    let vault = matches!(vault, Ok(Ok(_)));
     let status = if database && vault {
         StatusCode::OK
     } else {

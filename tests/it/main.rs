@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin_ui;
 mod appends;
 mod audit;
 mod cascade;
@@ -23,3 +24,4 @@ mod http_durability;
 mod http_erasures;
 mod http_input;
 mod http_support;
+mod load_support;

@@ -5,7 +5,9 @@
 //! accepted; auth enforced; undocumented methods answered with 405 and `Allow`.
 //!
 //! Bounded so that CI stays fast: a few examples per operation, a fixed seed, one worker, a
-//! short long-poll cap, subscriptions read for a moment only.
+//! short long-poll cap, subscriptions read for a moment only. It runs on the embedded default
+//! (SQLite) and, with `LETHE_TEST_POSTGRES_URL`, on PostgreSQL. `LETHE_RELIABILITY=long`
+//! (`scripts/reliability-long`) raises the budget to 300 examples per operation and phase.
 //!
 //! Without the `schemathesis` Python package the test fails when `CI` is set and is skipped with
 //! one notice otherwise (`python3 -m pip install schemathesis==4.32.5`).
@@ -22,8 +24,9 @@ use lethe::access::Role;
 use lethe::http::{AppState, HttpLimits, router};
 use lethe::server::ServeConfig;
 
-/// Test cases per operation and phase (about 20 s on two cores).
+/// Test cases per operation and phase (about 20 s on two cores), and in long mode.
 const MAX_EXAMPLES: &str = "30";
+const MAX_EXAMPLES_LONG: &str = "300";
 /// The same generated requests every run.
 const SEED: &str = "20240601";
 /// Longest consumer long poll: `wait_ms` is fuzzed up to `u64::MAX`, so the server's 25 s cap
@@ -85,6 +88,23 @@ fn schemathesis_installed() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_server() {
+    // The embedded default (SQLite events database and key vault, KEK file), wired as
+    // `lethe serve` does.
+    let dir = tempfile::tempdir().expect("temp dir");
+    lethe_keyvault::Kek::load_or_create(dir.path().join("kek.key")).expect("KEK");
+    run_schemathesis(ServeConfig::embedded(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_server_on_postgres() {
+    let Some(db) = crate::support::TestDb::postgres().await else {
+        return;
+    };
+    run_schemathesis(crate::http_support::config_for(&db), db.dir.path()).await;
+}
+
+/// Serves `config`'s store with a short long-poll cap and runs schemathesis against it.
+async fn run_schemathesis(config: ServeConfig, dir: &std::path::Path) {
     if !schemathesis_installed() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -97,13 +117,11 @@ async fn openapi_document_matches_the_server() {
         return;
     }
 
-    // The embedded default (SQLite events database and key vault, KEK file), wired as
-    // `lethe serve` does, with a short long-poll cap.
-    let dir = tempfile::tempdir().expect("temp dir");
-    lethe_keyvault::Kek::load_or_create(dir.path().join("kek.key")).expect("KEK");
-    let store = lethe::server::open_store(&ServeConfig::embedded(dir.path()))
-        .await
-        .expect("open store");
+    let config_is_postgres = config
+        .database_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("postgres"));
+    let store = lethe::server::open_store(&config).await.expect("open store");
     let admin = store
         .create_token("schemathesis", Role::Admin)
         .await
@@ -127,7 +145,7 @@ async fn openapi_document_matches_the_server() {
         },
     ));
 
-    let work = dir.path().join("schemathesis");
+    let work = dir.join("schemathesis");
     std::fs::create_dir_all(&work).expect("work dir");
     std::fs::write(work.join("schemathesis.toml"), CONFIG).expect("schemathesis config");
     let report_dir = std::env::var_os("LETHE_SCHEMATHESIS_REPORT_DIR").map(std::path::PathBuf::from);
@@ -135,6 +153,8 @@ async fn openapi_document_matches_the_server() {
         .map(|a| a.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
 
+    let long = std::env::var("LETHE_RELIABILITY").is_ok_and(|v| v == "long");
+    let max_examples = if long { MAX_EXAMPLES_LONG } else { MAX_EXAMPLES };
     let mut command = Command::new(python());
     command
         // Its caches (`.schemathesis/`) go to the temporary directory, not the work tree.
@@ -151,7 +171,7 @@ async fn openapi_document_matches_the_server() {
         // stays readable by design, as `status: deleted` with its events' data erased.
         .args(["--exclude-checks", "use_after_free"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
-        .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
+        .args(["--max-examples", max_examples, "--seed", SEED])
         .args(["--workers", "1", "--request-timeout", "20"])
         .args(["--generation-database", "none"])
         .args(&extra_args)
@@ -161,9 +181,10 @@ async fn openapi_document_matches_the_server() {
     }
     // A blocking thread: the server goes on serving on the runtime's workers meanwhile.
     let run = tokio::task::spawn_blocking(move || command.output().expect("run schemathesis"));
-    let out = tokio::time::timeout(Duration::from_secs(600), run)
+    let budget = Duration::from_secs(if long { 3600 } else { 600 });
+    let out = tokio::time::timeout(budget, run)
         .await
-        .expect("schemathesis finished within 10 minutes")
+        .expect("schemathesis finished within its time budget")
         .expect("schemathesis thread");
 
     // The token the run used still works: nothing it did locked it out.
@@ -190,7 +211,8 @@ async fn openapi_document_matches_the_server() {
         .unwrap_or("passed");
     let _ = writeln!(
         std::io::stderr(),
-        "schemathesis: {}",
+        "schemathesis ({}, {max_examples} examples): {}",
+        if config_is_postgres { "PostgreSQL" } else { "SQLite" },
         summary.trim_matches(|c| c == '=' || c == ' ')
     );
 }

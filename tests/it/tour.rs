@@ -193,3 +193,32 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
     );
     server.stop().await.unwrap();
 }
+
+/// A client that connects and never sends a byte is cut off by the header timeout too, and so
+/// is one that goes silent after a request on a kept-alive connection. (Regression: the
+/// server waited without a timeout for the first bytes, to tell HTTP/1 from HTTP/2, so 4,096
+/// silent connections took every connection slot for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_cut_off_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lethe::server::ServeConfig::embedded(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_token = Some("an-admin-token-of-32-characters!".into());
+    config.header_timeout_secs = 1;
+    let server = lethe::server::start(config).await.unwrap();
+
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let healthy = reqwest::get(format!("http://{}/healthz", server.addr)).await.unwrap();
+    assert_eq!(healthy.status(), 200, "others are served meanwhile");
+    for (name, stream) in [("silent", &mut silent), ("kept alive", &mut kept)] {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the {name} connection was closed by the server");
+    }
+    server.stop().await.unwrap();
+}

@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod envelope_props;
 mod http;
 mod hygiene;
 mod independent;
