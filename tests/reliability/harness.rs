@@ -226,27 +226,11 @@ pub fn start_forgets(
                     let body = json!({"expected_version": "no_stream", "subject": subject,
                                       "events": batch_events(&ids, Uuid::new_v4(), 2)});
                     let url = format!("{base}/streams/{stream}");
-                    let Some((status, content_type, answer)) =
-                        call(&client, Method::POST, &url, ADMIN_TOKEN, Some(&body)).await
-                    else {
-                        if forgets.tolerant {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        return;
+                    let answer = match post_expecting(&client, &url, &body, 201, &forgets).await {
+                        Next::Answer(answer) => answer,
+                        Next::Retry => continue,
+                        Next::Stop => return,
                     };
-                    if status != 201 {
-                        forgets
-                            .refusals
-                            .lock()
-                            .unwrap()
-                            .push(format!("{status} {content_type} {answer}"));
-                        if forgets.tolerant {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        return;
-                    }
                     load.acks.lock().unwrap().push(Ack {
                         sent: vec![(stream.clone(), ids)],
                         results: vec![answer],
@@ -254,27 +238,11 @@ pub fn start_forgets(
                     forgets.sent.lock().unwrap().push(subject.clone());
                     let url = format!("{base}/admin/subjects/{subject}/forget");
                     let body = json!({"reason": "crash test", "requested_by": "reliability"});
-                    let Some((status, content_type, answer)) =
-                        call(&client, Method::POST, &url, ADMIN_TOKEN, Some(&body)).await
-                    else {
-                        if forgets.tolerant {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        return;
+                    let answer = match post_expecting(&client, &url, &body, 202, &forgets).await {
+                        Next::Answer(answer) => answer,
+                        Next::Retry => continue,
+                        Next::Stop => return,
                     };
-                    if status != 202 {
-                        forgets
-                            .refusals
-                            .lock()
-                            .unwrap()
-                            .push(format!("{status} {content_type} {answer}"));
-                        if forgets.tolerant {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        return;
-                    }
                     let id = answer["request_id"].as_str().expect("request_id").to_owned();
                     forgets.answered.lock().unwrap().push((subject, stream, id));
                 }
@@ -368,5 +336,36 @@ impl VaultServer {
 impl Drop for VaultServer {
     fn drop(&mut self) {
         self.kill_9();
+    }
+}
+
+/// What a forget client does after one request.
+enum Next {
+    /// The expected status: its answer.
+    Answer(Value),
+    /// Anything else, with a tolerant load: pause, then go on with the next subject.
+    Retry,
+    /// Anything else otherwise (the server is gone): stop.
+    Stop,
+}
+
+/// POSTs `body` as admin; an answer other than `expected` is recorded as a refusal.
+async fn post_expecting(client: &reqwest::Client, url: &str, body: &Value, expected: u16, forgets: &Forgets) -> Next {
+    let answer = call(client, Method::POST, url, ADMIN_TOKEN, Some(body)).await;
+    if let Some((status, content_type, answer)) = answer {
+        if status == expected {
+            return Next::Answer(answer);
+        }
+        forgets
+            .refusals
+            .lock()
+            .unwrap()
+            .push(format!("{status} {content_type} {answer}"));
+    }
+    if forgets.tolerant {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Next::Retry
+    } else {
+        Next::Stop
     }
 }

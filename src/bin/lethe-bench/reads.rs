@@ -48,32 +48,63 @@ pub async fn fill_log(store: &EventStore, events: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the whole log from position 1 through the library, page by page, and checks that
-/// every event came back decrypted. `ops` = events read; the latencies are per page.
-pub async fn catch_up_library(store: &EventStore, expected: u64) -> anyhow::Result<Figures> {
-    let filter = LogFilter::default();
+/// One page of a catch-up, as the loop needs it.
+struct PageSummary {
+    events: u64,
+    /// The position of an event that came back without data (not decrypted), if any.
+    undecrypted: Option<u64>,
+    next: u64,
+    head: u64,
+}
+
+/// Reads pages from position 1 with `fetch` until the head, timing each page, and checks that
+/// every event came back decrypted and that `expected` events were read.
+async fn catch_up<F, Fut>(what: &str, expected: u64, mut fetch: F) -> anyhow::Result<Figures>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<PageSummary>>,
+{
     let mut from = 1;
     let mut events = 0u64;
     let mut pages = Vec::new();
     let start = Instant::now();
     loop {
         let started = Instant::now();
-        let page = store.read_log(from, &filter, PAGE).await?;
+        let page = fetch(from).await?;
         pages.push(started.elapsed());
-        if let Some(event) = page.events.iter().find(|e| e.data.is_none()) {
-            bail!("event at position {} was not decrypted", event.position);
+        if let Some(position) = page.undecrypted {
+            bail!("{what}: event at position {position} was not decrypted");
         }
-        events += page.events.len() as u64;
-        if page.events.is_empty() || page.next > page.head {
+        events += page.events;
+        if page.events == 0 || page.next > page.head {
             break;
         }
         from = page.next;
     }
     let figures = read_figures(start.elapsed(), events, pages);
     if events != expected {
-        bail!("catch-up read {events} events, expected {expected}");
+        bail!("{what} read {events} events, expected {expected}");
     }
     Ok(figures)
+}
+
+/// Reads the whole log from position 1 through the library, page by page, and checks that
+/// every event came back decrypted. `ops` = events read; the latencies are per page.
+pub async fn catch_up_library(store: &EventStore, expected: u64) -> anyhow::Result<Figures> {
+    let filter = LogFilter::default();
+    catch_up("catch-up", expected, |from| {
+        let filter = &filter;
+        async move {
+            let page = store.read_log(from, filter, PAGE).await?;
+            Ok(PageSummary {
+                events: page.events.len() as u64,
+                undecrypted: page.events.iter().find(|e| e.data.is_none()).map(|e| e.position),
+                next: page.next,
+                head: page.head,
+            })
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -92,13 +123,8 @@ struct LogEvent {
 /// The same over HTTP: `GET /log?from=&limit=1000` until the head. The client parses every
 /// answer (the JSON of each event), as a real consumer would.
 pub async fn catch_up_http(client: &reqwest::Client, addr: SocketAddr, expected: u64) -> anyhow::Result<Figures> {
-    let mut from = 1;
-    let mut events = 0u64;
-    let mut pages = Vec::new();
-    let start = Instant::now();
-    loop {
+    catch_up("HTTP catch-up", expected, |from| async move {
         let url = format!("http://{addr}/log?from={from}&limit={PAGE}");
-        let started = Instant::now();
         let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
         let body = response.bytes().await?;
@@ -109,21 +135,14 @@ pub async fn catch_up_http(client: &reqwest::Client, addr: SocketAddr, expected:
             );
         }
         let page: LogPage = serde_json::from_slice(&body).with_context(|| format!("parsing GET {url}"))?;
-        pages.push(started.elapsed());
-        if let Some(event) = page.events.iter().find(|e| e.data.is_none()) {
-            bail!("event at position {} was not decrypted", event.position);
-        }
-        events += page.events.len() as u64;
-        if page.events.is_empty() || page.next > page.head {
-            break;
-        }
-        from = page.next;
-    }
-    let figures = read_figures(start.elapsed(), events, pages);
-    if events != expected {
-        bail!("HTTP catch-up read {events} events, expected {expected}");
-    }
-    Ok(figures)
+        Ok(PageSummary {
+            events: page.events.len() as u64,
+            undecrypted: page.events.iter().find(|e| e.data.is_none()).map(|e| e.position),
+            next: page.next,
+            head: page.head,
+        })
+    })
+    .await
 }
 
 fn read_figures(elapsed: Duration, events: u64, mut pages: Vec<Duration>) -> Figures {
