@@ -12,9 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use lethe_keyvault::{Kek, KeyVault, OpenOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,8 +24,6 @@ use crate::store::{EventStore, StoreConfig};
 const CONNECTIONS_MAX: usize = 4096;
 /// How long shutdown waits for in-flight requests before closing anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
 const ADMIN_TOKEN_LEN_MIN: usize = 16;
 /// Environment variable with a base64 KEK, when no KEK file is used.
@@ -300,53 +295,11 @@ pub async fn serve(
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    // HTTP/1 only: the header-read timeout is an HTTP/1 setting, and no client needs h2c.
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-    tokio::pin!(shutdown);
-    loop {
-        // At most CONNECTIONS_MAX open connections: past that, new ones wait in the backlog.
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                        continue;
-                    }
-                };
-                let service = TowerToHyperService::new(app.clone());
-                // `serve_connection`, not `serve_connection_with_upgrades`: the latter first
-                // waits, without any timeout, for bytes to tell HTTP/1 from HTTP/2 (ignoring
-                // `http1_only`), so a client that connected and sent nothing held its slot
-                // forever. Lethe needs no upgrades.
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    // Client resets and timeouts end connections; nothing to report.
-                    let _ = connection.await;
-                    drop(permit);
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("shutdown: some connections did not finish in time");
-    }
+    let limits = lethe_keyvault::server::ConnectionLimits {
+        header_timeout,
+        connections_max: CONNECTIONS_MAX,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    lethe_keyvault::server::serve_router(listener, app, limits, shutdown).await;
     Ok(())
 }

@@ -44,6 +44,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTIONS_MAX: usize = 1024;
 /// How long a shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed `accept` (say, out of file descriptors) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 struct AppState {
@@ -105,15 +107,44 @@ pub async fn serve_with_header_timeout(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), VaultError> {
     let app = router(vault, token)?;
+    let limits = ConnectionLimits {
+        header_timeout,
+        connections_max: CONNECTIONS_MAX,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    serve_router(listener, app, limits, shutdown).await;
+    Ok(())
+}
+
+/// How [`serve_router`] treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A connection that has not sent a whole request head within this — from connecting, or
+    /// since its last response — is closed.
+    pub header_timeout: Duration,
+    /// Open connections at most; more wait in the listen backlog.
+    pub connections_max: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// Serves `app` over HTTP/1 until `shutdown` resolves, then drains connections. Shared by
+/// `lethe keyvault serve` and `lethe serve`: `axum::serve` has no header timeout and no
+/// connection cap, so a client that connected and said nothing was kept forever.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
-    // HTTP/1 only (`serve_connection`, not `…_with_upgrades`, which would first wait without a
-    // timeout for bytes to tell HTTP/1 from HTTP/2).
+    // HTTP/1 only: the header-read timeout is an HTTP/1 setting, and no client needs h2c.
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+        .header_read_timeout(limits.header_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -129,11 +160,15 @@ pub async fn serve_with_header_timeout(
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(ACCEPT_RETRY).await;
                         continue;
                     }
                 };
                 let service = TowerToHyperService::new(app.clone());
+                // `serve_connection`, not `serve_connection_with_upgrades`: the latter first
+                // waits, without any timeout, for bytes to tell HTTP/1 from HTTP/2 (ignoring
+                // `http1_only`), so a client that connected and sent nothing held its slot
+                // forever. Neither server needs upgrades.
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
@@ -146,10 +181,12 @@ pub async fn serve_with_header_timeout(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("shutdown: some connections did not finish in time");
     }
-    Ok(())
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
