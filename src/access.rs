@@ -2,9 +2,13 @@
 //!
 //! Tokens are random 256-bit secrets shown once at creation; only their SHA-256 hashes are
 //! stored, so a leaked database reveals no usable token. A presented token is hashed and looked
-//! up by hash; the comparison of the stored hash is constant-time.
+//! up by hash; the comparison of the stored hash is constant-time. A verified token is
+//! remembered for [`TOKEN_CACHE_TTL`], so a busy client costs no database query per request.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -19,6 +23,48 @@ use crate::error::{Error, ValidationError};
 pub const TOKEN_PREFIX: &str = "lethe_";
 /// Token names: free text for humans, at most this long.
 pub const TOKEN_NAME_LEN_MAX: usize = 100;
+
+/// How long a verified token is trusted without asking the database again. Revoking a token
+/// takes effect at once in the process that revoked it, and within this long in every other
+/// process on the same database.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Verified tokens remembered at most (a deployment has a handful; the bound is for safety).
+const TOKEN_CACHE_ENTRIES_MAX: usize = 1024;
+
+/// Tokens verified in the last [`TOKEN_CACHE_TTL`], by hash. Only valid tokens are cached:
+/// an unknown one is looked up every time, so guessing fills nothing.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    verified: Mutex<HashMap<[u8; 32], (TokenRecord, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, hash: &[u8; 32]) -> Option<TokenRecord> {
+        let verified = self.lock();
+        let (record, at) = verified.get(hash)?;
+        (at.elapsed() < TOKEN_CACHE_TTL).then(|| record.clone())
+    }
+
+    fn put(&self, record: TokenRecord) {
+        let mut verified = self.lock();
+        if verified.len() >= TOKEN_CACHE_ENTRIES_MAX {
+            verified.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            if verified.len() >= TOKEN_CACHE_ENTRIES_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(record.hash, (record, Instant::now()));
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (TokenRecord, Instant)>> {
+        // Each operation is one map call: a panic elsewhere cannot leave it half-changed.
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// What a token may do. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -207,11 +253,18 @@ impl crate::store::EventStore {
         Ok(Some(token))
     }
 
-    /// The unrevoked token with this secret, if any.
+    /// The unrevoked token with this secret, if any (see [`TOKEN_CACHE_TTL`]).
     pub async fn authenticate(&self, secret: &str) -> Result<Option<TokenRecord>, Error> {
         let hash = hash_token(secret);
+        if let Some(record) = self.inner.tokens.get(&hash) {
+            return Ok(Some(record));
+        }
         let found = self.inner.storage.token_by_hash(&hash).await?;
-        Ok(found.filter(|t| t.revoked_at.is_none() && hashes_match(&t.hash, &hash)))
+        let valid = found.filter(|t| t.revoked_at.is_none() && hashes_match(&t.hash, &hash));
+        if let Some(record) = &valid {
+            self.inner.tokens.put(record.clone());
+        }
+        Ok(valid)
     }
 
     /// Revokes a token; false if it does not exist or was revoked already. The last active
@@ -227,7 +280,11 @@ impl crate::store::EventStore {
         {
             return Err(Error::LastAdminToken);
         }
-        Ok(self.inner.storage.revoke_token(id).await?)
+        let revoked = self.inner.storage.revoke_token(id).await?;
+        // Forget every verified token, not only this one: simpler than a search by id, and
+        // the others are verified again with one query each.
+        self.inner.tokens.clear();
+        Ok(revoked)
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {

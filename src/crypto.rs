@@ -14,17 +14,16 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use async_trait::async_trait;
 
 use lethe_keyvault::{Dek, KeyId, KeyLookup, KeyVault, NewKey, envelope};
 use lru::LruCache;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::coalesce::{Batched, Coalescer};
 use crate::error::Error;
 
-/// Key-creation requests waiting for the batching task.
-const CREATE_QUEUE_MAX: usize = 1024;
 /// Keys one vault call creates at most (the vault's own per-call limit).
 const CREATE_BATCH_KEYS_MAX: usize = 1000;
 
@@ -48,7 +47,7 @@ pub struct KeyCacheStats {
 /// DEKs by id: the vault, with a bounded cache in front.
 pub(crate) struct Keyring {
     vault: std::sync::Arc<dyn KeyVault>,
-    creator: mpsc::Sender<CreateJob>,
+    creator: Coalescer<KeyCreation>,
     cache: Mutex<LruCache<KeyId, Dek>>,
     revoked: Mutex<LruCache<KeyId, ()>>,
     hits: AtomicU64,
@@ -59,11 +58,9 @@ impl Keyring {
     pub(crate) fn new(vault: std::sync::Arc<dyn KeyVault>, cache_keys_max: usize) -> Self {
         let capacity = NonZeroUsize::new(cache_keys_max).unwrap_or(NonZeroUsize::MIN);
         let revoked = NonZeroUsize::new(REVOKED_KEYS_MAX).unwrap_or(NonZeroUsize::MIN);
-        let (creator, jobs) = mpsc::channel(CREATE_QUEUE_MAX);
-        tokio::spawn(create_in_batches(vault.clone(), jobs));
         Self {
+            creator: Coalescer::start(KeyCreation { vault: vault.clone() }),
             vault,
-            creator,
             cache: Mutex::new(LruCache::new(capacity)),
             revoked: Mutex::new(LruCache::new(revoked)),
             hits: AtomicU64::new(0),
@@ -84,16 +81,7 @@ impl Keyring {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = oneshot::channel();
-        let job = CreateJob {
-            keys: keys.to_vec(),
-            reply,
-        };
-        let created = match self.creator.send(job).await {
-            Ok(()) => answer.await.map_err(|_| Error::ShuttingDown)??,
-            // The batching task is gone (runtime shutting down): call the vault directly.
-            Err(_) => self.vault.create_keys(keys).await.map_err(Error::from_vault)?,
-        };
+        let created = self.creator.call(keys.to_vec()).await?;
         for (id, dek) in &created {
             self.remember(*id, dek);
         }
@@ -201,61 +189,35 @@ impl Keyring {
     }
 }
 
-/// One caller's request for new keys.
-struct CreateJob {
-    keys: Vec<NewKey>,
-    reply: oneshot::Sender<Result<Vec<(KeyId, Dek)>, Error>>,
+/// Key creation for many callers at once: their keys in one vault call.
+struct KeyCreation {
+    vault: std::sync::Arc<dyn KeyVault>,
 }
 
-/// Creates keys for every queued request with as few vault calls as possible: the requests
-/// waiting together go in one call. If that call fails (one request's subject mismatch fails a
-/// whole vault batch), each request is retried alone so that it fails only itself.
-async fn create_in_batches(vault: std::sync::Arc<dyn KeyVault>, mut jobs: mpsc::Receiver<CreateJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        let mut keys = batch[0].keys.len();
-        while keys < CREATE_BATCH_KEYS_MAX {
-            match jobs.try_recv() {
-                Ok(job) if keys + job.keys.len() <= CREATE_BATCH_KEYS_MAX => {
-                    keys += job.keys.len();
-                    batch.push(job);
-                }
-                Ok(job) => {
-                    // Too big to join this batch: it goes in its own call.
-                    answer(vault.as_ref(), job).await;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if batch.len() == 1 {
-            for job in batch {
-                answer(vault.as_ref(), job).await;
-            }
-            continue;
-        }
-        let all: Vec<NewKey> = batch.iter().flat_map(|job| job.keys.iter().cloned()).collect();
-        match vault.create_keys(&all).await {
-            Ok(created) => {
-                let mut created = created.into_iter();
-                for job in batch {
-                    let mine: Vec<(KeyId, Dek)> = created.by_ref().take(job.keys.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
-                }
-            }
-            Err(_) => {
-                for job in batch {
-                    answer(vault.as_ref(), job).await;
-                }
-            }
-        }
+#[async_trait]
+impl Batched for KeyCreation {
+    type Request = Vec<NewKey>;
+    type Answer = Vec<(KeyId, Dek)>;
+    /// The vault's own per-call limit.
+    const WEIGHT_MAX: usize = CREATE_BATCH_KEYS_MAX;
+
+    fn weight(keys: &Vec<NewKey>) -> usize {
+        keys.len()
     }
-}
 
-async fn answer(vault: &dyn KeyVault, job: CreateJob) {
-    let result = vault.create_keys(&job.keys).await.map_err(Error::from_vault);
-    // The caller may have gone away; nothing to tell then.
-    let _ = job.reply.send(result);
+    async fn call(&self, requests: &[&Vec<NewKey>]) -> Result<Vec<Vec<(KeyId, Dek)>>, Error> {
+        let all: Vec<NewKey> = requests.iter().flat_map(|keys| keys.iter().cloned()).collect();
+        let mut created = self
+            .vault
+            .create_keys(&all)
+            .await
+            .map_err(Error::from_vault)?
+            .into_iter();
+        Ok(requests
+            .iter()
+            .map(|keys| created.by_ref().take(keys.len()).collect())
+            .collect())
+    }
 }
 
 /// A DEK prepared to seal, open and digest many events (`envelope::DekCipher`): an append or a

@@ -39,6 +39,7 @@ pub(crate) struct GroupCommitter {
 pub(crate) struct WriterCounters {
     pub(crate) transactions: AtomicU64,
     pub(crate) appends: AtomicU64,
+    pub(crate) busy_micros: AtomicU64,
 }
 
 /// A snapshot of the writer's counters.
@@ -48,6 +49,9 @@ pub struct WriterStats {
     pub transactions: u64,
     /// Appends it handled.
     pub appends: u64,
+    /// Time spent running transactions: over a time span, busy ÷ span is how much of it the
+    /// writer was the bottleneck.
+    pub busy: std::time::Duration,
 }
 
 impl GroupCommitter {
@@ -67,6 +71,7 @@ impl GroupCommitter {
         WriterStats {
             transactions: self.stats.transactions.load(Ordering::Relaxed),
             appends: self.stats.appends.load(Ordering::Relaxed),
+            busy: std::time::Duration::from_micros(self.stats.busy_micros.load(Ordering::Relaxed)),
         }
     }
 
@@ -113,7 +118,10 @@ async fn run(
             }
         }
         stats.appends.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         commit_group(storage.as_ref(), jobs, &commits, &stats).await;
+        let busy = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.busy_micros.fetch_add(busy, Ordering::Relaxed);
     }
 }
 

@@ -15,6 +15,8 @@ pub mod server;
 pub mod store;
 pub mod webhooks;
 
+mod catch_up;
+mod coalesce;
 mod crypto;
 pub mod erasure;
 mod export;

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::access::TokenCache;
+use crate::coalesce::{Batched, Coalescer};
 use crate::crypto::{DekCipher, KeyCacheStats, KeyState, Keyring, OpenKey};
 use crate::erasure::{
     self, Erasure, ErasureContext, ErasureFault, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold,
@@ -82,6 +84,11 @@ pub(crate) struct Inner {
     pub(crate) storage: Arc<dyn Storage>,
     keyring: Arc<Keyring>,
     committer: GroupCommitter,
+    /// Stream states read before an append (to know which streams need a key), many
+    /// appends' in one query.
+    state_reads: Coalescer<StateReads>,
+    /// API tokens verified lately (`access`).
+    pub(crate) tokens: TokenCache,
     erasure_fault: Option<ErasureFault>,
     /// Payloads stored in clear (benchmark builds only; always false otherwise).
     noop_cipher: bool,
@@ -111,9 +118,13 @@ impl EventStore {
         let (committer, writer_task) = GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx.clone());
         let store = Self {
             inner: Arc::new(Inner {
+                state_reads: Coalescer::start(StateReads {
+                    storage: storage.clone(),
+                }),
                 storage,
                 keyring,
                 committer,
+                tokens: TokenCache::default(),
                 erasure_fault: config.erasure_fault,
                 #[cfg(feature = "insecure-noop-cipher")]
                 noop_cipher: config.insecure_noop_cipher,
@@ -157,8 +168,8 @@ impl EventStore {
     /// given.
     pub async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, Error> {
         validate_append(&appends)?;
-        let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
-        let states = self.inner.storage.stream_states(&names).await?;
+        let names: Vec<String> = appends.iter().map(|a| a.stream.to_string()).collect();
+        let states = self.inner.state_reads.call(names).await?;
         let keys = self.keys_for_append(&appends, &states).await?;
         let atomic = encode_append(appends, &keys, !self.inner.noop_cipher)?;
         self.inner.committer.submit(atomic).await
@@ -704,6 +715,42 @@ fn validate_append(appends: &[StreamAppend]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The stored state of the streams of many appends, read in one query.
+struct StateReads {
+    storage: Arc<dyn Storage>,
+}
+
+#[async_trait::async_trait]
+impl Batched for StateReads {
+    /// The streams of one append.
+    type Request = Vec<String>;
+    /// Those of them that exist.
+    type Answer = HashMap<String, StreamState>;
+    /// Names per query: a few appends' worth.
+    const WEIGHT_MAX: usize = 4 * APPEND_STREAMS_MAX;
+
+    fn weight(names: &Vec<String>) -> usize {
+        names.len()
+    }
+
+    async fn call(&self, requests: &[&Vec<String>]) -> Result<Vec<HashMap<String, StreamState>>, Error> {
+        let names: Vec<&str> = requests
+            .iter()
+            .flat_map(|names| names.iter().map(String::as_str))
+            .collect();
+        let states = self.storage.stream_states(&names).await?;
+        Ok(requests
+            .iter()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| states.get(name).map(|state| (name.clone(), state.clone())))
+                    .collect()
+            })
+            .collect())
+    }
 }
 
 /// Encrypts an append's events with their streams' keys. Nothing is stored if this fails.

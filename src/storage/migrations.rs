@@ -49,6 +49,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         "hold_lapses",
         include_str!("../../migrations/postgres/0006_hold_lapses.sql"),
     ),
+    (
+        7,
+        "write_generation",
+        include_str!("../../migrations/postgres/0007_write_generation.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -753,6 +753,19 @@ where
     Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let status: String = row.try_get(9)?;
+    decode_event_with_status(row, parse_status(&status)?)
+}
+
+/// [`decode_event`] for a row whose stream status was read on its own (columns 0–8 only).
+pub(crate) fn decode_event_with_status<R>(row: &R, stream_status: StreamStatus) -> Result<StoredEvent, StorageError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(StoredEvent {
         position: to_u64(row.try_get(0)?, "position")?,
         stream: row.try_get(1)?,
@@ -763,7 +776,7 @@ where
         metadata: row.try_get(6)?,
         key_id: row.try_get(7)?,
         recorded_at_us: row.try_get(8)?,
-        stream_status: parse_status(&status)?,
+        stream_status,
     })
 }
 

@@ -15,6 +15,7 @@ mod reads;
 mod report;
 mod schemathesis;
 mod shredding;
+mod tokens;
 mod tour;
 mod validation;
 

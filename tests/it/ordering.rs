@@ -157,3 +157,115 @@ async fn postgres_slow_commit_is_not_skipped_by_a_reader() {
         "both delivered, in order"
     );
 }
+
+/// A group is planned from what it read before it takes the commit-order lock, and written
+/// only if no other lock holder committed meanwhile (`log_head.generation`). Here B plans
+/// "`x` does not exist" while A, in another process, is inside the transaction that creates
+/// it: B's write must not apply that stale plan but decide again, and report the conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_group_planned_before_another_commit_is_decided_again() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let process_a = db.open().await;
+    slow_inserts(&db, 700).await;
+    let process_b = db.open().await;
+
+    let a = tokio::spawn({
+        let store = process_a.clone();
+        async move {
+            store
+                .append(append(
+                    "x",
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::new("slow", json!({}))],
+                ))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await; // A is inside its transaction now.
+    let b = process_b
+        .append(append(
+            "x",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new("fast", json!({}))],
+        ))
+        .await;
+    let a = a.await.unwrap().unwrap();
+    match b {
+        Err(lethe::Error::WrongExpectedVersion { conflicts }) => {
+            assert_eq!(conflicts.len(), 1);
+            assert_eq!(conflicts[0].current, Some(a.last_version), "B sees A's stream");
+        }
+        other => panic!("B must lose to A with a version conflict, got {other:?}"),
+    }
+    let stream = process_b
+        .read_stream(&lethe::StreamName::new("x").unwrap(), 0, lethe::Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(stream.events.len(), 1, "only A's event is stored");
+    assert_eq!(stream.events[0].event_type, "slow");
+}
+
+/// The same for a forget: a group planned while a shred (in another process) holds the
+/// commit-order lock must see the stream erased when it is decided again, though the shred
+/// appends nothing and leaves the head's position alone — it raises the head's generation.
+/// Without that, the append would land in a stream whose key is being destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_group_planned_before_a_shred_is_decided_again() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let process_a = db.open().await;
+    let process_b = db.open().await;
+    let subject = lethe::SubjectId::new("456").unwrap();
+    process_b
+        .append(
+            append(
+                "user-private-456",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Given", json!({}))],
+            )
+            .with_subject(subject.clone()),
+        )
+        .await
+        .unwrap();
+    // The shred's transaction stays open 700 ms after it took the commit-order lock.
+    db.execute(
+        "CREATE FUNCTION slow_shred() RETURNS trigger AS $$ BEGIN \
+           PERFORM pg_sleep(0.7); RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER slow_shred BEFORE UPDATE ON streams FOR EACH ROW \
+           WHEN (NEW.status = 'erased') EXECUTE FUNCTION slow_shred();",
+    )
+    .await;
+
+    let forget = tokio::spawn({
+        let store = process_a.clone();
+        let subject = subject.clone();
+        async move { store.forget(&subject, lethe::ErasureReason::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // A holds the lock now.
+    let late = process_b
+        .append(append(
+            "user-private-456",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Changed", json!({}))],
+        ))
+        .await;
+    assert!(
+        matches!(late, Err(lethe::Error::StreamErased { .. })),
+        "an append racing the shred must find the stream erased, got {late:?}"
+    );
+    forget.await.unwrap().unwrap();
+    let stream = process_b
+        .read_stream(
+            &lethe::StreamName::new("user-private-456").unwrap(),
+            0,
+            lethe::Direction::Forward,
+            10,
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = stream.events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Given", "$erased"], "nothing was appended after the shred");
+}

@@ -32,8 +32,11 @@ pub(crate) struct PgStorage {
 
 impl PgStorage {
     pub(crate) async fn open(url: &str) -> Result<PgStorage, VaultError> {
+        // Plans for each statement's own parameters, not a generic plan cached while the tables
+        // were empty (they grow faster than autovacuum's ANALYZE follows).
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| VaultError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?;
+            .map_err(|e| VaultError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -351,6 +351,10 @@ impl Bench {
             store.close().await;
             let mut figures = figures?;
             let transactions = after.transactions - before.transactions;
+            eprintln!(
+                "    writer busy {:.0}% of the round",
+                100.0 * (after.busy - before.busy).as_secs_f64() / self.duration.as_secs_f64()
+            );
             figures.appends_per_txn =
                 (transactions > 0).then(|| (after.appends - before.appends) as f64 / transactions as f64);
             Ok(figures)

@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures::{Stream, StreamExt};
 use lethe::erasure::{ErasureReason, ErasureStatus};
 use lethe::{EventStore, ExpectedVersion, LogFilter, StreamAppend, StreamName, SubjectId};
 use serde::Deserialize;
@@ -57,21 +59,23 @@ struct PageSummary {
     head: u64,
 }
 
-/// Reads pages from position 1 with `fetch` until the head, timing each page, and checks that
-/// every event came back decrypted and that `expected` events were read.
-async fn catch_up<F, Fut>(what: &str, expected: u64, mut fetch: F) -> anyhow::Result<Figures>
+/// Reads `pages` (from position 1) until the head, timing each page as the reader sees it (the
+/// time since the previous page arrived), and checks that every event came back decrypted and
+/// that `expected` events were read.
+async fn catch_up<S>(what: &str, expected: u64, pages: S) -> anyhow::Result<Figures>
 where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<PageSummary>>,
+    S: Stream<Item = anyhow::Result<PageSummary>>,
 {
-    let mut from = 1;
+    let mut pages = pin!(pages);
     let mut events = 0u64;
-    let mut pages = Vec::new();
+    let mut latencies = Vec::new();
     let start = Instant::now();
-    loop {
-        let started = Instant::now();
-        let page = fetch(from).await?;
-        pages.push(started.elapsed());
+    let mut previous = start;
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        let now = Instant::now();
+        latencies.push(now - previous);
+        previous = now;
         if let Some(position) = page.undecrypted {
             bail!("{what}: event at position {position} was not decrypted");
         }
@@ -79,32 +83,44 @@ where
         if page.events == 0 || page.next > page.head {
             break;
         }
-        from = page.next;
     }
-    let figures = read_figures(start.elapsed(), events, pages);
+    let figures = read_figures(start.elapsed(), events, latencies);
     if events != expected {
         bail!("{what} read {events} events, expected {expected}");
     }
     Ok(figures)
 }
 
-/// Reads the whole log from position 1 through the library, page by page, and checks that
-/// every event came back decrypted. `ops` = events read; the latencies are per page.
-pub async fn catch_up_library(store: &EventStore, expected: u64) -> anyhow::Result<Figures> {
-    let filter = LogFilter::default();
-    catch_up("catch-up", expected, |from| {
-        let filter = &filter;
+/// Pages from position 1, each read with `fetch(from)` once the previous one has arrived.
+fn paged<F, Fut>(mut fetch: F) -> impl Stream<Item = anyhow::Result<PageSummary>>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<PageSummary>>,
+{
+    futures::stream::unfold(Some(1), move |from| {
+        let page = from.map(&mut fetch);
         async move {
-            let page = store.read_log(from, filter, PAGE).await?;
-            Ok(PageSummary {
-                events: page.events.len() as u64,
-                undecrypted: page.events.iter().find(|e| e.data.is_none()).map(|e| e.position),
-                next: page.next,
-                head: page.head,
-            })
+            let page = page?.await;
+            let next = page.as_ref().ok().map(|p| p.next);
+            Some((page, next))
         }
     })
-    .await
+}
+
+/// Reads the whole log from position 1 through the library (`read_log_pages`: the next page is
+/// read while the current one is checked), and checks that every event came back decrypted.
+/// `ops` = events read; the latencies are per page.
+pub async fn catch_up_library(store: &EventStore, expected: u64) -> anyhow::Result<Figures> {
+    let pages = store.read_log_pages(1, LogFilter::default(), PAGE).map(|page| {
+        let page = page?;
+        Ok(PageSummary {
+            events: page.events.len() as u64,
+            undecrypted: page.events.iter().find(|e| e.data.is_none()).map(|e| e.position),
+            next: page.next,
+            head: page.head,
+        })
+    });
+    catch_up("catch-up", expected, pages).await
 }
 
 #[derive(Deserialize)]
@@ -123,7 +139,7 @@ struct LogEvent {
 /// The same over HTTP: `GET /log?from=&limit=1000` until the head. The client parses every
 /// answer (the JSON of each event), as a real consumer would.
 pub async fn catch_up_http(client: &reqwest::Client, addr: SocketAddr, expected: u64) -> anyhow::Result<Figures> {
-    catch_up("HTTP catch-up", expected, |from| async move {
+    let pages = paged(|from| async move {
         let url = format!("http://{addr}/log?from={from}&limit={PAGE}");
         let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
@@ -141,8 +157,8 @@ pub async fn catch_up_http(client: &reqwest::Client, addr: SocketAddr, expected:
             next: page.next,
             head: page.head,
         })
-    })
-    .await
+    });
+    catch_up("HTTP catch-up", expected, pages).await
 }
 
 fn read_figures(elapsed: Duration, events: u64, mut pages: Vec<Duration>) -> Figures {
