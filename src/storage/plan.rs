@@ -1,8 +1,9 @@
 //! What a group of appends means, decided once for every engine.
 //!
-//! An engine opens a transaction, takes the commit-order lock, loads the [`StreamState`] of
-//! every stream the group touches and the [`ExistingEvent`] for every event id it carries, and
-//! hands them to [`plan_group`]. The plan says, per append, whether it is stored, is an
+//! An engine loads what [`lookups`] names — the [`StreamState`] of every stream the group
+//! touches, the [`ExistingEvent`] for every caller-chosen event id it carries, the subjects
+//! being erased — under the commit-order lock (or, on PostgreSQL, optimistically, checked when
+//! it writes), and hands them to [`plan_group`]. The plan says, per append, whether it is stored, is an
 //! idempotent retry, or is rejected (and why); and lists exactly the rows to insert and the
 //! stream rows to write. Appends are planned in order against a working copy of the state, so
 //! two appends to one stream in the same group see each other, exactly as if they had been
@@ -17,6 +18,32 @@ use uuid::Uuid;
 use super::{AppendReply, AtomicAppend, EncodedEvent};
 use crate::error::{Error, VersionConflict};
 use crate::model::{AppendOutcome, AppendResult, ExpectedVersion, StreamStatus};
+
+/// What an engine must read for a group before [`plan_group`] can decide it.
+pub struct Lookups<'a> {
+    /// Every stream the group writes (their [`StreamState`]s).
+    pub streams: Vec<&'a str>,
+    /// The caller-chosen event ids (their [`ExistingEvent`]s): an id the store generated
+    /// cannot be stored already (see `EncodedEvent::id_given`).
+    pub given_ids: Vec<Uuid>,
+    /// The subjects the group binds streams to (those with an unfinished erasure).
+    pub subjects: Vec<&'a str>,
+}
+
+pub fn lookups(group: &[AtomicAppend]) -> Lookups<'_> {
+    let writes = || group.iter().flat_map(|a| a.writes.iter());
+    Lookups {
+        streams: writes().map(|w| w.stream.as_str()).collect(),
+        given_ids: writes()
+            .flat_map(|w| w.events.iter())
+            .filter(|e| e.id_given)
+            .map(|e| e.id)
+            .collect(),
+        subjects: writes()
+            .filter_map(|w| w.subject.as_ref().map(|s| s.as_str()))
+            .collect(),
+    }
+}
 
 /// A stream as stored before the group.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -554,29 +554,23 @@ async fn read_for_plan(
     group: &[AtomicAppend],
     locked: bool,
 ) -> Result<PlanInputs, StorageError> {
-    let names: Vec<&str> = group
-        .iter()
-        .flat_map(|a| a.writes.iter().map(|w| w.stream.as_str()))
-        .collect();
-    let (mut head, mut generation) = (None, 0);
+    let lookups = plan::lookups(group);
     if locked {
-        // The commit-order lock: held until COMMIT (module comment).
-        let row = sqlx::query("SELECT position, generation FROM log_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *conn)
+        // The commit-order lock: held until COMMIT (module comment). Nothing can move the head
+        // while it is held, so the read below sees the head as locked.
+        sqlx::query("SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE")
+            .execute(&mut *conn)
             .await?;
-        head = Some(row.try_get::<i64, _>(0)?);
-        generation = row.try_get(1)?;
     }
+    let (mut head, mut generation) = (None, 0);
     let mut states: HashMap<String, StreamState> = HashMap::new();
     for row in sqlx::query(SELECT_HEAD_AND_STATES)
-        .bind(&names)
+        .bind(&lookups.streams)
         .fetch_all(&mut *conn)
         .await?
     {
-        if !locked {
-            head = Some(row.try_get(5)?);
-            generation = row.try_get(6)?;
-        }
+        head = Some(row.try_get::<i64, _>(5)?);
+        generation = row.try_get(6)?;
         if row.try_get::<Option<String>, _>(0)?.is_some() {
             let (name, state) = decode_stream_state(&row)?;
             states.insert(name, state);
@@ -584,18 +578,11 @@ async fn read_for_plan(
     }
     let head = head.ok_or_else(|| StorageError::Corrupt("log_head has no row".into()))?;
 
-    // Only caller-chosen ids can be stored already (see `EncodedEvent::id_given`).
-    let ids: Vec<Uuid> = group
-        .iter()
-        .flat_map(|a| a.writes.iter().flat_map(|w| w.events.iter()))
-        .filter(|e| e.id_given)
-        .map(|e| e.id)
-        .collect();
     let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
-    if !ids.is_empty() {
+    if !lookups.given_ids.is_empty() {
         for row in
             sqlx::query("SELECT event_id, stream, version, position, digest FROM events WHERE event_id = ANY($1)")
-                .bind(&ids)
+                .bind(&lookups.given_ids)
                 .fetch_all(&mut *conn)
                 .await?
         {
@@ -604,14 +591,10 @@ async fn read_for_plan(
         }
     }
 
-    let subjects: Vec<&str> = group
-        .iter()
-        .flat_map(|a| a.writes.iter().filter_map(|w| w.subject.as_ref().map(|s| s.as_str())))
-        .collect();
     let mut erasing = HashSet::new();
-    if !subjects.is_empty() {
+    if !lookups.subjects.is_empty() {
         let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
-            .bind(&subjects)
+            .bind(&lookups.subjects)
             .fetch_all(&mut *conn)
             .await?;
         erasing.extend(rows);

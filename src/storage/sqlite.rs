@@ -116,26 +116,17 @@ impl Storage for SqliteStorage {
             .fetch_one(&mut *tx)
             .await?;
 
-        let names: Vec<&str> = group
-            .iter()
-            .flat_map(|a| a.writes.iter().map(|w| w.stream.as_str()))
-            .collect();
-        let names_json = serde_json::to_string(&names).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let lookups = plan::lookups(group);
+        let names_json = serde_json::to_string(&lookups.streams).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let mut states: HashMap<String, StreamState> = HashMap::new();
         for row in sqlx::query(SELECT_STATES).bind(names_json).fetch_all(&mut *tx).await? {
             let (name, state) = decode_stream_state(&row)?;
             states.insert(name, state);
         }
 
-        // Only caller-chosen ids can be stored already (see `EncodedEvent::id_given`).
-        let ids: Vec<String> = group
-            .iter()
-            .flat_map(|a| a.writes.iter().flat_map(|w| w.events.iter()))
-            .filter(|e| e.id_given)
-            .map(|e| hex::encode(e.id.as_bytes()))
-            .collect();
         let mut existing: HashMap<Uuid, ExistingEvent> = HashMap::new();
-        if !ids.is_empty() {
+        if !lookups.given_ids.is_empty() {
+            let ids: Vec<String> = lookups.given_ids.iter().map(|id| hex::encode(id.as_bytes())).collect();
             let ids_json = serde_json::to_string(&ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             for row in sqlx::query(SELECT_EXISTING).bind(ids_json).fetch_all(&mut *tx).await? {
                 let (id, event) = decode_existing(&row)?;
@@ -143,13 +134,10 @@ impl Storage for SqliteStorage {
             }
         }
 
-        let subjects: Vec<&str> = group
-            .iter()
-            .flat_map(|a| a.writes.iter().filter_map(|w| w.subject.as_ref().map(|s| s.as_str())))
-            .collect();
         let mut erasing = HashSet::new();
-        if !subjects.is_empty() {
-            let subjects_json = serde_json::to_string(&subjects).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        if !lookups.subjects.is_empty() {
+            let subjects_json =
+                serde_json::to_string(&lookups.subjects).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
                 .bind(subjects_json)
                 .fetch_all(&mut *tx)
