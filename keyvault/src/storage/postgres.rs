@@ -22,7 +22,47 @@ use super::{
 use crate::error::VaultError;
 use crate::keys::KeyId;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "vault", include_str!("../../migrations/postgres/0001_vault.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "vault", include_str!("../../migrations/postgres/0001_vault.sql")),
+    (
+        2,
+        "write path",
+        include_str!("../../migrations/postgres/0002_write_path.sql"),
+    ),
+];
+/// A batch of new keys in one statement and one implicit transaction (one round trip: it used
+/// to be four, and two per key before that). It writes only if
+/// - the KEK version `$6` the keys were wrapped with is still usable (`kek`, share-locked
+///   until commit, so a rotation cannot retire it meanwhile), and
+/// - no stream of the batch already has a key that clashes with the request (`clash`: destroyed,
+///   or bound to another subject), so that a refused batch creates nothing (a stream asked
+///   for twice with different subjects is refused before, in `create_keys`);
+///
+/// and then inserts every stream's key row in stream order (concurrent batches lock in the same
+/// order), skipping streams that have a key already, and the key material of the rows that went
+/// in. ON CONFLICT waits for a concurrent insert of the same stream to settle, so a follow-up
+/// read sees the committed winner; a stream given twice in one batch gets the first row's key.
+/// The clash check reads the statement's snapshot, so a clashing key created concurrently is
+/// only found by that follow-up read: the batch then fails, but the keys it did insert stay.
+/// They are valid keys of their own streams, and the retry returns them.
+const CREATE_KEYS: &str = "WITH kek AS ( \
+       SELECT version FROM kek_versions WHERE version = $6 AND state IN ('active', 'pending') FOR SHARE), \
+     input AS ( \
+       SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bytea[]) \
+       WITH ORDINALITY AS t(id, stream, subject, kek_version, wrapped, n)), \
+     clash AS ( \
+       SELECT 1 FROM input i JOIN vault_keys k ON k.stream = i.stream \
+       WHERE k.destroyed_at IS NOT NULL OR k.subject IS DISTINCT FROM i.subject), \
+     keys AS ( \
+       INSERT INTO vault_keys (id, stream, subject) \
+       SELECT id, stream, subject FROM input \
+       WHERE EXISTS (SELECT 1 FROM kek) AND NOT EXISTS (SELECT 1 FROM clash) \
+       ORDER BY stream, n \
+       ON CONFLICT (stream) DO NOTHING RETURNING id), \
+     material AS ( \
+       INSERT INTO vault_key_material (id, kek_version, wrapped) \
+       SELECT i.id, i.kek_version, i.wrapped FROM input i JOIN keys k ON k.id = i.id RETURNING id) \
+     SELECT EXISTS (SELECT 1 FROM kek) AS kek_usable, ARRAY(SELECT id FROM material) AS inserted";
 const POOL_CONNECTIONS_MAX: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,67 +174,71 @@ impl Storage for PgStorage {
     }
 
     async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError> {
-        let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM kek_versions WHERE version = $1 FOR SHARE")
-            .bind(version_to_db(kek_version)?)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if !matches!(state.as_deref(), Some("active" | "pending")) {
-            return Ok(CreateResult::KekVersionRetired);
+        // A stream asked for twice must be asked for with one subject (the statement's own
+        // clash check sees only keys that existed before it).
+        let mut subjects: HashMap<&str, Option<&str>> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let first = *subjects.entry(row.stream).or_insert(row.subject);
+            check_existing(row.stream, row.subject, first, false)?;
         }
-        // One statement for the whole batch (it used to be two round trips per key): insert
-        // every stream's key row, in stream order so that concurrent batches lock in the same
-        // order, and the key material of the rows that went in. ON CONFLICT waits for a
-        // concurrent insert of the same stream to settle, so the SELECT below then sees the
-        // committed winner; a stream given twice in one batch gets the first row's key.
         let versions = rows
             .iter()
             .map(|r| version_to_db(r.wrapped.kek_version))
             .collect::<Result<Vec<_>, _>>()?;
-        let inserted: HashSet<Uuid> = sqlx::query_scalar(
-            "WITH input AS ( \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bytea[]) \
-                 WITH ORDINALITY AS t(id, stream, subject, kek_version, wrapped, n)), \
-             keys AS ( \
-                 INSERT INTO vault_keys (id, stream, subject) \
-                 SELECT id, stream, subject FROM input ORDER BY stream, n \
-                 ON CONFLICT (stream) DO NOTHING RETURNING id) \
-             INSERT INTO vault_key_material (id, kek_version, wrapped) \
-             SELECT i.id, i.kek_version, i.wrapped FROM input i JOIN keys k ON k.id = i.id \
-             RETURNING id",
-        )
-        .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
-        .bind(versions)
-        .bind(rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let created = sqlx::query(CREATE_KEYS)
+            .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
+            .bind(versions)
+            .bind(rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect::<Vec<_>>())
+            .bind(version_to_db(kek_version)?)
+            .fetch_one(&self.pool)
+            .await?;
+        if !created.try_get::<bool, _>("kek_usable")? {
+            return Ok(CreateResult::KekVersionRetired);
+        }
+        let inserted: HashSet<Uuid> = created.try_get::<Vec<Uuid>, _>("inserted")?.into_iter().collect();
+
+        // The streams whose key already existed (or went in concurrently): their committed keys.
+        let others: Vec<&str> = rows
+            .iter()
+            .filter(|r| !inserted.contains(&r.id.0))
+            .map(|r| r.stream)
+            .collect();
+        let mut existing: HashMap<String, sqlx::postgres::PgRow> = HashMap::new();
+        if !others.is_empty() {
+            for row in sqlx::query(
+                "SELECT k.stream, k.id, k.subject, k.destroyed_at IS NOT NULL AS destroyed, m.kek_version, m.wrapped \
+                 FROM vault_keys k LEFT JOIN vault_key_material m ON m.id = k.id WHERE k.stream = ANY($1)",
+            )
+            .bind(&others)
+            .fetch_all(&self.pool)
+            .await?
+            {
+                existing.insert(row.try_get("stream")?, row);
+            }
+        }
+        // A clash refuses the batch whichever row it is on (nothing went in then).
+        for row in rows {
+            if let Some(e) = existing.get(row.stream) {
+                let subject: Option<String> = e.try_get("subject")?;
+                check_existing(row.stream, row.subject, subject.as_deref(), e.try_get("destroyed")?)?;
+            }
+        }
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if inserted.contains(&row.id.0) {
                 out.push(Created::Inserted(row.id));
                 continue;
             }
-            let e = sqlx::query(
-                "SELECT k.id, k.subject, k.destroyed_at IS NOT NULL AS destroyed, m.kek_version, m.wrapped \
-                 FROM vault_keys k LEFT JOIN vault_key_material m ON m.id = k.id WHERE k.stream = $1",
-            )
-            .bind(row.stream)
-            .fetch_one(&mut *tx)
-            .await?;
-            let subject: Option<String> = e.try_get("subject")?;
-            let destroyed: bool = e.try_get("destroyed")?;
-            // Returning early drops `tx`, which rolls the whole batch back.
-            check_existing(row.stream, row.subject, subject.as_deref(), destroyed)?;
-            let id = key_id(&e, "id")?;
+            let e = existing
+                .get(row.stream)
+                .ok_or_else(|| VaultError::Corrupt(format!("stream {:?} has no key after create", row.stream)))?;
+            let id = key_id(e, "id")?;
             let material =
-                wrapped(&e)?.ok_or_else(|| VaultError::Corrupt(format!("live key {id} has no key material")))?;
+                wrapped(e)?.ok_or_else(|| VaultError::Corrupt(format!("live key {id} has no key material")))?;
             out.push(Created::Existing(id, material));
         }
-        tx.commit().await?;
         Ok(CreateResult::Done(out))
     }
 

@@ -64,6 +64,19 @@ async fn create_rejects_subject_mismatch_atomically(db: TestDb) {
             other => panic!("expected SubjectMismatch for {stream}, got {other:?}"),
         }
     }
+    // A stream asked for twice in one batch with different subjects is refused the same way.
+    let err = vault
+        .create_keys(&[
+            nk("fresh", Some("s1")),
+            nk("twice", Some("s1")),
+            nk("twice", Some("s2")),
+        ])
+        .await
+        .err();
+    assert!(
+        matches!(&err, Some(VaultError::SubjectMismatch { stream }) if stream == "twice"),
+        "expected SubjectMismatch for twice, got {err:?}"
+    );
     assert_eq!(
         ok(vault.stats()).await.live_keys,
         2,
