@@ -8,6 +8,12 @@ use lethe::access::Role;
 use lethe::server::{self, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: under load the server spent a fifth of its CPU in
+/// glibc's `free` (many small buffers per request, freed on other threads than they were
+/// allocated on). See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "lethe", version, about = "An event store that can forget.")]
 struct Cli {

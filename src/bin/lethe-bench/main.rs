@@ -24,6 +24,11 @@
 //! cargo run --features insecure-noop-cipher --bin lethe-bench -- --quick   # CI: it runs, no thresholds
 //! ```
 
+/// The same allocator as the `lethe` binary (see src/main.rs), so that the library scenarios
+/// measure Lethe as the server runs it; the clients of every scenario and baseline use it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod baselines;
 mod db;
 mod reads;
@@ -100,6 +105,11 @@ struct Args {
     /// `http-single,message-db`). Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+
+    /// Only these writer (client, connection) counts of the append scenarios and baselines
+    /// (comma-separated, e.g. `64`). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    writers: Vec<usize>,
 
     /// Skip the Message DB baseline (it needs npm, psql and createdb).
     #[arg(long)]
@@ -261,6 +271,11 @@ impl Bench {
         self.args.only.is_empty() || self.args.only.iter().any(|s| s == scenario)
     }
 
+    /// Whether to run `scenario` with this many writers (`--only`, `--writers`).
+    fn wants_writers(&self, scenario: &str, writers: usize) -> bool {
+        self.wants(scenario) && (self.args.writers.is_empty() || self.args.writers.contains(&writers))
+    }
+
     fn server_bin(&mut self) -> anyhow::Result<PathBuf> {
         if self.server_bin.is_none() {
             self.server_bin = Some(server::server_binary(self.args.server_bin.as_deref())?);
@@ -295,7 +310,7 @@ impl Bench {
             EncryptionChoice::Both => &[false, true],
         };
         for &(name, writers, shape) in LIBRARY {
-            if !self.wants(name) {
+            if !self.wants_writers(name, writers) {
                 continue;
             }
             // Rounds alternate encryption off/on (rather than all "off" rounds, then all "on"
@@ -365,7 +380,7 @@ impl Bench {
 
     async fn http_appends(&mut self, engine: Engine) -> anyhow::Result<()> {
         for &(name, clients, shape) in HTTP {
-            if !self.wants(name) {
+            if !self.wants_writers(name, clients) {
                 continue;
             }
             let binary = self.server_bin()?;
@@ -514,7 +529,7 @@ impl Bench {
     async fn baselines(&mut self) -> anyhow::Result<()> {
         let url = self.args.postgres_url.clone();
         for &(name, writers, rows) in RAW_INSERTS {
-            if !self.wants(name) {
+            if !self.wants_writers(name, writers) {
                 continue;
             }
             let mut rounds = Vec::new();
@@ -542,6 +557,9 @@ impl Bench {
         };
         let result = async {
             for &writers in MESSAGE_DB_WRITERS {
+                if !self.wants_writers("message-db", writers) {
+                    continue;
+                }
                 let mut rounds = Vec::new();
                 for round in 1..=self.args.rounds {
                     let figures = mdb.write_messages(writers, self.args.streams, self.duration).await?;
