@@ -43,12 +43,31 @@ const SELECT_ERASING: &str =
     "SELECT DISTINCT subject FROM erasure_requests WHERE status IN ('pending', 'keys_destroyed') AND subject = ANY($1)";
 const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)";
 const CONNECTIONS_MAX: u32 = 16;
+/// The append path has one writer task and one stream-state reader at a time (plus the
+/// locked retry of a lost optimistic write).
+const WRITE_CONNECTIONS_MAX: u32 = 4;
+/// Session settings of the append path's connections. Each of its statements is planned once
+/// per connection, not at every execution: planning was a third of the time PostgreSQL spent
+/// on appends (the group write alone took 0.4 ms to plan). A plan made once must stay good
+/// while the tables grow from empty to millions of rows, and every lookup on this path is by
+/// a unique or indexed key by design, so these connections do not consider whole-table scans
+/// or hash and merge joins: every plan is index lookups and nested loops, which is what
+/// a plan for a big table would be anyway. (The other pool plans each statement for its own
+/// parameters instead: its queries, such as reports, may rightly scan.)
+const WRITE_PATH_PLANS: [(&str, &str); 4] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before re-listening after the notification connection broke.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 pub struct PostgresStorage {
     pool: PgPool,
+    /// The append path's connections (group writes, stream-state reads): see [`WRITE_PATH_PLANS`].
+    write_pool: PgPool,
     /// Tells the LISTEN task to stop (it holds a pool connection that `close` waits for).
     stop_listening: watch::Sender<bool>,
     /// Groups left to write under the lock after an optimistic write lost (`append_group`).
@@ -57,15 +76,21 @@ pub struct PostgresStorage {
 
 impl PostgresStorage {
     pub async fn open(url: &str) -> Result<Self, StorageError> {
-        // Every statement planned for its own parameters, never from a cached generic plan:
-        // the tables start empty and grow faster than autovacuum's ANALYZE follows, and a plan
-        // cached while `streams` was empty kept scanning it in full for every lookup by name
-        // (the bench's single appends spent most of PostgreSQL's CPU comparing stream names).
-        let options = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        // The main pool plans every statement for its own parameters, never from a cached
+        // generic plan: the tables start empty and grow faster than autovacuum's ANALYZE
+        // follows, and a plan cached while `streams` was empty kept scanning it in full for
+        // every lookup by name (the bench's single appends spent most of PostgreSQL's CPU
+        // comparing stream names). The append path has its own pool: see WRITE_PATH_PLANS.
+        let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone().options([("plan_cache_mode", "force_custom_plan")]))
+            .await?;
+        let write_pool = PgPoolOptions::new()
+            .max_connections(WRITE_CONNECTIONS_MAX)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.options(WRITE_PATH_PLANS))
             .await?;
         // The migrator takes an advisory lock, so processes starting together migrate once.
         super::migrations::migrator(super::migrations::POSTGRES)
@@ -74,6 +99,7 @@ impl PostgresStorage {
             .await?;
         Ok(Self {
             pool,
+            write_pool,
             stop_listening: watch::channel(false).0,
             optimistic_lost: AtomicU32::new(0),
         })
@@ -151,7 +177,7 @@ impl Storage for PostgresStorage {
         // (another process appending) and the lock is the cheaper way for a while.
         let lost = self.optimistic_lost.load(Ordering::Relaxed);
         if lost == 0 {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.write_pool.acquire().await?;
             let read = read_for_plan(&mut conn, group, false).await?;
             let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, read.head, now_us());
             let ok = write_group(&mut conn, &plan, read.head, read.generation).await?;
@@ -163,7 +189,7 @@ impl Storage for PostgresStorage {
             self.optimistic_lost.store(lost - 1, Ordering::Relaxed);
         }
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_pool.begin().await?;
         let read = read_for_plan(&mut tx, group, true).await?;
         let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, read.head, now_us());
         if !write_group(&mut tx, &plan, read.head, read.generation).await? {
@@ -217,7 +243,10 @@ impl Storage for PostgresStorage {
     }
 
     async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
-        let rows = sqlx::query(SELECT_STATES).bind(names).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(SELECT_STATES)
+            .bind(names)
+            .fetch_all(&self.write_pool)
+            .await?;
         rows.iter().map(decode_stream_state).collect()
     }
 
@@ -531,6 +560,7 @@ impl Storage for PostgresStorage {
 
     async fn close(&self) {
         let _ = self.stop_listening.send(true);
+        self.write_pool.close().await;
         self.pool.close().await;
     }
 }

@@ -51,8 +51,9 @@ const CREATE_KEYS: &str = "WITH kek AS ( \
        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bytea[]) \
        WITH ORDINALITY AS t(id, stream, subject, kek_version, wrapped, n)), \
      clash AS ( \
-       SELECT 1 FROM input i JOIN vault_keys k ON k.stream = i.stream \
-       WHERE k.destroyed_at IS NOT NULL OR k.subject IS DISTINCT FROM i.subject), \
+       SELECT 1 FROM input i CROSS JOIN LATERAL ( \
+         SELECT 1 FROM vault_keys k WHERE k.stream = i.stream \
+         AND (k.destroyed_at IS NOT NULL OR k.subject IS DISTINCT FROM i.subject) LIMIT 1) c), \
      keys AS ( \
        INSERT INTO vault_keys (id, stream, subject) \
        SELECT id, stream, subject FROM input \
@@ -68,22 +69,38 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct PgStorage {
     pool: PgPool,
+    /// Key creation's connections: see [`CREATE_PLANS`].
+    create_pool: PgPool,
 }
+
+/// Key creation runs at the rate of new streams. Its statement ([`CREATE_KEYS`]) is planned
+/// once per connection instead of at every execution (planning took as long as running it),
+/// and that one plan must stay good while the tables grow from empty: these connections do not
+/// consider whole-table scans, so every lookup is by index, as a plan for a big table would
+/// be anyway. (The statement's only lookup of a growing table is a LATERAL one, which cannot
+/// be turned into a join over a whole table either.)
+const CREATE_PLANS: [(&str, &str); 2] = [("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")];
+/// Key creation is one batch at a time per process (the caller coalesces), plus a spare.
+const CREATE_CONNECTIONS_MAX: u32 = 2;
 
 impl PgStorage {
     pub(crate) async fn open(url: &str) -> Result<PgStorage, VaultError> {
         // Plans for each statement's own parameters, not a generic plan cached while the tables
         // were empty (they grow faster than autovacuum's ANALYZE follows).
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| VaultError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .map_err(|e| VaultError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone().options([("plan_cache_mode", "force_custom_plan")]))
             .await?;
         super::migrator(MIGRATIONS).run(&pool).await?;
-        Ok(PgStorage { pool })
+        let create_pool = PgPoolOptions::new()
+            .max_connections(CREATE_CONNECTIONS_MAX)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.options(CREATE_PLANS))
+            .await?;
+        Ok(PgStorage { pool, create_pool })
     }
 }
 
@@ -192,7 +209,7 @@ impl Storage for PgStorage {
             .bind(versions)
             .bind(rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect::<Vec<_>>())
             .bind(version_to_db(kek_version)?)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.create_pool)
             .await?;
         if !created.try_get::<bool, _>("kek_usable")? {
             return Ok(CreateResult::KekVersionRetired);
