@@ -249,6 +249,9 @@ pub struct AppendOutcome {
     /// True when every event was already stored by an earlier identical append: nothing was
     /// written this time.
     pub idempotent_retry: bool,
+    /// Bytes of the events' `data` and `metadata` as serialized JSON (what the append size
+    /// limits count), for metrics.
+    pub data_bytes: usize,
 }
 
 /// A stream's lifecycle state.

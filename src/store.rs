@@ -171,8 +171,10 @@ impl EventStore {
         let names: Vec<String> = appends.iter().map(|a| a.stream.to_string()).collect();
         let states = self.inner.state_reads.call(names).await?;
         let keys = self.keys_for_append(&appends, &states).await?;
-        let atomic = encode_append(appends, &keys, !self.inner.noop_cipher)?;
-        self.inner.committer.submit(atomic).await
+        let (atomic, data_bytes) = encode_append(appends, &keys, !self.inner.noop_cipher)?;
+        let mut outcome = self.inner.committer.submit(atomic).await?;
+        outcome.data_bytes = data_bytes;
+        Ok(outcome)
     }
 
     /// The DEK of every stream of an append: existing streams' from the cache or the vault,
@@ -754,11 +756,12 @@ impl Batched for StateReads {
 }
 
 /// Encrypts an append's events with their streams' keys. Nothing is stored if this fails.
+/// Also answers the bytes of data and metadata it counted against the limits.
 fn encode_append(
     appends: Vec<StreamAppend>,
     keys: &HashMap<String, (KeyId, Dek)>,
     sealed: bool,
-) -> Result<AtomicAppend, Error> {
+) -> Result<(AtomicAppend, usize), Error> {
     let mut bytes = 0;
     let mut index = 0;
     let mut writes = Vec::with_capacity(appends.len());
@@ -798,7 +801,7 @@ fn encode_append(
             allow_closed: false,
         });
     }
-    Ok(AtomicAppend { writes })
+    Ok((AtomicAppend { writes }, bytes))
 }
 
 /// Retries unfinished erasures (and audits lapsed holds) at open and then every

@@ -262,8 +262,16 @@ fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, probl
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(problem::ApiError::bad_request("the request body must be a JSON object"));
     }
-    let axum::Json(value) = axum::Json::<T>::from_bytes(bytes)?;
-    Ok(value)
+    // serde_json alone first: axum's parser also tracks the path of every value it reads, for
+    // its error messages, at a cost on every request. Only a body that fails is parsed again
+    // by axum, for the message.
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) => {
+            let axum::Json(value) = axum::Json::<T>::from_bytes(bytes)?;
+            Ok(value)
+        }
+    }
 }
 
 /// `Content-Type: application/json` or `application/<something>+json`.

@@ -96,14 +96,6 @@ fn count_append(events: usize, bytes: usize) {
     m.bytes_appended.inc_by(bytes as u64);
 }
 
-fn approximate_bytes(append: &StreamAppend) -> usize {
-    append
-        .events
-        .iter()
-        .map(|e| e.data.to_string().len() + e.metadata.as_ref().map_or(2, |m| m.to_string().len()))
-        .sum()
-}
-
 /// `POST /streams/{stream}`.
 pub async fn append(
     State(state): State<AppState>,
@@ -120,7 +112,7 @@ pub async fn append(
         (None, h) => h.map(ExpectedVersionWire),
     };
     let append = stream_append(&stream, expected, body.subject, body.events)?;
-    let (events, bytes) = (append.events.len(), approximate_bytes(&append));
+    let events = append.events.len();
     let outcome = state.store.append_with_outcome(append).await?;
     let status = if outcome.idempotent_retry {
         StatusCode::OK
@@ -128,7 +120,7 @@ pub async fn append(
         StatusCode::CREATED
     };
     if !outcome.idempotent_retry {
-        count_append(events, bytes);
+        count_append(events, outcome.data_bytes);
     }
     let result = outcome
         .streams
@@ -155,9 +147,7 @@ pub async fn append_multi(
         .into_iter()
         .map(|a| stream_append(&a.stream, a.expected_version, a.subject, a.events))
         .collect::<Result<Vec<_>, _>>()?;
-    let (events, bytes) = appends
-        .iter()
-        .fold((0, 0), |(e, b), a| (e + a.events.len(), b + approximate_bytes(a)));
+    let events = appends.iter().map(|a| a.events.len()).sum();
     let outcome = state.store.append_multi(appends).await?;
     let status = if outcome.idempotent_retry {
         StatusCode::OK
@@ -165,7 +155,7 @@ pub async fn append_multi(
         StatusCode::CREATED
     };
     if !outcome.idempotent_retry {
-        count_append(events, bytes);
+        count_append(events, outcome.data_bytes);
     }
     let response = MultiAppendResponse {
         appends: outcome.streams.into_iter().map(AppendResponse::from).collect(),

@@ -178,6 +178,8 @@ pub fn plan_group<'a>(
                     Ok(AppendOutcome {
                         streams: results,
                         idempotent_retry: false,
+                        // Filled in by the store, which serialized the events.
+                        data_bytes: 0,
                     })
                 }
                 Err(e) => Err(e),
@@ -185,6 +187,7 @@ pub fn plan_group<'a>(
             Retry::Same(results) => Ok(AppendOutcome {
                 streams: results,
                 idempotent_retry: true,
+                data_bytes: 0,
             }),
             Retry::Invalid(e) => Err(e),
         };
