@@ -85,8 +85,9 @@ const CREATE_CONNECTIONS_MAX: u32 = 2;
 
 impl PgStorage {
     pub(crate) async fn open(url: &str) -> Result<PgStorage, VaultError> {
-        // Plans for each statement's own parameters, not a generic plan cached while the tables
-        // were empty (they grow faster than autovacuum's ANALYZE follows).
+        // The main pool plans each statement for its own parameters, not from a generic plan
+        // cached while the tables were empty (they grow faster than autovacuum's ANALYZE
+        // follows). Key creation has its own pool: see CREATE_PLANS.
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| VaultError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?;
         let pool = PgPoolOptions::new()
