@@ -165,7 +165,7 @@ impl fmt::Display for ExpectedVersion {
 }
 
 /// An event to append. Without an `id` Lethe assigns one; give one to make retries idempotent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct NewEvent {
     pub id: Option<Uuid>,
     pub event_type: String,
@@ -284,7 +284,7 @@ impl StreamStatus {
 }
 
 /// A stored event as a reader sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct RecordedEvent {
     pub id: Uuid,
     pub stream: String,
@@ -296,6 +296,33 @@ pub struct RecordedEvent {
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
     pub erased: bool,
+}
+
+// `data` may hold personal data: the `Debug` of an event shows everything else, so that no
+// log line, error or panic message carries it by accident.
+impl fmt::Debug for NewEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewEvent")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .field("metadata", &self.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RecordedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordedEvent")
+            .field("id", &self.id)
+            .field("stream", &self.stream)
+            .field("version", &self.version)
+            .field("position", &self.position)
+            .field("event_type", &self.event_type)
+            .field("erased", &self.erased)
+            .field("metadata", &self.metadata)
+            .field("recorded_at", &self.recorded_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a stream is, apart from its events.
@@ -367,4 +394,34 @@ pub(crate) fn check_reason(reason: &crate::erasure::ErasureReason) -> Result<(),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_an_event_never_shows_its_data() {
+        let marker = "Ada-Lovelace-private-marker";
+        let new = NewEvent::new("PersonalDataGiven", serde_json::json!({ "name": marker }));
+        let recorded = RecordedEvent {
+            id: Uuid::nil(),
+            stream: "user-1".to_owned(),
+            version: 0,
+            position: 1,
+            event_type: "PersonalDataGiven".to_owned(),
+            data: Some(serde_json::json!({ "name": marker })),
+            metadata: serde_json::json!({}),
+            recorded_at: DateTime::<Utc>::UNIX_EPOCH,
+            erased: false,
+        };
+        for debug in [
+            format!("{new:?}"),
+            format!("{recorded:?}"),
+            format!("{:?}", vec![recorded.clone()]),
+        ] {
+            assert!(!debug.contains(marker), "{debug}");
+            assert!(debug.contains("PersonalDataGiven"), "the rest is shown: {debug}");
+        }
+    }
 }

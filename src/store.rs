@@ -281,6 +281,13 @@ impl EventStore {
         limit: usize,
     ) -> Result<StreamSlice, Error> {
         check_limit(limit)?;
+        let stored = self.inner.storage.read_stream(stream, from, direction, limit).await?;
+        let keyed: Vec<bool> = stored.iter().map(|event| event.key_id.is_some()).collect();
+        let mut events = self.decode(stored).await?;
+        // The status is read after the events and their keys, so that a read racing a forget
+        // answers one picture. A forget commits the status before the vault destroys the key:
+        // an event found erased (status or key) means the status read now is no longer
+        // `active`, and a status no longer `active` erases the events read just before it.
         let info = self
             .inner
             .storage
@@ -289,8 +296,14 @@ impl EventStore {
             .ok_or_else(|| Error::StreamNotFound {
                 stream: stream.to_string(),
             })?;
-        let stored = self.inner.storage.read_stream(stream, from, direction, limit).await?;
-        let events = self.decode(stored).await?;
+        if info.status != StreamStatus::Active {
+            for (event, keyed) in events.iter_mut().zip(keyed) {
+                if keyed {
+                    event.data = None;
+                    event.erased = true;
+                }
+            }
+        }
         Ok(StreamSlice { info, events })
     }
 

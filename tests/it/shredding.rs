@@ -65,6 +65,7 @@ backend_tests!(
     forget_interrupted_at_any_step_resumes_to_completion,
     forget_with_vault_unreachable_resumes_when_it_is_back,
     reads_fetch_keys_once_per_page_then_from_cache,
+    a_read_racing_a_forget_sees_the_stream_whole_or_erased,
 );
 
 async fn forgetting_shreds_private_streams_and_keeps_public_ones(db: TestDb) {
@@ -625,6 +626,66 @@ async fn independent_decryption(db: &TestDb, vault_db: &std::path::Path, key_id:
     let plaintext = hex::decode(answer["plaintext_hex"].as_str().unwrap()).unwrap();
     let data: Value = serde_json::from_slice(&plaintext).unwrap();
     assert_eq!(data["name"], MARKER);
+}
+
+/// A stream read is one picture: while a forget runs, a read answers either the live stream
+/// with all its data or the erased stream with none — never `status: active` with erased
+/// events, never `erased` with data. (Its status and its events come from separate queries,
+/// and the forget's shred commits between them in some of these rounds.)
+async fn a_read_racing_a_forget_sees_the_stream_whole_or_erased(db: TestDb) {
+    const USERS: usize = 60;
+    let store = db.open().await;
+    for i in 0..USERS {
+        register_user(&store, &format!("race-{i}")).await;
+    }
+    let (mut whole, mut erased) = (0, 0);
+    for i in 0..USERS {
+        let forget = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .forget(&subject(&format!("race-{i}")), ErasureReason::default())
+                    .await
+                    .unwrap()
+            })
+        };
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            let name = format!("user-private-race-{i}");
+            readers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..25 {
+                    seen.push(read(&store, &name).await);
+                }
+                seen
+            }));
+        }
+        forget.await.unwrap();
+        for reader in readers {
+            for slice in reader.await.unwrap() {
+                let private: Vec<_> = slice.events.iter().filter(|e| e.event_type != "$erased").collect();
+                if slice.info.status == StreamStatus::Active {
+                    assert!(
+                        private.iter().all(|e| !e.erased && e.data.is_some()),
+                        "an active stream read with erased events: {:?}",
+                        slice.events
+                    );
+                    whole += 1;
+                } else {
+                    assert!(
+                        private.iter().all(|e| e.erased && e.data.is_none()),
+                        "an erased stream read with data"
+                    );
+                    erased += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        whole > 0 && erased > 0,
+        "reads saw both sides ({whole} whole, {erased} erased)"
+    );
 }
 
 backend_tests!(export_yields_every_event_of_the_subjects_streams);
