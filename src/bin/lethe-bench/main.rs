@@ -15,7 +15,10 @@
 //! - baselines on the same PostgreSQL server (`baselines.rs`): raw INSERTs of the same rows into
 //!   a bare events-shaped table (1 and 100 rows per transaction), and Message DB's
 //!   `write_message` with the same number of connections, streams and payloads;
-//! - the targets of issue 8 as ratios between figures of this run.
+//! - the Python `eventsourcing` library with its AES cipher (`eventsourcing.rs`), single events
+//!   and 100-event batches, the same writers, streams and payloads;
+//! - the targets of issue 8 as ratios between figures of this run, and comparisons with the
+//!   baselines that have no goal.
 //!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 //!
@@ -31,6 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod baselines;
 mod db;
+mod eventsourcing;
 mod reads;
 mod report;
 mod server;
@@ -47,7 +51,8 @@ use sqlx::Connection;
 
 use crate::baselines::MessageDb;
 use crate::db::{FreshDatabases, redact};
-use crate::report::{Figures, Row, Target, median_figures, table, targets_table};
+use crate::eventsourcing::Eventsourcing;
+use crate::report::{Figures, Goal, Row, Target, median_figures, table, targets_table};
 use crate::server::ServerProcess;
 use crate::workload::{Shape, http_client, http_writer, library_writer, timed};
 
@@ -115,6 +120,11 @@ struct Args {
     #[arg(long)]
     no_message_db: bool,
 
+    /// Skip the Python `eventsourcing` baseline (it needs python3 with venv, and PyPI the first
+    /// time).
+    #[arg(long)]
+    no_eventsourcing: bool,
+
     /// The `lethe` binary for the HTTP scenarios. Default: the one next to this executable,
     /// built with `cargo build --bin lethe` (same profile) if it is missing.
     #[arg(long)]
@@ -124,6 +134,11 @@ struct Args {
     /// in the source tree).
     #[arg(long)]
     message_db_installer: Option<PathBuf>,
+
+    /// The script that installs the Python `eventsourcing` library into a venv (default:
+    /// bench/install-eventsourcing.sh in the source tree; the measuring script is next to it).
+    #[arg(long)]
+    eventsourcing_installer: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,6 +198,13 @@ const RAW_INSERTS: &[(&str, usize, usize)] = &[
     ("raw-insert-100", 8, 100),
 ];
 const MESSAGE_DB_WRITERS: &[usize] = &[1, 16, 64];
+/// The Python `eventsourcing` library: name, writer threads, events per write.
+const EVENTSOURCING: &[(&str, usize, usize)] = &[
+    ("eventsourcing", 1, 1),
+    ("eventsourcing", 16, 1),
+    ("eventsourcing", 64, 1),
+    ("eventsourcing-batch-100", 8, 100),
+];
 
 struct Bench {
     args: Args,
@@ -532,14 +554,17 @@ impl Bench {
             if !self.wants_writers(name, writers) {
                 continue;
             }
-            let mut rounds = Vec::new();
-            for round in 1..=self.args.rounds {
-                let figures = baselines::raw_inserts(&url, writers, rows, self.args.streams, self.duration).await?;
-                progress(Engine::Postgres, name, "-", writers, round, self.args.rounds, &figures);
-                rounds.push(figures);
-            }
-            self.push(name, "postgres", "-", writers, rows, rounds);
+            let (streams, duration) = (self.args.streams, self.duration);
+            self.baseline_rounds(name, "-", writers, rows, || {
+                baselines::raw_inserts(&url, writers, rows, streams, duration)
+            })
+            .await?;
         }
+        self.message_db().await?;
+        self.eventsourcing().await
+    }
+
+    async fn message_db(&mut self) -> anyhow::Result<()> {
         if !self.wants("message-db") {
             return Ok(());
         }
@@ -552,7 +577,7 @@ impl Bench {
             .message_db_installer
             .clone()
             .unwrap_or_else(baselines::default_script);
-        let Some(mdb) = MessageDb::install(&url, &script).await? else {
+        let Some(mdb) = MessageDb::install(&self.args.postgres_url, &script).await? else {
             return Ok(());
         };
         let result = async {
@@ -560,26 +585,77 @@ impl Bench {
                 if !self.wants_writers("message-db", writers) {
                     continue;
                 }
-                let mut rounds = Vec::new();
-                for round in 1..=self.args.rounds {
-                    let figures = mdb.write_messages(writers, self.args.streams, self.duration).await?;
-                    progress(
-                        Engine::Postgres,
-                        "message-db",
-                        "-",
-                        writers,
-                        round,
-                        self.args.rounds,
-                        &figures,
-                    );
-                    rounds.push(figures);
-                }
-                self.push("message-db", "postgres", "-", writers, 1, rounds);
+                let (streams, duration) = (self.args.streams, self.duration);
+                self.baseline_rounds("message-db", "-", writers, 1, || {
+                    mdb.write_messages(writers, streams, duration)
+                })
+                .await?;
             }
             anyhow::Ok(())
         }
         .await;
         finish(result, mdb.remove().await)
+    }
+
+    async fn eventsourcing(&mut self) -> anyhow::Result<()> {
+        let wanted: Vec<_> = EVENTSOURCING
+            .iter()
+            .filter(|&&(name, writers, _)| self.wants_writers(name, writers))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if self.args.no_eventsourcing {
+            eprintln!("eventsourcing baseline SKIPPED (--no-eventsourcing)");
+            return Ok(());
+        }
+        let installer = self
+            .args
+            .eventsourcing_installer
+            .clone()
+            .unwrap_or_else(eventsourcing::default_installer);
+        let Some(es) = Eventsourcing::install(&self.args.postgres_url, &installer).await? else {
+            return Ok(());
+        };
+        for &(name, writers, events) in wanted {
+            let (streams, duration) = (self.args.streams, self.duration);
+            // AES-GCM on every event, as Lethe's "on" rows.
+            self.baseline_rounds(name, "on", writers, events, || {
+                es.append(writers, events, streams, duration)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the rounds of one PostgreSQL baseline row, printing each, and records the row.
+    async fn baseline_rounds<Round>(
+        &mut self,
+        name: &str,
+        encrypted: &'static str,
+        writers: usize,
+        events_per_op: usize,
+        mut round: impl FnMut() -> Round,
+    ) -> anyhow::Result<()>
+    where
+        Round: std::future::Future<Output = anyhow::Result<Figures>>,
+    {
+        let mut rounds = Vec::new();
+        for n in 1..=self.args.rounds {
+            let figures = round().await?;
+            progress(
+                Engine::Postgres,
+                name,
+                encrypted,
+                writers,
+                n,
+                self.args.rounds,
+                &figures,
+            );
+            rounds.push(figures);
+        }
+        self.push(name, "postgres", encrypted, writers, events_per_op, rounds);
+        Ok(())
     }
 }
 
@@ -596,7 +672,7 @@ fn finish<T>(result: anyhow::Result<T>, cleanup: anyhow::Result<()>) -> anyhow::
 
 fn progress(engine: Engine, scenario: &str, encrypted: &str, writers: usize, round: usize, rounds: usize, f: &Figures) {
     eprintln!(
-        "{:<8} {:<20} enc={:<3} writers={:<3} round {round}/{rounds}: {:>9.0} ops/s {:>9.0} events/s, p50 {:.2} ms, p99 {:.2} ms{}{}",
+        "{:<8} {:<23} enc={:<3} writers={:<3} round {round}/{rounds}: {:>9.0} ops/s {:>9.0} events/s, p50 {:.2} ms, p99 {:.2} ms{}{}",
         engine.name(),
         scenario,
         encrypted,
@@ -677,7 +753,8 @@ async fn event_transactions(engine: Engine, url: &str) -> anyhow::Result<u64> {
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
-/// The targets of issue 8, from the PostgreSQL rows of this run.
+/// The targets of issue 8, and the comparisons with its optional baselines that have no goal,
+/// from the PostgreSQL rows of this run.
 fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
     let find = |scenario: &str, encrypted: &str, writers: usize| {
         rows.iter()
@@ -703,8 +780,13 @@ fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
             "single-event HTTP appends vs Message DB",
             "http-single@64 / message-db@64 (ops/s)".into(),
             ratio(ops(find("http-single", "on", 64)), ops(find("message-db", "-", 64))),
-            3.0,
-            true,
+            Goal::AtLeast(3.0),
+            "x",
+        ),
+        Target::informational(
+            "single-event HTTP appends vs Python eventsourcing",
+            "http-single@64 / eventsourcing@64 (ops/s)".into(),
+            ratio(ops(find("http-single", "on", 64)), ops(find("eventsourcing", "on", 64))),
             "x",
         ),
         Target::new(
@@ -714,8 +796,7 @@ fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
                 events(find("http-batch-100", "on", 8)),
                 events(find("raw-insert-100", "-", 8)),
             ),
-            0.5,
-            true,
+            Goal::AtLeast(0.5),
             "x",
         ),
         Target::new(
@@ -725,8 +806,16 @@ fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
                 events(find("batch-100", "on", 8)),
                 events(find("raw-insert-100", "-", 8)),
             ),
-            0.5,
-            true,
+            Goal::AtLeast(0.5),
+            "x",
+        ),
+        Target::informational(
+            "100-event batches over HTTP vs Python eventsourcing",
+            "http-batch-100@8 / eventsourcing-batch-100@8 (events/s)".into(),
+            ratio(
+                events(find("http-batch-100", "on", 8)),
+                events(find("eventsourcing-batch-100", "on", 8)),
+            ),
             "x",
         ),
         Target::new(
@@ -736,40 +825,35 @@ fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
                 ops(find("single-event", "on", 64)),
                 ops(find("single-event", "off", 64)),
             ),
-            10.0,
-            false,
+            Goal::AtMost(10.0),
             "%",
         ),
         Target::new(
             "encryption on vs off, batches",
             "abs(batch-100@8 on / off - 1)".into(),
             apart(events(find("batch-100", "on", 8)), events(find("batch-100", "off", 8))),
-            10.0,
-            false,
+            Goal::AtMost(10.0),
             "%",
         ),
         Target::new(
             "catch-up, decrypted, library",
             "catch-up events/s".into(),
             events(find("catch-up", "on", 1)),
-            200_000.0,
-            true,
+            Goal::AtLeast(200_000.0),
             "events/s",
         ),
         Target::new(
             "forget of 1,000 streams",
             format!("{} (ms)", forget_many(forget_streams)),
             find(&forget_many(forget_streams), "on", 1).map(|f| f.p50_ms),
-            1000.0,
-            false,
+            Goal::AtMost(1000.0),
             "ms",
         ),
         Target::new(
             "server peak RSS during appends",
             "max VmHWM of http-single/http-batch-100 (MiB)".into(),
             peak_rss,
-            150.0,
-            false,
+            Goal::AtMost(150.0),
             "MiB",
         ),
     ]

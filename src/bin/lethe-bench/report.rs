@@ -155,32 +155,54 @@ pub fn markdown(header: &[&str], cells: &[Vec<String>], first_numeric: usize) ->
     out.trim_end().to_owned()
 }
 
-/// One target: a figure of this run, compared with its goal.
+/// What a target's value must be.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// One target: a figure of this run, compared with its goal; or, without a goal, a comparison
+/// printed for information (how Lethe stands against a baseline the issue sets no goal for).
 #[derive(Debug, Serialize)]
 pub struct Target {
     pub name: String,
     /// How the value was computed, e.g. `http-single@64 / message-db@64`.
     pub formula: String,
     pub value: Option<f64>,
-    /// `>= 3` (`at_least`) or `<= 1` (`at_most`).
-    pub goal: f64,
-    pub at_least: bool,
+    /// `None` for an informational comparison.
+    pub goal: Option<Goal>,
     pub unit: &'static str,
-    /// `None` when a figure it needs was not measured in this run.
+    /// `None` when a figure it needs was not measured in this run, or there is no goal.
     pub met: Option<bool>,
 }
 
 impl Target {
-    pub fn new(name: &str, formula: String, value: Option<f64>, goal: f64, at_least: bool, unit: &'static str) -> Self {
-        let met = value.map(|v| if at_least { v >= goal } else { v <= goal });
+    pub fn new(name: &str, formula: String, value: Option<f64>, goal: Goal, unit: &'static str) -> Self {
+        let met = value.map(|v| match goal {
+            Goal::AtLeast(goal) => v >= goal,
+            Goal::AtMost(goal) => v <= goal,
+        });
         Self {
             name: name.to_owned(),
             formula,
             value,
-            goal,
-            at_least,
+            goal: Some(goal),
             unit,
             met,
+        }
+    }
+
+    /// A comparison with no goal to meet.
+    pub fn informational(name: &str, formula: String, value: Option<f64>, unit: &'static str) -> Self {
+        Self {
+            name: name.to_owned(),
+            formula,
+            value,
+            goal: None,
+            unit,
+            met: None,
         }
     }
 }
@@ -200,7 +222,11 @@ pub fn targets_table(targets: &[Target]) -> String {
                 t.name.clone(),
                 t.formula.clone(),
                 t.value.map_or("not measured".to_owned(), value),
-                format!("{} {}", if t.at_least { ">=" } else { "<=" }, value(t.goal)),
+                match t.goal {
+                    Some(Goal::AtLeast(goal)) => format!(">= {}", value(goal)),
+                    Some(Goal::AtMost(goal)) => format!("<= {}", value(goal)),
+                    None => "(information)".to_owned(),
+                },
                 match t.met {
                     Some(true) => "yes".to_owned(),
                     Some(false) => "NO".to_owned(),
