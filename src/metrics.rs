@@ -4,6 +4,7 @@
 //! problem-JSON conversion, say) can count without threading a handle through.
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +41,9 @@ pub struct Metrics {
     pub keys_cached: Gauge,
     pub subscribers: Gauge,
     pub head_position: Gauge,
+    pub writer_transactions: Gauge,
+    pub writer_appends: Gauge,
+    pub writer_busy_seconds: Gauge<f64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -64,6 +68,9 @@ impl Metrics {
             keys_cached: Gauge::default(),
             subscribers: Gauge::default(),
             head_position: Gauge::default(),
+            writer_transactions: Gauge::default(),
+            writer_appends: Gauge::default(),
+            writer_busy_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("appends", "Successful appends", metrics.appends.clone());
@@ -96,6 +103,24 @@ impl Metrics {
             "head_position",
             "Last committed position",
             metrics.head_position.clone(),
+        );
+        // Group commit, for sizing: appends ÷ transactions is the group size, and busy seconds
+        // growing as fast as the clock means the writer (one transaction at a time) is the
+        // bottleneck rather than the clients or the database's CPU.
+        registry.register(
+            "writer_transactions",
+            "Transactions the group writer ran since start",
+            metrics.writer_transactions.clone(),
+        );
+        registry.register(
+            "writer_appends",
+            "Appends the group writer handled since start",
+            metrics.writer_appends.clone(),
+        );
+        registry.register(
+            "writer_busy_seconds",
+            "Seconds the group writer spent in transactions since start",
+            metrics.writer_busy_seconds.clone(),
         );
         Metrics { registry, ..metrics }
     }

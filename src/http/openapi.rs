@@ -1277,7 +1277,8 @@ fn ops_paths() -> Vec<(&'static str, Value)> {
                 "metrics",
                 "Prometheus metrics",
                 "Appends, events and bytes appended, errors by code, erasures, subscribers, the head of the log, \
-                 key-cache hits and misses, request latency by route.",
+                 key-cache hits and misses, request latency by route, and the group writer's transactions, \
+                 appends and busy seconds since start.",
                 responses([(
                     "200",
                     json!({

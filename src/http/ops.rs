@@ -52,6 +52,11 @@ pub async fn metrics_handler(State(state): State<AppState>) -> Response {
     m.key_cache_misses.set(i64::try_from(cache.misses).unwrap_or(i64::MAX));
     m.keys_cached
         .set(i64::try_from(state.store.cached_keys()).unwrap_or(i64::MAX));
+    let writer = state.store.writer_stats();
+    m.writer_transactions
+        .set(i64::try_from(writer.transactions).unwrap_or(i64::MAX));
+    m.writer_appends.set(i64::try_from(writer.appends).unwrap_or(i64::MAX));
+    m.writer_busy_seconds.set(writer.busy.as_secs_f64());
     if let Ok(head) = state.store.head().await {
         m.head_position.set(i64::try_from(head).unwrap_or(i64::MAX));
     }

@@ -1118,6 +1118,16 @@ async fn http_operations_routes(db: TestDb) {
     assert!(content_type.contains("text"), "{content_type}");
     let text = metrics.text().await.unwrap();
     assert!(text.contains("lethe_appends_total"), "{text}");
+    // The group writer's figures: the one append above went through it in one transaction.
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(gauge("lethe_writer_appends") >= 1.0, "{text}");
+    assert!(gauge("lethe_writer_transactions") >= 1.0, "{text}");
+    assert!(gauge("lethe_writer_busy_seconds") > 0.0, "{text}");
     assert!(text.contains("lethe_request_seconds"), "{text}");
     assert!(text.contains(r#"route="POST /streams/{stream}""#), "{text}");
     // Metrics carry routes, never concrete paths (which hold stream names).

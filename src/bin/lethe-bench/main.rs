@@ -428,14 +428,20 @@ impl Bench {
             let deadline = Instant::now() + self.duration;
             let streams = self.args.streams;
             let addr = server.addr;
+            let busy_before = server.writer_busy_seconds().await;
             let figures = timed(clients, shape.events_per_append(), |_, rng| {
                 http_writer(client.clone(), addr, shape, streams, deadline, rng)
             })
             .await;
+            let busy_after = server.writer_busy_seconds().await;
             let rss = server.peak_rss_bytes();
             let stopped = server.stop().await;
             let mut figures = figures?;
             stopped?;
+            eprintln!(
+                "    writer busy {:.0}% of the round",
+                100.0 * (busy_after? - busy_before?) / self.duration.as_secs_f64()
+            );
             figures.peak_rss_mb = Some(rss? as f64 / (1024.0 * 1024.0));
             let transactions = event_transactions(engine, &db.url).await?;
             figures.appends_per_txn = (transactions > 0).then(|| figures.ops as f64 / transactions as f64);

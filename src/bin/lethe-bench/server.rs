@@ -122,6 +122,26 @@ impl ServerProcess {
         }
     }
 
+    /// The group writer's busy time since the server started, in seconds, from `/metrics`
+    /// (`lethe_writer_busy_seconds`): over a round, its growth ÷ the round's length says how
+    /// much of the round the writer — one transaction at a time — was the bottleneck.
+    pub async fn writer_busy_seconds(&self) -> anyhow::Result<f64> {
+        let url = format!("http://{}/metrics", self.addr);
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .build()?
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("lethe_writer_busy_seconds "))
+            .and_then(|value| value.trim().parse().ok())
+            .context("no lethe_writer_busy_seconds in /metrics")
+    }
+
     /// The process's peak resident set size so far (`VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
         let pid = self.child.id().context("the server has exited")?;
