@@ -3,7 +3,9 @@
 //! Tokens are random 256-bit secrets shown once at creation; only their SHA-256 hashes are
 //! stored, so a leaked database reveals no usable token. A presented token is hashed and looked
 //! up by hash; the comparison of the stored hash is constant-time. A verified token is
-//! remembered for [`TOKEN_CACHE_TTL`], so a busy client costs no database query per request.
+//! remembered for [`TOKEN_CACHE_TTL`] (`StoreConfig::token_cache_ttl`), so a busy client costs
+//! no database query per request; a revocation clears what every process remembers (on
+//! PostgreSQL through a notification).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,31 +26,39 @@ pub const TOKEN_PREFIX: &str = "lethe_";
 /// Token names: free text for humans, at most this long.
 pub const TOKEN_NAME_LEN_MAX: usize = 100;
 
-/// How long a verified token is trusted without asking the database again. Revoking a token
-/// takes effect at once in the process that revoked it, and within this long in every other
-/// process on the same database.
+/// How long a verified token is trusted without asking the database again, by default.
+/// Revoking a token takes effect at once in the process that revoked it and, on PostgreSQL,
+/// as soon as the notification arrives in every other process; this bounds it for a process
+/// whose listener was reconnecting (which also forgets every verified token).
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Verified tokens remembered at most (a deployment has a handful; the bound is for safety).
 const TOKEN_CACHE_ENTRIES_MAX: usize = 1024;
 
-/// Tokens verified in the last [`TOKEN_CACHE_TTL`], by hash. Only valid tokens are cached:
-/// an unknown one is looked up every time, so guessing fills nothing.
-#[derive(Default)]
+/// Tokens verified in the last `ttl`, by hash. Only valid tokens are cached: an unknown one
+/// is looked up every time, so guessing fills nothing.
 pub(crate) struct TokenCache {
     verified: Mutex<HashMap<[u8; 32], (TokenRecord, Instant)>>,
+    ttl: Duration,
 }
 
 impl TokenCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            verified: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
     fn get(&self, hash: &[u8; 32]) -> Option<TokenRecord> {
         let verified = self.lock();
         let (record, at) = verified.get(hash)?;
-        (at.elapsed() < TOKEN_CACHE_TTL).then(|| record.clone())
+        (at.elapsed() < self.ttl).then(|| record.clone())
     }
 
     fn put(&self, record: TokenRecord) {
         let mut verified = self.lock();
         if verified.len() >= TOKEN_CACHE_ENTRIES_MAX {
-            verified.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            verified.retain(|_, (_, at)| at.elapsed() < self.ttl);
             if verified.len() >= TOKEN_CACHE_ENTRIES_MAX {
                 verified.clear();
             }
@@ -56,7 +66,7 @@ impl TokenCache {
         verified.insert(record.hash, (record, Instant::now()));
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.lock().clear();
     }
 

@@ -40,6 +40,11 @@ pub struct StoreConfig {
     pub keyvault: Arc<dyn KeyVault>,
     /// DEKs kept in memory at most.
     pub key_cache_keys_max: usize,
+    /// How long a verified API token is trusted without asking the database again
+    /// ([`TOKEN_CACHE_TTL`](crate::access::TOKEN_CACHE_TTL) by default; zero: never cached). On
+    /// PostgreSQL a revocation reaches every process at once anyway; this bounds how long a
+    /// process that missed the notification (its listener reconnecting) may still accept it.
+    pub token_cache_ttl: Duration,
     /// Makes erasures stop at a step as if the process had crashed (tests only).
     #[doc(hidden)]
     pub erasure_fault: Option<ErasureFault>,
@@ -65,6 +70,7 @@ impl StoreConfig {
             database_url: database_url.into(),
             keyvault,
             key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
+            token_cache_ttl: crate::access::TOKEN_CACHE_TTL,
             erasure_fault: None,
             webhook_poll: Duration::from_millis(500),
             webhook_retry_base: Duration::from_secs(1),
@@ -88,7 +94,7 @@ pub(crate) struct Inner {
     /// appends' in one query.
     state_reads: Coalescer<StateReads>,
     /// API tokens verified lately (`access`).
-    pub(crate) tokens: TokenCache,
+    pub(crate) tokens: Arc<TokenCache>,
     erasure_fault: Option<ErasureFault>,
     /// Payloads stored in clear (benchmark builds only; always false otherwise).
     noop_cipher: bool,
@@ -107,11 +113,14 @@ impl EventStore {
         let head = storage.head().await?;
         let (commits_tx, commits) = watch::channel(head);
         let (revoker, forgetter) = (keyring.clone(), keyring.clone());
+        let tokens = Arc::new(TokenCache::new(config.token_cache_ttl));
+        let verified = tokens.clone();
         storage
             .watch_foreign_changes(ChangeFeed {
                 commits: commits_tx.clone(),
                 revoked_keys: Arc::new(move |keys| revoker.revoke(keys)),
                 forget_cached_keys: Arc::new(move || forgetter.clear()),
+                forget_verified_tokens: Arc::new(move || verified.clear()),
             })
             .await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -124,7 +133,7 @@ impl EventStore {
                 storage,
                 keyring,
                 committer,
-                tokens: TokenCache::default(),
+                tokens,
                 erasure_fault: config.erasure_fault,
                 #[cfg(feature = "insecure-noop-cipher")]
                 noop_cipher: config.insecure_noop_cipher,

@@ -260,15 +260,6 @@ macro_rules! shared_queries {
         row.as_ref().map(decode_token).transpose()
     }
 
-    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
-        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(now_us())
-            .execute(&self.$w)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
         let rows = sqlx::query(
             "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens ORDER BY created_at",
@@ -548,6 +539,9 @@ pub struct ChangeFeed {
     /// Called when notifications may have been missed (the listener reconnected): every cached
     /// key is dropped, since a revocation may have been among the missed.
     pub forget_cached_keys: Arc<dyn Fn() + Send + Sync>,
+    /// Called when another process revoked a token, or when notifications may have been
+    /// missed: every verified token is verified again.
+    pub forget_verified_tokens: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// The result of one append of a group.
@@ -627,8 +621,6 @@ pub trait SharedQueries: Send + Sync + 'static {
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError>;
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError>;
-    /// Marks a token revoked; false if there is no such (unrevoked) token.
-    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError>;
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError>;
 
     /// Creates a consumer or updates its filter and flag (its checkpoint stays).
@@ -708,7 +700,12 @@ pub trait Storage: SharedQueries {
     /// Audit entries after `query.after`, oldest first.
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
 
-    /// Starts forwarding what *other* processes do — new commits, revoked keys — into `feed`
+    /// Marks a token revoked; false if there is no such (unrevoked) token. On PostgreSQL the
+    /// revocation is also announced to every other process (at COMMIT), which forget the
+    /// tokens they had verified.
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError>;
+
+    /// Starts forwarding what *other* processes do — new commits, revoked keys and tokens — into `feed`
     /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError>;
 

@@ -37,6 +37,9 @@ use lethe_keyvault::KeyId;
 const COMMITS_CHANNEL: &str = "lethe_commits";
 /// The NOTIFY channel on which erasures announce destroyed keys (comma-separated ids).
 const REVOKED_CHANNEL: &str = "lethe_revoked_keys";
+/// The NOTIFY channel on which a token revocation is announced (no payload: every process
+/// forgets all the tokens it verified, as the revoking process does).
+const TOKENS_CHANNEL: &str = "lethe_revoked_tokens";
 /// 200 uuids of 36 characters plus commas stay under NOTIFY's 8000-byte payload limit.
 const REVOKED_KEYS_PER_NOTIFY: usize = 200;
 const SELECT_ERASING: &str =
@@ -520,9 +523,30 @@ impl Storage for PostgresStorage {
         rows.iter().map(decode_audit).collect()
     }
 
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+        let revoked = done.rows_affected() == 1;
+        if revoked {
+            // Delivered at COMMIT: no process can hear of a revocation that did not happen.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(TOKENS_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([COMMITS_CHANNEL, REVOKED_CHANNEL]).await?;
+        listener
+            .listen_all([COMMITS_CHANNEL, REVOKED_CHANNEL, TOKENS_CHANNEL])
+            .await?;
         let mut stop = self.stop_listening.subscribe();
         tokio::spawn(async move {
             loop {
@@ -535,6 +559,7 @@ impl Storage for PostgresStorage {
                                 advance_head(&feed.commits, head);
                             }
                         }
+                        Ok(note) if note.channel() == TOKENS_CHANNEL => (feed.forget_verified_tokens)(),
                         Ok(note) => {
                             let keys: Vec<KeyId> = note
                                 .payload()
@@ -546,9 +571,10 @@ impl Storage for PostgresStorage {
                         Err(e) => {
                             // PgListener reconnects on the next recv; readers also poll, and
                             // reads check stream status. A revocation may have been missed, so
-                            // drop every cached key.
+                            // drop every cached key and verified token.
                             tracing::warn!(error = %e, "change notifications interrupted");
                             (feed.forget_cached_keys)();
+                            (feed.forget_verified_tokens)();
                             tokio::time::sleep(LISTEN_RETRY).await;
                         }
                     },

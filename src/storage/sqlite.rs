@@ -499,6 +499,15 @@ impl Storage for SqliteStorage {
         rows.iter().map(decode_audit).collect()
     }
 
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now_us())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {
         // One process owns the file; its own commits and erasures are handled in-process.
         Ok(())
