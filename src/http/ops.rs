@@ -47,18 +47,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics_handler(State(state): State<AppState>) -> Response {
     let m = metrics();
+    // Prometheus gauges are i64; counts this large never occur, and saturating beats panicking.
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let cache = state.store.key_cache_stats();
-    m.key_cache_hits.set(i64::try_from(cache.hits).unwrap_or(i64::MAX));
-    m.key_cache_misses.set(i64::try_from(cache.misses).unwrap_or(i64::MAX));
-    m.keys_cached
-        .set(i64::try_from(state.store.cached_keys()).unwrap_or(i64::MAX));
+    m.key_cache_hits.set(gauge(cache.hits));
+    m.key_cache_misses.set(gauge(cache.misses));
+    m.keys_cached.set(gauge(state.store.cached_keys() as u64));
     let writer = state.store.writer_stats();
-    m.writer_transactions
-        .set(i64::try_from(writer.transactions).unwrap_or(i64::MAX));
-    m.writer_appends.set(i64::try_from(writer.appends).unwrap_or(i64::MAX));
+    m.writer_transactions.set(gauge(writer.transactions));
+    m.writer_appends.set(gauge(writer.appends));
     m.writer_busy_seconds.set(writer.busy.as_secs_f64());
     if let Ok(head) = state.store.head().await {
-        m.head_position.set(i64::try_from(head).unwrap_or(i64::MAX));
+        m.head_position.set(gauge(head));
     }
     (
         [(

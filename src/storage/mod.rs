@@ -331,6 +331,17 @@ pub(crate) use shared_queries;
 /// writer already serialises).
 macro_rules! transaction_helpers {
     ($conn:ty, head_select: $head_select:expr) => {
+        /// Marks a token revoked inside the caller's transaction; false if there is no such
+        /// (unrevoked) token.
+        async fn revoke_token_in(conn: &mut $conn, id: Uuid) -> Result<bool, StorageError> {
+            let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now_us())
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
         /// Appends an audit entry inside the caller's transaction (the chain head's row lock orders it).
         async fn audit_in(conn: &mut $conn, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
             let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as($head_select).fetch_one(&mut *conn).await?;

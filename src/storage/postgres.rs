@@ -525,12 +525,7 @@ impl Storage for PostgresStorage {
 
     async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await?;
-        let revoked = done.rows_affected() == 1;
+        let revoked = revoke_token_in(&mut tx, id).await?;
         if revoked {
             // Delivered at COMMIT: no process can hear of a revocation that did not happen.
             sqlx::query("SELECT pg_notify($1, '')")

@@ -500,12 +500,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
-        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(now_us())
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        revoke_token_in(&mut *self.writer.acquire().await?, id).await
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {
