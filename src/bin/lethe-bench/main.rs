@@ -388,10 +388,7 @@ impl Bench {
             store.close().await;
             let mut figures = figures?;
             let transactions = after.transactions - before.transactions;
-            eprintln!(
-                "    writer busy {:.0}% of the round",
-                100.0 * (after.busy - before.busy).as_secs_f64() / self.duration.as_secs_f64()
-            );
+            print_writer_busy((after.busy - before.busy).as_secs_f64(), self.duration);
             figures.appends_per_txn =
                 (transactions > 0).then(|| (after.appends - before.appends) as f64 / transactions as f64);
             Ok(figures)
@@ -438,10 +435,7 @@ impl Bench {
             let stopped = server.stop().await;
             let mut figures = figures?;
             stopped?;
-            eprintln!(
-                "    writer busy {:.0}% of the round",
-                100.0 * (busy_after? - busy_before?) / self.duration.as_secs_f64()
-            );
+            print_writer_busy(busy_after? - busy_before?, self.duration);
             figures.peak_rss_mb = Some(rss? as f64 / (1024.0 * 1024.0));
             let transactions = event_transactions(engine, &db.url).await?;
             figures.appends_per_txn = (transactions > 0).then(|| figures.ops as f64 / transactions as f64);
@@ -694,6 +688,15 @@ fn progress(engine: Engine, scenario: &str, encrypted: &str, writers: usize, rou
         } else {
             String::new()
         },
+    );
+}
+
+/// The group writer's time in transactions over a round's length: near 100%, the serial group
+/// write set the pace.
+fn print_writer_busy(busy_seconds: f64, round: Duration) {
+    eprintln!(
+        "    writer busy {:.0}% of the round",
+        100.0 * busy_seconds / round.as_secs_f64()
     );
 }
 
