@@ -1,5 +1,12 @@
-//! Where wrapped keys live. One small trait, one implementation per engine; the vault logic in
-//! `local.rs` never branches on the engine.
+//! Where wrapped keys live. The vault logic in `local.rs` sees one small trait, [`Storage`], and
+//! never branches on the engine.
+//!
+//! `Storage` is implemented once, in `sql.rs`, for every [`sql::Engine`]: what SQLite and
+//! PostgreSQL do alike (most statements, the transactions around them, decoding rows) is
+//! written there a single time, so a fix or a new rule cannot reach one engine and miss the
+//! other. `sqlite.rs` and `postgres.rs` implement `Engine`: opening the database, how a write
+//! transaction begins, and only the statements and steps that really differ (key creation,
+//! batched lookups, destroying a subject's keys, purging), as methods or SQL constants.
 //!
 //! Architecture invariant: storage sees wrapped keys only. It never holds a KEK or a DEK, so
 //! nothing here can leak one.
@@ -12,6 +19,7 @@ use crate::error::VaultError;
 use crate::keys::KeyId;
 
 pub(crate) mod postgres;
+pub(crate) mod sql;
 pub(crate) mod sqlite;
 
 /// Name of the migrations bookkeeping table: distinct from sqlx's default so that even a

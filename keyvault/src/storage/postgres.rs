@@ -5,20 +5,21 @@
 //! Concurrency with several vault processes on one database: `create_keys` holds a share lock
 //! on the KEK version row it wraps with, and `finish_rotation` updates that row first, so a
 //! rotation can never retire a version while a key wrapped with it is being inserted.
+//!
+//! What both engines do alike is in `sql.rs`; this file keeps opening the database and what
+//! only PostgreSQL does: its second pool and one-statement key creation, array parameters,
+//! `LOCK TABLE`, and purging with VACUUM.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
-use super::{
-    CreateResult, Created, KekState, KekVersionRow, MaterialRow, NewRow, Rewrap, Storage, Stored, WrappedKey,
-    check_existing, count_from_db, version_from_db,
-};
+use super::sql::{self, Engine};
+use super::{CreateResult, Created, NewRow, check_existing};
 use crate::error::VaultError;
 use crate::keys::KeyId;
 
@@ -105,90 +106,23 @@ impl PgStorage {
     }
 }
 
-fn version_to_db(v: u32) -> Result<i32, VaultError> {
-    i32::try_from(v).map_err(|_| VaultError::Corrupt(format!("KEK version {v} out of range")))
-}
+impl Engine for PgStorage {
+    type Db = Postgres;
+    type Version = i32;
 
-fn key_id(row: &sqlx::postgres::PgRow, col: &str) -> Result<KeyId, VaultError> {
-    Ok(KeyId(row.try_get::<Uuid, _>(col)?))
-}
+    const NOW: &'static str = "now()";
+    /// Serialises concurrent rotation starts.
+    const LOCK_KEK_VERSIONS: Option<&'static str> = Some("LOCK TABLE kek_versions IN SHARE ROW EXCLUSIVE MODE");
+    /// Updating the active row first waits for every create holding it FOR SHARE; the count
+    /// after it (a fresh snapshot under READ COMMITTED) then sees their rows.
+    const SWITCH_BEFORE_COUNT: bool = true;
 
-fn wrapped(row: &sqlx::postgres::PgRow) -> Result<Option<WrappedKey>, VaultError> {
-    let version: Option<i32> = row.try_get("kek_version")?;
-    let bytes: Option<Vec<u8>> = row.try_get("wrapped")?;
-    match (version, bytes) {
-        (Some(v), Some(wrapped)) => Ok(Some(WrappedKey {
-            kek_version: version_from_db(i64::from(v))?,
-            wrapped,
-        })),
-        _ => Ok(None),
-    }
-}
-
-#[async_trait]
-impl Storage for PgStorage {
-    async fn kek_versions(&self) -> Result<Vec<KekVersionRow>, VaultError> {
-        let rows = sqlx::query("SELECT version, check_value, state FROM kek_versions ORDER BY version")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KekVersionRow {
-                    version: version_from_db(i64::from(r.try_get::<i32, _>("version")?))?,
-                    check_value: r.try_get("check_value")?,
-                    state: KekState::parse(r.try_get("state")?)?,
-                })
-            })
-            .collect()
+    fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
-    async fn init_kek(&self, check_value: &[u8]) -> Result<(), VaultError> {
-        // The primary key makes two processes initialising at once safe: one insert wins, the
-        // other process then compares its KEK against the winner's check value.
-        sqlx::query(
-            "INSERT INTO kek_versions (version, check_value, state) \
-             SELECT 1, $1, 'active' WHERE NOT EXISTS (SELECT 1 FROM kek_versions) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(check_value)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError> {
-        let mut tx = self.pool.begin().await?;
-        // Serialise concurrent rotation starts.
-        sqlx::query("LOCK TABLE kek_versions IN SHARE ROW EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
-        let pending = sqlx::query("SELECT version, check_value FROM kek_versions WHERE state = 'pending'")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let row = match pending {
-            Some(r) => KekVersionRow {
-                version: version_from_db(i64::from(r.try_get::<i32, _>("version")?))?,
-                check_value: r.try_get("check_value")?,
-                state: KekState::Pending,
-            },
-            None => {
-                let next: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO kek_versions (version, check_value, state) VALUES ($1, $2, 'pending')")
-                    .bind(next)
-                    .bind(check_value)
-                    .execute(&mut *tx)
-                    .await?;
-                KekVersionRow {
-                    version: version_from_db(i64::from(next))?,
-                    check_value: check_value.to_vec(),
-                    state: KekState::Pending,
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(row)
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, VaultError> {
+        Ok(self.pool.begin().await?)
     }
 
     async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError> {
@@ -201,7 +135,7 @@ impl Storage for PgStorage {
         }
         let versions = rows
             .iter()
-            .map(|r| version_to_db(r.wrapped.kek_version))
+            .map(|r| sql::version_to_db::<i32>(r.wrapped.kek_version))
             .collect::<Result<Vec<_>, _>>()?;
         let created = sqlx::query(CREATE_KEYS)
             .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
@@ -209,7 +143,7 @@ impl Storage for PgStorage {
             .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
             .bind(versions)
             .bind(rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect::<Vec<_>>())
-            .bind(version_to_db(kek_version)?)
+            .bind(sql::version_to_db::<i32>(kek_version)?)
             .fetch_one(&self.create_pool)
             .await?;
         if !created.try_get::<bool, _>("kek_usable")? {
@@ -223,7 +157,7 @@ impl Storage for PgStorage {
             .filter(|r| !inserted.contains(&r.id.0))
             .map(|r| r.stream)
             .collect();
-        let mut existing: HashMap<String, sqlx::postgres::PgRow> = HashMap::new();
+        let mut existing: HashMap<String, PgRow> = HashMap::new();
         if !others.is_empty() {
             for row in sqlx::query(
                 "SELECT k.stream, k.id, k.subject, k.destroyed_at IS NOT NULL AS destroyed, m.kek_version, m.wrapped \
@@ -239,8 +173,7 @@ impl Storage for PgStorage {
         // A clash refuses the batch whichever row it is on (nothing went in then).
         for row in rows {
             if let Some(e) = existing.get(row.stream) {
-                let subject: Option<String> = e.try_get("subject")?;
-                check_existing(row.stream, row.subject, subject.as_deref(), e.try_get("destroyed")?)?;
+                sql::check_existing_row::<Self>(row.stream, row.subject, e)?;
             }
         }
         let mut out = Vec::with_capacity(rows.len());
@@ -252,49 +185,25 @@ impl Storage for PgStorage {
             let e = existing
                 .get(row.stream)
                 .ok_or_else(|| VaultError::Corrupt(format!("stream {:?} has no key after create", row.stream)))?;
-            let id = key_id(e, "id")?;
-            let material =
-                wrapped(e)?.ok_or_else(|| VaultError::Corrupt(format!("live key {id} has no key material")))?;
-            out.push(Created::Existing(id, material));
+            out.push(sql::existing_key::<Self>(e)?);
         }
         Ok(CreateResult::Done(out))
     }
 
-    async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<Stored>, VaultError> {
+    async fn fetch_key_rows(&self, ids: &[KeyId]) -> Result<Vec<PgRow>, VaultError> {
         let uuids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let rows = sqlx::query(
+        Ok(sqlx::query(
             "SELECT k.id, k.destroyed_at IS NOT NULL AS destroyed, m.kek_version, m.wrapped \
              FROM vault_keys k LEFT JOIN vault_key_material m ON m.id = k.id \
              WHERE k.id = ANY($1)",
         )
         .bind(&uuids)
         .fetch_all(&self.pool)
-        .await?;
-        let mut found: HashMap<KeyId, Stored> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let id = key_id(row, "id")?;
-            let destroyed: bool = row.try_get("destroyed")?;
-            let stored = match (destroyed, wrapped(row)?) {
-                (true, _) => Stored::Destroyed,
-                (false, Some(w)) => Stored::Live(w),
-                (false, None) => {
-                    return Err(VaultError::Corrupt(format!("live key {id} has no key material")));
-                }
-            };
-            found.insert(id, stored);
-        }
-        Ok(ids
-            .iter()
-            .map(|id| match found.get(id) {
-                Some(Stored::Live(w)) => Stored::Live(w.clone()),
-                Some(Stored::Destroyed) => Stored::Destroyed,
-                _ => Stored::NotFound,
-            })
-            .collect())
+        .await?)
     }
 
     async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "UPDATE vault_keys SET destroyed_at = now() \
              WHERE subject = $1 AND destroyed_at IS NULL RETURNING id, stream",
@@ -304,7 +213,7 @@ impl Storage for PgStorage {
         .await?;
         let mut ids = rows
             .iter()
-            .map(|r| Ok((r.try_get::<String, _>("stream")?, key_id(r, "id")?)))
+            .map(|r| Ok((r.try_get::<String, _>("stream")?, sql::key_id(r)?)))
             .collect::<Result<Vec<_>, VaultError>>()?;
         ids.sort();
         let ids: Vec<KeyId> = ids.into_iter().map(|(_, id)| id).collect();
@@ -317,117 +226,10 @@ impl Storage for PgStorage {
         Ok(ids)
     }
 
-    async fn destroy_stream(&self, stream: &str) -> Result<Option<KeyId>, VaultError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE vault_keys SET destroyed_at = now() \
-             WHERE stream = $1 AND destroyed_at IS NULL RETURNING id",
-        )
-        .bind(stream)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let id = key_id(&row, "id")?;
-        sqlx::query("DELETE FROM vault_key_material WHERE id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(id))
-    }
-
     async fn purge(&self) -> Result<(), VaultError> {
         // VACUUM cannot run inside a transaction block; raw_sql sends it as a simple query on a
         // pooled connection outside any transaction.
         sqlx::raw_sql("VACUUM vault_key_material").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn counts(&self) -> Result<(u64, u64), VaultError> {
-        let row = sqlx::query(
-            "SELECT (SELECT count(*) FROM vault_key_material) AS live, \
-                    (SELECT count(*) FROM vault_keys WHERE destroyed_at IS NOT NULL) AS destroyed",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((
-            count_from_db(row.try_get("live")?),
-            count_from_db(row.try_get("destroyed")?),
-        ))
-    }
-
-    async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError> {
-        let rows = sqlx::query(
-            "SELECT id, kek_version, wrapped FROM vault_key_material \
-             WHERE kek_version <> $1 ORDER BY id LIMIT $2",
-        )
-        .bind(version_to_db(target)?)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let id = key_id(r, "id")?;
-                let key = wrapped(r)?.ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
-                Ok(MaterialRow { id, key })
-            })
-            .collect()
-    }
-
-    async fn rewrap(&self, batch: &[Rewrap]) -> Result<u64, VaultError> {
-        let mut tx = self.pool.begin().await?;
-        let mut updated = 0;
-        for r in batch {
-            updated += sqlx::query(
-                "UPDATE vault_key_material SET kek_version = $1, wrapped = $2 \
-                 WHERE id = $3 AND kek_version = $4",
-            )
-            .bind(version_to_db(r.to.kek_version)?)
-            .bind(&r.to.wrapped)
-            .bind(r.id.0)
-            .bind(version_to_db(r.from_version)?)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        tx.commit().await?;
-        Ok(updated)
-    }
-
-    async fn finish_rotation(&self, target: u32) -> Result<bool, VaultError> {
-        let mut tx = self.pool.begin().await?;
-        // Updating the active row first waits for every create holding it FOR SHARE; the count
-        // below (a fresh snapshot under READ COMMITTED) then sees their rows.
-        sqlx::query("UPDATE kek_versions SET state = 'retired' WHERE state = 'active'")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE kek_versions SET state = 'active' WHERE version = $1 AND state = 'pending'")
-            .bind(version_to_db(target)?)
-            .execute(&mut *tx)
-            .await?;
-        let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM vault_key_material WHERE kek_version <> $1")
-            .bind(version_to_db(target)?)
-            .fetch_one(&mut *tx)
-            .await?;
-        if remaining > 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError> {
-        let rows: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT kek_version FROM vault_key_material ORDER BY 1")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(|v| version_from_db(i64::from(v))).collect()
-    }
-
-    async fn health(&self) -> Result<(), VaultError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 }
