@@ -6,100 +6,61 @@
 
 use uuid::Uuid;
 
-/// One stream whose expectation failed, with the version it actually has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionConflict {
-    pub stream: String,
-    pub expected: crate::model::ExpectedVersion,
-    /// The stream's last version; `None` when it has no events.
-    pub current: Option<u64>,
-}
-
-/// Input that Lethe refuses before touching any storage.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ValidationError {
-    #[error("invalid stream name {stream:?}: it {reason}")]
-    InvalidStreamName { stream: String, reason: &'static str },
-    #[error("stream names starting with '$' are reserved for system streams: {stream:?}")]
-    ReservedStreamName { stream: String },
-    #[error("invalid subject id: it {reason}")]
-    InvalidSubject { reason: &'static str },
-    #[error("invalid event type: it must be 1 to 200 characters without control characters")]
-    InvalidEventType,
-    /// A problem with one event of one stream of an append (the part is named).
-    #[error("stream {stream:?}, event {index}: {error}")]
-    InPart {
-        stream: String,
-        index: usize,
-        error: Box<ValidationError>,
-    },
-    #[error("an append needs at least one event for each stream")]
-    NoEvents,
-    #[error("a multi-stream append needs at least one stream")]
-    NoStreams,
-    #[error("too many events in one append: {count} (at most {max})")]
-    TooManyEvents { count: usize, max: usize },
-    #[error("too many streams in one append: {count} (at most {max})")]
-    TooManyStreams { count: usize, max: usize },
-    #[error("event {index} is too large: {bytes} bytes of data and metadata (at most {max})")]
-    EventTooLarge { index: usize, bytes: usize, max: usize },
-    #[error("append is too large: {bytes} bytes of data and metadata (at most {max})")]
-    AppendTooLarge { bytes: usize, max: usize },
-    #[error("event id {event_id} appears twice in one append")]
-    DuplicateEventIdInAppend { event_id: Uuid },
-    #[error("stream {stream:?} appears twice in one append")]
-    DuplicateStreamInAppend { stream: String },
-    #[error("event data or metadata cannot be serialized as JSON")]
-    InvalidData,
-    #[error("invalid {what}: it must be 1 to {max} characters")]
-    InvalidName { what: &'static str, max: usize },
-    #[error("invalid {what}: at most {max} characters, and no control characters")]
-    InvalidText { what: &'static str, max: usize },
-    #[error("invalid position: {position} is past the head of the log ({head})")]
-    PositionPastHead { position: u64, head: u64 },
-    #[error("invalid limit: it must be 1 to {max}")]
-    InvalidLimit { max: usize },
-    #[error("too many event types in a filter: {count} (at most {max})")]
-    TooManyTypes { count: usize, max: usize },
-}
-
-impl ValidationError {
-    /// Names the stream and event (index within its stream) this error is about.
-    pub(crate) fn in_part(self, stream: &str, index: usize) -> Self {
-        ValidationError::InPart {
-            stream: stream.to_owned(),
-            index,
-            error: Box::new(self),
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            ValidationError::InPart { error, .. } => error.code(),
-            ValidationError::InvalidStreamName { .. } | ValidationError::ReservedStreamName { .. } => {
-                "invalid_stream_name"
-            }
-            ValidationError::EventTooLarge { .. } | ValidationError::AppendTooLarge { .. } => "payload_too_large",
-            _ => "invalid_request",
-        }
-    }
-}
+pub use crate::model::{ValidationError, VersionConflict};
 
 /// A failure of the event database itself (connection, SQL, corrupt row).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(DatabaseError),
     #[error("database migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(DatabaseError),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
     #[error("corrupt row in the event database: {0}")]
     Corrupt(String),
 }
 
+/// An error of the database driver, kept opaque so that the driver is not part of Lethe's
+/// API: its message, its [`source`](std::error::Error::source), and whether it means the
+/// database is unreachable for now ([`DatabaseError::is_unavailable`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct DatabaseError {
+    source: Box<dyn std::error::Error + Send + Sync>,
+    unavailable: bool,
+}
+
+impl DatabaseError {
+    /// Whether the database is unreachable right now (retrying may help).
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        let unavailable = is_unavailable(&e);
+        StorageError::Database(DatabaseError {
+            source: Box::new(e),
+            unavailable,
+        })
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StorageError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StorageError::Migration(DatabaseError {
+            source: Box::new(e),
+            unavailable: false,
+        })
+    }
+}
+
 /// Every error the Lethe library returns.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("wrong expected version for {}", describe_conflicts(.conflicts))]
     WrongExpectedVersion { conflicts: Vec<VersionConflict> },
@@ -136,7 +97,7 @@ pub enum Error {
     Corrupt { detail: String },
     #[error("key vault: {0}")]
     KeyVault(lethe_keyvault::VaultError),
-    /// A test-only fault point fired (see `StoreConfig::fault`).
+    /// A test-only fault point fired (see `StoreConfig::erasure_fault`).
     #[doc(hidden)]
     #[error("injected fault")]
     InjectedFault,
@@ -178,7 +139,7 @@ impl Error {
             Error::LegalHold { .. } => "legal_hold",
             Error::LastAdminToken => "last_admin_token",
             Error::Invalid(v) => v.code(),
-            Error::Storage(StorageError::Database(e)) if is_unavailable(e) => "storage_unavailable",
+            Error::Storage(StorageError::Database(e)) if e.is_unavailable() => "storage_unavailable",
             Error::Storage(StorageError::Corrupt(_)) => "corrupt_data",
             Error::Storage(_) => "storage_error",
             Error::ShuttingDown => "shutting_down",
@@ -200,10 +161,4 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Protocol(_)
     )
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Storage(StorageError::Database(e))
-    }
 }

@@ -2,39 +2,37 @@
 //!
 //! Every stream's payloads are encrypted with a key of their own, held in a separate key vault;
 //! forgetting a data subject destroys the keys of that subject's streams. This crate is the
-//! event store: [`EventStore`] over SQLite (embedded) or PostgreSQL (production).
-//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+//! event store: [`EventStore`] over SQLite (embedded) or PostgreSQL (production), its HTTP API
+//! ([`http`]) and the `lethe serve` wiring ([`server`]).
+//!
+//! The modules form layers whose imports point one way, down (ARCHITECTURE.md has the map and
+//! `tests/it/layers.rs` keeps it so):
+//! 1. [`model`] and [`limits`]: the records, no I/O;
+//! 2. [`error`]: the typed errors;
+//! 3. `storage` (the event database) and `crypto` (keys and sealing), beside `coalesce`;
+//! 4. `core`: one open store's machinery — the append and read paths;
+//! 5. `services`: erasure, tokens, consumers, audit, webhooks, subscriptions, catch-up,
+//!    export, report;
+//! 6. [`store`]: [`EventStore`], the façade;
+//! 7. [`http`] and [`server`].
 
-pub mod access;
-pub mod audit;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod model;
-pub mod report;
 pub mod server;
 pub mod store;
-pub mod webhooks;
 
-mod catch_up;
 mod coalesce;
+mod core;
 mod crypto;
-pub mod erasure;
-mod export;
-mod group_commit;
-pub mod http;
-pub mod metrics;
-mod payload;
+mod services;
 mod storage;
-mod subscription;
 
-pub use crypto::KeyCacheStats;
-pub use erasure::{
-    Dependent, Erasure, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget, LegalHold, ShreddedStream,
-};
-pub use error::{Error, StorageError, ValidationError, VersionConflict};
-pub use group_commit::WriterStats;
+pub use error::{DatabaseError, Error, StorageError};
 pub use model::{
-    AppendOutcome, AppendResult, Direction, ExpectedVersion, LogFilter, LogPage, NewEvent, RecordedEvent, StreamAppend,
-    StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId,
+    AppendOutcome, AppendResult, Dependent, Direction, Erasure, ErasureFilter, ErasureReason, ErasureStatus,
+    ErasureTarget, ExpectedVersion, LegalHold, LogFilter, LogPage, NewEvent, RecordedEvent, ShreddedStream,
+    StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId, ValidationError, VersionConflict,
 };
-pub use store::{EventStore, StoreConfig};
+pub use store::{EventStore, KeyCacheStats, StoreConfig, WriterStats};

@@ -1,6 +1,11 @@
-//! Every limit Lethe enforces, in one place, with its unit in its name.
+//! Every limit Lethe enforces, in one place, with its unit in its name: input limits first,
+//! then the bounds of what the store holds in memory. (The HTTP server's limits are settings
+//! of `lethe serve` with their defaults in `crate::http::HttpLimits`; the vault's are in
+//! `lethe_keyvault::limits`.)
 //!
 //! They are documented for users in README.md ("Limits"); change both together.
+
+use std::time::Duration;
 
 /// Stream names and subject ids: 1..=200 characters of `[A-Za-z0-9_.:@-]`.
 pub const NAME_LEN_MAX: usize = 200;
@@ -25,3 +30,59 @@ pub const GROUP_APPENDS_MAX: usize = 512;
 pub const GROUP_EVENTS_MAX: usize = 4_000;
 /// Free-text fields of erasure requests and legal holds (reason, requested_by, reference).
 pub const REASON_LEN_MAX: usize = 1_000;
+/// Token names: free text for humans.
+pub const TOKEN_NAME_LEN_MAX: usize = 100;
+/// Webhook URLs, in bytes.
+pub const WEBHOOK_URL_LEN_MAX: usize = 2_000;
+/// Webhook signing secrets, in characters.
+pub const WEBHOOK_SECRET_LEN_MIN: usize = 16;
+pub const WEBHOOK_SECRET_LEN_MAX: usize = 200;
+/// Erasure requests one listing returns at most (`GET /admin/erasures?limit=`, and the
+/// requests `GET /admin/subjects/{subject}` shows).
+pub const ERASURES_LIST_MAX: usize = 1_000;
+/// Audit entries one page returns at most.
+pub const AUDIT_PAGE_MAX: usize = 1_000;
+/// Erasure requests one report covers at most.
+pub const REPORT_ERASURES_MAX: usize = 100_000;
+/// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
+
+// Internal bounds: what the store holds in memory or asks for at once. Not input limits, but
+// limits all the same, so that nothing grows without one.
+
+/// DEKs the key cache holds by default (`StoreConfig::key_cache_keys_max`; a DEK is 32 bytes).
+pub const KEY_CACHE_KEYS_DEFAULT: usize = 10_000;
+/// Destroyed key ids remembered so that a vault fetch racing a forget cannot cache them again.
+pub const REVOKED_KEYS_MAX: usize = 100_000;
+/// Keys one vault call creates at most.
+pub const CREATE_BATCH_KEYS_MAX: usize = 1_000;
+/// Verified API tokens remembered at most (a deployment has a handful; the bound is for safety).
+pub const TOKEN_CACHE_ENTRIES_MAX: usize = 1_024;
+/// Appends waiting for the writer before submitters wait for room.
+pub const WRITER_QUEUE_APPENDS_MAX: usize = 4 * GROUP_APPENDS_MAX;
+/// Requests waiting for a coalescing task before callers wait for room.
+pub const COALESCE_QUEUE_MAX: usize = 1_024;
+/// Events a subscription or an export reads per page (and holds, still encrypted).
+pub const BUFFERED_PAGE_EVENTS: usize = 500;
+/// Catch-up pages read ahead and waiting for the caller, besides the one being read and the
+/// one the reader task holds: the read-ahead is at most three pages.
+pub const READ_AHEAD_PAGES_WAITING_MAX: usize = 1;
+/// Webhook deliveries one round tries at most.
+pub const WEBHOOK_ROUND_DELIVERIES_MAX: usize = 100;
+
+// Database connections, per process.
+
+/// SQLite: concurrent readers beside the one writer connection.
+pub const SQLITE_READ_CONNECTIONS_MAX: u32 = 8;
+/// SQLite: how long a connection waits for a lock held by another connection (or process).
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// PostgreSQL: the main pool (reads, erasures, tokens, consumers, the audit chain).
+pub const POSTGRES_CONNECTIONS_MAX: u32 = 16;
+/// PostgreSQL: the append path's own pool — one writer task and one stream-state reader at a
+/// time, plus the locked retry of a lost optimistic write.
+pub const POSTGRES_WRITE_CONNECTIONS_MAX: u32 = 4;
+/// PostgreSQL: how long a request waits for a free connection.
+pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// PostgreSQL: destroyed key ids per `NOTIFY` (200 uuids of 36 characters and commas stay under
+/// its 8000-byte payload limit).
+pub const REVOKED_KEYS_PER_NOTIFY: usize = 200;

@@ -4,7 +4,7 @@ mod cli;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lethe::access::Role;
+use lethe::model::Role;
 use lethe::server::{self, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin { connection, command } => cli::run(connection, command).await?,
         Command::Audit(AuditCommand::Verify { database_url, data_dir }) => {
             let url = database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("events.db").display()));
-            let verification = lethe::audit::verify_database(&url).await?;
+            let verification = lethe::store::verify_audit_database(&url).await?;
             match verification.first_broken {
                 None => println!("audit trail intact: {} entries", verification.entries),
                 Some(seq) => {
@@ -125,7 +125,7 @@ async fn audit_rotation(database_url: Option<&str>, report: &lethe_keyvault::Rot
         );
         return Ok(());
     };
-    let entry = lethe::audit::NewAuditEntry {
+    let entry = lethe::model::NewAuditEntry {
         actor: "cli".to_owned(),
         action: "kek_rotated".to_owned(),
         subject: None,
@@ -136,7 +136,7 @@ async fn audit_rotation(database_url: Option<&str>, report: &lethe_keyvault::Rot
             "keys_rewrapped": report.rewrapped,
         }),
     };
-    lethe::audit::append_to_database(url, &entry)
+    lethe::store::append_audit_to_database(url, &entry)
         .await
         .context("the KEK was rotated, but recording it in the audit trail failed")?;
     Ok(())

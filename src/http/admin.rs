@@ -11,20 +11,18 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::metrics::{KindLabel, metrics};
 use super::problem::ApiError;
 use super::wire::{
     AuditEntryOut, AuditListResponse, AuditVerifyResponse, ErasureListResponse, ErasureResponse, EventOut,
     ForgetRequest, HoldOut, HoldRequest, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
 };
 use super::{AppState, Caller, JsonBody, PathParam, audit_entry};
-use crate::access::Role;
-use crate::audit::AuditQuery;
-use crate::erasure::{ErasureFilter, ErasureReason, ErasureStatus};
-use crate::metrics::{KindLabel, metrics};
+use crate::limits::ERASURES_LIST_MAX;
+use crate::model::AuditQuery;
+use crate::model::Role;
 use crate::model::SubjectId;
-
-/// Erasure requests one listing returns at most.
-const ERASURES_LIST_MAX: usize = 1_000;
+use crate::model::{ErasureFilter, ErasureReason, ErasureStatus};
 
 fn subject_of(raw: &str) -> Result<SubjectId, ApiError> {
     Ok(SubjectId::new(raw).map_err(crate::Error::from)?)

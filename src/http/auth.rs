@@ -10,7 +10,7 @@ use axum::response::Response;
 
 use super::problem::ApiError;
 use super::{AppState, Caller};
-use crate::access::Role;
+use crate::model::Role;
 
 pub async fn require_reader(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
     require(state, Role::Reader, request, next).await

@@ -16,7 +16,7 @@ use super::wire::{
     AckRequest, ConsumerEventsQuery, ConsumerEventsResponse, ConsumerRequest, ConsumerResponse, EventOut,
 };
 use super::{AppState, JsonBody, PathParam};
-use crate::access::Consumer;
+use crate::model::Consumer;
 use crate::model::LogFilter;
 
 /// Events a consumer read returns when no `limit` is given.
@@ -47,7 +47,7 @@ pub async fn put(
     };
     // Checked before anything is stored, so a bad webhook changes nothing.
     if let Some(webhook) = &body.webhook {
-        crate::webhooks::check_webhook(&webhook.url, &webhook.secret)?;
+        crate::model::check_webhook(&webhook.url, &webhook.secret).map_err(crate::Error::from)?;
     }
     state.store.put_consumer(&name, filter, body.erasure_dependent).await?;
     // PUT replaces: without a webhook in the body the consumer has none.

@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod consumers;
+mod metrics;
 pub mod openapi;
 mod ops;
 pub mod problem;
@@ -26,7 +27,7 @@ use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::access::Role;
+use crate::model::Role;
 use crate::store::EventStore;
 
 /// Limits of the HTTP layer. Each is documented in README.md ("Limits").
@@ -293,8 +294,8 @@ pub(crate) fn audit_entry(
     subject: Option<&crate::model::SubjectId>,
     request_id: Option<uuid::Uuid>,
     details: serde_json::Value,
-) -> crate::audit::NewAuditEntry {
-    crate::audit::NewAuditEntry {
+) -> crate::model::NewAuditEntry {
+    crate::model::NewAuditEntry {
         actor: caller.name.clone(),
         action: action.to_owned(),
         subject: subject.cloned(),

@@ -13,23 +13,17 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::access::TOKEN_NAME_LEN_MAX;
-use crate::erasure::ErasureStatus;
 use crate::limits::{
-    APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX, NAME_LEN_MAX, READ_PAGE_EVENTS_MAX,
-    REASON_LEN_MAX,
+    APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, ERASURES_LIST_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX, NAME_LEN_MAX,
+    READ_PAGE_EVENTS_MAX, REASON_LEN_MAX, TOKEN_NAME_LEN_MAX, WEBHOOK_SECRET_LEN_MAX, WEBHOOK_SECRET_LEN_MIN,
+    WEBHOOK_URL_LEN_MAX,
 };
-use crate::webhooks::WEBHOOK_SECRET_LEN_MIN;
+use crate::model::ErasureStatus;
 
 /// Where `$ref`s to schemas point.
 const SCHEMAS: &str = "#/components/schemas/";
 /// Largest value of a `u64` (versions, positions, `from`, `wait_ms`).
 const U64_MAX: u64 = u64::MAX;
-/// Erasure requests one listing returns at most (`GET /admin/erasures?limit=`).
-const ERASURES_LIST_MAX: usize = 1_000;
-/// Longest webhook URL, in bytes, and secret, in characters (`crate::webhooks::check_webhook`).
-const WEBHOOK_URL_LEN_MAX: usize = 2_000;
-const WEBHOOK_SECRET_LEN_MAX: usize = 200;
 /// Characters `char::is_control` refuses (Unicode category Cc), as a regex class body.
 const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
 /// Control characters free text may not hold (all but tab, line feed and carriage return).
@@ -1067,7 +1061,7 @@ fn list_audit() -> Value {
                 { "name": "after", "in": "query", "description": "Entries after this sequence number (default 0).",
                   "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX } },
                 { "name": "limit", "in": "query", "description": "Entries per page (default 100).",
-                  "schema": { "type": "integer", "minimum": 1, "maximum": crate::audit::AUDIT_PAGE_MAX } },
+                  "schema": { "type": "integer", "minimum": 1, "maximum": crate::limits::AUDIT_PAGE_MAX } },
                 { "name": "action", "in": "query", "description": "Only this action.", "schema": { "type": "string" } },
                 { "name": "subject", "in": "query", "description": "Only entries about this subject.",
                   "schema": schema_ref("SubjectId") }

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use super::metrics::{RouteLabel, metrics};
 use super::problem::ApiError;
-use crate::metrics::{RouteLabel, metrics};
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {

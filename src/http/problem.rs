@@ -120,7 +120,7 @@ fn title_of(code: &str) -> &'static str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(self.code);
-        crate::metrics::record_error(self.code);
+        super::metrics::record_error(self.code);
         if status.is_server_error() {
             tracing::warn!(code = self.code, detail = %self.detail, "request failed");
         }

@@ -10,14 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
 
+use super::metrics::metrics;
 use super::problem::ApiError;
 use super::wire::{
     AppendRequest, AppendResponse, DeleteStreamRequest, DirectionWire, ErasureResponse, EventIn, EventOut,
     ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, StreamQuery, StreamResponse,
 };
 use super::{AppState, JsonBody, PathParam, split_types};
-use crate::erasure::ErasureReason;
-use crate::metrics::metrics;
+use crate::model::ErasureReason;
 use crate::model::{Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId};
 
 /// Events a read returns when no `limit` is given.
@@ -219,7 +219,7 @@ pub async fn delete(
     state.store.audit_quietly(entry).await;
     metrics()
         .erasures
-        .get_or_create(&crate::metrics::KindLabel { kind: "stream".into() })
+        .get_or_create(&super::metrics::KindLabel { kind: "stream".into() })
         .inc();
     Ok(Json(erasure.into()))
 }
@@ -268,7 +268,7 @@ pub async fn subscribe(
         return Err(ApiError::bad_request("limit does not apply to /subscribe"));
     }
     let filter = filter_of(&query);
-    crate::store::check_filter(&filter)?;
+    crate::model::validation::check_filter(&filter).map_err(crate::Error::from)?;
     let resume_after = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()

@@ -299,11 +299,11 @@ pub struct DependentOut {
     pub last_delivery_error: Option<String>,
 }
 
-impl From<crate::erasure::Erasure> for ErasureResponse {
-    fn from(e: crate::erasure::Erasure) -> Self {
+impl From<crate::model::Erasure> for ErasureResponse {
+    fn from(e: crate::model::Erasure) -> Self {
         let (kind, subject, stream) = match &e.target {
-            crate::erasure::ErasureTarget::Subject(s) => ("subject", Some(s.to_string()), None),
-            crate::erasure::ErasureTarget::Stream(s) => ("stream", None, Some(s.to_string())),
+            crate::model::ErasureTarget::Subject(s) => ("subject", Some(s.to_string()), None),
+            crate::model::ErasureTarget::Stream(s) => ("stream", None, Some(s.to_string())),
         };
         let (deadline, overdue) = (e.deadline(), e.is_overdue(Utc::now()));
         Self {
@@ -379,8 +379,8 @@ pub struct HoldOut {
     pub placed_at: DateTime<Utc>,
 }
 
-impl From<crate::erasure::LegalHold> for HoldOut {
-    fn from(h: crate::erasure::LegalHold) -> Self {
+impl From<crate::model::LegalHold> for HoldOut {
+    fn from(h: crate::model::LegalHold) -> Self {
         Self {
             subject: h.subject.to_string(),
             reason: h.reason,
@@ -417,8 +417,8 @@ pub struct TokenOut {
     pub token: Option<String>,
 }
 
-impl From<crate::access::TokenRecord> for TokenOut {
-    fn from(t: crate::access::TokenRecord) -> Self {
+impl From<crate::model::TokenRecord> for TokenOut {
+    fn from(t: crate::model::TokenRecord) -> Self {
         Self {
             id: t.id,
             name: t.name,
@@ -449,8 +449,8 @@ pub struct AuditEntryOut {
     pub hash: String,
 }
 
-impl From<crate::audit::AuditEntry> for AuditEntryOut {
-    fn from(e: crate::audit::AuditEntry) -> Self {
+impl From<crate::model::AuditEntry> for AuditEntryOut {
+    fn from(e: crate::model::AuditEntry) -> Self {
         Self {
             seq: e.seq,
             at: e.at,

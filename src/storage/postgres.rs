@@ -11,27 +11,25 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use lethe_keyvault::KeyId;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
-use super::{
-    AppendReply, AtomicAppend, ChangeFeed, Delivery, Storage, StoredEvent, advance_head, attach_dependents,
-    decode_audit, decode_consumer, decode_erasure, decode_event, decode_event_with_status, decode_existing,
-    decode_hold, decode_shredded, decode_stream_info, decode_stream_state, decode_token, encode_shredded, encode_types,
-    hash32, now_us, overdue_cutoff_us, parse_status, target_columns, to_i64, to_u64,
+use super::rows::{
+    decode_event_with_status, decode_existing, decode_stream_state, now_us, parse_status, select_erasures, to_i64,
+    to_u64,
 };
-use crate::access::{Consumer, TokenRecord};
-use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
-use crate::erasure::{Erasure, ErasureFilter, ErasureStatus, ErasureTarget, LegalHold};
+use super::sql::Engine;
+use super::{AppendReply, AtomicAppend, ChangeFeed, StoredEvent, advance_head};
 use crate::error::StorageError;
-use crate::model::{Direction, LogFilter, StreamInfo, StreamName, StreamStatus, SubjectId};
-use lethe_keyvault::KeyId;
+use crate::limits::{
+    POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_WRITE_CONNECTIONS_MAX, REVOKED_KEYS_PER_NOTIFY,
+};
+use crate::model::{LogFilter, StreamStatus};
 
 /// The NOTIFY channel on which every commit announces the new head position.
 const COMMITS_CHANNEL: &str = "lethe_commits";
@@ -40,15 +38,9 @@ const REVOKED_CHANNEL: &str = "lethe_revoked_keys";
 /// The NOTIFY channel on which a token revocation is announced (no payload: every process
 /// forgets all the tokens it verified, as the revoking process does).
 const TOKENS_CHANNEL: &str = "lethe_revoked_tokens";
-/// 200 uuids of 36 characters plus commas stay under NOTIFY's 8000-byte payload limit.
-const REVOKED_KEYS_PER_NOTIFY: usize = 200;
 const SELECT_ERASING: &str =
     "SELECT DISTINCT subject FROM erasure_requests WHERE status IN ('pending', 'keys_destroyed') AND subject = ANY($1)";
 const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)";
-const CONNECTIONS_MAX: u32 = 16;
-/// The append path has one writer task and one stream-state reader at a time (plus the
-/// locked retry of a lost optimistic write).
-const WRITE_CONNECTIONS_MAX: u32 = 4;
 /// Session settings of the append path's connections. Each of its statements is planned once
 /// per connection, not at every execution: planning was a third of the time PostgreSQL spent
 /// on appends (the group write alone took 0.4 ms to plan). A plan made once must stay good
@@ -63,9 +55,8 @@ const WRITE_PATH_PLANS: [(&str, &str); 4] = [
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),
 ];
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before re-listening after the notification connection broke.
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PostgresStorage {
     pool: PgPool,
@@ -86,13 +77,13 @@ impl PostgresStorage {
         // comparing stream names). The append path has its own pool: see WRITE_PATH_PLANS.
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
-            .max_connections(CONNECTIONS_MAX)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(POSTGRES_CONNECTIONS_MAX)
+            .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.clone().options([("plan_cache_mode", "force_custom_plan")]))
             .await?;
         let write_pool = PgPoolOptions::new()
-            .max_connections(WRITE_CONNECTIONS_MAX)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(POSTGRES_WRITE_CONNECTIONS_MAX)
+            .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.options(WRITE_PATH_PLANS))
             .await?;
         // The migrator takes an advisory lock, so processes starting together migrate once.
@@ -151,30 +142,28 @@ SELECT position, (SELECT count(*) FROM notified) FROM head";
 /// its write), this many groups take the lock instead.
 const OPTIMISTIC_PAUSE_GROUPS: u32 = 16;
 
-impl PostgresStorage {
-    /// Fills in each erasure's dependents (one query for all of them).
-    async fn load_dependents(&self, erasures: &mut [Erasure]) -> Result<(), StorageError> {
-        if erasures.is_empty() {
-            return Ok(());
-        }
-        let rows = sqlx::query(
-            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
-             last_delivery_error FROM erasure_dependents \
-             WHERE erasure_id = ANY($1)",
-        )
-        .bind(erasures.iter().map(|e| e.id).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await?;
-        attach_dependents(erasures, &rows)
+impl Engine for PostgresStorage {
+    type Db = Postgres;
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
     }
-}
 
-super::transaction_helpers!(sqlx::PgConnection, head_select: "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE");
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
 
-super::shared_queries!(PostgresStorage, writer: pool, reader: pool);
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StorageError> {
+        Ok(self.pool.begin().await?)
+    }
 
-#[async_trait]
-impl Storage for PostgresStorage {
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    const SELECT_AUDIT_HEAD_LOCKED: &'static str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+    const SELECT_ERASURE_LOCKED: &'static str = concat!(select_erasures!(), "WHERE id = $1 FOR UPDATE");
+
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
         // The optimistic way first, unless it lost lately: then other lock holders are busy
         // (another process appending) and the lock is the cheaper way for a while.
@@ -261,280 +250,52 @@ impl Storage for PostgresStorage {
         Ok(rows.into_iter().collect())
     }
 
-    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
-        let (kind, subject, stream) = target_columns(&erasure.target);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
-             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    async fn dependent_rows(&self, ids: &[Uuid]) -> Result<Vec<PgRow>, StorageError> {
+        Ok(sqlx::query(
+            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
+             last_delivery_error FROM erasure_dependents WHERE erasure_id = ANY($1)",
         )
-        .bind(erasure.id)
-        .bind(kind)
-        .bind(subject)
-        .bind(stream)
-        .bind(erasure.status.as_str())
-        .bind(erasure.reason.reason.as_deref())
-        .bind(erasure.reason.requested_by.as_deref())
-        .bind(erasure.reason.reference.as_deref())
-        .bind(erasure.requested_at.timestamp_micros())
-        .bind(erasure.refused_reason.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        if erasure.status == ErasureStatus::Pending {
-            // The dependents are those registered at the time of the request.
-            sqlx::query(
-                "INSERT INTO erasure_dependents (erasure_id, consumer) \
-                 SELECT $1, name FROM consumers WHERE erasure_dependent",
-            )
-            .bind(erasure.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
-    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        // The commit-order lock: an append either committed before this (its events are
-        // shredded with the rest) or runs after it and finds the stream closed. Raising the
-        // generation makes an optimistic group write planned before this commit lose.
+    async fn lock_commit_order(conn: &mut PgConnection) -> Result<(), StorageError> {
+        // The commit-order lock, held until COMMIT. Raising the generation makes an optimistic
+        // group write planned before this commit lose (see `WRITE_GROUP`).
         sqlx::query("UPDATE log_head SET generation = generation + 1 WHERE id = 1")
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = $1 FOR UPDATE"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id} not found")))?;
-        let mut erasure = decode_erasure(&row)?;
-        if erasure.streams.is_some() {
-            tx.commit().await?;
-            return Ok(erasure);
-        }
-        let rows = match &erasure.target {
-            ErasureTarget::Subject(subject) => {
-                sqlx::query(
-                    "UPDATE streams SET status = 'erased' WHERE subject = $1 AND status = 'active' \
-                     RETURNING name, key_id",
-                )
-                .bind(subject.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            ErasureTarget::Stream(stream) => {
-                sqlx::query(
-                    "UPDATE streams SET status = 'deleted' WHERE name = $1 AND status = 'active' \
-                     RETURNING name, key_id",
-                )
-                .bind(stream.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
-        let shredded = decode_shredded(&rows)?;
-        let names: Vec<&str> = shredded.iter().map(|s| s.stream.as_str()).collect();
+        Ok(())
+    }
+
+    async fn remove_payloads(conn: &mut PgConnection, streams: &[&str]) -> Result<(), StorageError> {
         sqlx::query("UPDATE events SET payload = NULL WHERE stream = ANY($1)")
-            .bind(&names)
-            .execute(&mut *tx)
+            .bind(streams)
+            .execute(&mut *conn)
             .await?;
-        sqlx::query("UPDATE erasure_requests SET streams = $2 WHERE id = $1")
-            .bind(id)
-            .bind(encode_shredded(&shredded))
-            .execute(&mut *tx)
-            .await?;
-        // Other processes evict these keys now, not only after the vault destroyed them.
-        let keys: Vec<KeyId> = shredded.iter().filter_map(|s| s.key_id.map(KeyId)).collect();
-        notify_revoked(&mut tx, &keys).await?;
-        tx.commit().await?;
-        erasure.streams = Some(shredded);
-        Ok(erasure)
-    }
-
-    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE erasure_requests SET status = 'keys_destroyed', keys_destroyed = $2, keys_destroyed_at = $3 \
-             WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(to_i64(count))
-        .bind(now_us())
-        .execute(&mut *tx)
-        .await?;
-        // Again: a process that fetched a key between the shred and the destruction drops it.
-        notify_revoked(&mut tx, keys).await?;
-        tx.commit().await?;
         Ok(())
     }
 
-    async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError> {
-        let rows = sqlx::query(concat!(
-            select_erasures!(),
-            "WHERE ($1::text IS NULL OR subject = $1) AND ($2::text IS NULL OR status = $2) \
-             AND ($3::bigint IS NULL OR requested_at >= $3) AND ($4::bigint IS NULL OR requested_at < $4) \
-             AND ($6::boolean IS NULL OR \
-                  ((status NOT IN ('completed', 'refused') AND requested_at < $7) = $6)) \
-             ORDER BY requested_at DESC LIMIT $5"
-        ))
-        .bind(filter.subject.as_ref().map(|s| s.as_str()))
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(filter.from.map(|t| t.timestamp_micros()))
-        .bind(filter.to.map(|t| t.timestamp_micros()))
-        .bind(to_i64(filter.limit as u64))
-        .bind(filter.overdue)
-        .bind(overdue_cutoff_us())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut erasures = rows.iter().map(decode_erasure).collect::<Result<Vec<_>, _>>()?;
-        self.load_dependents(&mut erasures).await?;
-        Ok(erasures)
-    }
-
-    async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_us();
-        sqlx::query(
-            "UPDATE erasure_dependents SET acknowledged_at = $2 \
-             WHERE erasure_id = $1 AND acknowledged_at IS NULL AND removed_at IS NULL \
-               AND consumer IN (SELECT c.name FROM consumers c, erasure_requests r \
-                                WHERE r.id = $1 AND c.checkpoint >= r.tombstone_position)",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        complete_acknowledged(&mut tx, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_us();
-        let deleted = sqlx::query("DELETE FROM consumers WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(
-            "UPDATE erasure_dependents SET removed_at = $2 \
-             WHERE consumer = $1 AND acknowledged_at IS NULL AND removed_at IS NULL",
-        )
-        .bind(name)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        complete_acknowledged(&mut tx, now).await?;
-        tx.commit().await?;
-        Ok(deleted == 1)
-    }
-
-    async fn record_delivery(
-        &self,
-        delivery: &Delivery,
-        outcome: Result<(), String>,
-        next_attempt_us: i64,
-    ) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_us();
-        let (acknowledged, error) = match &outcome {
-            Ok(()) => (Some(now), None),
-            Err(e) => (None, Some(e.as_str())),
-        };
-        sqlx::query(
-            "UPDATE erasure_dependents SET delivery_attempts = delivery_attempts + 1, last_attempt_at = $3, \
-               last_delivery_error = $4::text, next_attempt_at = $5, \
-               acknowledged_at = CASE WHEN acknowledged_at IS NULL THEN $6::bigint ELSE acknowledged_at END \
-             WHERE erasure_id = $1 AND consumer = $2",
-        )
-        .bind(delivery.erasure_id)
-        .bind(delivery.consumer.as_str())
-        .bind(now)
-        .bind(error)
-        .bind(next_attempt_us)
-        .bind(acknowledged)
-        .execute(&mut *tx)
-        .await?;
-        complete_acknowledged(&mut tx, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_us();
-        let row = sqlx::query(
-            "UPDATE consumers SET checkpoint = CASE WHEN checkpoint < $2 THEN $2 ELSE checkpoint END, \
-               updated_at = $3 WHERE name = $1 \
-             RETURNING name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url",
-        )
-        .bind(name)
-        .bind(to_i64(position))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(consumer) = row.as_ref().map(decode_consumer).transpose()? else {
-            return Ok(None);
-        };
-        // Acknowledges every tombstone this consumer has now read past.
-        sqlx::query(
-            "UPDATE erasure_dependents SET acknowledged_at = $3 \
-             WHERE consumer = $1 AND acknowledged_at IS NULL AND removed_at IS NULL \
-               AND erasure_id IN (SELECT id FROM erasure_requests \
-                                  WHERE status = 'awaiting_acknowledgements' AND tombstone_position <= $2)",
-        )
-        .bind(name)
-        .bind(to_i64(consumer.checkpoint))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        complete_acknowledged(&mut tx, now).await?;
-        tx.commit().await?;
-        Ok(Some(consumer))
-    }
-
-    async fn audit_lapsed_holds(&self, now_us: i64) -> Result<u64, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let audited = audit_lapsed_holds_in(&mut tx, now_us).await?;
-        tx.commit().await?;
-        Ok(audited)
-    }
-
-    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let appended = audit_in(&mut tx, entry).await?;
-        tx.commit().await?;
-        Ok(appended)
-    }
-
-    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, subject, request_id, details, prev_hash, hash FROM audit_log \
-             WHERE seq > $1 AND ($2::text IS NULL OR action = $2) AND ($3::text IS NULL OR subject = $3) \
-             ORDER BY seq LIMIT $4",
-        )
-        .bind(to_i64(query.after))
-        .bind(query.action.as_deref())
-        .bind(query.subject.as_ref().map(|s| s.as_str()))
-        .bind(to_i64(query.limit as u64))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_audit).collect()
-    }
-
-    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let revoked = revoke_token_in(&mut tx, id).await?;
-        if revoked {
-            // Delivered at COMMIT: no process can hear of a revocation that did not happen.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(TOKENS_CHANNEL)
-                .execute(&mut *tx)
+    /// NOTIFY payloads are limited to 8000 bytes, so the ids go in chunks.
+    async fn announce_revoked_keys(conn: &mut PgConnection, keys: &[KeyId]) -> Result<(), StorageError> {
+        for chunk in keys.chunks(REVOKED_KEYS_PER_NOTIFY) {
+            let ids: Vec<String> = chunk.iter().map(|k| k.0.to_string()).collect();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(ids.join(","))
+                .execute(&mut *conn)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(revoked)
+        Ok(())
+    }
+
+    async fn announce_revoked_tokens(conn: &mut PgConnection) -> Result<(), StorageError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(TOKENS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
@@ -697,20 +458,6 @@ async fn write_group(
         .fetch_optional(&mut *conn)
         .await?;
     Ok(written.is_some())
-}
-
-/// Tells every process (at COMMIT) to evict these keys. NOTIFY payloads are limited to 8000
-/// bytes, so the ids go in chunks.
-async fn notify_revoked(tx: &mut sqlx::PgConnection, keys: &[KeyId]) -> Result<(), StorageError> {
-    for chunk in keys.chunks(REVOKED_KEYS_PER_NOTIFY) {
-        let ids: Vec<String> = chunk.iter().map(|k| k.0.to_string()).collect();
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(REVOKED_CHANNEL)
-            .bind(ids.join(","))
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Up to `$5` events of the log from position `$1` to `$2` (never past the head), filtered by

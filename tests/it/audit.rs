@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use lethe::audit::{AuditQuery, NewAuditEntry};
+use lethe::model::{AuditQuery, NewAuditEntry};
 use lethe::{ErasureReason, ExpectedVersion, LogFilter, NewEvent, SubjectId};
 use serde_json::json;
 

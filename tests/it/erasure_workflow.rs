@@ -287,7 +287,7 @@ async fn a_webhook_that_fails_twice_then_succeeds_acknowledges_the_erasure(db: T
                     .to_owned();
                 assert_eq!(
                     signed,
-                    lethe::webhooks::signature(SECRET, &body),
+                    lethe::model::signature(SECRET, &body),
                     "signed with the consumer's secret"
                 );
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lethe::access::Role;
 use lethe::http::{AppState, HttpLimits, router};
+use lethe::model::Role;
 use lethe::server::{RunningServer, ServeConfig};
 use lethe::{EventStore, StoreConfig};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};

@@ -9,6 +9,7 @@ mod appends;
 mod audit;
 mod cascade;
 mod erasure_workflow;
+mod layers;
 mod multi_stream;
 mod ordering;
 mod reads;

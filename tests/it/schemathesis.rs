@@ -20,8 +20,8 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use lethe::access::Role;
 use lethe::http::{AppState, HttpLimits, router};
+use lethe::model::Role;
 use lethe::server::ServeConfig;
 
 /// Test cases per operation and phase (about 20 s on two cores), and in long mode.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use lethe::erasure::ErasureFault;
+use lethe::model::ErasureFault;
 use lethe::{
     Direction, ErasureReason, ErasureStatus, Error, EventStore, ExpectedVersion, LogFilter, NewEvent, StreamAppend,
     StreamStatus, SubjectId,

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use lethe::access::Role;
 use lethe::http::{AppState, HttpLimits, router};
+use lethe::model::Role;
 use lethe::{ExpectedVersion, NewEvent, StreamAppend, StreamName, SubjectId};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{Stream, StreamExt};
-use lethe::erasure::{ErasureReason, ErasureStatus};
+use lethe::model::{ErasureReason, ErasureStatus};
 use lethe::{EventStore, ExpectedVersion, LogFilter, StreamAppend, StreamName, SubjectId};
 use serde::Deserialize;
 use tokio::task::JoinSet;

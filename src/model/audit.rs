@@ -1,26 +1,22 @@
-//! The tamper-evident audit trail of admin actions.
+//! The audit trail's records and its hash chain.
 //!
 //! Each entry `{seq, at, actor, action, subject?, request_id?, details}` is chained:
 //! `hash = SHA-256(prev_hash ‖ canonical JSON of the entry)`, where canonical JSON has sorted
 //! keys, no whitespace, and `at` in unix microseconds; the first entry's `prev_hash` is 32 zero
 //! bytes. Changing, removing or reordering any entry breaks every hash after it, and
-//! [`EventStore::verify_audit`] names the first broken entry. Entries never carry personal data:
-//! subjects appear by their pseudonymous ids, actors by token name, and details are ids, counts
-//! and the reasons the admins typed.
+//! [`ChainCheck`] names the first broken entry. Entries never carry personal data: subjects
+//! appear by their pseudonymous ids, actors by token name, and details are ids, counts and the
+//! reasons the admins typed.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::{Error, StorageError, ValidationError};
-use crate::model::SubjectId;
-use crate::store::EventStore;
+use super::SubjectId;
 
 /// The actor of actions Lethe takes by itself (erasure steps, lapsed holds).
 pub const SYSTEM_ACTOR: &str = "lethe";
-/// Audit entries one page returns at most.
-pub const AUDIT_PAGE_MAX: usize = 1_000;
 
 /// An entry to append (seq, time and hashes are assigned by the chain).
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +114,7 @@ impl AuditEntry {
 }
 
 /// Walks the chain entry by entry (so a long trail never has to be in memory at once).
-struct ChainCheck {
+pub(crate) struct ChainCheck {
     expected_prev: [u8; 32],
     expected_seq: u64,
     entries: u64,
@@ -126,7 +122,7 @@ struct ChainCheck {
 }
 
 impl ChainCheck {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             expected_prev: [0u8; 32],
             expected_seq: 1,
@@ -135,7 +131,7 @@ impl ChainCheck {
         }
     }
 
-    fn feed(&mut self, entry: &AuditEntry) {
+    pub(crate) fn feed(&mut self, entry: &AuditEntry) {
         if self.first_broken.is_some() {
             return;
         }
@@ -149,7 +145,7 @@ impl ChainCheck {
     }
 
     /// Entries cut off the end show as a head that points past the last one.
-    fn finish(self, (head_seq, head_hash): (u64, [u8; 32])) -> AuditVerification {
+    pub(crate) fn finish(self, (head_seq, head_hash): (u64, [u8; 32])) -> AuditVerification {
         let last = self.expected_seq - 1;
         let tail_ok = head_seq == last && (head_seq == 0 || head_hash == self.expected_prev);
         AuditVerification {
@@ -158,78 +154,4 @@ impl ChainCheck {
             head_seq,
         }
     }
-}
-
-impl EventStore {
-    /// Appends an entry to the audit trail.
-    pub async fn audit(&self, entry: NewAuditEntry) -> Result<AuditEntry, Error> {
-        if entry.actor.is_empty() || entry.action.is_empty() {
-            return Err(ValidationError::InvalidName {
-                what: "audit actor/action",
-                max: 100,
-            }
-            .into());
-        }
-        Ok(self.inner.storage.append_audit(&entry).await?)
-    }
-
-    /// Appends an entry, logging rather than failing if the trail cannot be written (the
-    /// action it records has already happened).
-    pub(crate) async fn audit_quietly(&self, entry: NewAuditEntry) {
-        let action = entry.action.clone();
-        if let Err(e) = self.audit(entry).await {
-            tracing::error!(action = %action, error = %e, "audit entry not written");
-        }
-    }
-
-    /// Entries of the audit trail, oldest first.
-    pub async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, Error> {
-        if query.limit == 0 || query.limit > AUDIT_PAGE_MAX {
-            return Err(ValidationError::InvalidLimit { max: AUDIT_PAGE_MAX }.into());
-        }
-        Ok(self.inner.storage.audit_entries(query).await?)
-    }
-
-    /// Walks the whole chain and reports the first broken entry, if any.
-    pub async fn verify_audit(&self) -> Result<AuditVerification, Error> {
-        verify_storage(self.inner.storage.as_ref()).await.map_err(Error::from)
-    }
-}
-
-/// Verifies the chain of an event database directly (for `lethe audit verify`, offline).
-pub async fn verify_database(database_url: &str) -> Result<AuditVerification, Error> {
-    let storage = crate::storage::open(database_url).await?;
-    let verification = verify_storage(storage.as_ref()).await;
-    storage.close().await;
-    Ok(verification?)
-}
-
-/// Appends one entry to an event database's trail directly (for CLI actions that happen
-/// outside a running server, such as `lethe keyvault rotate-kek`).
-pub async fn append_to_database(database_url: &str, entry: &NewAuditEntry) -> Result<AuditEntry, Error> {
-    let storage = crate::storage::open(database_url).await?;
-    let appended = storage.append_audit(entry).await;
-    storage.close().await;
-    Ok(appended?)
-}
-
-async fn verify_storage(storage: &dyn crate::storage::Storage) -> Result<AuditVerification, StorageError> {
-    let head = storage.audit_head().await?;
-    let mut check = ChainCheck::new();
-    let mut after = 0;
-    loop {
-        let page = storage
-            .audit_entries(&AuditQuery {
-                after,
-                limit: AUDIT_PAGE_MAX,
-                ..AuditQuery::default()
-            })
-            .await?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = last.seq;
-        page.iter().for_each(|entry| check.feed(entry));
-    }
-    Ok(check.finish(head))
 }

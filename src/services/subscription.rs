@@ -10,24 +10,24 @@
 //! so an event buffered before a forget is never yielded with its data after the forget.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::watch;
 
+use crate::core::Core;
 use crate::error::Error;
+use crate::limits::BUFFERED_PAGE_EVENTS;
 use crate::model::{LogFilter, RecordedEvent};
 use crate::storage::StoredEvent;
-use crate::store::EventStore;
 
-/// Events fetched per read.
-const PAGE_EVENTS: usize = 500;
 /// Re-read at least this often while idle, in case a commit notification was lost (another
 /// process's NOTIFY during a reconnect).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
 struct State {
-    store: EventStore,
+    core: Arc<Core>,
     filter: LogFilter,
     next: u64,
     buffered: VecDeque<StoredEvent>,
@@ -36,13 +36,13 @@ struct State {
 }
 
 pub(crate) fn subscribe(
-    store: EventStore,
+    core: Arc<Core>,
     from: u64,
     filter: LogFilter,
 ) -> impl Stream<Item = Result<RecordedEvent, Error>> + Send + 'static {
     let state = State {
-        commits: store.commits(),
-        store,
+        commits: core.commits(),
+        core,
         filter,
         next: from.max(1),
         buffered: VecDeque::new(),
@@ -53,7 +53,7 @@ pub(crate) fn subscribe(
             if let Some(stored) = state.buffered.pop_front() {
                 // The keys are cached by the page's decode below; this is a cache hit, or a
                 // revoked key (the stream was shredded meanwhile) that yields the event erased.
-                let decoded = state.store.decode(vec![stored]).await.map(|mut e| e.pop());
+                let decoded = state.core.decode(vec![stored]).await.map(|mut e| e.pop());
                 match decoded {
                     Ok(Some(event)) => return Some((Ok(event), state)),
                     Ok(None) => continue,
@@ -70,8 +70,8 @@ pub(crate) fn subscribe(
             // the read wakes the wait below instead of being missed.
             state.commits.borrow_and_update();
             match state
-                .store
-                .read_log_stored(state.next, &state.filter, PAGE_EVENTS)
+                .core
+                .read_log_stored(state.next, &state.filter, BUFFERED_PAGE_EVENTS)
                 .await
             {
                 Ok((events, next, _head)) => {
@@ -79,7 +79,7 @@ pub(crate) fn subscribe(
                     if events.is_empty() {
                         // A closed channel means the store is gone; the poll then ends us.
                         let _ = tokio::time::timeout(IDLE_POLL, state.commits.changed()).await;
-                    } else if let Err(e) = state.store.warm_keys(&events).await {
+                    } else if let Err(e) = state.core.warm_keys(&events).await {
                         state.failed = true;
                         return Some((Err(e), state));
                     } else {

@@ -9,60 +9,20 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
-use sha2::Sha256;
-use tokio::sync::watch;
 
-use crate::error::{Error, ValidationError};
-use crate::model::LogFilter;
+use crate::core::Core;
+use crate::error::Error;
+use crate::limits::WEBHOOK_ROUND_DELIVERIES_MAX;
+use crate::model::{LogFilter, SIGNATURE_HEADER, signature};
 use crate::storage::Delivery;
-use crate::store::{EventStore, Inner};
 
-/// The header carrying the body's signature.
-pub const SIGNATURE_HEADER: &str = "x-lethe-signature";
 /// Longest wait between two attempts of one delivery.
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// How long one worker owns a claimed delivery before another may try it.
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
 /// One delivery request's timeout.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries one round tries at most.
-const ROUND_DELIVERIES_MAX: usize = 100;
-/// Webhook secrets: at least this long.
-pub const WEBHOOK_SECRET_LEN_MIN: usize = 16;
-
-/// `sha256=<hex>` of a body under a secret.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Checks a webhook before it is stored: an http(s) URL and a long enough secret.
-pub fn check_webhook(url: &str, secret: &str) -> Result<(), Error> {
-    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-    if !scheme_ok || url.len() > 2_000 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ValidationError::InvalidName {
-            what: "webhook url (http:// or https://)",
-            max: 2_000,
-        }
-        .into());
-    }
-    let secret_len = secret.chars().count();
-    if !(WEBHOOK_SECRET_LEN_MIN..=200).contains(&secret_len) || secret.chars().any(char::is_control) {
-        return Err(ValidationError::InvalidName {
-            what: "webhook secret (at least 16 characters)",
-            max: 200,
-        }
-        .into());
-    }
-    Ok(())
-}
 
 fn backoff(base: Duration, attempts: u64) -> Duration {
     let factor = 1u32
@@ -72,12 +32,13 @@ fn backoff(base: Duration, attempts: u64) -> Duration {
 }
 
 /// Runs delivery rounds until the store shuts down (weak reference: never keeps it alive).
-pub(crate) async fn deliver_periodically(
-    inner: Weak<Inner>,
-    mut shutdown: watch::Receiver<bool>,
-    poll: Duration,
-    retry_base: Duration,
-) {
+pub(crate) async fn deliver_periodically(core: Weak<Core>) {
+    let Some((mut shutdown, poll, retry_base)) = core
+        .upgrade()
+        .map(|core| (core.shutdown_signal(), core.webhook_poll, core.webhook_retry_base))
+    else {
+        return;
+    };
     let client = match reqwest::Client::builder().timeout(DELIVERY_TIMEOUT).build() {
         Ok(client) => client,
         Err(e) => {
@@ -90,22 +51,24 @@ pub(crate) async fn deliver_periodically(
             _ = shutdown.changed() => return,
             () = tokio::time::sleep(poll) => {}
         }
-        let Some(inner) = inner.upgrade() else {
+        let Some(core) = core.upgrade() else {
             return;
         };
-        let store = EventStore { inner };
-        if let Err(e) = deliver_due(&store, &client, retry_base).await {
+        if let Err(e) = deliver_due(&core, &client, retry_base).await {
             tracing::warn!(error = %e, "webhook delivery round failed");
         }
     }
 }
 
-async fn deliver_due(store: &EventStore, client: &reqwest::Client, retry_base: Duration) -> Result<(), Error> {
-    let storage = &store.inner.storage;
+async fn deliver_due(core: &Core, client: &reqwest::Client, retry_base: Duration) -> Result<(), Error> {
+    let storage = &core.storage;
     let now = chrono::Utc::now().timestamp_micros();
     let lease = i64::try_from(CLAIM_LEASE.as_micros()).unwrap_or(i64::MAX);
-    for delivery in storage.claim_due_deliveries(now, lease, ROUND_DELIVERIES_MAX).await? {
-        let outcome = deliver(store, client, &delivery).await;
+    for delivery in storage
+        .claim_due_deliveries(now, lease, WEBHOOK_ROUND_DELIVERIES_MAX)
+        .await?
+    {
+        let outcome = deliver(core, client, &delivery).await;
         let wait = backoff(retry_base, delivery.attempts);
         let next = chrono::Utc::now().timestamp_micros() + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
         match &outcome {
@@ -122,8 +85,8 @@ async fn deliver_due(store: &EventStore, client: &reqwest::Client, retry_base: D
 }
 
 /// One POST of the erasure's `$erasures` event.
-async fn deliver(store: &EventStore, client: &reqwest::Client, delivery: &Delivery) -> Result<(), String> {
-    let page = store
+async fn deliver(core: &Core, client: &reqwest::Client, delivery: &Delivery) -> Result<(), String> {
+    let page = core
         .read_log(delivery.tombstone_position, &LogFilter::default(), 1)
         .await
         .map_err(|e| format!("reading the tombstone: {}", e.code()))?;

@@ -3,19 +3,18 @@
 //! events never needs them all in memory.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use futures::Stream;
 
+use crate::core::Core;
 use crate::error::Error;
+use crate::limits::BUFFERED_PAGE_EVENTS;
 use crate::model::{RecordedEvent, StreamInfo, SubjectId};
 use crate::storage::StoredEvent;
-use crate::store::EventStore;
-
-/// Events read per page.
-const PAGE_EVENTS: usize = 500;
 
 struct State {
-    store: EventStore,
+    core: Arc<Core>,
     streams: VecDeque<StreamInfo>,
     next_version: u64,
     buffered: VecDeque<StoredEvent>,
@@ -25,11 +24,11 @@ struct State {
 /// Every event of every stream bound to `subject`, stream by stream (by name), in version order.
 /// Shredded streams yield their events with `data: None, erased: true`.
 pub(crate) fn export_subject(
-    store: EventStore,
+    core: Arc<Core>,
     subject: SubjectId,
 ) -> impl Stream<Item = Result<RecordedEvent, Error>> + Send + 'static {
     let state = State {
-        store,
+        core,
         streams: VecDeque::new(),
         next_version: 0,
         buffered: VecDeque::new(),
@@ -38,7 +37,7 @@ pub(crate) fn export_subject(
     futures::stream::unfold((state, Some(subject)), |(mut state, mut subject)| async move {
         loop {
             if let Some(stored) = state.buffered.pop_front() {
-                match state.store.decode(vec![stored]).await.map(|mut e| e.pop()) {
+                match state.core.decode(vec![stored]).await.map(|mut e| e.pop()) {
                     Ok(Some(event)) => return Some((Ok(event), (state, subject))),
                     Ok(None) => continue,
                     Err(e) => {
@@ -51,7 +50,7 @@ pub(crate) fn export_subject(
                 return None;
             }
             if let Some(subject) = subject.take() {
-                match state.store.subject_streams(&subject).await {
+                match state.core.subject_streams(&subject).await {
                     Ok(streams) => state.streams = streams.into(),
                     Err(e) => {
                         state.done = true;
@@ -64,8 +63,8 @@ pub(crate) fn export_subject(
                 continue;
             };
             let page = state
-                .store
-                .read_stream_stored(&stream.stream, state.next_version, PAGE_EVENTS)
+                .core
+                .read_stream_stored(&stream.stream, state.next_version, BUFFERED_PAGE_EVENTS)
                 .await;
             match page {
                 Ok(events) if events.is_empty() => {
@@ -74,7 +73,7 @@ pub(crate) fn export_subject(
                 }
                 Ok(events) => {
                     state.next_version = events.last().map_or(0, |e| e.version + 1);
-                    if let Err(e) = state.store.warm_keys(&events).await {
+                    if let Err(e) = state.core.warm_keys(&events).await {
                         state.done = true;
                         return Some((Err(e), (state, None)));
                     }

@@ -1,0 +1,190 @@
+//! The core: one open event store's machinery, which every service works through.
+//!
+//! [`Core`] holds the event database ([`crate::storage`]), the key ring in front of the vault
+//! ([`crate::crypto`]), the group-commit writer ([`group_commit`]), and the caches and signals
+//! they share. Its methods are the two paths every service needs: appending ([`append`]:
+//! validate, key, encrypt, submit) and reading ([`read`]: rows still sealed, then keys, then
+//! decryption), with [`payload`] as the one place an event becomes stored bytes and back.
+//!
+//! Architecture invariant: the core knows storage only through the `Storage` trait and keys
+//! only as `Dek` handles it passes from `crypto` to `payload`; it holds no SQL and no key bytes,
+//! and it imports nothing of the services, the façade or HTTP above it.
+
+pub(crate) mod append;
+pub(crate) mod group_commit;
+pub(crate) mod payload;
+pub(crate) mod read;
+pub(crate) mod token_cache;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lethe_keyvault::KeyVault;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::coalesce::Coalescer;
+use crate::crypto::{KeyCacheStats, Keyring};
+use crate::error::Error;
+use crate::limits::KEY_CACHE_KEYS_DEFAULT;
+use crate::model::ErasureFault;
+use crate::storage::{self, ChangeFeed, Storage};
+use append::StateReads;
+use group_commit::{GroupCommitter, WriterStats};
+use token_cache::TokenCache;
+
+/// How long a verified API token is trusted without asking the database again, by default.
+/// Revoking a token takes effect at once in the process that revoked it and, on PostgreSQL,
+/// as soon as the notification arrives in every other process; this bounds it for a process
+/// whose listener was reconnecting (which also forgets every verified token).
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// How to open a store.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/events.db` or `postgres://…`.
+    pub database_url: String,
+    /// Where the per-stream keys live (see `lethe_keyvault::open`).
+    pub keyvault: Arc<dyn KeyVault>,
+    /// DEKs kept in memory at most.
+    pub key_cache_keys_max: usize,
+    /// How long a verified API token is trusted without asking the database again
+    /// ([`TOKEN_CACHE_TTL`] by default; zero: never cached). On PostgreSQL a revocation reaches
+    /// every process at once anyway; this bounds how long a process that missed the
+    /// notification (its listener reconnecting) may still accept it.
+    pub token_cache_ttl: Duration,
+    /// Makes erasures stop at a step as if the process had crashed (tests only).
+    #[doc(hidden)]
+    pub erasure_fault: Option<ErasureFault>,
+    /// How often pending webhook deliveries are looked for.
+    pub webhook_poll: Duration,
+    /// The first retry delay of a failed webhook delivery (doubling up to 10 minutes).
+    pub webhook_retry_base: Duration,
+    /// Stores payloads unencrypted, so benchmarks can measure what encryption costs. Only in
+    /// builds with the `insecure-noop-cipher` feature; never in a real deployment.
+    #[cfg(feature = "insecure-noop-cipher")]
+    pub insecure_noop_cipher: bool,
+}
+
+impl StoreConfig {
+    pub fn new(database_url: impl Into<String>, keyvault: Arc<dyn KeyVault>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            keyvault,
+            key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
+            token_cache_ttl: TOKEN_CACHE_TTL,
+            erasure_fault: None,
+            webhook_poll: Duration::from_millis(500),
+            webhook_retry_base: Duration::from_secs(1),
+            #[cfg(feature = "insecure-noop-cipher")]
+            insecure_noop_cipher: false,
+        }
+    }
+}
+
+/// One open store's machinery, shared by every clone of its façade and every service.
+pub(crate) struct Core {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) committer: GroupCommitter,
+    /// Stream states read before an append (to know which streams need a key), many
+    /// appends' in one query.
+    state_reads: Coalescer<StateReads>,
+    /// API tokens verified lately (`services::access`).
+    pub(crate) tokens: Arc<TokenCache>,
+    pub(crate) erasure_fault: Option<ErasureFault>,
+    /// Payloads stored in clear (benchmark builds only; always false otherwise).
+    noop_cipher: bool,
+    /// The last position known committed (ours, or another process's on PostgreSQL).
+    commits: watch::Receiver<u64>,
+    shutdown: watch::Sender<bool>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+    /// The background loops' settings (`crate::store` starts them).
+    pub(crate) webhook_poll: Duration,
+    pub(crate) webhook_retry_base: Duration,
+}
+
+impl Core {
+    /// Opens (and migrates) the event database, starts the writer and listens for what other
+    /// processes do.
+    pub(crate) async fn open(config: StoreConfig) -> Result<Arc<Self>, Error> {
+        let storage = storage::open(&config.database_url).await?;
+        let keyring = Arc::new(Keyring::new(config.keyvault, config.key_cache_keys_max));
+        let head = storage.head().await?;
+        let (commits_tx, commits) = watch::channel(head);
+        let (revoker, forgetter) = (keyring.clone(), keyring.clone());
+        let tokens = Arc::new(TokenCache::new(config.token_cache_ttl));
+        let verified = tokens.clone();
+        storage
+            .watch_foreign_changes(ChangeFeed {
+                commits: commits_tx.clone(),
+                revoked_keys: Arc::new(move |keys| revoker.revoke(keys)),
+                forget_cached_keys: Arc::new(move || forgetter.clear()),
+                forget_verified_tokens: Arc::new(move || verified.clear()),
+            })
+            .await?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (committer, writer_task) = GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx);
+        Ok(Arc::new(Core {
+            state_reads: Coalescer::start(StateReads {
+                storage: storage.clone(),
+            }),
+            storage,
+            keyring,
+            committer,
+            tokens,
+            erasure_fault: config.erasure_fault,
+            #[cfg(feature = "insecure-noop-cipher")]
+            noop_cipher: config.insecure_noop_cipher,
+            #[cfg(not(feature = "insecure-noop-cipher"))]
+            noop_cipher: false,
+            commits,
+            shutdown,
+            writer_task: Mutex::new(Some(writer_task)),
+            webhook_poll: config.webhook_poll,
+            webhook_retry_base: config.webhook_retry_base,
+        }))
+    }
+
+    /// A receiver that changes whenever new events are committed.
+    pub(crate) fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+
+    /// A receiver that becomes true when the store closes (background loops end on it).
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// The last committed position (0: empty log).
+    pub(crate) async fn head(&self) -> Result<u64, Error> {
+        Ok(self.storage.head().await?)
+    }
+
+    /// Whether the key vault answers.
+    pub(crate) async fn vault_health(&self) -> Result<(), Error> {
+        self.keyring.vault().health().await.map_err(Error::KeyVault)
+    }
+
+    pub(crate) fn key_cache_stats(&self) -> KeyCacheStats {
+        self.keyring.stats()
+    }
+
+    pub(crate) fn cached_keys(&self) -> usize {
+        self.keyring.cached_keys()
+    }
+
+    pub(crate) fn writer_stats(&self) -> WriterStats {
+        self.committer.stats()
+    }
+
+    /// Finishes every queued append, then closes the database connections.
+    pub(crate) async fn close(&self) {
+        let _ = self.shutdown.send(true);
+        let task = self.writer_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.storage.close().await;
+    }
+}

@@ -1,0 +1,166 @@
+//! The read path: rows come from storage still sealed, each joined with its stream's
+//! *current* status; the page's keys are looked up (cache first, then at most one vault call);
+//! then [`payload::decode`] opens each row — unless its stream is shredded, whose events come
+//! back `erased` with everything but `data` intact.
+
+use std::collections::{HashMap, HashSet};
+
+use lethe_keyvault::KeyId;
+
+use super::Core;
+use super::payload;
+use crate::crypto::{KeyState, OpenKey};
+use crate::error::Error;
+use crate::model::validation::{check_filter, check_page_limit};
+use crate::model::{
+    Direction, LogFilter, LogPage, RecordedEvent, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId,
+};
+use crate::storage::StoredEvent;
+
+/// Pages of at least this many events are decoded on two threads ([`Core::decode`]).
+const PARALLEL_DECODE_EVENTS_MIN: usize = 256;
+
+impl Core {
+    /// Reads up to `limit` events of a stream from version `from` (inclusive). Backward reads
+    /// with `from = u64::MAX` start at the end.
+    pub(crate) async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice, Error> {
+        check_page_limit(limit)?;
+        let stored = self.storage.read_stream(stream, from, direction, limit).await?;
+        let keyed: Vec<bool> = stored.iter().map(|event| event.key_id.is_some()).collect();
+        let mut events = self.decode(stored).await?;
+        // The status is read after the events and their keys, so that a read racing a forget
+        // answers one picture. A forget commits the status before the vault destroys the key:
+        // an event found erased (status or key) means the status read now is no longer
+        // `active`, and a status no longer `active` erases the events read just before it.
+        let info = self
+            .storage
+            .stream_info(stream)
+            .await?
+            .ok_or_else(|| Error::StreamNotFound {
+                stream: stream.to_string(),
+            })?;
+        if info.status != StreamStatus::Active {
+            for (event, keyed) in events.iter_mut().zip(keyed) {
+                if keyed {
+                    event.data = None;
+                    event.erased = true;
+                }
+            }
+        }
+        Ok(StreamSlice { info, events })
+    }
+
+    /// A page of one stream, still encrypted (for lazily decrypting readers).
+    pub(crate) async fn read_stream_stored(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        check_page_limit(limit)?;
+        Ok(self
+            .storage
+            .read_stream(stream, from, Direction::Forward, limit)
+            .await?)
+    }
+
+    /// Reads up to `limit` events of the global log from position `from` (inclusive).
+    pub(crate) async fn read_log(&self, from: u64, filter: &LogFilter, limit: usize) -> Result<LogPage, Error> {
+        let (stored, next, head) = self.read_log_stored(from, filter, limit).await?;
+        let events = self.decode(stored).await?;
+        Ok(LogPage { events, next, head })
+    }
+
+    /// A page of the global log, still encrypted: `(events, next, head)`.
+    pub(crate) async fn read_log_stored(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64, u64), Error> {
+        check_page_limit(limit)?;
+        check_filter(filter)?;
+        let from = from.max(1);
+        let (stored, head) = self.storage.read_log(from, filter, limit).await?;
+        // A full page continues after its last event; a short one has seen everything up to
+        // the head, filtered out or not.
+        let next = if stored.len() == limit {
+            stored.last().map_or(from, |e| e.position + 1)
+        } else {
+            head.max(from - 1) + 1
+        };
+        Ok((stored, next, head))
+    }
+
+    /// Streams bound to a subject.
+    pub(crate) async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, Error> {
+        Ok(self.storage.subject_streams(subject).await?)
+    }
+
+    /// Decrypts a page of stored events: one key lookup for the page (cache, then at most one
+    /// vault call). The stream status read with the rows decides: a shredded stream's events
+    /// are never decrypted, even with the key still at hand, and its key is evicted.
+    pub(crate) async fn decode(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
+        let keys = self.page_keys(&stored).await?;
+        // Each key prepared once for the whole page (not once per event).
+        let keys: HashMap<KeyId, OpenKey> = keys.iter().map(|(id, state)| (*id, OpenKey::new(state))).collect();
+        let decode_all = |events: Vec<StoredEvent>| -> Result<Vec<RecordedEvent>, Error> {
+            events
+                .into_iter()
+                .map(|event| {
+                    let key = event.key_id.and_then(|k| keys.get(&KeyId(k)));
+                    payload::decode(event, key)
+                })
+                .collect()
+        };
+        if stored.len() < PARALLEL_DECODE_EVENTS_MIN {
+            return decode_all(stored);
+        }
+        // A big page (a catch-up reads 1,000 events at a time) is pure CPU work — AES-GCM and
+        // JSON parsing, a few µs per event — that kept one core busy while the database and
+        // the other core waited: its second half is decoded on a scoped thread meanwhile. The
+        // events keep their order, and an error is the first one in page order, as before.
+        let mut first = stored;
+        let second = first.split_off(first.len() / 2);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| decode_all(second));
+            let first = decode_all(first);
+            let second = other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let mut events = first?;
+            events.extend(second?);
+            Ok(events)
+        })
+    }
+
+    /// Puts the keys a page will need into the cache (lazily decrypting readers call this when
+    /// they read a page, and [`Core::decode`] each event when they hand it out).
+    pub(crate) async fn warm_keys(&self, stored: &[StoredEvent]) -> Result<(), Error> {
+        self.page_keys(stored).await.map(drop)
+    }
+
+    /// The keys of a page's live events (at most one vault call); keys of shredded streams
+    /// are revoked instead.
+    async fn page_keys(&self, stored: &[StoredEvent]) -> Result<HashMap<KeyId, KeyState>, Error> {
+        let mut needed = HashSet::new();
+        let mut revoked = HashSet::new();
+        for event in stored {
+            if let Some(key) = event.key_id.map(KeyId) {
+                if payload::is_shredded(event) {
+                    revoked.insert(key);
+                } else {
+                    needed.insert(key);
+                }
+            }
+        }
+        if !revoked.is_empty() {
+            self.keyring.revoke(&revoked.into_iter().collect::<Vec<_>>());
+        }
+        self.keyring.lookup(&needed.into_iter().collect::<Vec<_>>()).await
+    }
+}

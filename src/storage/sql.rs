@@ -1,0 +1,845 @@
+//! [`Storage`], written once for every engine.
+//!
+//! An [`Engine`] says what differs — its sqlx database, its pools, how a write transaction
+//! begins, the statements that bind lists, its append path and log reads, and what other
+//! processes must be told — and the blanket `impl Storage for E: Engine` below holds everything
+//! else, once. Statements here read the same on both engines: `$N` placeholders bind by number
+//! on SQLite as on PostgreSQL, and `CAST(… AS …)` takes the place of PostgreSQL's `::type`.
+//!
+//! Rust does not imply where-clauses, so the sqlx traits the shared statements need (encoding
+//! and decoding the column types Lethe uses, executing on the engine's connections) are stated
+//! on the two blanket impls below, [`SharedSteps`] and [`Storage`], and nowhere else.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use async_trait::async_trait;
+use lethe_keyvault::KeyId;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+use uuid::Uuid;
+
+use super::plan::StreamState;
+use super::rows::{
+    attach_dependents, consumer_columns, decode_audit, decode_consumer, decode_erasure, decode_event, decode_hold,
+    decode_shredded, decode_stream_info, decode_token, encode_shredded, encode_types, hash32, now_us,
+    overdue_cutoff_us, select_erasures, select_events, select_stream_info, select_tokens, target_columns, to_i64,
+    to_u64,
+};
+use super::{AppendReply, AtomicAppend, ChangeFeed, Delivery, Storage, StoredEvent};
+use crate::error::StorageError;
+use crate::model::{
+    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, ErasureTarget, HashedFields,
+    LegalHold, LogFilter, NewAuditEntry, SYSTEM_ACTOR, StreamInfo, StreamName, SubjectId, TokenRecord, entry_hash,
+};
+
+/// A connection of an engine's database (a transaction derefs to one).
+pub(crate) type Conn<E> = <<E as Engine>::Db as Database>::Connection;
+
+/// What an event database engine supplies; the rest of [`Storage`] is written once, below.
+pub(crate) trait Engine: Send + Sync + 'static {
+    type Db: Database;
+
+    /// Where reads go.
+    fn reader(&self) -> &Pool<Self::Db>;
+    /// Where single-statement writes go (on SQLite, its one writer connection).
+    fn writer(&self) -> &Pool<Self::Db>;
+    /// Begins a write transaction.
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StorageError>> + Send;
+    /// The rows a statement changed.
+    fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// `seq, hash` of the audit chain's head, locked until COMMIT where the engine locks rows,
+    /// so that entries chain in one order across processes.
+    const SELECT_AUDIT_HEAD_LOCKED: &'static str;
+    /// An erasure request by id (`$1`), [`select_erasures`]'s columns, locked likewise.
+    const SELECT_ERASURE_LOCKED: &'static str;
+
+    // What differs between the engines: see `Storage` for what each does.
+
+    fn append_group(
+        &self,
+        group: &[AtomicAppend],
+    ) -> impl Future<Output = Result<Vec<AppendReply>, StorageError>> + Send;
+    fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<StoredEvent>, u64), StorageError>> + Send;
+    fn stream_states(
+        &self,
+        names: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, StreamState>, StorageError>> + Send;
+    fn subjects_being_erased(
+        &self,
+        subjects: &[&str],
+    ) -> impl Future<Output = Result<HashSet<String>, StorageError>> + Send;
+    fn watch_foreign_changes(&self, feed: ChangeFeed) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// The `erasure_dependents` rows of these requests, as [`attach_dependents`] reads them.
+    fn dependent_rows(
+        &self,
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<<Self::Db as Database>::Row>, StorageError>> + Send;
+    /// First in the shred transaction: the commit-order lock, where appends take one, so that
+    /// an append commits wholly before the shred or finds its stream closed.
+    fn lock_commit_order(conn: &mut Conn<Self>) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Removes the ciphertext of every event of these streams.
+    fn remove_payloads(
+        conn: &mut Conn<Self>,
+        streams: &[&str],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Tells the other processes, at COMMIT, to evict these keys (nothing where there are none).
+    fn announce_revoked_keys(
+        conn: &mut Conn<Self>,
+        keys: &[KeyId],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Tells the other processes, at COMMIT, to forget the tokens they verified.
+    fn announce_revoked_tokens(conn: &mut Conn<Self>) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// Pieces several [`Storage`] methods share.
+trait SharedSteps: Engine {
+    /// Fills in each erasure's dependents (one query for all of them).
+    fn load_dependents(&self, erasures: &mut [Erasure]) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Appends an audit entry (the chain head's row lock orders it).
+    fn audit_in(
+        conn: &mut Conn<Self>,
+        entry: &NewAuditEntry,
+    ) -> impl Future<Output = Result<AuditEntry, StorageError>> + Send;
+    /// Completes every request no dependent is still holding up, each audited.
+    fn complete_acknowledged(conn: &mut Conn<Self>, now: i64) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+impl<E> SharedSteps for E
+where
+    E: Engine,
+    for<'c> &'c mut Conn<E>: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+    for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> Option<&'q str>: Encode<'q, E::Db>,
+    for<'q> &'q [u8]: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> i64: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> Option<Uuid>: Encode<'q, E::Db>,
+    for<'q> Uuid: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> String: Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> Vec<u8>: Decode<'q, E::Db> + Type<E::Db>,
+    usize: ColumnIndex<<E::Db as Database>::Row>,
+{
+    async fn load_dependents(&self, erasures: &mut [Erasure]) -> Result<(), StorageError> {
+        if erasures.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = erasures.iter().map(|e| e.id).collect();
+        let rows = self.dependent_rows(&ids).await?;
+        attach_dependents(erasures, &rows)
+    }
+
+    async fn audit_in(conn: &mut Conn<E>, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
+        let head = sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *conn).await?;
+        let prev_hash = hash32(head.try_get(1)?)?;
+        let seq = to_u64(head.try_get(0)?, "audit seq")? + 1;
+        let at = now_us();
+        let subject = entry.subject.as_ref().map(|s| s.as_str());
+        let fields = HashedFields {
+            seq,
+            at_us: at,
+            actor: &entry.actor,
+            action: &entry.action,
+            subject,
+            request_id: entry.request_id,
+            details: &entry.details,
+        };
+        let hash = entry_hash(&prev_hash, &fields);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, subject, request_id, details, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(to_i64(seq))
+        .bind(at)
+        .bind(entry.actor.as_str())
+        .bind(entry.action.as_str())
+        .bind(subject)
+        .bind(entry.request_id)
+        .bind(entry.details.to_string().as_str())
+        .bind(prev_hash.as_slice())
+        .bind(hash.as_slice())
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(to_i64(seq))
+            .bind(hash.as_slice())
+            .execute(&mut *conn)
+            .await?;
+        Ok(AuditEntry {
+            seq,
+            at: chrono::DateTime::from_timestamp_micros(at).unwrap_or_default(),
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            subject: subject.map(str::to_owned),
+            request_id: entry.request_id,
+            details: entry.details.clone(),
+            prev_hash,
+            hash,
+        })
+    }
+
+    async fn complete_acknowledged(conn: &mut Conn<E>, now: i64) -> Result<(), StorageError> {
+        let completed = sqlx::query(
+            "UPDATE erasure_requests SET status = 'completed', completed_at = $1 \
+             WHERE status = 'awaiting_acknowledgements' AND NOT EXISTS ( \
+               SELECT 1 FROM erasure_dependents d WHERE d.erasure_id = erasure_requests.id \
+                 AND d.acknowledged_at IS NULL AND d.removed_at IS NULL) \
+             RETURNING id, subject",
+        )
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in completed {
+            let subject: Option<String> = row.try_get(1)?;
+            let entry = NewAuditEntry {
+                actor: SYSTEM_ACTOR.to_owned(),
+                action: "erasure_completed".to_owned(),
+                subject: subject.and_then(|s| SubjectId::new(s).ok()),
+                request_id: Some(row.try_get(0)?),
+                details: serde_json::json!({}),
+            };
+            Self::audit_in(conn, &entry).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<E> Storage for E
+where
+    E: Engine,
+    for<'c> &'c mut Conn<E>: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+    for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> Option<&'q str>: Encode<'q, E::Db>,
+    for<'q> &'q [u8]: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> i64: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> Option<i64>: Encode<'q, E::Db>,
+    for<'q> Option<bool>: Encode<'q, E::Db>,
+    for<'q> Option<Uuid>: Encode<'q, E::Db>,
+    for<'q> bool: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> Uuid: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> String: Decode<'q, E::Db> + Type<E::Db>,
+    for<'q> Vec<u8>: Decode<'q, E::Db> + Type<E::Db>,
+    usize: ColumnIndex<<E::Db as Database>::Row>,
+{
+    // Appends and reads
+
+    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
+        Engine::append_group(self, group).await
+    }
+
+    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
+        Engine::stream_states(self, names).await
+    }
+
+    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
+        Engine::subjects_being_erased(self, subjects).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
+        let sql = match direction {
+            Direction::Forward => concat!(
+                select_events!(),
+                "WHERE e.stream = $1 AND e.version >= $2 ORDER BY e.version ASC LIMIT $3"
+            ),
+            Direction::Backward => concat!(
+                select_events!(),
+                "WHERE e.stream = $1 AND e.version <= $2 ORDER BY e.version DESC LIMIT $3"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream.as_str())
+            .bind(to_i64(from))
+            .bind(to_i64(limit as u64))
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
+        let row = sqlx::query(concat!(select_stream_info!(), "WHERE name = $1"))
+            .bind(stream.as_str())
+            .fetch_optional(self.reader())
+            .await?;
+        row.as_ref().map(decode_stream_info).transpose()
+    }
+
+    async fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StorageError> {
+        Engine::read_log(self, from, filter, limit).await
+    }
+
+    async fn head(&self) -> Result<u64, StorageError> {
+        let row = sqlx::query("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(self.reader())
+            .await?;
+        to_u64(row.try_get(0)?, "head")
+    }
+
+    async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError> {
+        let rows = sqlx::query(concat!(select_stream_info!(), "WHERE subject = $1 ORDER BY name"))
+            .bind(subject.as_str())
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(decode_stream_info).collect()
+    }
+
+    // Erasure requests and legal holds
+
+    async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
+        let (kind, subject, stream) = target_columns(&erasure.target);
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
+             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(erasure.id)
+        .bind(kind)
+        .bind(subject)
+        .bind(stream)
+        .bind(erasure.status.as_str())
+        .bind(erasure.reason.reason.as_deref())
+        .bind(erasure.reason.requested_by.as_deref())
+        .bind(erasure.reason.reference.as_deref())
+        .bind(erasure.requested_at.timestamp_micros())
+        .bind(erasure.refused_reason.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        if erasure.status == ErasureStatus::Pending {
+            // The dependents are those registered at the time of the request.
+            sqlx::query(
+                "INSERT INTO erasure_dependents (erasure_id, consumer) \
+                 SELECT $1, name FROM consumers WHERE erasure_dependent",
+            )
+            .bind(erasure.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
+        let mut tx = self.begin_write().await?;
+        // An append either committed before this (its events are shredded with the rest) or
+        // runs after it and finds the stream closed.
+        E::lock_commit_order(&mut tx).await?;
+        let row = sqlx::query(E::SELECT_ERASURE_LOCKED)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id} not found")))?;
+        let mut erasure = decode_erasure(&row)?;
+        if erasure.streams.is_some() {
+            tx.commit().await?;
+            return Ok(erasure);
+        }
+        let rows = match &erasure.target {
+            ErasureTarget::Subject(subject) => {
+                sqlx::query(
+                    "UPDATE streams SET status = 'erased' WHERE subject = $1 AND status = 'active' \
+                     RETURNING name, key_id",
+                )
+                .bind(subject.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            ErasureTarget::Stream(stream) => {
+                sqlx::query(
+                    "UPDATE streams SET status = 'deleted' WHERE name = $1 AND status = 'active' \
+                     RETURNING name, key_id",
+                )
+                .bind(stream.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        let shredded = decode_shredded(&rows)?;
+        let names: Vec<&str> = shredded.iter().map(|s| s.stream.as_str()).collect();
+        E::remove_payloads(&mut tx, &names).await?;
+        sqlx::query("UPDATE erasure_requests SET streams = $2 WHERE id = $1")
+            .bind(id)
+            .bind(encode_shredded(&shredded).as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Other processes evict these keys now, not only after the vault destroyed them.
+        let keys: Vec<KeyId> = shredded.iter().filter_map(|s| s.key_id.map(KeyId)).collect();
+        E::announce_revoked_keys(&mut tx, &keys).await?;
+        tx.commit().await?;
+        erasure.streams = Some(shredded);
+        Ok(erasure)
+    }
+
+    async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'keys_destroyed', keys_destroyed = $2, keys_destroyed_at = $3 \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(to_i64(count))
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
+        // Again: a process that fetched a key between the shred and the destruction drops it.
+        E::announce_revoked_keys(&mut tx, keys).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_tombstoned(&self, id: Uuid, position: u64) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'awaiting_acknowledgements', tombstone_position = $2 \
+             WHERE id = $1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(to_i64(position))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_erasure_completed(&self, id: Uuid, tombstone_position: Option<u64>) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE erasure_requests SET status = 'completed', completed_at = $2, tombstone_position = $3 \
+             WHERE id = $1 AND status = 'keys_destroyed'",
+        )
+        .bind(id)
+        .bind(now_us())
+        .bind(tombstone_position.map(to_i64))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_us();
+        sqlx::query(
+            "UPDATE erasure_dependents SET acknowledged_at = $2 \
+             WHERE erasure_id = $1 AND acknowledged_at IS NULL AND removed_at IS NULL \
+               AND consumer IN (SELECT c.name FROM consumers c, erasure_requests r \
+                                WHERE r.id = $1 AND c.checkpoint >= r.tombstone_position)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        E::complete_acknowledged(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError> {
+        let row = sqlx::query(concat!(select_erasures!(), "WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?;
+        let mut erasures = row
+            .as_ref()
+            .map(decode_erasure)
+            .transpose()?
+            .into_iter()
+            .collect::<Vec<_>>();
+        self.load_dependents(&mut erasures).await?;
+        Ok(erasures.pop())
+    }
+
+    async fn erasures(&self, filter: &ErasureFilter) -> Result<Vec<Erasure>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_erasures!(),
+            "WHERE (CAST($1 AS TEXT) IS NULL OR subject = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
+             AND (CAST($3 AS BIGINT) IS NULL OR requested_at >= $3) \
+             AND (CAST($4 AS BIGINT) IS NULL OR requested_at < $4) \
+             AND (CAST($6 AS BOOLEAN) IS NULL OR \
+                  ((status NOT IN ('completed', 'refused') AND requested_at < $7) = $6)) \
+             ORDER BY requested_at DESC LIMIT $5"
+        ))
+        .bind(filter.subject.as_ref().map(|s| s.as_str()))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.from.map(|t| t.timestamp_micros()))
+        .bind(filter.to.map(|t| t.timestamp_micros()))
+        .bind(to_i64(filter.limit as u64))
+        .bind(filter.overdue)
+        .bind(overdue_cutoff_us())
+        .fetch_all(self.reader())
+        .await?;
+        let mut erasures = rows.iter().map(decode_erasure).collect::<Result<Vec<_>, _>>()?;
+        self.load_dependents(&mut erasures).await?;
+        Ok(erasures)
+    }
+
+    async fn unfinished_erasures(&self) -> Result<Vec<Erasure>, StorageError> {
+        let rows = sqlx::query(concat!(
+            select_erasures!(),
+            "WHERE status NOT IN ('completed', 'refused') ORDER BY requested_at"
+        ))
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(decode_erasure).collect()
+    }
+
+    async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO legal_holds (subject, reason, until, placed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (subject) DO UPDATE SET reason = excluded.reason, until = excluded.until, \
+               placed_at = excluded.placed_at, lapse_audited_at = NULL",
+        )
+        .bind(hold.subject.as_str())
+        .bind(hold.reason.as_str())
+        .bind(hold.until.map(|t| t.timestamp_micros()))
+        .bind(hold.placed_at.timestamp_micros())
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError> {
+        let done = sqlx::query("DELETE FROM legal_holds WHERE subject = $1")
+            .bind(subject.as_str())
+            .execute(self.writer())
+            .await?;
+        Ok(E::rows_affected(&done) == 1)
+    }
+
+    async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
+        let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
+            .bind(subject.as_str())
+            .fetch_optional(self.reader())
+            .await?;
+        row.as_ref().map(decode_hold).transpose()
+    }
+
+    async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM legal_holds WHERE until IS NULL OR until > $1")
+            .bind(now_us)
+            .fetch_one(self.reader())
+            .await?;
+        to_u64(row.try_get(0)?, "holds")
+    }
+
+    // API tokens
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO api_tokens (id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token.id)
+            .bind(token.name.as_str())
+            .bind(token.role.as_str())
+            .bind(token.hash.as_slice())
+            .bind(token.created_at.timestamp_micros())
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
+        let row = sqlx::query(concat!(select_tokens!(), "WHERE token_hash = $1"))
+            .bind(hash.as_slice())
+            .fetch_optional(self.reader())
+            .await?;
+        row.as_ref().map(decode_token).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        let rows = sqlx::query(concat!(select_tokens!(), "ORDER BY created_at"))
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(decode_token).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+        let revoked = E::rows_affected(&done) == 1;
+        if revoked {
+            // Delivered at COMMIT: no process can hear of a revocation that did not happen.
+            E::announce_revoked_tokens(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    // Consumers and webhook deliveries
+
+    async fn upsert_consumer(
+        &self,
+        name: &str,
+        filter: &LogFilter,
+        erasure_dependent: bool,
+    ) -> Result<Consumer, StorageError> {
+        let now = now_us();
+        let row = sqlx::query(concat!(
+            "INSERT INTO consumers (name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5) \
+             ON CONFLICT (name) DO UPDATE SET stream_prefix = excluded.stream_prefix, types = excluded.types, \
+               erasure_dependent = excluded.erasure_dependent, updated_at = excluded.updated_at \
+             RETURNING ",
+            consumer_columns!()
+        ))
+        .bind(name)
+        .bind(filter.stream_prefix.as_deref())
+        .bind(encode_types(&filter.types).as_str())
+        .bind(erasure_dependent)
+        .bind(now)
+        .fetch_one(self.writer())
+        .await?;
+        decode_consumer(&row)
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            consumer_columns!(),
+            " FROM consumers WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(decode_consumer).transpose()
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
+        let rows = sqlx::query(concat!("SELECT ", consumer_columns!(), " FROM consumers ORDER BY name"))
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(decode_consumer).collect()
+    }
+
+    async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_us();
+        let row = sqlx::query(concat!(
+            "UPDATE consumers SET checkpoint = CASE WHEN checkpoint < $2 THEN $2 ELSE checkpoint END, \
+               updated_at = $3 WHERE name = $1 RETURNING ",
+            consumer_columns!()
+        ))
+        .bind(name)
+        .bind(to_i64(position))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(consumer) = row.as_ref().map(decode_consumer).transpose()? else {
+            return Ok(None);
+        };
+        // Acknowledges every tombstone this consumer has now read past.
+        sqlx::query(
+            "UPDATE erasure_dependents SET acknowledged_at = $3 \
+             WHERE consumer = $1 AND acknowledged_at IS NULL AND removed_at IS NULL \
+               AND erasure_id IN (SELECT id FROM erasure_requests \
+                                  WHERE status = 'awaiting_acknowledgements' AND tombstone_position <= $2)",
+        )
+        .bind(name)
+        .bind(to_i64(consumer.checkpoint))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        E::complete_acknowledged(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(Some(consumer))
+    }
+
+    async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_us();
+        let deleted = sqlx::query("DELETE FROM consumers WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE erasure_dependents SET removed_at = $2 \
+             WHERE consumer = $1 AND acknowledged_at IS NULL AND removed_at IS NULL",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        E::complete_acknowledged(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(E::rows_affected(&deleted) == 1)
+    }
+
+    async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError> {
+        let done =
+            sqlx::query("UPDATE consumers SET webhook_url = $2, webhook_secret = $3, updated_at = $4 WHERE name = $1")
+                .bind(name)
+                .bind(webhook.map(|(url, _)| url))
+                .bind(webhook.map(|(_, secret)| secret))
+                .bind(now_us())
+                .execute(self.writer())
+                .await?;
+        Ok(E::rows_affected(&done) == 1)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now_us: i64,
+        lease_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT d.erasure_id, d.consumer, c.webhook_url, c.webhook_secret, r.tombstone_position, d.delivery_attempts \
+             FROM erasure_dependents d \
+             JOIN consumers c ON c.name = d.consumer \
+             JOIN erasure_requests r ON r.id = d.erasure_id \
+             WHERE r.status = 'awaiting_acknowledgements' AND d.acknowledged_at IS NULL AND d.removed_at IS NULL \
+               AND c.webhook_url IS NOT NULL AND c.webhook_secret IS NOT NULL \
+               AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $1) \
+             ORDER BY r.requested_at LIMIT $2",
+        )
+        .bind(now_us)
+        .bind(to_i64(limit as u64))
+        .fetch_all(self.writer())
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let delivery = Delivery {
+                erasure_id: row.try_get(0)?,
+                consumer: row.try_get(1)?,
+                url: row.try_get(2)?,
+                secret: row.try_get(3)?,
+                tombstone_position: to_u64(row.try_get(4)?, "tombstone_position")?,
+                attempts: to_u64(row.try_get(5)?, "delivery_attempts")?,
+            };
+            // Claimed only if no other worker moved its next attempt meanwhile.
+            let claim = sqlx::query(
+                "UPDATE erasure_dependents SET next_attempt_at = $3 \
+                 WHERE erasure_id = $1 AND consumer = $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $4)",
+            )
+            .bind(delivery.erasure_id)
+            .bind(delivery.consumer.as_str())
+            .bind(now_us + lease_us)
+            .bind(now_us)
+            .execute(self.writer())
+            .await?;
+            if E::rows_affected(&claim) == 1 {
+                claimed.push(delivery);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        outcome: Result<(), String>,
+        next_attempt_us: i64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_us();
+        let (acknowledged, error) = match &outcome {
+            Ok(()) => (Some(now), None),
+            Err(e) => (None, Some(e.as_str())),
+        };
+        sqlx::query(
+            "UPDATE erasure_dependents SET delivery_attempts = delivery_attempts + 1, last_attempt_at = $3, \
+               last_delivery_error = CAST($4 AS TEXT), next_attempt_at = $5, \
+               acknowledged_at = CASE WHEN acknowledged_at IS NULL THEN CAST($6 AS BIGINT) ELSE acknowledged_at END \
+             WHERE erasure_id = $1 AND consumer = $2",
+        )
+        .bind(delivery.erasure_id)
+        .bind(delivery.consumer.as_str())
+        .bind(now)
+        .bind(error)
+        .bind(next_attempt_us)
+        .bind(acknowledged)
+        .execute(&mut *tx)
+        .await?;
+        E::complete_acknowledged(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // The audit chain
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let appended = E::audit_in(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    async fn audit_lapsed_holds(&self, now_us: i64) -> Result<u64, StorageError> {
+        let mut tx = self.begin_write().await?;
+        // The row update claims each lapse, so of several processes exactly one audits it.
+        let rows = sqlx::query(
+            "UPDATE legal_holds SET lapse_audited_at = $1 \
+             WHERE until IS NOT NULL AND until <= $1 AND lapse_audited_at IS NULL RETURNING subject, until",
+        )
+        .bind(now_us)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut lapsed = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        lapsed.sort();
+        for (subject, until) in &lapsed {
+            let until = chrono::DateTime::from_timestamp_micros(*until).unwrap_or_default();
+            let entry = NewAuditEntry {
+                actor: SYSTEM_ACTOR.to_owned(),
+                action: "hold_expired".to_owned(),
+                subject: SubjectId::new(subject.as_str()).ok(),
+                request_id: None,
+                details: serde_json::json!({ "until": until.to_rfc3339() }),
+            };
+            E::audit_in(&mut tx, &entry).await?;
+        }
+        tx.commit().await?;
+        Ok(lapsed.len() as u64)
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, request_id, details, prev_hash, hash FROM audit_log \
+             WHERE seq > $1 AND (CAST($2 AS TEXT) IS NULL OR action = $2) \
+               AND (CAST($3 AS TEXT) IS NULL OR subject = $3) \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(to_i64(query.after))
+        .bind(query.action.as_deref())
+        .bind(query.subject.as_ref().map(|s| s.as_str()))
+        .bind(to_i64(query.limit as u64))
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(decode_audit).collect()
+    }
+
+    async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(self.reader())
+            .await?;
+        Ok((to_u64(row.try_get(0)?, "audit seq")?, hash32(row.try_get(1)?)?))
+    }
+
+    // Other processes, and closing
+
+    async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
+        Engine::watch_foreign_changes(self, feed).await
+    }
+
+    async fn close(&self) {
+        Engine::close(self).await;
+    }
+}
