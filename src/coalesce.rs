@@ -16,9 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
-
-/// Requests waiting for the batching task before callers wait for room.
-const QUEUE_MAX: usize = 1024;
+use crate::limits::COALESCE_QUEUE_MAX;
 
 /// One kind of call that can answer many requests at once.
 #[async_trait]
@@ -51,7 +49,7 @@ impl<B: Batched> Coalescer<B> {
     /// Starts the batching task (it ends when the coalescer is dropped).
     pub(crate) fn start(batched: B) -> Self {
         let batched = Arc::new(batched);
-        let (jobs, queue) = mpsc::channel(QUEUE_MAX);
+        let (jobs, queue) = mpsc::channel(COALESCE_QUEUE_MAX);
         tokio::spawn(answer_in_batches(batched.clone(), queue));
         Self { batched, jobs }
     }

@@ -23,12 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::coalesce::{Batched, Coalescer};
 use crate::error::Error;
-
-/// Keys one vault call creates at most (the vault's own per-call limit).
-const CREATE_BATCH_KEYS_MAX: usize = 1000;
-
-/// Keys remembered as revoked (destroyed) so they are never cached again.
-const REVOKED_KEYS_MAX: usize = 100_000;
+use crate::limits::REVOKED_KEYS_MAX;
 
 /// What the cache knows about a key.
 #[derive(Clone)]
@@ -199,7 +194,7 @@ impl Batched for KeyCreation {
     type Request = Vec<NewKey>;
     type Answer = Vec<(KeyId, Dek)>;
     /// The vault's own per-call limit.
-    const WEIGHT_MAX: usize = CREATE_BATCH_KEYS_MAX;
+    const WEIGHT_MAX: usize = lethe_keyvault::limits::BATCH_KEYS_MAX;
 
     fn weight(keys: &Vec<NewKey>) -> usize {
         keys.len()

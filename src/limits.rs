@@ -47,6 +47,28 @@ pub const REPORT_ERASURES_MAX: usize = 100_000;
 /// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
 pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
 
+// The HTTP server (`lethe serve`). The `_DEFAULT`s are settings (`crate::http::HttpLimits`,
+// `ServeConfig`); the others are fixed.
+
+/// Request bodies, counted on the raw bytes (chunked bodies too) (`LETHE_BODY_LIMIT_BYTES`).
+pub const BODY_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+/// Open SSE subscriptions at once; more get 503 `too_many_subscribers` (`LETHE_SUBSCRIBERS_MAX`).
+pub const SUBSCRIBERS_DEFAULT: usize = 1_024;
+/// Whole-request timeout for everything but SSE and consumer long polls
+/// (`LETHE_REQUEST_TIMEOUT_SECS`).
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longest consumer long poll (`wait_ms` is capped to it).
+pub const LONG_POLL_MAX: Duration = Duration::from_secs(25);
+/// SSE keep-alive comment interval.
+pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Open connections at most (each holds a task and a socket); more wait in the listen backlog.
+pub const CONNECTIONS_MAX: usize = 4_096;
+/// How long shutdown waits for in-flight requests before closing anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head by default (`LETHE_HEADER_TIMEOUT_SECS`).
+pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
 // Internal bounds: what the store holds in memory or asks for at once. Not input limits, but
 // limits all the same, so that nothing grows without one.
 
@@ -54,8 +76,6 @@ pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
 pub const KEY_CACHE_KEYS_DEFAULT: usize = 10_000;
 /// Destroyed key ids remembered so that a vault fetch racing a forget cannot cache them again.
 pub const REVOKED_KEYS_MAX: usize = 100_000;
-/// Keys one vault call creates at most.
-pub const CREATE_BATCH_KEYS_MAX: usize = 1_000;
 /// Verified API tokens remembered at most (a deployment has a handful; the bound is for safety).
 pub const TOKEN_CACHE_ENTRIES_MAX: usize = 1_024;
 /// Appends waiting for the writer before submitters wait for room.

@@ -4,8 +4,13 @@ mod cli;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use lethe::limits::{BODY_BYTES_DEFAULT, HEADER_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, SUBSCRIBERS_DEFAULT};
 use lethe::model::Role;
-use lethe::server::{self, ServeConfig};
+use lethe::server::{self, ConnectionLimits, LISTEN_DEFAULT, ServeConfig};
+use lethe_keyvault::cli::Outcome;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: under load the server spent a fifth of its CPU in
@@ -24,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the embedded default with nothing set).
-    Serve(ServeConfig),
+    Serve(ServeArgs),
     /// Manage API tokens directly in the event database.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -58,8 +63,65 @@ enum TokenCommand {
         #[arg(long, default_value = "cli")]
         name: String,
         #[command(flatten)]
-        config: ServeConfig,
+        config: ServeArgs,
     },
+}
+
+/// Every setting of `lethe serve`, each a flag and an environment variable (`ServeConfig`).
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where the embedded default keeps its files.
+    #[arg(long, env = "LETHE_DATA_DIR", default_value = "./lethe-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "LETHE_LISTEN", default_value_t = LISTEN_DEFAULT)]
+    listen: SocketAddr,
+    /// The event database (default: sqlite://`<data-dir>`/events.db).
+    #[arg(long, env = "LETHE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The key vault: sqlite://… or postgres://… (in-process, its own database) or
+    /// http(s)://… (a `lethe keyvault serve`). Default: sqlite://`<data-dir>`/keyvault.db.
+    #[arg(long, env = "LETHE_KEYVAULT_URL", hide_env_values = true)]
+    keyvault_url: Option<String>,
+    /// The KEK file of an in-process vault (default: `<data-dir>`/kek.key, created on first
+    /// start). Without it and with LETHE_KEK set, the KEK comes from that variable (base64).
+    #[arg(long, env = "LETHE_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// Bearer token for a remote vault (http(s)://).
+    #[arg(long, env = "LETHE_KEYVAULT_TOKEN", hide_env_values = true)]
+    keyvault_token: Option<String>,
+    /// Sets the first admin token instead of generating one.
+    #[arg(long, env = "LETHE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "LETHE_BODY_LIMIT_BYTES", default_value_t = BODY_BYTES_DEFAULT)]
+    body_limit_bytes: usize,
+    /// Most open SSE subscriptions.
+    #[arg(long, env = "LETHE_SUBSCRIBERS_MAX", default_value_t = SUBSCRIBERS_DEFAULT)]
+    subscribers_max: usize,
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "LETHE_HEADER_TIMEOUT_SECS", default_value_t = HEADER_TIMEOUT_DEFAULT.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds a request may take (SSE and long polls excepted).
+    #[arg(long, env = "LETHE_REQUEST_TIMEOUT_SECS", default_value_t = REQUEST_TIMEOUT_DEFAULT.as_secs())]
+    request_timeout_secs: u64,
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(args: ServeArgs) -> Self {
+        ServeConfig {
+            data_dir: args.data_dir,
+            listen: args.listen,
+            database_url: args.database_url,
+            keyvault_url: args.keyvault_url,
+            kek_file: args.kek_file,
+            keyvault_token: args.keyvault_token,
+            admin_token: args.admin_token,
+            body_limit_bytes: args.body_limit_bytes,
+            subscribers_max: args.subscribers_max,
+            header_timeout_secs: args.header_timeout_secs,
+            request_timeout_secs: args.request_timeout_secs,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -81,10 +143,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(config) => server::run(config, shutdown_signal()).await.context("lethe serve")?,
+        Command::Serve(args) => server::run(args.into(), shutdown_signal())
+            .await
+            .context("lethe serve")?,
         Command::Token(TokenCommand::Create { role, name, config }) => {
             let role = Role::parse(&role).context("--role must be reader, writer or admin")?;
-            let store = server::open_store(&config).await?;
+            let store = server::open_store(&config.into()).await?;
             let token = store.create_token(&name, role).await?;
             println!("{}", token.secret.as_str());
             store.close().await;
@@ -107,11 +171,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Keyvault {
             audit_database_url,
             command,
-        } => {
-            if let lethe_keyvault::cli::Outcome::Rotated(report) = lethe_keyvault::cli::run(command).await? {
-                audit_rotation(audit_database_url.as_deref(), &report).await?;
+        } => match lethe_keyvault::cli::run(command).await? {
+            Outcome::Done => {}
+            Outcome::Rotated(report) => audit_rotation(audit_database_url.as_deref(), &report).await?,
+            Outcome::Serve { listener, app } => {
+                let limits = ConnectionLimits {
+                    header_timeout: lethe_keyvault::limits::HEADER_TIMEOUT,
+                    connections_max: lethe_keyvault::limits::CONNECTIONS_MAX,
+                    drain_timeout: lethe_keyvault::limits::DRAIN_TIMEOUT,
+                };
+                server::serve_router(listener, app, limits, shutdown_signal()).await;
             }
-        }
+        },
     }
     Ok(())
 }

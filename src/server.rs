@@ -12,59 +12,49 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lethe_keyvault::kek::KEK_ENV;
 use lethe_keyvault::{Kek, KeyVault, OpenOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::http::{AppState, HttpLimits, router};
+use crate::limits::{ADMIN_TOKEN_LEN_MIN, CONNECTIONS_MAX, DRAIN_TIMEOUT, HEADER_TIMEOUT_DEFAULT};
 use crate::store::{EventStore, StoreConfig};
 
-/// Open connections at most (each holds a task and a socket).
-const CONNECTIONS_MAX: usize = 4096;
-/// How long shutdown waits for in-flight requests before closing anyway.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
-const ADMIN_TOKEN_LEN_MIN: usize = 16;
-/// Environment variable with a base64 KEK, when no KEK file is used.
-pub const KEK_ENV: &str = "LETHE_KEK";
+/// Where `lethe serve` listens by default.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 2113));
+/// Pause after a failed `accept` (say, out of file descriptors) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// Every setting of `lethe serve`; each is a flag and an environment variable.
-#[derive(Clone, clap::Args)]
+/// Every setting of `lethe serve` (the `lethe` binary reads each from a flag or an environment
+/// variable: see `lethe serve --help` and README.md). [`ServeConfig::embedded`] is the embedded
+/// default with nothing set.
+#[derive(Clone)]
 pub struct ServeConfig {
-    /// Where the embedded default keeps its files.
-    #[arg(long, env = "LETHE_DATA_DIR", default_value = "./lethe-data")]
+    /// Where the embedded default keeps its files (`LETHE_DATA_DIR`, default `./lethe-data`).
     pub data_dir: PathBuf,
-    #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:2113")]
+    /// `LETHE_LISTEN`, default `127.0.0.1:2113`.
     pub listen: SocketAddr,
     /// The event database (default: sqlite://`<data-dir>`/events.db).
-    #[arg(long, env = "LETHE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The key vault: sqlite://… or postgres://… (in-process, its own database) or
     /// http(s)://… (a `lethe keyvault serve`). Default: sqlite://`<data-dir>`/keyvault.db.
-    #[arg(long, env = "LETHE_KEYVAULT_URL", hide_env_values = true)]
     pub keyvault_url: Option<String>,
     /// The KEK file of an in-process vault (default: `<data-dir>`/kek.key, created on first
     /// start). Without it and with LETHE_KEK set, the KEK comes from that variable (base64).
-    #[arg(long, env = "LETHE_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
     /// Bearer token for a remote vault (http(s)://).
-    #[arg(long, env = "LETHE_KEYVAULT_TOKEN", hide_env_values = true)]
     pub keyvault_token: Option<String>,
     /// Sets the first admin token instead of generating one.
-    #[arg(long, env = "LETHE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Largest request body, in bytes.
-    #[arg(long, env = "LETHE_BODY_LIMIT_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub body_limit_bytes: usize,
     /// Most open SSE subscriptions.
-    #[arg(long, env = "LETHE_SUBSCRIBERS_MAX", default_value_t = 1024)]
     pub subscribers_max: usize,
     /// Seconds a client may take to send its request headers.
-    #[arg(long, env = "LETHE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
     /// Seconds a request may take (SSE and long polls excepted).
-    #[arg(long, env = "LETHE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 }
 
@@ -81,18 +71,19 @@ impl std::fmt::Debug for ServeConfig {
 impl ServeConfig {
     /// The embedded default in `data_dir`.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let http = HttpLimits::default();
         Self {
             data_dir: data_dir.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 2113)),
+            listen: LISTEN_DEFAULT,
             database_url: None,
             keyvault_url: None,
             kek_file: None,
             keyvault_token: None,
             admin_token: None,
-            body_limit_bytes: 4 * 1024 * 1024,
-            subscribers_max: 1024,
-            header_timeout_secs: 10,
-            request_timeout_secs: 30,
+            body_limit_bytes: http.body_bytes_max,
+            subscribers_max: http.subscribers_max,
+            header_timeout_secs: HEADER_TIMEOUT_DEFAULT.as_secs(),
+            request_timeout_secs: http.request_timeout.as_secs(),
         }
     }
 
@@ -288,18 +279,95 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Serves `app` with a header-read timeout (which `axum::serve` lacks) until `shutdown`, then
-/// drains connections for at most `DRAIN_TIMEOUT`.
+/// drains connections for at most [`DRAIN_TIMEOUT`]; at most [`CONNECTIONS_MAX`] are open.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let limits = lethe_keyvault::server::ConnectionLimits {
+    let limits = ConnectionLimits {
         header_timeout,
         connections_max: CONNECTIONS_MAX,
         drain_timeout: DRAIN_TIMEOUT,
     };
-    lethe_keyvault::server::serve_router(listener, app, limits, shutdown).await;
+    serve_router(listener, app, limits, shutdown).await;
     Ok(())
+}
+
+/// How [`serve_router`] treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A connection that has not sent a whole request head within this — from connecting, or
+    /// since its last response — is closed.
+    pub header_timeout: Duration,
+    /// Open connections at most; more wait in the listen backlog.
+    pub connections_max: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// The accept loop of `lethe serve` and `lethe keyvault serve`: serves `app` over HTTP/1 until
+/// `shutdown` resolves, then drains connections. `axum::serve` has no header timeout and no
+/// connection cap, so a client that connected and said nothing was kept forever.
+pub async fn serve_router(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = GracefulShutdown::new();
+    // HTTP/1 only: the header-read timeout is an HTTP/1 setting, and no client needs h2c.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                        continue;
+                    }
+                };
+                let service = TowerToHyperService::new(app.clone());
+                // `serve_connection`, not `serve_connection_with_upgrades`: the latter first
+                // waits, without any timeout, for bytes to tell HTTP/1 from HTTP/2 (ignoring
+                // `http1_only`), so a client that connected and sent nothing held its slot
+                // forever. Neither server needs upgrades.
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    // Client resets and timeouts end connections; nothing to report.
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: some connections did not finish in time");
+    }
 }

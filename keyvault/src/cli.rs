@@ -8,10 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::kek::KEK_ENV;
 use crate::{Kek, LocalVault, RotateOptions, RotationReport};
-
-/// Environment variable holding a base64 KEK when no KEK file is given.
-pub const KEK_ENV: &str = "LETHE_KEK";
 
 #[derive(clap::Subcommand)]
 pub enum KeyvaultCommand {
@@ -44,7 +42,7 @@ pub enum KeyvaultCommand {
         #[arg(long)]
         new_kek_file: PathBuf,
         /// Keys re-wrapped per transaction.
-        #[arg(long, default_value_t = crate::local::ROTATION_BATCH_DEFAULT)]
+        #[arg(long, default_value_t = crate::limits::ROTATION_BATCH_DEFAULT)]
         batch_size: usize,
     },
     /// Write a new random KEK file with mode 0600 (refuses to overwrite).
@@ -97,12 +95,33 @@ fn load_kek(file: Option<&Path>) -> anyhow::Result<Kek> {
     }
 }
 
-/// What a command did that its caller may want to record (the root binary audits rotations).
-#[derive(Debug)]
+/// What a command did that its caller may want to record (the root binary audits rotations),
+/// or still has to do (serve the vault).
 pub enum Outcome {
     Done,
     /// `rotate-kek` finished: every key is wrapped with the new KEK.
     Rotated(RotationReport),
+    /// `serve`: the vault is open and the listener bound; the caller serves `app` on it until
+    /// shut down (the accept loop is the binary's, with the vault's limits in
+    /// [`crate::limits`]: header timeout, connections, drain).
+    Serve {
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+    },
+}
+
+// Hand-written: `Router` has no `Debug`.
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Done => f.write_str("Done"),
+            Outcome::Rotated(report) => f.debug_tuple("Rotated").field(report).finish(),
+            Outcome::Serve { listener, .. } => f
+                .debug_struct("Serve")
+                .field("addr", &listener.local_addr().ok())
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
@@ -125,9 +144,9 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
+            let app = crate::server::router(Arc::new(vault), &token)?;
             tracing::info!(addr = %listener.local_addr()?, "key vault listening");
-            crate::server::serve(listener, Arc::new(vault), &token, shutdown_signal()).await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Serve { listener, app })
         }
         KeyvaultCommand::RotateKek {
             database_url,
@@ -170,26 +189,5 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
             eprintln!("wrote a new KEK to {} (mode 0600)", path.display());
             Ok(Outcome::Done)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

@@ -5,8 +5,6 @@
 //! carry the server's problem `detail` (which never contains key bytes) but never a body that
 //! held keys.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use base64::Engine as _;
 use reqwest::StatusCode;
@@ -15,13 +13,12 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 use zeroize::Zeroizing;
 
-use crate::server::{
-    CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchResponse, Problem, WireStatus,
+use crate::limits::{CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT};
+use crate::wire::{
+    CreateRequest, CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchRequest, FetchResponse, Problem,
+    StreamRequest, SubjectRequest, WireStatus,
 };
 use crate::{Dek, KeyId, KeyLookup, KeyVault, NewKey, VaultError, VaultStats};
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct HttpVault {
     base: reqwest::Url,
@@ -57,8 +54,8 @@ impl HttpVault {
             base.set_path(&path);
         }
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CLIENT_REQUEST_TIMEOUT)
+            .connect_timeout(CLIENT_CONNECT_TIMEOUT)
             .build()
             .map_err(|e| VaultError::Internal(format!("building HTTP client: {e}")))?;
         Ok(HttpVault {
@@ -149,20 +146,12 @@ fn decode_key(text: &str) -> Result<Dek, VaultError> {
     Dek::from_slice(&bytes)
 }
 
-#[derive(Serialize)]
-struct CreateBody<'a> {
-    keys: &'a [NewKey],
-}
-
-#[derive(Serialize)]
-struct FetchBody<'a> {
-    ids: &'a [KeyId],
-}
-
 #[async_trait]
 impl KeyVault for HttpVault {
     async fn create_keys(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, VaultError> {
-        let response: CreateResponse = self.post("v1/keys/create", &CreateBody { keys }).await?;
+        let response: CreateResponse = self
+            .post("v1/keys/create", &CreateRequest { keys: keys.into() })
+            .await?;
         if response.keys.len() != keys.len() {
             return Err(VaultError::Internal(
                 "key vault returned a different number of keys than requested".into(),
@@ -172,7 +161,7 @@ impl KeyVault for HttpVault {
     }
 
     async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<(KeyId, KeyLookup)>, VaultError> {
-        let response: FetchResponse = self.post("v1/keys/fetch", &FetchBody { ids }).await?;
+        let response: FetchResponse = self.post("v1/keys/fetch", &FetchRequest { ids: ids.into() }).await?;
         if response.keys.len() != ids.len() || response.keys.iter().zip(ids).any(|(k, id)| k.id != *id) {
             return Err(VaultError::Internal(
                 "key vault answered for different key ids than requested".into(),
@@ -197,14 +186,19 @@ impl KeyVault for HttpVault {
 
     async fn destroy_subject_keys(&self, subject: &str) -> Result<Vec<KeyId>, VaultError> {
         let response: DestroySubjectResponse = self
-            .post("v1/subjects/destroy", &serde_json::json!({ "subject": subject }))
+            .post(
+                "v1/subjects/destroy",
+                &SubjectRequest {
+                    subject: subject.into(),
+                },
+            )
             .await?;
         Ok(response.destroyed)
     }
 
     async fn destroy_stream_key(&self, stream: &str) -> Result<Option<KeyId>, VaultError> {
         let response: DestroyStreamResponse = self
-            .post("v1/streams/destroy", &serde_json::json!({ "stream": stream }))
+            .post("v1/streams/destroy", &StreamRequest { stream: stream.into() })
             .await?;
         Ok(response.destroyed)
     }

@@ -16,6 +16,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::envelope::{self, EnvelopeError};
 use crate::keys::{Dek, KEY_LEN, KeyId, fill_random};
 
+/// Environment variable holding a base64 KEK when no KEK file is given.
+pub const KEK_ENV: &str = "LETHE_KEK";
 const CHECK_VALUE_LABEL: &[u8] = b"lethe:v1:kek-check";
 
 #[derive(Debug, thiserror::Error)]

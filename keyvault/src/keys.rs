@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::VaultError;
+use crate::limits::NAME_LEN_MAX;
 
 /// Length of a DEK and of a KEK in bytes (AES-256).
 pub const KEY_LEN: usize = 32;
@@ -124,8 +125,6 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), VaultError> {
 
 /// Names of streams and subjects: 1–200 chars of `[A-Za-z0-9_.:@-]`; a stream may start with
 /// `$` (system streams). Checked here too so a remote caller cannot store junk in the vault.
-pub(crate) const NAME_LEN_MAX: usize = 200;
-
 pub(crate) fn validate_name(what: &str, name: &str, allow_dollar: bool) -> Result<(), VaultError> {
     let body = match (allow_dollar, name.strip_prefix('$')) {
         (true, Some(rest)) => rest,

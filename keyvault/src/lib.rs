@@ -7,22 +7,28 @@
 //! - `keys`: the value types ([`KeyId`], [`Dek`], [`KeyLookup`], ...).
 //! - `storage`: the storage trait and its SQLite and PostgreSQL implementations.
 //! - [`local`]: the in-process vault ([`LocalVault`]), including KEK rotation.
-//! - [`server`]: the HTTP server (`lethe keyvault serve`).
+//! - `wire`: the JSON shapes of the HTTP API, shared by server and client.
+//! - `server` (feature `server`): the HTTP API's router (`lethe keyvault serve`).
 //! - [`client`]: the HTTP client ([`HttpVault`]), the same trait over the network.
-//! - [`cli`]: the `lethe keyvault ...` subcommands.
+//! - `cli` (feature `cli`): the `lethe keyvault ...` subcommands.
+//! - [`limits`]: every limit the vault enforces.
 //!
 //! Architecture invariant: nothing in this crate depends on Lethe's event store; the only
 //! dependency arrow points from Lethe to the vault.
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod envelope;
 mod error;
 pub mod kek;
 mod keys;
+pub mod limits;
 pub mod local;
+#[cfg(feature = "server")]
 pub mod server;
 mod storage;
+mod wire;
 
 use std::sync::Arc;
 

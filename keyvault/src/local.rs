@@ -19,11 +19,7 @@ use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{CreateResult, Created, KekState, KekVersionRow, NewRow, Rewrap, Storage, Stored, WrappedKey};
 
-/// Most keys one `create_keys` or `fetch_keys` call may ask for: bounds transaction size and
-/// request bodies. A page of reads needs far fewer.
-pub const BATCH_KEYS_MAX: usize = 1000;
-/// Keys re-wrapped per rotation transaction.
-pub const ROTATION_BATCH_DEFAULT: usize = 500;
+use crate::limits::{BATCH_KEYS_MAX, ROTATION_BATCH_DEFAULT};
 
 /// How a rotation runs.
 #[derive(Debug, Clone, Copy)]

@@ -9,9 +9,7 @@
 //! error becomes problem JSON in one place ([`ApiError`]), and key bytes appear only in the
 //! bodies of successful, authenticated responses (with `Cache-Control: no-store`).
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -21,31 +19,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tracing::warn;
 use zeroize::Zeroizing;
 
-use crate::{KeyId, KeyLookup, KeyVault, NewKey, VaultError};
-
-/// Largest request body accepted (a full batch of 1000 keys is far below this).
-pub const BODY_BYTES_MAX: usize = 256 * 1024;
-/// Requests handled at once; more wait. Bounds memory and database connections.
-pub const CONCURRENT_REQUESTS_MAX: usize = 64;
-/// Shortest token accepted, so a forgotten or toy token cannot guard real keys.
-pub const TOKEN_LEN_MIN: usize = 16;
-/// Time a client has to send a request head, from connecting or since its last response.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections open at once; more wait in the listen backlog.
-pub const CONNECTIONS_MAX: usize = 1024;
-/// How long a shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause after a failed `accept` (say, out of file descriptors) before the next.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+use crate::limits::{BODY_BYTES_MAX, CONCURRENT_REQUESTS_MAX, TOKEN_LEN_MIN};
+use crate::wire::{
+    CreateRequest, CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchRequest, FetchResponse, Problem,
+    StreamRequest, SubjectRequest, WireKey, WireLookup, WireStatus,
+};
+use crate::{KeyLookup, KeyVault, VaultError};
 
 #[derive(Clone)]
 struct AppState {
@@ -84,111 +68,6 @@ pub fn router(vault: Arc<dyn KeyVault>, token: &str) -> Result<Router, VaultErro
         .with_state(state))
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests, with a
-/// [`HEADER_TIMEOUT`].
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    vault: Arc<dyn KeyVault>,
-    token: &str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), VaultError> {
-    serve_with_header_timeout(listener, vault, token, HEADER_TIMEOUT, shutdown).await
-}
-
-/// [`serve`] with another header timeout: a connection that has not sent a whole request head
-/// within it — from connecting, or since its last response — is closed. (`axum::serve` has no
-/// such timeout, so a client that connected and said nothing was kept forever.) At most
-/// [`CONNECTIONS_MAX`] connections are open at once; more wait in the listen backlog.
-pub async fn serve_with_header_timeout(
-    listener: tokio::net::TcpListener,
-    vault: Arc<dyn KeyVault>,
-    token: &str,
-    header_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), VaultError> {
-    let app = router(vault, token)?;
-    let limits = ConnectionLimits {
-        header_timeout,
-        connections_max: CONNECTIONS_MAX,
-        drain_timeout: DRAIN_TIMEOUT,
-    };
-    serve_router(listener, app, limits, shutdown).await;
-    Ok(())
-}
-
-/// How [`serve_router`] treats connections.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// A connection that has not sent a whole request head within this — from connecting, or
-    /// since its last response — is closed.
-    pub header_timeout: Duration,
-    /// Open connections at most; more wait in the listen backlog.
-    pub connections_max: usize,
-    /// How long shutdown waits for in-flight requests.
-    pub drain_timeout: Duration,
-}
-
-/// Serves `app` over HTTP/1 until `shutdown` resolves, then drains connections. Shared by
-/// `lethe keyvault serve` and `lethe serve`: `axum::serve` has no header timeout and no
-/// connection cap, so a client that connected and said nothing was kept forever.
-pub async fn serve_router(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    limits: ConnectionLimits,
-    shutdown: impl Future<Output = ()>,
-) {
-    let graceful = GracefulShutdown::new();
-    // HTTP/1 only: the header-read timeout is an HTTP/1 setting, and no client needs h2c.
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                        continue;
-                    }
-                };
-                let service = TowerToHyperService::new(app.clone());
-                // `serve_connection`, not `serve_connection_with_upgrades`: the latter first
-                // waits, without any timeout, for bytes to tell HTTP/1 from HTTP/2 (ignoring
-                // `http1_only`), so a client that connected and sent nothing held its slot
-                // forever. Neither server needs upgrades.
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    // Client resets and timeouts end connections; nothing to report.
-                    let _ = connection.await;
-                    drop(permit);
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("shutdown: some connections did not finish in time");
-    }
-}
-
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if authorized(request.headers(), &state.token_digest) {
         next.run(request).await
@@ -211,90 +90,9 @@ fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
     got.ct_eq(expected).into()
 }
 
-// ---- wire types -------------------------------------------------------------------------
+const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateRequest {
-    pub keys: Vec<NewKey>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct WireKey {
-    pub id: KeyId,
-    /// Base64 (standard, padded) of the 32 DEK bytes.
-    pub key: Zeroizing<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct CreateResponse {
-    pub keys: Vec<WireKey>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FetchRequest {
-    pub ids: Vec<KeyId>,
-}
-
-#[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum WireStatus {
-    Live,
-    Destroyed,
-    NotFound,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct WireLookup {
-    pub id: KeyId,
-    pub status: WireStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<Zeroizing<String>>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct FetchResponse {
-    pub keys: Vec<WireLookup>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SubjectRequest {
-    pub subject: String,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct DestroySubjectResponse {
-    pub destroyed: Vec<KeyId>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StreamRequest {
-    pub stream: String,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct DestroyStreamResponse {
-    pub destroyed: Option<KeyId>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Problem {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    pub code: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<String>,
-}
-
-pub(crate) const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
-
-pub(crate) fn encode_key(bytes: &[u8]) -> Zeroizing<String> {
+fn encode_key(bytes: &[u8]) -> Zeroizing<String> {
     Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
@@ -341,7 +139,7 @@ fn secret_json<T: Serialize>(body: &T) -> Response {
 
 async fn create_keys(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateRequest>,
+    ApiJson(req): ApiJson<CreateRequest<'static>>,
 ) -> Result<Response, ApiError> {
     let created = state.vault.create_keys(&req.keys).await?;
     let keys = created
@@ -354,7 +152,10 @@ async fn create_keys(
     Ok(secret_json(&CreateResponse { keys }))
 }
 
-async fn fetch_keys(State(state): State<AppState>, ApiJson(req): ApiJson<FetchRequest>) -> Result<Response, ApiError> {
+async fn fetch_keys(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<FetchRequest<'static>>,
+) -> Result<Response, ApiError> {
     let found = state.vault.fetch_keys(&req.ids).await?;
     let keys = found
         .iter()
@@ -381,7 +182,7 @@ async fn fetch_keys(State(state): State<AppState>, ApiJson(req): ApiJson<FetchRe
 
 async fn destroy_subject(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<SubjectRequest>,
+    ApiJson(req): ApiJson<SubjectRequest<'static>>,
 ) -> Result<Json<DestroySubjectResponse>, ApiError> {
     let destroyed = state.vault.destroy_subject_keys(&req.subject).await?;
     Ok(Json(DestroySubjectResponse { destroyed }))
@@ -389,7 +190,7 @@ async fn destroy_subject(
 
 async fn destroy_stream(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<StreamRequest>,
+    ApiJson(req): ApiJson<StreamRequest<'static>>,
 ) -> Result<Json<DestroyStreamResponse>, ApiError> {
     let destroyed = state.vault.destroy_stream_key(&req.stream).await?;
     Ok(Json(DestroyStreamResponse { destroyed }))
@@ -446,7 +247,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
         if status.is_server_error() {
-            warn!(code = self.0.code(), error = %self.0, "key vault request failed");
+            tracing::warn!(code = self.0.code(), error = %self.0, "key vault request failed");
         }
         let stream = match &self.0 {
             VaultError::KeyDestroyed { stream } | VaultError::SubjectMismatch { stream } => Some(stream.clone()),

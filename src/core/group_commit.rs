@@ -17,11 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::limits::{GROUP_APPENDS_MAX, GROUP_EVENTS_MAX};
+use crate::limits::{GROUP_APPENDS_MAX, GROUP_EVENTS_MAX, WRITER_QUEUE_APPENDS_MAX};
 use crate::storage::{AppendReply, AtomicAppend, Storage, advance_head};
-
-/// Appends waiting for the writer before submitters wait for room.
-const QUEUE_APPENDS_MAX: usize = 4 * GROUP_APPENDS_MAX;
 
 struct Job {
     append: AtomicAppend,
@@ -61,7 +58,7 @@ impl GroupCommitter {
         commits: watch::Sender<u64>,
         shutdown: watch::Receiver<bool>,
     ) -> (Self, JoinHandle<()>) {
-        let (jobs, queue) = mpsc::channel(QUEUE_APPENDS_MAX);
+        let (jobs, queue) = mpsc::channel(WRITER_QUEUE_APPENDS_MAX);
         let stats = Arc::new(WriterCounters::default());
         let task = tokio::spawn(run(storage, queue, commits, shutdown, stats.clone()));
         (Self { jobs, stats }, task)

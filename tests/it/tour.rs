@@ -200,25 +200,60 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
 /// silent connections took every connection slot for good.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_cut_off_by_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let mut config = lethe::server::ServeConfig::embedded(dir.path());
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_token = Some("an-admin-token-of-32-characters!".into());
     config.header_timeout_secs = 1;
     let server = lethe::server::start(config).await.unwrap();
+    assert_silent_connections_are_cut_off(server.addr).await;
+    server.stop().await.unwrap();
+}
 
-    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut kept = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+/// The same for the key vault's server (`lethe keyvault serve`), which Lethe's accept loop
+/// serves with the vault's limits. (Regression: it used `axum::serve`, which has no header
+/// timeout, so such connections were kept forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_server_cuts_off_silent_connections_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = lethe_keyvault::Kek::load_or_create(dir.path().join("kek.key")).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keyvault.db").display());
+    let options = lethe_keyvault::OpenOptions {
+        kek: Some(kek),
+        ..lethe_keyvault::OpenOptions::default()
+    };
+    let vault = lethe_keyvault::open(&url, options).await.unwrap();
+    let app = lethe_keyvault::server::router(vault, "a-vault-token-of-32-characters!!").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = lethe::server::ConnectionLimits {
+        header_timeout: Duration::from_secs(1),
+        connections_max: lethe_keyvault::limits::CONNECTIONS_MAX,
+        drain_timeout: lethe_keyvault::limits::DRAIN_TIMEOUT,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(lethe::server::serve_router(listener, app, limits, async move {
+        let _ = stopped.await;
+    }));
+    assert_silent_connections_are_cut_off(addr).await;
+    let _ = stop.send(());
+    served.await.unwrap();
+}
+
+/// Opens a silent connection and a kept-alive one gone silent after a request; both must be
+/// closed by the server while others are served.
+async fn assert_silent_connections_are_cut_off(addr: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let healthy = reqwest::get(format!("http://{}/healthz", server.addr)).await.unwrap();
+    let healthy = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
     assert_eq!(healthy.status(), 200, "others are served meanwhile");
     for (name, stream) in [("silent", &mut silent), ("kept alive", &mut kept)] {
         let mut buf = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf)).await;
         assert!(closed.is_ok(), "the {name} connection was closed by the server");
     }
-    server.stop().await.unwrap();
 }

@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
@@ -22,6 +21,7 @@ use super::sql::{self, Engine};
 use super::{CreateResult, Created, NewRow, check_existing};
 use crate::error::VaultError;
 use crate::keys::KeyId;
+use crate::limits::{POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_CREATE_CONNECTIONS_MAX};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "vault", include_str!("../../migrations/postgres/0001_vault.sql")),
@@ -65,8 +65,6 @@ const CREATE_KEYS: &str = "WITH kek AS ( \
        INSERT INTO vault_key_material (id, kek_version, wrapped) \
        SELECT i.id, i.kek_version, i.wrapped FROM input i JOIN keys k ON k.id = i.id RETURNING id) \
      SELECT EXISTS (SELECT 1 FROM kek) AS kek_usable, ARRAY(SELECT id FROM material) AS inserted";
-const POOL_CONNECTIONS_MAX: u32 = 8;
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct PgStorage {
     pool: PgPool,
@@ -81,8 +79,6 @@ pub(crate) struct PgStorage {
 /// be anyway. (The statement's only lookup of a growing table is a LATERAL one, which cannot
 /// be turned into a join over a whole table either.)
 const CREATE_PLANS: [(&str, &str); 2] = [("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")];
-/// Key creation is one batch at a time per process (the caller coalesces), plus a spare.
-const CREATE_CONNECTIONS_MAX: u32 = 2;
 
 impl PgStorage {
     pub(crate) async fn open(url: &str) -> Result<PgStorage, VaultError> {
@@ -92,14 +88,14 @@ impl PgStorage {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| VaultError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?;
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_CONNECTIONS_MAX)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(POSTGRES_CONNECTIONS_MAX)
+            .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.clone().options([("plan_cache_mode", "force_custom_plan")]))
             .await?;
         super::migrator(MIGRATIONS).run(&pool).await?;
         let create_pool = PgPoolOptions::new()
-            .max_connections(CREATE_CONNECTIONS_MAX)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_connections(POSTGRES_CREATE_CONNECTIONS_MAX)
+            .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.options(CREATE_PLANS))
             .await?;
         Ok(PgStorage { pool, create_pool })

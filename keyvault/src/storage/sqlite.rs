@@ -9,7 +9,6 @@
 //! subject's keys without arrays, and purging with a WAL checkpoint.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -20,15 +19,12 @@ use super::sql::{self, Engine};
 use super::{CreateResult, Created, NewRow};
 use crate::error::VaultError;
 use crate::keys::KeyId;
+use crate::limits::{
+    SQLITE_BUSY_TIMEOUT, SQLITE_CHECKPOINT_ATTEMPTS, SQLITE_CHECKPOINT_RETRY, SQLITE_CONNECTIONS_MAX,
+    SQLITE_FETCH_KEYS_MAX,
+};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "vault", include_str!("../../migrations/sqlite/0001_vault.sql"))];
-/// SQLite's default limit on bound parameters is 32766; stay far below it.
-const FETCH_CHUNK: usize = 500;
-const POOL_CONNECTIONS_MAX: u32 = 8;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TRUNCATE checkpoint cannot finish while a reader holds an old snapshot; retry briefly.
-const CHECKPOINT_ATTEMPTS: u32 = 20;
-const CHECKPOINT_RETRY: Duration = Duration::from_millis(50);
 
 pub(crate) struct SqliteStorage {
     pool: SqlitePool,
@@ -46,10 +42,10 @@ impl SqliteStorage {
             // without it.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
-            .max_connections(POOL_CONNECTIONS_MAX)
+            .max_connections(SQLITE_CONNECTIONS_MAX)
             .connect_with(options)
             .await?;
         super::migrator(MIGRATIONS).run(&pool).await?;
@@ -120,7 +116,7 @@ impl Engine for SqliteStorage {
 
     async fn fetch_key_rows(&self, ids: &[KeyId]) -> Result<Vec<SqliteRow>, VaultError> {
         let mut rows = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(FETCH_CHUNK) {
+        for chunk in ids.chunks(SQLITE_FETCH_KEYS_MAX) {
             let placeholders = vec!["?"; chunk.len()].join(",");
             // Only placeholders are interpolated; every value is bound.
             let sql = format!(
@@ -166,7 +162,7 @@ impl Engine for SqliteStorage {
         // secure_delete already zeroed the freed cells in the page images; the checkpoint copies
         // those pages into the main file and TRUNCATE empties the WAL, which still held the
         // pre-delete page images.
-        for _ in 0..CHECKPOINT_ATTEMPTS {
+        for _ in 0..SQLITE_CHECKPOINT_ATTEMPTS {
             let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&self.pool)
                 .await?;
@@ -174,7 +170,7 @@ impl Engine for SqliteStorage {
             if busy == 0 {
                 return Ok(());
             }
-            tokio::time::sleep(CHECKPOINT_RETRY).await;
+            tokio::time::sleep(SQLITE_CHECKPOINT_RETRY).await;
         }
         Err(VaultError::Unavailable(
             "WAL checkpoint kept being blocked by readers; retry the destroy".into(),

@@ -62,6 +62,7 @@ fn load_or_create_makes_a_0600_file_once() {
 }
 
 #[test]
+#[allow(unsafe_code)] // `std::env::set_var`, on variables no other thread touches.
 fn kek_from_base64_env() {
     // Unique variable names: tests run in parallel threads of one process.
     let var = "LETHE_TEST_KEK_B64_OK";
