@@ -38,13 +38,7 @@ impl Core {
         // answers one picture. A forget commits the status before the vault destroys the key:
         // an event found erased (status or key) means the status read now is no longer
         // `active`, and a status no longer `active` erases the events read just before it.
-        let info = self
-            .storage
-            .stream_info(stream)
-            .await?
-            .ok_or_else(|| Error::StreamNotFound {
-                stream: stream.to_string(),
-            })?;
+        let info = self.stream_info(stream).await?;
         if info.status != StreamStatus::Active {
             for (event, keyed) in events.iter_mut().zip(keyed) {
                 if keyed {
@@ -96,6 +90,16 @@ impl Core {
             head.max(from - 1) + 1
         };
         Ok((stored, next, head))
+    }
+
+    /// What a stream is (`stream_not_found` if it was never written).
+    pub(crate) async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, Error> {
+        self.storage
+            .stream_info(stream)
+            .await?
+            .ok_or_else(|| Error::StreamNotFound {
+                stream: stream.to_string(),
+            })
     }
 
     /// Streams bound to a subject.

@@ -35,7 +35,7 @@ use crate::model::validation::{check_limit, check_reason, check_text};
 use crate::model::{
     ERASED_EVENT_TYPE, ERASURES_STREAM, Erasure, ErasureFault, ErasureFilter, ErasureReason, ErasureStatus,
     ErasureTarget, ExpectedVersion, LegalHold, NewAuditEntry, NewEvent, STREAM_DELETED_EVENT_TYPE,
-    SUBJECT_FORGOTTEN_EVENT_TYPE, SYSTEM_ACTOR, StreamInfo, StreamName, StreamStatus, SubjectId, ValidationError,
+    SUBJECT_FORGOTTEN_EVENT_TYPE, SYSTEM_ACTOR, StreamName, StreamStatus, SubjectId, ValidationError,
 };
 use crate::storage::{AtomicAppend, EncodedEvent, StreamWrite};
 
@@ -68,14 +68,7 @@ pub(crate) async fn request_forget(core: &Core, subject: &SubjectId, reason: Era
 /// Records the deletion of one stream and drives it to completion.
 pub(crate) async fn delete_stream(core: &Core, stream: &StreamName, reason: ErasureReason) -> Result<Erasure, Error> {
     check_reason(&reason)?;
-    let info: StreamInfo = core
-        .storage
-        .stream_info(stream)
-        .await?
-        .ok_or_else(|| Error::StreamNotFound {
-            stream: stream.to_string(),
-        })?;
-    match info.status {
+    match core.stream_info(stream).await?.status {
         StreamStatus::Active => {}
         StreamStatus::Erased => {
             return Err(Error::StreamErased {

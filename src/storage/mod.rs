@@ -48,11 +48,10 @@ use crate::model::{
     StreamInfo, StreamName, SubjectId, TokenRecord,
 };
 
-/// Everything Lethe needs from an event database engine. Implemented once, in [`sql`], for
-/// every engine.
+/// The part of [`Storage`] each engine writes itself: its append path, its log reads, the
+/// lookups that bind lists, and what it hears from other processes.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
-    // Appends and reads
+pub trait EngineStorage: Send + Sync + 'static {
     /// Stores a group of independent appends in one database transaction. Each append is
     /// checked on its own (a conflict rejects only that append); the `Vec` has one reply per
     /// append, in order. `Err` means the transaction itself failed and nothing was stored.
@@ -61,6 +60,27 @@ pub trait Storage: Send + Sync + 'static {
     async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, plan::StreamState>, StorageError>;
     /// Which of these subjects have an unfinished erasure.
     async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError>;
+    /// Up to `limit` events of the global log from position `from` (inclusive), never past the
+    /// returned head: every position up to the head is committed, so a reader that continues
+    /// from `head + 1` skips nothing.
+    async fn read_log(
+        &self,
+        from: u64,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StorageError>;
+    /// Starts forwarding what *other* processes do — new commits, revoked keys and tokens — into `feed`
+    /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
+    async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError>;
+    /// Closes the connection pools.
+    async fn close(&self);
+}
+
+/// Everything Lethe needs from an event database: what each engine writes itself
+/// ([`EngineStorage`]) and the rest, written once for every engine in [`sql`].
+#[async_trait]
+pub trait Storage: EngineStorage {
+    // Appends and reads
     /// Up to `limit` events of a stream from version `from` (inclusive) in `direction`.
     async fn read_stream(
         &self,
@@ -71,15 +91,6 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<StoredEvent>, StorageError>;
     /// A stream's metadata, or `None` if it was never written.
     async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError>;
-    /// Up to `limit` events of the global log from position `from` (inclusive), never past the
-    /// returned head: every position up to the head is committed, so a reader that continues
-    /// from `head + 1` skips nothing.
-    async fn read_log(
-        &self,
-        from: u64,
-        filter: &LogFilter,
-        limit: usize,
-    ) -> Result<(Vec<StoredEvent>, u64), StorageError>;
     /// The last committed position (0 for an empty log).
     async fn head(&self) -> Result<u64, StorageError>;
     /// Streams bound to a subject.
@@ -167,13 +178,6 @@ pub trait Storage: Send + Sync + 'static {
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
     /// The chain head: last `seq` and its hash.
     async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError>;
-
-    // Other processes, and closing
-    /// Starts forwarding what *other* processes do — new commits, revoked keys and tokens — into `feed`
-    /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
-    async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError>;
-    /// Closes the connection pools.
-    async fn close(&self);
 }
 
 /// Opens an event database by URL (`sqlite://path` or `postgres://…`), applying migrations.

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use async_trait::async_trait;
 use lethe_keyvault::KeyId;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{Postgres, Row, Transaction};
@@ -19,12 +20,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
-use super::rows::{
-    decode_event_with_status, decode_existing, decode_stream_state, now_us, parse_status, select_erasures, to_i64,
-    to_u64,
-};
+use super::rows::{DecodeRow, now_us, parse_status, select_erasures, to_i64, to_u64};
 use super::sql::Engine;
-use super::{AppendReply, AtomicAppend, ChangeFeed, StoredEvent, advance_head};
+use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
 use crate::error::StorageError;
 use crate::limits::{
     POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_WRITE_CONNECTIONS_MAX, REVOKED_KEYS_PER_NOTIFY,
@@ -164,6 +162,57 @@ impl Engine for PostgresStorage {
     const SELECT_AUDIT_HEAD_LOCKED: &'static str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
     const SELECT_ERASURE_LOCKED: &'static str = concat!(select_erasures!(), "WHERE id = $1 FOR UPDATE");
 
+    async fn dependent_rows(&self, ids: &[Uuid]) -> Result<Vec<PgRow>, StorageError> {
+        Ok(sqlx::query(
+            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
+             last_delivery_error FROM erasure_dependents WHERE erasure_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn lock_commit_order(conn: &mut PgConnection) -> Result<(), StorageError> {
+        // The commit-order lock, held until COMMIT. Raising the generation makes an optimistic
+        // group write planned before this commit lose (see `WRITE_GROUP`).
+        sqlx::query("UPDATE log_head SET generation = generation + 1 WHERE id = 1")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_payloads(conn: &mut PgConnection, streams: &[&str]) -> Result<(), StorageError> {
+        sqlx::query("UPDATE events SET payload = NULL WHERE stream = ANY($1)")
+            .bind(streams)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// NOTIFY payloads are limited to 8000 bytes, so the ids go in chunks.
+    async fn announce_revoked_keys(conn: &mut PgConnection, keys: &[KeyId]) -> Result<(), StorageError> {
+        for chunk in keys.chunks(REVOKED_KEYS_PER_NOTIFY) {
+            let ids: Vec<String> = chunk.iter().map(|k| k.0.to_string()).collect();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(ids.join(","))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn announce_revoked_tokens(conn: &mut PgConnection) -> Result<(), StorageError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(TOKENS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EngineStorage for PostgresStorage {
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
         // The optimistic way first, unless it lost lately: then other lock holders are busy
         // (another process appending) and the lock is the cheaper way for a while.
@@ -239,7 +288,7 @@ impl Engine for PostgresStorage {
             .bind(names)
             .fetch_all(&self.write_pool)
             .await?;
-        rows.iter().map(decode_stream_state).collect()
+        rows.iter().map(DecodeRow::decode_stream_state).collect()
     }
 
     async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
@@ -248,54 +297,6 @@ impl Engine for PostgresStorage {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn dependent_rows(&self, ids: &[Uuid]) -> Result<Vec<PgRow>, StorageError> {
-        Ok(sqlx::query(
-            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
-             last_delivery_error FROM erasure_dependents WHERE erasure_id = ANY($1)",
-        )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn lock_commit_order(conn: &mut PgConnection) -> Result<(), StorageError> {
-        // The commit-order lock, held until COMMIT. Raising the generation makes an optimistic
-        // group write planned before this commit lose (see `WRITE_GROUP`).
-        sqlx::query("UPDATE log_head SET generation = generation + 1 WHERE id = 1")
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn remove_payloads(conn: &mut PgConnection, streams: &[&str]) -> Result<(), StorageError> {
-        sqlx::query("UPDATE events SET payload = NULL WHERE stream = ANY($1)")
-            .bind(streams)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    /// NOTIFY payloads are limited to 8000 bytes, so the ids go in chunks.
-    async fn announce_revoked_keys(conn: &mut PgConnection, keys: &[KeyId]) -> Result<(), StorageError> {
-        for chunk in keys.chunks(REVOKED_KEYS_PER_NOTIFY) {
-            let ids: Vec<String> = chunk.iter().map(|k| k.0.to_string()).collect();
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(REVOKED_CHANNEL)
-                .bind(ids.join(","))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn announce_revoked_tokens(conn: &mut PgConnection) -> Result<(), StorageError> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(TOKENS_CHANNEL)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
     }
 
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
@@ -384,7 +385,7 @@ async fn read_for_plan(
         head = Some(row.try_get::<i64, _>(5)?);
         generation = row.try_get(6)?;
         if row.try_get::<Option<String>, _>(0)?.is_some() {
-            let (name, state) = decode_stream_state(&row)?;
+            let (name, state) = row.decode_stream_state()?;
             states.insert(name, state);
         }
     }
@@ -398,7 +399,7 @@ async fn read_for_plan(
                 .fetch_all(&mut *conn)
                 .await?
         {
-            let (id, event) = decode_existing(&row)?;
+            let (id, event) = row.decode_existing()?;
             existing.insert(id, event);
         }
     }
@@ -499,7 +500,7 @@ fn decode_page(rows: &[sqlx::postgres::PgRow]) -> Result<(Vec<StoredEvent>, i64)
     for row in rows {
         if row.try_get::<Option<i64>, _>(0)?.is_some() {
             // The status is set below, from the stream's own row.
-            events.push(decode_event_with_status(row, StreamStatus::Active)?);
+            events.push(row.decode_event_with_status(StreamStatus::Active)?);
         } else if let Some(stream) = row.try_get::<Option<&str>, _>(1)? {
             statuses.insert(stream, parse_status(row.try_get::<&str, _>(9)?)?);
         } else {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
 use super::StoredEvent;
@@ -70,195 +71,248 @@ pub(crate) fn parse_status(s: &str) -> Result<StreamStatus, StorageError> {
     StreamStatus::parse(s).ok_or_else(|| StorageError::Corrupt(format!("unknown stream status {s:?}")))
 }
 
-/// Decodes a row selected with [`select_events`], on either engine.
-pub(crate) fn decode_event<R>(row: &R) -> Result<StoredEvent, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let status: String = row.try_get(9)?;
-    decode_event_with_status(row, parse_status(&status)?)
+/// Row decoders, on either engine: one blanket implementation for every sqlx `Row` whose
+/// database decodes the column types Lethe uses, so each decoder is written once.
+pub(crate) trait DecodeRow: Row {
+    /// Decodes a row selected with [`select_events`], on either engine.
+    fn decode_event(&self) -> Result<StoredEvent, StorageError>;
+    /// [`decode_event`] for a row whose stream status was read on its own (columns 0–8 only).
+    fn decode_event_with_status(&self, stream_status: StreamStatus) -> Result<StoredEvent, StorageError>;
+    /// Decodes a `streams` row selected as `name, subject, status, version`.
+    fn decode_stream_info(&self) -> Result<StreamInfo, StorageError>;
+    /// Decodes a `streams` row selected as `name, version, status, subject, key_id` for planning.
+    fn decode_stream_state(&self) -> Result<(String, plan::StreamState), StorageError>;
+    /// Decodes an `events` row selected as `event_id, stream, version, position, digest`.
+    fn decode_existing(&self) -> Result<(Uuid, plan::ExistingEvent), StorageError>;
+    /// Decodes an `erasure_requests` row selected with [`select_erasures`].
+    fn decode_erasure(&self) -> Result<Erasure, StorageError>;
+    /// Decodes a `legal_holds` row selected as `subject, reason, until, placed_at`.
+    fn decode_hold(&self) -> Result<LegalHold, StorageError>;
+    /// Decodes an `api_tokens` row selected as `id, name, role, token_hash, created_at, revoked_at`.
+    fn decode_token(&self) -> Result<TokenRecord, StorageError>;
+    /// Decodes a `consumers` row selected as
+    /// `name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url`.
+    fn decode_consumer(&self) -> Result<Consumer, StorageError>;
+    /// Decodes an `audit_log` row selected as
+    /// `seq, at, actor, action, subject, request_id, details, prev_hash, hash`.
+    fn decode_audit(&self) -> Result<AuditEntry, StorageError>;
+    /// Decodes an `erasure_dependents` row selected as `erasure_id, consumer, acknowledged_at,
+    /// removed_at, delivery_attempts, last_attempt_at, last_delivery_error` (see [`attach_dependents`]).
+    fn decode_dependent(&self) -> Result<(Uuid, Dependent), StorageError>;
+    /// Decodes a `name, key_id` row of a shredded stream (see [`decode_shredded`]).
+    fn decode_shredded_stream(&self) -> Result<ShreddedStream, StorageError>;
 }
 
-/// [`decode_event`] for a row whose stream status was read on its own (columns 0–8 only).
-pub(crate) fn decode_event_with_status<R>(row: &R, stream_status: StreamStatus) -> Result<StoredEvent, StorageError>
+impl<R> DecodeRow for R
 where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    Ok(StoredEvent {
-        position: to_u64(row.try_get(0)?, "position")?,
-        stream: row.try_get(1)?,
-        version: to_u64(row.try_get(2)?, "version")?,
-        id: row.try_get(3)?,
-        event_type: row.try_get(4)?,
-        payload: row.try_get(5)?,
-        metadata: row.try_get(6)?,
-        key_id: row.try_get(7)?,
-        recorded_at_us: row.try_get(8)?,
-        stream_status,
-    })
-}
+    fn decode_event(&self) -> Result<StoredEvent, StorageError> {
+        let status: String = self.try_get(9)?;
+        self.decode_event_with_status(parse_status(&status)?)
+    }
 
-/// Decodes a `streams` row selected as `name, subject, status, version`.
-pub(crate) fn decode_stream_info<R>(row: &R) -> Result<StreamInfo, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let name: String = row.try_get(0)?;
-    let subject: Option<String> = row.try_get(1)?;
-    let status: String = row.try_get(2)?;
-    let version: Option<i64> = row.try_get(3)?;
-    Ok(StreamInfo {
-        stream: StreamName::parse_readable(&name).map_err(|e| StorageError::Corrupt(e.to_string()))?,
-        subject: subject
-            .map(SubjectId::new)
-            .transpose()
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
-        status: parse_status(&status)?,
-        version: version.map(|v| to_u64(v, "version")).transpose()?,
-    })
-}
+    fn decode_event_with_status(&self, stream_status: StreamStatus) -> Result<StoredEvent, StorageError> {
+        Ok(StoredEvent {
+            position: to_u64(self.try_get(0)?, "position")?,
+            stream: self.try_get(1)?,
+            version: to_u64(self.try_get(2)?, "version")?,
+            id: self.try_get(3)?,
+            event_type: self.try_get(4)?,
+            payload: self.try_get(5)?,
+            metadata: self.try_get(6)?,
+            key_id: self.try_get(7)?,
+            recorded_at_us: self.try_get(8)?,
+            stream_status,
+        })
+    }
 
-/// Decodes a `streams` row selected as `name, version, status, subject, key_id` for planning.
-pub(crate) fn decode_stream_state<R>(row: &R) -> Result<(String, plan::StreamState), StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let version: Option<i64> = row.try_get(1)?;
-    let status: String = row.try_get(2)?;
-    Ok((
-        row.try_get(0)?,
-        plan::StreamState {
-            version: version.map(|v| to_u64(v, "version")).transpose()?,
+    fn decode_stream_info(&self) -> Result<StreamInfo, StorageError> {
+        let name: String = self.try_get(0)?;
+        let subject: Option<String> = self.try_get(1)?;
+        let status: String = self.try_get(2)?;
+        let version: Option<i64> = self.try_get(3)?;
+        Ok(StreamInfo {
+            stream: StreamName::parse_readable(&name).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+            subject: subject
+                .map(SubjectId::new)
+                .transpose()
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?,
             status: parse_status(&status)?,
-            subject: row.try_get(3)?,
-            key_id: row.try_get(4)?,
-        },
-    ))
-}
+            version: version.map(|v| to_u64(v, "version")).transpose()?,
+        })
+    }
 
-/// Decodes an `events` row selected as `event_id, stream, version, position, digest`.
-pub(crate) fn decode_existing<R>(row: &R) -> Result<(Uuid, plan::ExistingEvent), StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok((
-        row.try_get(0)?,
-        plan::ExistingEvent {
-            stream: row.try_get(1)?,
-            version: to_u64(row.try_get(2)?, "version")?,
-            position: to_u64(row.try_get(3)?, "position")?,
-            digest: row.try_get(4)?,
-        },
-    ))
-}
+    fn decode_stream_state(&self) -> Result<(String, plan::StreamState), StorageError> {
+        let version: Option<i64> = self.try_get(1)?;
+        let status: String = self.try_get(2)?;
+        Ok((
+            self.try_get(0)?,
+            plan::StreamState {
+                version: version.map(|v| to_u64(v, "version")).transpose()?,
+                status: parse_status(&status)?,
+                subject: self.try_get(3)?,
+                key_id: self.try_get(4)?,
+            },
+        ))
+    }
 
-/// The current time in unix microseconds (the `recorded_at` of events).
-pub(crate) fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
+    fn decode_existing(&self) -> Result<(Uuid, plan::ExistingEvent), StorageError> {
+        Ok((
+            self.try_get(0)?,
+            plan::ExistingEvent {
+                stream: self.try_get(1)?,
+                version: to_u64(self.try_get(2)?, "version")?,
+                position: to_u64(self.try_get(3)?, "position")?,
+                digest: self.try_get(4)?,
+            },
+        ))
+    }
 
-/// Decodes an `erasure_requests` row selected with [`select_erasures`].
-pub(crate) fn decode_erasure<R>(row: &R) -> Result<Erasure, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let corrupt = |what: &str| StorageError::Corrupt(format!("erasure request: {what}"));
-    let kind: String = row.try_get(1)?;
-    let subject: Option<String> = row.try_get(2)?;
-    let stream: Option<String> = row.try_get(3)?;
-    let target = match (kind.as_str(), subject, stream) {
-        ("subject", Some(s), _) => ErasureTarget::Subject(SubjectId::new(s).map_err(|_| corrupt("bad subject"))?),
-        ("stream", _, Some(s)) => {
-            ErasureTarget::Stream(StreamName::parse_readable(&s).map_err(|_| corrupt("bad stream"))?)
-        }
-        _ => return Err(corrupt("bad target")),
-    };
-    let status: String = row.try_get(4)?;
-    let streams: Option<String> = row.try_get(5)?;
-    let streams = streams
-        .map(|json| serde_json::from_str::<Vec<(String, Option<Uuid>)>>(&json))
-        .transpose()
-        .map_err(|_| corrupt("bad stream list"))?
-        .map(|list| {
-            list.into_iter()
-                .map(|(stream, key_id)| ShreddedStream { stream, key_id })
-                .collect()
-        });
-    let time = |v: Option<i64>| -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
-        v.map(|us| chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt("bad time")))
+    fn decode_erasure(&self) -> Result<Erasure, StorageError> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("erasure request: {what}"));
+        let kind: String = self.try_get(1)?;
+        let subject: Option<String> = self.try_get(2)?;
+        let stream: Option<String> = self.try_get(3)?;
+        let target = match (kind.as_str(), subject, stream) {
+            ("subject", Some(s), _) => ErasureTarget::Subject(SubjectId::new(s).map_err(|_| corrupt("bad subject"))?),
+            ("stream", _, Some(s)) => {
+                ErasureTarget::Stream(StreamName::parse_readable(&s).map_err(|_| corrupt("bad stream"))?)
+            }
+            _ => return Err(corrupt("bad target")),
+        };
+        let status: String = self.try_get(4)?;
+        let streams: Option<String> = self.try_get(5)?;
+        let streams = streams
+            .map(|json| serde_json::from_str::<Vec<(String, Option<Uuid>)>>(&json))
             .transpose()
-    };
-    let requested_at: i64 = row.try_get(10)?;
-    let tombstone: Option<i64> = row.try_get(13)?;
-    Ok(Erasure {
-        id: row.try_get(0)?,
-        target,
-        status: ErasureStatus::parse(&status).ok_or_else(|| corrupt("bad status"))?,
-        streams,
-        keys_destroyed: to_u64(row.try_get(6)?, "keys_destroyed")?,
-        reason: ErasureReason {
-            reason: row.try_get(7)?,
-            requested_by: row.try_get(8)?,
-            reference: row.try_get(9)?,
-        },
-        requested_at: time(Some(requested_at))?.ok_or_else(|| corrupt("bad time"))?,
-        keys_destroyed_at: time(row.try_get(11)?)?,
-        completed_at: time(row.try_get(12)?)?,
-        tombstone_position: tombstone.map(|p| to_u64(p, "tombstone_position")).transpose()?,
-        refused_reason: row.try_get(14)?,
-        dependents: Vec::new(),
-    })
-}
+            .map_err(|_| corrupt("bad stream list"))?
+            .map(|list| {
+                list.into_iter()
+                    .map(|(stream, key_id)| ShreddedStream { stream, key_id })
+                    .collect()
+            });
+        let time = |v: Option<i64>| -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+            v.map(|us| chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt("bad time")))
+                .transpose()
+        };
+        let requested_at: i64 = self.try_get(10)?;
+        let tombstone: Option<i64> = self.try_get(13)?;
+        Ok(Erasure {
+            id: self.try_get(0)?,
+            target,
+            status: ErasureStatus::parse(&status).ok_or_else(|| corrupt("bad status"))?,
+            streams,
+            keys_destroyed: to_u64(self.try_get(6)?, "keys_destroyed")?,
+            reason: ErasureReason {
+                reason: self.try_get(7)?,
+                requested_by: self.try_get(8)?,
+                reference: self.try_get(9)?,
+            },
+            requested_at: time(Some(requested_at))?.ok_or_else(|| corrupt("bad time"))?,
+            keys_destroyed_at: time(self.try_get(11)?)?,
+            completed_at: time(self.try_get(12)?)?,
+            tombstone_position: tombstone.map(|p| to_u64(p, "tombstone_position")).transpose()?,
+            refused_reason: self.try_get(14)?,
+            dependents: Vec::new(),
+        })
+    }
 
-/// Decodes `erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts,
-/// last_attempt_at, last_delivery_error` rows into each erasure's dependents.
-pub(crate) fn attach_dependents<R>(erasures: &mut [Erasure], rows: &[R]) -> Result<(), StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let mut by_id: HashMap<Uuid, Vec<Dependent>> = HashMap::new();
-    for row in rows {
-        let acknowledged: Option<i64> = row.try_get(2)?;
-        let removed: Option<i64> = row.try_get(3)?;
-        let last_attempt: Option<i64> = row.try_get(5)?;
-        by_id.entry(row.try_get(0)?).or_default().push(Dependent {
-            consumer: row.try_get(1)?,
+    fn decode_hold(&self) -> Result<LegalHold, StorageError> {
+        let subject: String = self.try_get(0)?;
+        let until: Option<i64> = self.try_get(2)?;
+        Ok(LegalHold {
+            subject: SubjectId::new(subject).map_err(|_| StorageError::Corrupt("hold subject".into()))?,
+            reason: self.try_get(1)?,
+            until: until.map(micros).transpose()?,
+            placed_at: micros(self.try_get(3)?)?,
+        })
+    }
+
+    fn decode_token(&self) -> Result<TokenRecord, StorageError> {
+        let role: String = self.try_get(2)?;
+        let hash: Vec<u8> = self.try_get(3)?;
+        let revoked: Option<i64> = self.try_get(5)?;
+        Ok(TokenRecord {
+            id: self.try_get(0)?,
+            name: self.try_get(1)?,
+            role: Role::parse(&role).ok_or_else(|| StorageError::Corrupt("unknown role".into()))?,
+            hash: hash
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("token hash is not 32 bytes".into()))?,
+            created_at: micros(self.try_get(4)?)?,
+            revoked_at: revoked.map(micros).transpose()?,
+        })
+    }
+
+    fn decode_consumer(&self) -> Result<Consumer, StorageError> {
+        let types: String = self.try_get(2)?;
+        Ok(Consumer {
+            name: self.try_get(0)?,
+            filter: LogFilter {
+                stream_prefix: self.try_get(1)?,
+                types: serde_json::from_str(&types).map_err(|_| StorageError::Corrupt("consumer types".into()))?,
+            },
+            erasure_dependent: self.try_get(3)?,
+            checkpoint: to_u64(self.try_get(4)?, "checkpoint")?,
+            created_at: micros(self.try_get(5)?)?,
+            updated_at: micros(self.try_get(6)?)?,
+            webhook_url: self.try_get(7)?,
+        })
+    }
+
+    fn decode_audit(&self) -> Result<AuditEntry, StorageError> {
+        let details: String = self.try_get(6)?;
+        Ok(AuditEntry {
+            seq: to_u64(self.try_get(0)?, "seq")?,
+            at: micros(self.try_get(1)?)?,
+            actor: self.try_get(2)?,
+            action: self.try_get(3)?,
+            subject: self.try_get(4)?,
+            request_id: self.try_get(5)?,
+            // A self edited into invalid JSON still decodes (as a string) so verification can
+            // name it instead of failing as a whole.
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+            prev_hash: hash32(self.try_get(7)?)?,
+            hash: hash32(self.try_get(8)?)?,
+        })
+    }
+
+    fn decode_dependent(&self) -> Result<(Uuid, Dependent), StorageError> {
+        let acknowledged: Option<i64> = self.try_get(2)?;
+        let removed: Option<i64> = self.try_get(3)?;
+        let last_attempt: Option<i64> = self.try_get(5)?;
+        let dependent = Dependent {
+            consumer: self.try_get(1)?,
             acknowledged_at: acknowledged.map(micros).transpose()?,
             removed_at: removed.map(micros).transpose()?,
-            delivery_attempts: to_u64(row.try_get(4)?, "delivery_attempts")?,
+            delivery_attempts: to_u64(self.try_get(4)?, "delivery_attempts")?,
             last_attempt_at: last_attempt.map(micros).transpose()?,
-            last_delivery_error: row.try_get(6)?,
-        });
+            last_delivery_error: self.try_get(6)?,
+        };
+        Ok((self.try_get(0)?, dependent))
+    }
+
+    fn decode_shredded_stream(&self) -> Result<ShreddedStream, StorageError> {
+        Ok(ShreddedStream {
+            stream: self.try_get(0)?,
+            key_id: self.try_get(1)?,
+        })
+    }
+}
+
+/// Decodes `erasure_dependents` rows into each erasure's dependents, sorted by consumer.
+pub(crate) fn attach_dependents<R: DecodeRow>(erasures: &mut [Erasure], rows: &[R]) -> Result<(), StorageError> {
+    let mut by_id: HashMap<Uuid, Vec<Dependent>> = HashMap::new();
+    for row in rows {
+        let (erasure_id, dependent) = row.decode_dependent()?;
+        by_id.entry(erasure_id).or_default().push(dependent);
     }
     for erasure in erasures {
         if let Some(mut dependents) = by_id.remove(&erasure.id) {
@@ -269,22 +323,19 @@ where
     Ok(())
 }
 
-/// Decodes a `legal_holds` row selected as `subject, reason, until, placed_at`.
-pub(crate) fn decode_hold<R>(row: &R) -> Result<LegalHold, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let subject: String = row.try_get(0)?;
-    let until: Option<i64> = row.try_get(2)?;
-    Ok(LegalHold {
-        subject: SubjectId::new(subject).map_err(|_| StorageError::Corrupt("hold subject".into()))?,
-        reason: row.try_get(1)?,
-        until: until.map(micros).transpose()?,
-        placed_at: micros(row.try_get(3)?)?,
-    })
+/// Decodes `name, key_id` rows of shredded streams, sorted by name.
+pub(crate) fn decode_shredded<R: DecodeRow>(rows: &[R]) -> Result<Vec<ShreddedStream>, StorageError> {
+    let mut shredded = rows
+        .iter()
+        .map(DecodeRow::decode_shredded_stream)
+        .collect::<Result<Vec<_>, _>>()?;
+    shredded.sort_by(|a, b| a.stream.cmp(&b.stream));
+    Ok(shredded)
+}
+
+/// The current time in unix microseconds (the `recorded_at` of events).
+pub(crate) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// The stream list recorded on an erasure request, as JSON `[[stream, key_id], ...]`.
@@ -301,77 +352,6 @@ pub(crate) fn target_columns(target: &ErasureTarget) -> (&'static str, Option<&s
     }
 }
 
-/// Decodes `name, key_id` rows of shredded streams, sorted by name.
-pub(crate) fn decode_shredded<R>(rows: &[R]) -> Result<Vec<ShreddedStream>, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let mut shredded = rows
-        .iter()
-        .map(|r| {
-            Ok(ShreddedStream {
-                stream: r.try_get(0)?,
-                key_id: r.try_get(1)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    shredded.sort_by(|a, b| a.stream.cmp(&b.stream));
-    Ok(shredded)
-}
-
-/// Decodes an `api_tokens` row selected as `id, name, role, token_hash, created_at, revoked_at`.
-pub(crate) fn decode_token<R>(row: &R) -> Result<TokenRecord, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let role: String = row.try_get(2)?;
-    let hash: Vec<u8> = row.try_get(3)?;
-    let revoked: Option<i64> = row.try_get(5)?;
-    Ok(TokenRecord {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        role: Role::parse(&role).ok_or_else(|| StorageError::Corrupt("unknown role".into()))?,
-        hash: hash
-            .try_into()
-            .map_err(|_| StorageError::Corrupt("token hash is not 32 bytes".into()))?,
-        created_at: micros(row.try_get(4)?)?,
-        revoked_at: revoked.map(micros).transpose()?,
-    })
-}
-
-/// Decodes a `consumers` row selected as
-/// `name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url`.
-pub(crate) fn decode_consumer<R>(row: &R) -> Result<Consumer, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let types: String = row.try_get(2)?;
-    Ok(Consumer {
-        name: row.try_get(0)?,
-        filter: LogFilter {
-            stream_prefix: row.try_get(1)?,
-            types: serde_json::from_str(&types).map_err(|_| StorageError::Corrupt("consumer types".into()))?,
-        },
-        erasure_dependent: row.try_get(3)?,
-        checkpoint: to_u64(row.try_get(4)?, "checkpoint")?,
-        created_at: micros(row.try_get(5)?)?,
-        updated_at: micros(row.try_get(6)?)?,
-        webhook_url: row.try_get(7)?,
-    })
-}
-
 fn micros(us: i64) -> Result<chrono::DateTime<chrono::Utc>, StorageError> {
     chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| StorageError::Corrupt("time out of range".into()))
 }
@@ -379,33 +359,6 @@ fn micros(us: i64) -> Result<chrono::DateTime<chrono::Utc>, StorageError> {
 /// The `types` column of a consumer: its type filter as a JSON array.
 pub(crate) fn encode_types(types: &[String]) -> String {
     serde_json::to_string(types).unwrap_or_else(|_| "[]".to_owned())
-}
-
-/// Decodes an `audit_log` row selected as
-/// `seq, at, actor, action, subject, request_id, details, prev_hash, hash`.
-pub(crate) fn decode_audit<R>(row: &R) -> Result<AuditEntry, StorageError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Uuid: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let details: String = row.try_get(6)?;
-    Ok(AuditEntry {
-        seq: to_u64(row.try_get(0)?, "seq")?,
-        at: micros(row.try_get(1)?)?,
-        actor: row.try_get(2)?,
-        action: row.try_get(3)?,
-        subject: row.try_get(4)?,
-        request_id: row.try_get(5)?,
-        // A row edited into invalid JSON still decodes (as a string) so verification can
-        // name it instead of failing as a whole.
-        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-        prev_hash: hash32(row.try_get(7)?)?,
-        hash: hash32(row.try_get(8)?)?,
-    })
 }
 
 pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StorageError> {

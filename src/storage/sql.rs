@@ -1,16 +1,16 @@
 //! [`Storage`], written once for every engine.
 //!
-//! An [`Engine`] says what differs — its sqlx database, its pools, how a write transaction
-//! begins, the statements that bind lists, its append path and log reads, and what other
-//! processes must be told — and the blanket `impl Storage for E: Engine` below holds everything
-//! else, once. Statements here read the same on both engines: `$N` placeholders bind by number
+//! An engine writes [`EngineStorage`] itself (its append path, log reads, list lookups and
+//! notifications) and says in [`Engine`] what else differs — its sqlx database, its pools, how
+//! a write transaction begins, the statements that bind lists inside shared steps, and what
+//! other processes must be told; the blanket `impl Storage for E: Engine` below holds
+//! everything else, once. Statements here read the same on both engines: `$N` placeholders bind by number
 //! on SQLite as on PostgreSQL, and `CAST(… AS …)` takes the place of PostgreSQL's `::type`.
 //!
 //! Rust does not imply where-clauses, so the sqlx traits the shared statements need (encoding
 //! and decoding the column types Lethe uses, executing on the engine's connections) are stated
 //! on the two blanket impls below, [`SharedSteps`] and [`Storage`], and nowhere else.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use async_trait::async_trait;
@@ -18,14 +18,12 @@ use lethe_keyvault::KeyId;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 use uuid::Uuid;
 
-use super::plan::StreamState;
 use super::rows::{
-    attach_dependents, consumer_columns, decode_audit, decode_consumer, decode_erasure, decode_event, decode_hold,
-    decode_shredded, decode_stream_info, decode_token, encode_shredded, encode_types, hash32, now_us,
+    DecodeRow, attach_dependents, consumer_columns, decode_shredded, encode_shredded, encode_types, hash32, now_us,
     overdue_cutoff_us, select_erasures, select_events, select_stream_info, select_tokens, target_columns, to_i64,
     to_u64,
 };
-use super::{AppendReply, AtomicAppend, ChangeFeed, Delivery, Storage, StoredEvent};
+use super::{Delivery, EngineStorage, Storage, StoredEvent};
 use crate::error::StorageError;
 use crate::model::{
     AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, ErasureTarget, HashedFields,
@@ -36,7 +34,7 @@ use crate::model::{
 pub(crate) type Conn<E> = <<E as Engine>::Db as Database>::Connection;
 
 /// What an event database engine supplies; the rest of [`Storage`] is written once, below.
-pub(crate) trait Engine: Send + Sync + 'static {
+pub(crate) trait Engine: EngineStorage {
     type Db: Database;
 
     /// Where reads go.
@@ -53,29 +51,6 @@ pub(crate) trait Engine: Send + Sync + 'static {
     const SELECT_AUDIT_HEAD_LOCKED: &'static str;
     /// An erasure request by id (`$1`), [`select_erasures`]'s columns, locked likewise.
     const SELECT_ERASURE_LOCKED: &'static str;
-
-    // What differs between the engines: see `Storage` for what each does.
-
-    fn append_group(
-        &self,
-        group: &[AtomicAppend],
-    ) -> impl Future<Output = Result<Vec<AppendReply>, StorageError>> + Send;
-    fn read_log(
-        &self,
-        from: u64,
-        filter: &LogFilter,
-        limit: usize,
-    ) -> impl Future<Output = Result<(Vec<StoredEvent>, u64), StorageError>> + Send;
-    fn stream_states(
-        &self,
-        names: &[&str],
-    ) -> impl Future<Output = Result<HashMap<String, StreamState>, StorageError>> + Send;
-    fn subjects_being_erased(
-        &self,
-        subjects: &[&str],
-    ) -> impl Future<Output = Result<HashSet<String>, StorageError>> + Send;
-    fn watch_foreign_changes(&self, feed: ChangeFeed) -> impl Future<Output = Result<(), StorageError>> + Send;
-    fn close(&self) -> impl Future<Output = ()> + Send;
 
     /// The `erasure_dependents` rows of these requests, as [`attach_dependents`] reads them.
     fn dependent_rows(
@@ -122,6 +97,7 @@ where
     for<'q> &'q [u8]: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
     for<'q> Option<Uuid>: Encode<'q, E::Db>,
+    for<'q> bool: Decode<'q, E::Db> + Type<E::Db>,
     for<'q> Uuid: Encode<'q, E::Db> + Decode<'q, E::Db> + Type<E::Db>,
     for<'q> String: Decode<'q, E::Db> + Type<E::Db>,
     for<'q> Vec<u8>: Decode<'q, E::Db> + Type<E::Db>,
@@ -232,18 +208,6 @@ where
 {
     // Appends and reads
 
-    async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
-        Engine::append_group(self, group).await
-    }
-
-    async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
-        Engine::stream_states(self, names).await
-    }
-
-    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
-        Engine::subjects_being_erased(self, subjects).await
-    }
-
     async fn read_stream(
         &self,
         stream: &StreamName,
@@ -267,7 +231,7 @@ where
             .bind(to_i64(limit as u64))
             .fetch_all(self.reader())
             .await?;
-        rows.iter().map(decode_event).collect()
+        rows.iter().map(DecodeRow::decode_event).collect()
     }
 
     async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
@@ -275,16 +239,7 @@ where
             .bind(stream.as_str())
             .fetch_optional(self.reader())
             .await?;
-        row.as_ref().map(decode_stream_info).transpose()
-    }
-
-    async fn read_log(
-        &self,
-        from: u64,
-        filter: &LogFilter,
-        limit: usize,
-    ) -> Result<(Vec<StoredEvent>, u64), StorageError> {
-        Engine::read_log(self, from, filter, limit).await
+        row.as_ref().map(DecodeRow::decode_stream_info).transpose()
     }
 
     async fn head(&self) -> Result<u64, StorageError> {
@@ -299,7 +254,7 @@ where
             .bind(subject.as_str())
             .fetch_all(self.reader())
             .await?;
-        rows.iter().map(decode_stream_info).collect()
+        rows.iter().map(DecodeRow::decode_stream_info).collect()
     }
 
     // Erasure requests and legal holds
@@ -347,7 +302,7 @@ where
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id} not found")))?;
-        let mut erasure = decode_erasure(&row)?;
+        let mut erasure = row.decode_erasure()?;
         if erasure.streams.is_some() {
             tx.commit().await?;
             return Ok(erasure);
@@ -455,7 +410,7 @@ where
             .await?;
         let mut erasures = row
             .as_ref()
-            .map(decode_erasure)
+            .map(DecodeRow::decode_erasure)
             .transpose()?
             .into_iter()
             .collect::<Vec<_>>();
@@ -482,7 +437,10 @@ where
         .bind(overdue_cutoff_us())
         .fetch_all(self.reader())
         .await?;
-        let mut erasures = rows.iter().map(decode_erasure).collect::<Result<Vec<_>, _>>()?;
+        let mut erasures = rows
+            .iter()
+            .map(DecodeRow::decode_erasure)
+            .collect::<Result<Vec<_>, _>>()?;
         self.load_dependents(&mut erasures).await?;
         Ok(erasures)
     }
@@ -494,7 +452,7 @@ where
         ))
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(decode_erasure).collect()
+        rows.iter().map(DecodeRow::decode_erasure).collect()
     }
 
     async fn put_hold(&self, hold: &LegalHold) -> Result<(), StorageError> {
@@ -525,7 +483,7 @@ where
             .bind(subject.as_str())
             .fetch_optional(self.reader())
             .await?;
-        row.as_ref().map(decode_hold).transpose()
+        row.as_ref().map(DecodeRow::decode_hold).transpose()
     }
 
     async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError> {
@@ -555,14 +513,14 @@ where
             .bind(hash.as_slice())
             .fetch_optional(self.reader())
             .await?;
-        row.as_ref().map(decode_token).transpose()
+        row.as_ref().map(DecodeRow::decode_token).transpose()
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
         let rows = sqlx::query(concat!(select_tokens!(), "ORDER BY created_at"))
             .fetch_all(self.reader())
             .await?;
-        rows.iter().map(decode_token).collect()
+        rows.iter().map(DecodeRow::decode_token).collect()
     }
 
     async fn revoke_token(&self, id: Uuid) -> Result<bool, StorageError> {
@@ -605,7 +563,7 @@ where
         .bind(now)
         .fetch_one(self.writer())
         .await?;
-        decode_consumer(&row)
+        row.decode_consumer()
     }
 
     async fn consumer(&self, name: &str) -> Result<Option<Consumer>, StorageError> {
@@ -617,14 +575,14 @@ where
         .bind(name)
         .fetch_optional(self.reader())
         .await?;
-        row.as_ref().map(decode_consumer).transpose()
+        row.as_ref().map(DecodeRow::decode_consumer).transpose()
     }
 
     async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
         let rows = sqlx::query(concat!("SELECT ", consumer_columns!(), " FROM consumers ORDER BY name"))
             .fetch_all(self.reader())
             .await?;
-        rows.iter().map(decode_consumer).collect()
+        rows.iter().map(DecodeRow::decode_consumer).collect()
     }
 
     async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
@@ -640,7 +598,7 @@ where
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(consumer) = row.as_ref().map(decode_consumer).transpose()? else {
+        let Some(consumer) = row.as_ref().map(DecodeRow::decode_consumer).transpose()? else {
             return Ok(None);
         };
         // Acknowledges every tombstone this consumer has now read past.
@@ -823,7 +781,7 @@ where
         .bind(to_i64(query.limit as u64))
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(decode_audit).collect()
+        rows.iter().map(DecodeRow::decode_audit).collect()
     }
 
     async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError> {
@@ -831,15 +789,5 @@ where
             .fetch_one(self.reader())
             .await?;
         Ok((to_u64(row.try_get(0)?, "audit seq")?, hash32(row.try_get(1)?)?))
-    }
-
-    // Other processes, and closing
-
-    async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
-        Engine::watch_foreign_changes(self, feed).await
-    }
-
-    async fn close(&self) {
-        Engine::close(self).await;
     }
 }

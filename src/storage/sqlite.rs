@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
+use async_trait::async_trait;
 use lethe_keyvault::KeyId;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
@@ -17,11 +18,9 @@ use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
-use super::rows::{
-    decode_event, decode_existing, decode_stream_state, now_us, select_erasures, select_events, to_i64, to_u64,
-};
+use super::rows::{DecodeRow, now_us, select_erasures, select_events, to_i64, to_u64};
 use super::sql::Engine;
-use super::{AppendReply, AtomicAppend, ChangeFeed, StoredEvent};
+use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent};
 use crate::error::StorageError;
 use crate::limits::{SQLITE_BUSY_TIMEOUT, SQLITE_READ_CONNECTIONS_MAX};
 use crate::model::LogFilter;
@@ -95,6 +94,44 @@ impl Engine for SqliteStorage {
     const SELECT_AUDIT_HEAD_LOCKED: &'static str = "SELECT seq, hash FROM audit_head WHERE id = 1";
     const SELECT_ERASURE_LOCKED: &'static str = concat!(select_erasures!(), "WHERE id = $1");
 
+    async fn dependent_rows(&self, ids: &[Uuid]) -> Result<Vec<SqliteRow>, StorageError> {
+        let ids: Vec<String> = ids.iter().map(|id| hex::encode(id.as_bytes())).collect();
+        Ok(sqlx::query(
+            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
+             last_delivery_error FROM erasure_dependents \
+             WHERE erasure_id IN (SELECT unhex(value) FROM json_each(?1))",
+        )
+        .bind(json(&ids)?)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn lock_commit_order(_conn: &mut SqliteConnection) -> Result<(), StorageError> {
+        // The single writer connection serialises the shred with every append.
+        Ok(())
+    }
+
+    async fn remove_payloads(conn: &mut SqliteConnection, streams: &[&str]) -> Result<(), StorageError> {
+        sqlx::query("UPDATE events SET payload = NULL WHERE stream IN (SELECT value FROM json_each(?1))")
+            .bind(json(streams)?)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn announce_revoked_keys(_conn: &mut SqliteConnection, _keys: &[KeyId]) -> Result<(), StorageError> {
+        // One process owns the file: it evicts the keys itself.
+        Ok(())
+    }
+
+    async fn announce_revoked_tokens(_conn: &mut SqliteConnection) -> Result<(), StorageError> {
+        // One process owns the file: it forgets its verified tokens itself.
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EngineStorage for SqliteStorage {
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
 
@@ -106,7 +143,7 @@ impl Engine for SqliteStorage {
         let names_json = json(&lookups.streams)?;
         let mut states: HashMap<String, StreamState> = HashMap::new();
         for row in sqlx::query(SELECT_STATES).bind(names_json).fetch_all(&mut *tx).await? {
-            let (name, state) = decode_stream_state(&row)?;
+            let (name, state) = row.decode_stream_state()?;
             states.insert(name, state);
         }
 
@@ -115,7 +152,7 @@ impl Engine for SqliteStorage {
             let ids: Vec<String> = lookups.given_ids.iter().map(|id| hex::encode(id.as_bytes())).collect();
             let ids_json = json(&ids)?;
             for row in sqlx::query(SELECT_EXISTING).bind(ids_json).fetch_all(&mut *tx).await? {
-                let (id, event) = decode_existing(&row)?;
+                let (id, event) = row.decode_existing()?;
                 existing.insert(id, event);
             }
         }
@@ -211,7 +248,10 @@ impl Engine for SqliteStorage {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let events = rows.iter().map(decode_event).collect::<Result<Vec<_>, _>>()?;
+        let events = rows
+            .iter()
+            .map(DecodeRow::decode_event)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((events, to_u64(head, "head")?))
     }
 
@@ -221,7 +261,7 @@ impl Engine for SqliteStorage {
             .bind(names_json)
             .fetch_all(&self.readers)
             .await?;
-        rows.iter().map(decode_stream_state).collect()
+        rows.iter().map(DecodeRow::decode_stream_state).collect()
     }
 
     async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
@@ -231,41 +271,6 @@ impl Engine for SqliteStorage {
             .fetch_all(&self.readers)
             .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn dependent_rows(&self, ids: &[Uuid]) -> Result<Vec<SqliteRow>, StorageError> {
-        let ids: Vec<String> = ids.iter().map(|id| hex::encode(id.as_bytes())).collect();
-        Ok(sqlx::query(
-            "SELECT erasure_id, consumer, acknowledged_at, removed_at, delivery_attempts, last_attempt_at, \
-             last_delivery_error FROM erasure_dependents \
-             WHERE erasure_id IN (SELECT unhex(value) FROM json_each(?1))",
-        )
-        .bind(json(&ids)?)
-        .fetch_all(&self.readers)
-        .await?)
-    }
-
-    async fn lock_commit_order(_conn: &mut SqliteConnection) -> Result<(), StorageError> {
-        // The single writer connection serialises the shred with every append.
-        Ok(())
-    }
-
-    async fn remove_payloads(conn: &mut SqliteConnection, streams: &[&str]) -> Result<(), StorageError> {
-        sqlx::query("UPDATE events SET payload = NULL WHERE stream IN (SELECT value FROM json_each(?1))")
-            .bind(json(streams)?)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn announce_revoked_keys(_conn: &mut SqliteConnection, _keys: &[KeyId]) -> Result<(), StorageError> {
-        // One process owns the file: it evicts the keys itself.
-        Ok(())
-    }
-
-    async fn announce_revoked_tokens(_conn: &mut SqliteConnection) -> Result<(), StorageError> {
-        // One process owns the file: it forgets its verified tokens itself.
-        Ok(())
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {

@@ -174,11 +174,7 @@ async fn token_create_cli_makes_a_token_the_server_accepts() {
 async fn slow_headers_are_cut_off_by_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lethe::server::ServeConfig::embedded(dir.path());
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.admin_token = Some("an-admin-token-of-32-characters!".into());
-    config.header_timeout_secs = 1;
-    let server = lethe::server::start(config).await.unwrap();
+    let server = start_with_a_1s_header_timeout(dir.path()).await;
 
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -201,13 +197,18 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_cut_off_by_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lethe::server::ServeConfig::embedded(dir.path());
+    let server = start_with_a_1s_header_timeout(dir.path()).await;
+    assert_silent_connections_are_cut_off(server.addr).await;
+    server.stop().await.unwrap();
+}
+
+/// The embedded default on a free port, with a one-second header timeout.
+async fn start_with_a_1s_header_timeout(dir: &std::path::Path) -> lethe::server::RunningServer {
+    let mut config = lethe::server::ServeConfig::embedded(dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_token = Some("an-admin-token-of-32-characters!".into());
     config.header_timeout_secs = 1;
-    let server = lethe::server::start(config).await.unwrap();
-    assert_silent_connections_are_cut_off(server.addr).await;
-    server.stop().await.unwrap();
+    lethe::server::start(config).await.unwrap()
 }
 
 /// The same for the key vault's server (`lethe keyvault serve`), which Lethe's accept loop
