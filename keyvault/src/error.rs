@@ -10,6 +10,7 @@ use crate::kek::KekError;
 /// Everything a vault operation can fail with. `code()` gives the stable machine-readable name
 /// the HTTP server puts in its problem JSON (and the client maps back).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VaultError {
     /// The stream's key was destroyed; it is never created or handed out again.
     #[error("the key of stream {stream:?} was destroyed")]

@@ -14,14 +14,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use lethe_keyvault::KeyId;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::rows::{DecodeRow, now_us, parse_status, select_erasures, to_i64, to_u64};
-use super::sql::Engine;
+use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
 use crate::error::StorageError;
 use crate::limits::{
@@ -143,20 +143,13 @@ const OPTIMISTIC_PAUSE_GROUPS: u32 = 16;
 impl Engine for PostgresStorage {
     type Db = Postgres;
 
-    fn reader(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn writer(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StorageError> {
-        Ok(self.pool.begin().await?)
-    }
-
-    fn rows_affected(result: &PgQueryResult) -> u64 {
-        result.rows_affected()
+    fn pools(&self) -> Pools<'_, Postgres> {
+        // One pool for both: the append path has its own (`write_pool`), used by the
+        // engine's own methods.
+        Pools {
+            reader: &self.pool,
+            writer: &self.pool,
+        }
     }
 
     const SELECT_AUDIT_HEAD_LOCKED: &'static str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";

@@ -37,14 +37,12 @@ pub(crate) type Conn<E> = <<E as Engine>::Db as Database>::Connection;
 pub(crate) trait Engine: EngineStorage {
     type Db: Database;
 
-    /// Where reads go.
-    fn reader(&self) -> &Pool<Self::Db>;
-    /// Where single-statement writes go (on SQLite, its one writer connection).
-    fn writer(&self) -> &Pool<Self::Db>;
-    /// Begins a write transaction.
-    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StorageError>> + Send;
-    /// The rows a statement changed.
-    fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
+    /// Where reads and single-statement writes go.
+    fn pools(&self) -> Pools<'_, Self::Db>;
+    /// Begins a write transaction, on the writer pool.
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StorageError>> + Send {
+        async move { Ok(self.pools().writer.begin().await?) }
+    }
 
     /// `seq, hash` of the audit chain's head, locked until COMMIT where the engine locks rows,
     /// so that entries chain in one order across processes.
@@ -72,6 +70,31 @@ pub(crate) trait Engine: EngineStorage {
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Tells the other processes, at COMMIT, to forget the tokens they verified.
     fn announce_revoked_tokens(conn: &mut Conn<Self>) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// An engine's connection pools.
+pub(crate) struct Pools<'a, Db: Database> {
+    /// Where reads go.
+    pub(crate) reader: &'a Pool<Db>,
+    /// Where single-statement writes go (on SQLite, its one writer connection).
+    pub(crate) writer: &'a Pool<Db>,
+}
+
+/// The rows a statement changed: sqlx gives each engine's result the method, but no trait.
+pub(crate) trait RowsAffected {
+    fn rows_affected(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::sqlite::SqliteQueryResult::rows_affected(self)
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::postgres::PgQueryResult::rows_affected(self)
+    }
 }
 
 /// Pieces several [`Storage`] methods share.
@@ -191,6 +214,7 @@ where
 impl<E> Storage for E
 where
     E: Engine,
+    <E::Db as Database>::QueryResult: RowsAffected,
     for<'c> &'c mut Conn<E>: Executor<'c, Database = E::Db>,
     <E::Db as Database>::Arguments: IntoArguments<E::Db>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
@@ -229,7 +253,7 @@ where
             .bind(stream.as_str())
             .bind(to_i64(from))
             .bind(to_i64(limit as u64))
-            .fetch_all(self.reader())
+            .fetch_all(self.pools().reader)
             .await?;
         rows.iter().map(DecodeRow::decode_event).collect()
     }
@@ -237,14 +261,14 @@ where
     async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError> {
         let row = sqlx::query(concat!(select_stream_info!(), "WHERE name = $1"))
             .bind(stream.as_str())
-            .fetch_optional(self.reader())
+            .fetch_optional(self.pools().reader)
             .await?;
         row.as_ref().map(DecodeRow::decode_stream_info).transpose()
     }
 
     async fn head(&self) -> Result<u64, StorageError> {
         let row = sqlx::query("SELECT position FROM log_head WHERE id = 1")
-            .fetch_one(self.reader())
+            .fetch_one(self.pools().reader)
             .await?;
         to_u64(row.try_get(0)?, "head")
     }
@@ -252,7 +276,7 @@ where
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError> {
         let rows = sqlx::query(concat!(select_stream_info!(), "WHERE subject = $1 ORDER BY name"))
             .bind(subject.as_str())
-            .fetch_all(self.reader())
+            .fetch_all(self.pools().reader)
             .await?;
         rows.iter().map(DecodeRow::decode_stream_info).collect()
     }
@@ -367,7 +391,7 @@ where
         )
         .bind(id)
         .bind(to_i64(position))
-        .execute(self.writer())
+        .execute(self.pools().writer)
         .await?;
         Ok(())
     }
@@ -380,7 +404,7 @@ where
         .bind(id)
         .bind(now_us())
         .bind(tombstone_position.map(to_i64))
-        .execute(self.writer())
+        .execute(self.pools().writer)
         .await?;
         Ok(())
     }
@@ -406,7 +430,7 @@ where
     async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>, StorageError> {
         let row = sqlx::query(concat!(select_erasures!(), "WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.reader())
+            .fetch_optional(self.pools().reader)
             .await?;
         let mut erasures = row
             .as_ref()
@@ -435,7 +459,7 @@ where
         .bind(to_i64(filter.limit as u64))
         .bind(filter.overdue)
         .bind(overdue_cutoff_us())
-        .fetch_all(self.reader())
+        .fetch_all(self.pools().reader)
         .await?;
         let mut erasures = rows
             .iter()
@@ -450,7 +474,7 @@ where
             select_erasures!(),
             "WHERE status NOT IN ('completed', 'refused') ORDER BY requested_at"
         ))
-        .fetch_all(self.reader())
+        .fetch_all(self.pools().reader)
         .await?;
         rows.iter().map(DecodeRow::decode_erasure).collect()
     }
@@ -465,7 +489,7 @@ where
         .bind(hold.reason.as_str())
         .bind(hold.until.map(|t| t.timestamp_micros()))
         .bind(hold.placed_at.timestamp_micros())
-        .execute(self.writer())
+        .execute(self.pools().writer)
         .await?;
         Ok(())
     }
@@ -473,15 +497,15 @@ where
     async fn lift_hold(&self, subject: &SubjectId) -> Result<bool, StorageError> {
         let done = sqlx::query("DELETE FROM legal_holds WHERE subject = $1")
             .bind(subject.as_str())
-            .execute(self.writer())
+            .execute(self.pools().writer)
             .await?;
-        Ok(E::rows_affected(&done) == 1)
+        Ok(done.rows_affected() == 1)
     }
 
     async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
         let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
             .bind(subject.as_str())
-            .fetch_optional(self.reader())
+            .fetch_optional(self.pools().reader)
             .await?;
         row.as_ref().map(DecodeRow::decode_hold).transpose()
     }
@@ -489,7 +513,7 @@ where
     async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError> {
         let row = sqlx::query("SELECT COUNT(*) FROM legal_holds WHERE until IS NULL OR until > $1")
             .bind(now_us)
-            .fetch_one(self.reader())
+            .fetch_one(self.pools().reader)
             .await?;
         to_u64(row.try_get(0)?, "holds")
     }
@@ -503,7 +527,7 @@ where
             .bind(token.role.as_str())
             .bind(token.hash.as_slice())
             .bind(token.created_at.timestamp_micros())
-            .execute(self.writer())
+            .execute(self.pools().writer)
             .await?;
         Ok(())
     }
@@ -511,14 +535,14 @@ where
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
         let row = sqlx::query(concat!(select_tokens!(), "WHERE token_hash = $1"))
             .bind(hash.as_slice())
-            .fetch_optional(self.reader())
+            .fetch_optional(self.pools().reader)
             .await?;
         row.as_ref().map(DecodeRow::decode_token).transpose()
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
         let rows = sqlx::query(concat!(select_tokens!(), "ORDER BY created_at"))
-            .fetch_all(self.reader())
+            .fetch_all(self.pools().reader)
             .await?;
         rows.iter().map(DecodeRow::decode_token).collect()
     }
@@ -530,7 +554,7 @@ where
             .bind(now_us())
             .execute(&mut *tx)
             .await?;
-        let revoked = E::rows_affected(&done) == 1;
+        let revoked = done.rows_affected() == 1;
         if revoked {
             // Delivered at COMMIT: no process can hear of a revocation that did not happen.
             E::announce_revoked_tokens(&mut tx).await?;
@@ -561,7 +585,7 @@ where
         .bind(encode_types(&filter.types).as_str())
         .bind(erasure_dependent)
         .bind(now)
-        .fetch_one(self.writer())
+        .fetch_one(self.pools().writer)
         .await?;
         row.decode_consumer()
     }
@@ -573,14 +597,14 @@ where
             " FROM consumers WHERE name = $1"
         ))
         .bind(name)
-        .fetch_optional(self.reader())
+        .fetch_optional(self.pools().reader)
         .await?;
         row.as_ref().map(DecodeRow::decode_consumer).transpose()
     }
 
     async fn consumers(&self) -> Result<Vec<Consumer>, StorageError> {
         let rows = sqlx::query(concat!("SELECT ", consumer_columns!(), " FROM consumers ORDER BY name"))
-            .fetch_all(self.reader())
+            .fetch_all(self.pools().reader)
             .await?;
         rows.iter().map(DecodeRow::decode_consumer).collect()
     }
@@ -635,7 +659,7 @@ where
         .await?;
         E::complete_acknowledged(&mut tx, now).await?;
         tx.commit().await?;
-        Ok(E::rows_affected(&deleted) == 1)
+        Ok(deleted.rows_affected() == 1)
     }
 
     async fn set_consumer_webhook(&self, name: &str, webhook: Option<(&str, &str)>) -> Result<bool, StorageError> {
@@ -645,9 +669,9 @@ where
                 .bind(webhook.map(|(url, _)| url))
                 .bind(webhook.map(|(_, secret)| secret))
                 .bind(now_us())
-                .execute(self.writer())
+                .execute(self.pools().writer)
                 .await?;
-        Ok(E::rows_affected(&done) == 1)
+        Ok(done.rows_affected() == 1)
     }
 
     async fn claim_due_deliveries(
@@ -668,7 +692,7 @@ where
         )
         .bind(now_us)
         .bind(to_i64(limit as u64))
-        .fetch_all(self.writer())
+        .fetch_all(self.pools().writer)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
@@ -689,9 +713,9 @@ where
             .bind(delivery.consumer.as_str())
             .bind(now_us + lease_us)
             .bind(now_us)
-            .execute(self.writer())
+            .execute(self.pools().writer)
             .await?;
-            if E::rows_affected(&claim) == 1 {
+            if claim.rows_affected() == 1 {
                 claimed.push(delivery);
             }
         }
@@ -779,14 +803,14 @@ where
         .bind(query.action.as_deref())
         .bind(query.subject.as_ref().map(|s| s.as_str()))
         .bind(to_i64(query.limit as u64))
-        .fetch_all(self.reader())
+        .fetch_all(self.pools().reader)
         .await?;
         rows.iter().map(DecodeRow::decode_audit).collect()
     }
 
     async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError> {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(self.reader())
+            .fetch_one(self.pools().reader)
             .await?;
         Ok((to_u64(row.try_get(0)?, "audit seq")?, hash32(row.try_get(1)?)?))
     }

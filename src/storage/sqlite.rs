@@ -11,15 +11,15 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use lethe_keyvault::KeyId;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState};
 use super::rows::{DecodeRow, now_us, select_erasures, select_events, to_i64, to_u64};
-use super::sql::Engine;
+use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent};
 use crate::error::StorageError;
 use crate::limits::{SQLITE_BUSY_TIMEOUT, SQLITE_READ_CONNECTIONS_MAX};
@@ -72,22 +72,17 @@ const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE 
 impl Engine for SqliteStorage {
     type Db = Sqlite;
 
-    fn reader(&self) -> &SqlitePool {
-        &self.readers
-    }
-
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
+    fn pools(&self) -> Pools<'_, Sqlite> {
+        Pools {
+            reader: &self.readers,
+            writer: &self.writer,
+        }
     }
 
     /// `BEGIN IMMEDIATE` on the one writer connection: writes are serialised up front and never
     /// fail half-way with "database is locked".
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    fn rows_affected(result: &SqliteQueryResult) -> u64 {
-        result.rows_affected()
     }
 
     // The single writer already serialises every write transaction: nothing to lock.
