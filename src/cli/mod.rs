@@ -8,10 +8,20 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use lethe::http::problem::Problem;
+use lethe::http::wire::{
+    AuditListResponse, AuditVerifyResponse, ConsumerListResponse, ErasureKind, ErasureListResponse, ErasureReportOut,
+    ErasureResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, SubjectResponse, TokenListResponse,
+    TokenRequest,
+};
 
 /// Where the server is and who we are.
 #[derive(Args, Clone)]
@@ -55,7 +65,7 @@ pub enum AdminCommand {
         reason: Option<String>,
         /// RFC 3339 time at which the hold lapses.
         #[arg(long)]
-        until: Option<String>,
+        until: Option<DateTime<Utc>>,
         #[arg(long)]
         lift: bool,
     },
@@ -118,6 +128,8 @@ struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Print the server's JSON as it came instead of tables.
+    json: bool,
 }
 
 impl Client {
@@ -134,6 +146,7 @@ impl Client {
             http,
             base: connection.url.trim_end_matches('/').to_owned(),
             token,
+            json: connection.json,
         })
     }
 
@@ -147,27 +160,43 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
-        let problem: Value = response.json().await.unwrap_or(Value::Null);
+        let problem: Option<Problem> = response.json().await.ok();
         bail!(
             "{} ({}): {}",
-            problem["title"].as_str().unwrap_or("request failed"),
+            problem.as_ref().map_or("request failed", |p| p.title.as_str()),
             status.as_u16(),
-            problem["detail"].as_str().unwrap_or("")
+            problem.as_ref().map_or("", |p| p.detail.as_str())
         )
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        let response = self
-            .send(self.http.get(format!("{}{path}", self.base)).query(query))
-            .await?;
-        Ok(response.json().await?)
+    /// The answer's body, read whole.
+    async fn body(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
+        Ok(self.send(request).await?.bytes().await?.to_vec())
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let response = self
-            .send(self.http.post(format!("{}{path}", self.base)).json(&body))
-            .await?;
-        Ok(response.json().await?)
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<u8>> {
+        self.body(self.http.get(format!("{}{path}", self.base)).query(query))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: &impl Serialize) -> anyhow::Result<Vec<u8>> {
+        self.body(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// Prints an answer: with `--json` the server's JSON as it came, otherwise `render` of the
+    /// answer read as its wire type.
+    fn show<T: DeserializeOwned>(
+        &self,
+        body: &[u8],
+        render: impl FnOnce(T) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            let value: Value = serde_json::from_slice(body).context("the server's answer is not JSON")?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        render(serde_json::from_slice(body).context("an answer this client does not understand")?)
     }
 }
 
@@ -187,52 +216,56 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value as a table cell: `-` when there is none.
+fn text(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+/// A time as the server writes it (RFC 3339, UTC).
+fn time(t: Option<DateTime<Utc>>) -> String {
+    text(t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
 }
 
-fn print_erasure(e: &Value) {
+/// A number of seconds as the server writes it.
+fn seconds(v: Option<f64>) -> String {
+    text(v.map(Value::from))
+}
+
+fn print_erasure(e: &ErasureResponse) {
+    let kind = match e.kind {
+        ErasureKind::Subject => "subject",
+        ErasureKind::Stream => "stream",
+    };
     let mut t = table(&["field", "value"]);
-    for key in [
-        "request_id",
-        "kind",
-        "subject",
-        "stream",
-        "status",
-        "keys_destroyed",
-        "reason",
-        "requested_by",
-        "reference",
-        "requested_at",
-        "keys_destroyed_at",
-        "completed_at",
-        "deadline",
-        "overdue",
-        "refused_reason",
-    ] {
-        if let Some(v) = e.get(key) {
-            t.add_row(vec![key.to_owned(), text(v)]);
-        }
+    let rows = [
+        ("request_id", e.request_id.to_string()),
+        ("kind", kind.to_owned()),
+        ("subject", text(e.subject.as_ref())),
+        ("stream", text(e.stream.as_ref())),
+        ("status", e.status.clone()),
+        ("keys_destroyed", e.keys_destroyed.to_string()),
+        ("reason", text(e.reason.as_ref())),
+        ("requested_by", text(e.requested_by.as_ref())),
+        ("reference", text(e.reference.as_ref())),
+        ("requested_at", time(Some(e.requested_at))),
+        ("keys_destroyed_at", time(e.keys_destroyed_at)),
+        ("completed_at", time(e.completed_at)),
+        ("deadline", time(Some(e.deadline))),
+        ("overdue", e.overdue.to_string()),
+        ("refused_reason", text(e.refused_reason.as_ref())),
+        ("streams", e.streams.len().to_string()),
+    ];
+    for (key, value) in rows {
+        t.add_row(vec![key.to_owned(), value]);
     }
-    let streams = e["streams"].as_array().map_or(0, Vec::len);
-    t.add_row(vec!["streams".to_owned(), streams.to_string()]);
     println!("{t}");
-    if let Some(dependents) = e["dependents"].as_array().filter(|d| !d.is_empty()) {
+    if !e.dependents.is_empty() {
         let mut d = table(&["dependent", "acknowledged_at", "removed_at"]);
-        for dep in dependents {
+        for dep in &e.dependents {
             d.add_row(vec![
-                text(&dep["consumer"]),
-                text(&dep["acknowledged_at"]),
-                text(&dep["removed_at"]),
+                dep.consumer.clone(),
+                time(dep.acknowledged_at),
+                time(dep.removed_at),
             ]);
         }
         println!("{d}");
@@ -249,23 +282,25 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             requested_by,
             reference,
         } => {
-            let body = json!({ "reason": reason, "requested_by": requested_by, "reference": reference });
+            let body = ForgetRequest {
+                reason,
+                requested_by,
+                reference,
+            };
             let erasure = client
-                .post(&format!("/admin/subjects/{}/forget", segment(&subject)), body)
+                .post(&format!("/admin/subjects/{}/forget", segment(&subject)), &body)
                 .await?;
-            if connection.json {
-                print_json(&erasure)?;
-            } else {
-                print_erasure(&erasure);
-            }
+            client.show(&erasure, |e: ErasureResponse| {
+                print_erasure(&e);
+                Ok(())
+            })?;
         }
         AdminCommand::Erasures { id: Some(id), .. } => {
             let erasure = client.get(&format!("/admin/erasures/{}", segment(&id)), &[]).await?;
-            if connection.json {
-                print_json(&erasure)?;
-            } else {
-                print_erasure(&erasure);
-            }
+            client.show(&erasure, |e: ErasureResponse| {
+                print_erasure(&e);
+                Ok(())
+            })?;
         }
         AdminCommand::Erasures {
             id: None,
@@ -280,33 +315,28 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                 query.push(("subject", subject));
             }
             let list = client.get("/admin/erasures", &query).await?;
-            if connection.json {
-                return print_json(&list);
-            }
-            let mut t = table(&[
-                "request",
-                "subject/stream",
-                "status",
-                "keys",
-                "requested_at",
-                "completed_at",
-            ]);
-            for e in list["erasures"].as_array().into_iter().flatten() {
-                let target = if e["subject"].is_null() {
-                    &e["stream"]
-                } else {
-                    &e["subject"]
-                };
-                t.add_row(vec![
-                    text(&e["request_id"]),
-                    text(target),
-                    text(&e["status"]),
-                    text(&e["keys_destroyed"]),
-                    text(&e["requested_at"]),
-                    text(&e["completed_at"]),
+            client.show(&list, |list: ErasureListResponse| {
+                let mut t = table(&[
+                    "request",
+                    "subject/stream",
+                    "status",
+                    "keys",
+                    "requested_at",
+                    "completed_at",
                 ]);
-            }
-            println!("{t}");
+                for e in list.erasures {
+                    t.add_row(vec![
+                        e.request_id.to_string(),
+                        text(e.subject.or(e.stream)),
+                        e.status,
+                        e.keys_destroyed.to_string(),
+                        time(Some(e.requested_at)),
+                        time(e.completed_at),
+                    ]);
+                }
+                println!("{t}");
+                Ok(())
+            })?;
         }
         AdminCommand::Hold {
             subject,
@@ -319,51 +349,46 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                 client.send(client.http.delete(path)).await?;
                 println!("hold on {subject} lifted");
             } else {
-                let body = json!({ "reason": reason, "until": until });
-                let hold: Value = client.send(client.http.put(path).json(&body)).await?.json().await?;
-                if connection.json {
-                    print_json(&hold)?;
-                } else {
-                    println!("hold on {subject} placed (until {})", text(&hold["until"]));
-                }
+                let body = HoldRequest {
+                    reason: reason.context("--reason is needed to place a hold")?,
+                    until,
+                };
+                let hold = client.body(client.http.put(path).json(&body)).await?;
+                client.show(&hold, |hold: HoldOut| {
+                    println!("hold on {subject} placed (until {})", time(hold.until));
+                    Ok(())
+                })?;
             }
         }
         AdminCommand::Subject { subject } => {
             let view = client
                 .get(&format!("/admin/subjects/{}", segment(&subject)), &[])
                 .await?;
-            if connection.json {
-                return print_json(&view);
-            }
-            let mut t = table(&["stream", "status", "version"]);
-            for s in view["streams"].as_array().into_iter().flatten() {
-                t.add_row(vec![text(&s["stream"]), text(&s["status"]), text(&s["version"])]);
-            }
-            println!("{t}");
-            if !view["hold"].is_null() {
-                println!(
-                    "legal hold: {} (until {})",
-                    text(&view["hold"]["reason"]),
-                    text(&view["hold"]["until"])
-                );
-            }
-            println!("erasure requests: {}", view["erasures"].as_array().map_or(0, Vec::len));
+            client.show(&view, |view: SubjectResponse| {
+                let mut t = table(&["stream", "status", "version"]);
+                for s in view.streams {
+                    t.add_row(vec![s.stream, s.status, text(s.version)]);
+                }
+                println!("{t}");
+                if let Some(hold) = view.hold {
+                    println!("legal hold: {} (until {})", hold.reason, time(hold.until));
+                }
+                println!("erasure requests: {}", view.erasures.len());
+                Ok(())
+            })?;
         }
         AdminCommand::Export { subject, output } => export(&client, &subject, output).await?,
-        AdminCommand::Report { from, to, csv } => report(&client, &connection, from, to, csv).await?,
+        AdminCommand::Report { from, to, csv } => report(&client, from, to, csv).await?,
         AdminCommand::Audit { verify: true, .. } => {
             let verification = client.get("/admin/audit/verify", &[]).await?;
-            if connection.json {
-                return print_json(&verification);
-            }
-            if verification["intact"] == true {
-                println!("audit trail intact: {} entries", text(&verification["entries"]));
-            } else {
-                bail!(
-                    "audit trail BROKEN at entry {}",
-                    text(&verification["first_broken_seq"])
-                );
-            }
+            client.show(&verification, |v: AuditVerifyResponse| {
+                if v.intact {
+                    println!("audit trail intact: {} entries", v.entries);
+                    Ok(())
+                } else {
+                    bail!("audit trail BROKEN at entry {}", text(v.first_broken_seq))
+                }
+            })?;
         }
         AdminCommand::Audit {
             verify: false,
@@ -378,21 +403,21 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                 query.push(("subject", subject));
             }
             let page = client.get("/admin/audit", &query).await?;
-            if connection.json {
-                return print_json(&page);
-            }
-            let mut t = table(&["seq", "at", "actor", "action", "subject", "request"]);
-            for e in page["entries"].as_array().into_iter().flatten() {
-                t.add_row(vec![
-                    text(&e["seq"]),
-                    text(&e["at"]),
-                    text(&e["actor"]),
-                    text(&e["action"]),
-                    text(&e["subject"]),
-                    text(&e["request_id"]),
-                ]);
-            }
-            println!("{t}");
+            client.show(&page, |page: AuditListResponse| {
+                let mut t = table(&["seq", "at", "actor", "action", "subject", "request"]);
+                for e in page.entries {
+                    t.add_row(vec![
+                        e.seq.to_string(),
+                        time(Some(e.at)),
+                        e.actor,
+                        e.action,
+                        text(e.subject),
+                        text(e.request_id),
+                    ]);
+                }
+                println!("{t}");
+                Ok(())
+            })?;
         }
         AdminCommand::Consumers { remove: Some(name) } => {
             client
@@ -406,47 +431,44 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
         }
         AdminCommand::Consumers { remove: None } => {
             let list = client.get("/consumers", &[]).await?;
-            if connection.json {
-                return print_json(&list);
-            }
-            let mut t = table(&["consumer", "erasure_dependent", "checkpoint", "lag", "webhook"]);
-            for c in list["consumers"].as_array().into_iter().flatten() {
-                t.add_row(vec![
-                    text(&c["name"]),
-                    text(&c["erasure_dependent"]),
-                    text(&c["checkpoint"]),
-                    text(&c["lag"]),
-                    text(&c["webhook_url"]),
-                ]);
-            }
-            println!("{t}");
+            client.show(&list, |list: ConsumerListResponse| {
+                let mut t = table(&["consumer", "erasure_dependent", "checkpoint", "lag", "webhook"]);
+                for c in list.consumers {
+                    t.add_row(vec![
+                        c.name,
+                        c.erasure_dependent.to_string(),
+                        c.checkpoint.to_string(),
+                        c.lag.to_string(),
+                        text(c.webhook_url),
+                    ]);
+                }
+                println!("{t}");
+                Ok(())
+            })?;
         }
         AdminCommand::Tokens(TokensCommand::List) => {
             let list = client.get("/admin/tokens", &[]).await?;
-            if connection.json {
-                return print_json(&list);
-            }
-            let mut t = table(&["id", "name", "role", "created_at", "revoked_at"]);
-            for tok in list["tokens"].as_array().into_iter().flatten() {
-                t.add_row(vec![
-                    text(&tok["id"]),
-                    text(&tok["name"]),
-                    text(&tok["role"]),
-                    text(&tok["created_at"]),
-                    text(&tok["revoked_at"]),
-                ]);
-            }
-            println!("{t}");
+            client.show(&list, |list: TokenListResponse| {
+                let mut t = table(&["id", "name", "role", "created_at", "revoked_at"]);
+                for tok in list.tokens {
+                    t.add_row(vec![
+                        tok.id.to_string(),
+                        tok.name,
+                        tok.role,
+                        time(Some(tok.created_at)),
+                        time(tok.revoked_at),
+                    ]);
+                }
+                println!("{t}");
+                Ok(())
+            })?;
         }
         AdminCommand::Tokens(TokensCommand::Create { name, role }) => {
-            let token = client
-                .post("/admin/tokens", json!({ "name": name, "role": role }))
-                .await?;
-            if connection.json {
-                print_json(&token)?;
-            } else {
-                println!("{}", text(&token["token"]));
-            }
+            let token = client.post("/admin/tokens", &TokenRequest { name, role }).await?;
+            client.show(&token, |token: NewTokenOut| {
+                println!("{}", token.token);
+                Ok(())
+            })?;
         }
         AdminCommand::Tokens(TokensCommand::Revoke { id }) => {
             client
@@ -495,7 +517,6 @@ async fn export(client: &Client, subject: &str, output: Option<std::path::PathBu
 /// `lethe admin report`: a table, the JSON, or CSV written to a file.
 async fn report(
     client: &Client,
-    connection: &Connection,
     from: Option<String>,
     to: Option<String>,
     csv: Option<std::path::PathBuf>,
@@ -516,26 +537,27 @@ async fn report(
         return Ok(());
     }
     let report = client.get("/admin/reports/erasures", &query).await?;
-    if connection.json {
-        return print_json(&report);
-    }
-    let mut t = table(&["figure", "value"]);
-    t.add_row(vec!["requests".to_owned(), text(&report["requests"])]);
-    for (status, count) in report["by_status"].as_object().into_iter().flatten() {
-        t.add_row(vec![format!("  {status}"), text(count)]);
-    }
-    let ttc = &report["time_to_complete"];
-    t.add_row(vec![
-        "time to complete, median (s)".to_owned(),
-        text(&ttc["median_secs"]),
-    ]);
-    t.add_row(vec!["time to complete, p95 (s)".to_owned(), text(&ttc["p95_secs"])]);
-    t.add_row(vec!["time to complete, max (s)".to_owned(), text(&ttc["max_secs"])]);
-    let count = |key: &str| report[key].as_array().map_or(0, Vec::len).to_string();
-    t.add_row(vec!["overdue".to_owned(), count("overdue")]);
-    t.add_row(vec!["unacknowledged dependents".to_owned(), count("unacknowledged")]);
-    t.add_row(vec!["keys destroyed".to_owned(), text(&report["keys_destroyed"])]);
-    t.add_row(vec!["legal holds active".to_owned(), text(&report["holds_active"])]);
-    println!("{t}");
-    Ok(())
+    client.show(&report, |report: ErasureReportOut| {
+        let mut t = table(&["figure", "value"]);
+        t.add_row(vec!["requests".to_owned(), report.requests.to_string()]);
+        for (status, count) in &report.by_status {
+            t.add_row(vec![format!("  {status}"), count.to_string()]);
+        }
+        let ttc = &report.time_to_complete;
+        t.add_row(vec![
+            "time to complete, median (s)".to_owned(),
+            seconds(ttc.median_secs),
+        ]);
+        t.add_row(vec!["time to complete, p95 (s)".to_owned(), seconds(ttc.p95_secs)]);
+        t.add_row(vec!["time to complete, max (s)".to_owned(), seconds(ttc.max_secs)]);
+        t.add_row(vec!["overdue".to_owned(), report.overdue.len().to_string()]);
+        t.add_row(vec![
+            "unacknowledged dependents".to_owned(),
+            report.unacknowledged.len().to_string(),
+        ]);
+        t.add_row(vec!["keys destroyed".to_owned(), report.keys_destroyed.to_string()]);
+        t.add_row(vec!["legal holds active".to_owned(), report.holds_active.to_string()]);
+        println!("{t}");
+        Ok(())
+    })
 }

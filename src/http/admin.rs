@@ -7,15 +7,17 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::metrics::{KindLabel, metrics};
 use super::problem::ApiError;
+use super::schemas;
 use super::wire::{
-    AuditEntryOut, AuditListResponse, AuditVerifyResponse, ErasureListResponse, ErasureResponse, EventOut,
-    ForgetRequest, HoldOut, HoldRequest, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
+    AUDIT_LIMIT_DEFAULT, AuditEntryOut, AuditListResponse, AuditQueryParams, AuditVerifyResponse,
+    ERASURES_LIMIT_DEFAULT, ErasureListResponse, ErasureReportOut, ErasureResponse, ErasuresQuery, EventOut,
+    ExportResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, ReportQuery, SubjectResponse, SubjectStreamOut,
+    TokenListResponse, TokenOut, TokenRequest,
 };
 use super::{AppState, Caller, JsonBody, PathParam, audit_entry};
 use crate::limits::ERASURES_LIST_MAX;
@@ -28,8 +30,41 @@ fn subject_of(raw: &str) -> Result<SubjectId, ApiError> {
     Ok(SubjectId::new(raw).map_err(crate::Error::from)?)
 }
 
-/// `POST /admin/subjects/{subject}/forget` → 202 with the request. The erasure runs before
-/// the answer when it can; if the vault is unreachable it stays `pending` and is resumed.
+/// Forget a data subject (GDPR Art. 17)
+///
+/// Records an erasure request and runs it: every stream bound to the subject is shredded (its
+/// key destroyed, a `$erased` tombstone) and a `SubjectForgotten` tombstone goes to `$erasures`.
+/// If the key vault is unreachable the request stays `pending` and is resumed. Idempotent:
+/// forgetting a forgotten subject completes at once (`already_erased: true`).
+#[utoipa::path(
+    post,
+    path = "/admin/subjects/{subject}/forget",
+    tag = "admin",
+    operation_id = "forgetSubject",
+    params(("subject" = schemas::SubjectId, Path, description = "A data subject's id.")),
+    request_body = ForgetRequest,
+    responses(
+        (
+            status = 202,
+            description = "The erasure request, as far as it got.",
+            body = ErasureResponse,
+            links(
+                ("GetErasure" = (operation_id = "getErasure", parameters(("id" = "$response.body#/request_id")))),
+                ("GetSubject" = (operation_id = "getSubject", parameters(("subject" = "$request.path.subject")))),
+                ("ExportSubject" = (operation_id = "exportSubject", parameters(("subject" = "$request.path.subject")))),
+            ),
+        ),
+        (status = 400, description = "An invalid subject id or body, or a text member over its length limit."),
+        (status = 404, description = "No such route"),
+        (
+            status = 409,
+            description = "An active legal hold blocks forgetting this subject (`legal_hold`); the request is \
+                recorded as `refused` (`request_id`), and `hold_until` says when the hold lapses (`null`: when \
+                lifted).",
+            extensions(("x-problem-codes" = json!(["legal_hold"]))),
+        ),
+    ),
+)]
 pub async fn forget(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -68,7 +103,23 @@ pub async fn forget(
     Ok((StatusCode::ACCEPTED, Json(ErasureResponse::from(erasure))).into_response())
 }
 
-/// `GET /admin/erasures/{id}`.
+/// Show an erasure request
+///
+/// Its status (`pending` → `keys_destroyed` → `awaiting_acknowledgements` → `completed`, or
+/// `refused` under a legal hold), the streams it shredded, the keys it destroyed, its deadline,
+/// and each erasure-dependent consumer with its acknowledgement.
+#[utoipa::path(
+    get,
+    path = "/admin/erasures/{id}",
+    tag = "admin",
+    operation_id = "getErasure",
+    params(("id" = Uuid, Path, description = "The erasure request's id (`request_id`).")),
+    responses(
+        (status = 200, description = "The erasure request.", body = ErasureResponse),
+        (status = 400, description = "The id is not a UUID."),
+        (status = 404, description = "No such erasure request"),
+    ),
+)]
 pub async fn erasure(
     State(state): State<AppState>,
     PathParam(id): PathParam,
@@ -78,27 +129,27 @@ pub async fn erasure(
     Ok(Json(erasure.into()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ErasuresQuery {
-    subject: Option<String>,
-    status: Option<String>,
-    /// Requested at or after (RFC 3339).
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    /// Requested before (RFC 3339).
-    to: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only requests past their deadline and not finished.
-    overdue: Option<bool>,
-    limit: Option<usize>,
-}
-
-/// `GET /admin/erasures?subject=&status=&from=&to=&overdue=&limit=`, newest first.
+/// List erasure requests
+///
+/// Erasure requests (forgotten subjects and deleted streams), newest first: the `limit` newest
+/// that match `subject`, `status`, `from` and `to`, then only those that match `overdue`.
+#[utoipa::path(
+    get,
+    path = "/admin/erasures",
+    tag = "admin",
+    operation_id = "listErasures",
+    params(ErasuresQuery),
+    responses(
+        (status = 200, description = "The erasure requests.", body = ErasureListResponse),
+        (status = 400, description = "An invalid subject id or limit."),
+    ),
+)]
 pub async fn erasures(
     State(state): State<AppState>,
     query: Result<Query<ErasuresQuery>, QueryRejection>,
 ) -> Result<Json<ErasureListResponse>, ApiError> {
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(100);
+    let limit = query.limit.unwrap_or(ERASURES_LIMIT_DEFAULT);
     if limit == 0 || limit > ERASURES_LIST_MAX {
         return Err(ApiError::bad_request(format!("limit must be 1 to {ERASURES_LIST_MAX}")));
     }
@@ -131,7 +182,22 @@ pub async fn erasures(
     Ok(Json(ErasureListResponse { erasures }))
 }
 
-/// `GET /admin/subjects/{subject}`: bound streams and erasure requests.
+/// Show a data subject
+///
+/// The streams bound to the subject (with their status) and its erasure requests, newest
+/// first. An unknown subject has none of either.
+#[utoipa::path(
+    get,
+    path = "/admin/subjects/{subject}",
+    tag = "admin",
+    operation_id = "getSubject",
+    params(("subject" = schemas::SubjectId, Path, description = "A data subject's id.")),
+    responses(
+        (status = 200, description = "The subject.", body = SubjectResponse),
+        (status = 400, description = "An invalid subject id."),
+        (status = 404, description = "No such route"),
+    ),
+)]
 pub async fn subject(
     State(state): State<AppState>,
     PathParam(raw): PathParam,
@@ -164,8 +230,24 @@ pub async fn subject(
     }))
 }
 
-/// `GET /admin/subjects/{subject}/export`: every event of the subject's streams, decrypted,
-/// streamed as one JSON document `{subject, exported_at, events: [...]}`.
+/// Export a data subject's events (GDPR Art. 15/20)
+///
+/// Every event of the subject's streams, decrypted (`data: null, erased: true` where a stream
+/// was shredded), as one JSON document streamed page by page. A failure part-way cuts the
+/// document short, so a client sees invalid JSON rather than a silently incomplete export.
+#[utoipa::path(
+    get,
+    path = "/admin/subjects/{subject}/export",
+    tag = "admin",
+    operation_id = "exportSubject",
+    params(("subject" = schemas::SubjectId, Path, description = "A data subject's id.")),
+    responses(
+        (status = 200, description = "The export.", body = ExportResponse),
+        (status = 400, description = "An invalid subject id."),
+        (status = 404, description = "No such route"),
+    ),
+)]
+// Written by hand, page by page, in the shape of `ExportResponse`.
 pub async fn export(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -198,7 +280,33 @@ pub async fn export(
     Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
 }
 
-/// `PUT /admin/subjects/{subject}/hold`: places (or replaces) a legal hold.
+/// Place a legal hold on a data subject
+///
+/// While the hold is active (until `until`, or until it is lifted), forgetting the subject is
+/// refused with 409 `legal_hold` (the refused request is recorded). Placing a hold again
+/// replaces it.
+#[utoipa::path(
+    put,
+    path = "/admin/subjects/{subject}/hold",
+    tag = "admin",
+    operation_id = "placeHold",
+    params(("subject" = schemas::SubjectId, Path, description = "A data subject's id.")),
+    request_body = HoldRequest,
+    responses(
+        (
+            status = 200,
+            description = "The hold.",
+            body = HoldOut,
+            links(
+                ("ForgetSubject" = (operation_id = "forgetSubject", parameters(("subject" = "$request.path.subject")))),
+                ("GetSubject" = (operation_id = "getSubject", parameters(("subject" = "$request.path.subject")))),
+                ("LiftHold" = (operation_id = "liftHold", parameters(("subject" = "$request.path.subject")))),
+            ),
+        ),
+        (status = 400, description = "An invalid subject id or body, or an empty or too long reason."),
+        (status = 404, description = "No such route"),
+    ),
+)]
 pub async fn place_hold(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -215,7 +323,21 @@ pub async fn place_hold(
     Ok(Json(hold.into()))
 }
 
-/// `DELETE /admin/subjects/{subject}/hold` → 204 (404 if there was none).
+/// Lift a data subject's legal hold
+///
+/// The subject can be forgotten again.
+#[utoipa::path(
+    delete,
+    path = "/admin/subjects/{subject}/hold",
+    tag = "admin",
+    operation_id = "liftHold",
+    params(("subject" = schemas::SubjectId, Path, description = "A data subject's id.")),
+    responses(
+        (status = 204, description = "Lifted."),
+        (status = 400, description = "An invalid subject id."),
+        (status = 404, description = "The subject has no hold"),
+    ),
+)]
 pub async fn lift_hold(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -233,7 +355,26 @@ pub async fn lift_hold(
     }
 }
 
-/// `POST /admin/tokens` → 201 with the token (shown once).
+/// Create an API token
+///
+/// Creates a token with a role. Its secret is in this answer and nowhere else: Lethe stores
+/// only a hash of it.
+#[utoipa::path(
+    post,
+    path = "/admin/tokens",
+    tag = "admin",
+    operation_id = "createToken",
+    request_body = TokenRequest,
+    responses(
+        (
+            status = 201,
+            description = "The token, with its secret.",
+            body = NewTokenOut,
+            links(("RevokeToken" = (operation_id = "revokeToken", parameters(("id" = "$response.body#/id"))))),
+        ),
+        (status = 400, description = "An invalid name or role, or a malformed body."),
+    ),
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -246,18 +387,49 @@ pub async fn create_token(
         .store
         .audit_quietly(audit_entry(&caller, "token_created", None, None, details))
         .await;
-    let mut out = TokenOut::from(token.record);
-    out.token = Some(token.secret.to_string());
+    let out = NewTokenOut {
+        record: TokenOut::from(token.record),
+        token: token.secret.to_string(),
+    };
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-/// `GET /admin/tokens` (never the secrets).
+/// List API tokens
+///
+/// Every token, revoked ones too, without secrets.
+#[utoipa::path(
+    get,
+    path = "/admin/tokens",
+    tag = "admin",
+    operation_id = "listTokens",
+    responses((status = 200, description = "The tokens.", body = TokenListResponse)),
+)]
 pub async fn tokens(State(state): State<AppState>) -> Result<Json<TokenListResponse>, ApiError> {
     let tokens = state.store.tokens().await?.into_iter().map(TokenOut::from).collect();
     Ok(Json(TokenListResponse { tokens }))
 }
 
-/// `DELETE /admin/tokens/{id}` → 204.
+/// Revoke an API token
+///
+/// The token stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/admin/tokens/{id}",
+    tag = "admin",
+    operation_id = "revokeToken",
+    params(("id" = Uuid, Path, description = "The token's id.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 400, description = "The id is not a UUID."),
+        (status = 404, description = "No such token, or it was revoked already"),
+        (
+            status = 409,
+            description = "The last active admin token cannot be revoked (`last_admin_token`): create another \
+                admin token first, so the API is never locked for good.",
+            extensions(("x-problem-codes" = json!(["last_admin_token"]))),
+        ),
+    ),
+)]
 pub async fn revoke_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -276,17 +448,21 @@ pub async fn revoke_token(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQueryParams {
-    /// Entries after this sequence number.
-    after: Option<u64>,
-    limit: Option<usize>,
-    action: Option<String>,
-    subject: Option<String>,
-}
-
-/// `GET /admin/audit?after=&limit=&action=&subject=`: the hash-chained trail, oldest first.
+/// Read the audit trail
+///
+/// The hash-chained trail of admin actions, oldest first, a page at a time (`after` = the
+/// previous page's `next_after`). Entries carry ids, never personal data.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "admin",
+    operation_id = "listAudit",
+    params(AuditQueryParams),
+    responses(
+        (status = 200, description = "A page of entries.", body = AuditListResponse),
+        (status = 400, description = "An invalid query parameter."),
+    ),
+)]
 pub async fn audit(
     State(state): State<AppState>,
     query: Result<Query<AuditQueryParams>, QueryRejection>,
@@ -296,7 +472,7 @@ pub async fn audit(
         .store
         .audit_entries(&AuditQuery {
             after: query.after.unwrap_or(0),
-            limit: query.limit.unwrap_or(100),
+            limit: query.limit.unwrap_or(AUDIT_LIMIT_DEFAULT),
             action: query.action,
             subject: query.subject.as_deref().map(subject_of).transpose()?,
         })
@@ -308,7 +484,17 @@ pub async fn audit(
     }))
 }
 
-/// `GET /admin/audit/verify`: walks the chain; names the first broken entry.
+/// Verify the audit trail
+///
+/// Walks the whole chain (`hash = SHA-256(prev_hash ‖ canonical JSON of the entry)`) and names
+/// the first entry whose link or hash does not hold.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/verify",
+    tag = "admin",
+    operation_id = "verifyAudit",
+    responses((status = 200, description = "The verification.", body = AuditVerifyResponse)),
+)]
 pub async fn verify_audit(State(state): State<AppState>) -> Result<Json<AuditVerifyResponse>, ApiError> {
     let verification = state.store.verify_audit().await?;
     Ok(Json(AuditVerifyResponse {
@@ -319,15 +505,27 @@ pub async fn verify_audit(State(state): State<AppState>) -> Result<Json<AuditVer
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportQuery {
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    to: Option<chrono::DateTime<chrono::Utc>>,
-    format: Option<String>,
-}
-
-/// `GET /admin/reports/erasures?from=&to=&format=json|csv`.
+/// The erasure report
+///
+/// Requests made in `[from, to)`: counts by status, time from request to completion (median,
+/// p95, max), overdue requests (past their one-month deadline), dependents that have not
+/// acknowledged a tombstone and for how long, keys destroyed, active legal holds. `format=csv`
+/// gives `section,key,value` rows.
+#[utoipa::path(
+    get,
+    path = "/admin/reports/erasures",
+    tag = "admin",
+    operation_id = "erasureReport",
+    params(ReportQuery),
+    responses(
+        (
+            status = 200,
+            description = "The report.",
+            content((ErasureReportOut = "application/json"), (String = "text/csv")),
+        ),
+        (status = 400, description = "An invalid query parameter."),
+    ),
+)]
 pub async fn erasure_report(
     State(state): State<AppState>,
     query: Result<Query<ReportQuery>, QueryRejection>,
@@ -342,6 +540,6 @@ pub async fn erasure_report(
     if csv {
         Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], report.to_csv()).into_response())
     } else {
-        Ok(Json(report).into_response())
+        Ok(Json(ErasureReportOut::from(report)).into_response())
     }
 }

@@ -12,19 +12,8 @@ use super::problem::ApiError;
 use super::{AppState, Caller};
 use crate::model::Role;
 
-pub async fn require_reader(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    require(state, Role::Reader, request, next).await
-}
-
-pub async fn require_writer(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    require(state, Role::Writer, request, next).await
-}
-
-pub async fn require_admin(state: State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    require(state, Role::Admin, request, next).await
-}
-
-async fn require(
+/// Lets the request through to its route when it carries a token of `role` or above.
+pub async fn require(
     State(state): State<AppState>,
     role: Role,
     mut request: Request,

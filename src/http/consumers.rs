@@ -12,15 +12,14 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 
 use super::problem::ApiError;
+use super::schemas;
 use super::wire::{
-    AckRequest, ConsumerEventsQuery, ConsumerEventsResponse, ConsumerRequest, ConsumerResponse, EventOut,
+    AckRequest, ConsumerEventsQuery, ConsumerEventsResponse, ConsumerListResponse, ConsumerRequest, ConsumerResponse,
+    EventOut, READ_LIMIT_DEFAULT,
 };
 use super::{AppState, JsonBody, PathParam};
 use crate::model::Consumer;
 use crate::model::LogFilter;
-
-/// Events a consumer read returns when no `limit` is given.
-const CONSUMER_LIMIT_DEFAULT: usize = 100;
 
 fn out(consumer: Consumer, head: u64) -> ConsumerResponse {
     ConsumerResponse {
@@ -34,7 +33,33 @@ fn out(consumer: Consumer, head: u64) -> ConsumerResponse {
     }
 }
 
-/// `PUT /consumers/{name}`.
+/// Create or update a durable consumer
+///
+/// Registers a consumer, or changes its filter and `erasure_dependent` flag (its checkpoint is
+/// kept). An erasure-dependent consumer is a service that derives data from events: erasures
+/// wait for it to acknowledge their tombstones.
+#[utoipa::path(
+    put,
+    path = "/consumers/{name}",
+    tag = "consumers",
+    operation_id = "putConsumer",
+    params(("name" = inline(schemas::ConsumerName), Path, description = "A consumer's name (the stream-name charset).")),
+    request_body = ConsumerRequest,
+    responses(
+        (
+            status = 200,
+            description = "The consumer.",
+            body = ConsumerResponse,
+            links(
+                ("GetConsumer" = (operation_id = "getConsumer", parameters(("name" = "$response.body#/name")))),
+                ("ConsumerEvents" = (operation_id = "consumerEvents", parameters(("name" = "$response.body#/name")))),
+                ("AckConsumer" = (operation_id = "ackConsumer", parameters(("name" = "$response.body#/name")))),
+            ),
+        ),
+        (status = 400, description = "An invalid name, filter or body."),
+        (status = 404, description = "No such route"),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Extension(caller): Extension<super::Caller>,
@@ -64,7 +89,22 @@ pub async fn put(
     Ok(Json(out(consumer, head)))
 }
 
-/// `DELETE /consumers/{name}` → 204. A dependent of unfinished erasures stops holding them up.
+/// Delete a durable consumer
+///
+/// Removes the consumer and its checkpoint. An erasure-dependent consumer stops holding up the
+/// erasures that wait for its acknowledgement.
+#[utoipa::path(
+    delete,
+    path = "/consumers/{name}",
+    tag = "consumers",
+    operation_id = "deleteConsumer",
+    params(("name" = inline(schemas::ConsumerName), Path, description = "A consumer's name (the stream-name charset).")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "An invalid consumer name."),
+        (status = 404, description = "No such consumer"),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<super::Caller>,
@@ -82,7 +122,21 @@ pub async fn delete(
     }
 }
 
-/// `GET /consumers/{name}`.
+/// Show a durable consumer
+///
+/// The consumer's filter, checkpoint and lag.
+#[utoipa::path(
+    get,
+    path = "/consumers/{name}",
+    tag = "consumers",
+    operation_id = "getConsumer",
+    params(("name" = inline(schemas::ConsumerName), Path, description = "A consumer's name (the stream-name charset).")),
+    responses(
+        (status = 200, description = "The consumer.", body = ConsumerResponse),
+        (status = 400, description = "An invalid consumer name."),
+        (status = 404, description = "No such consumer"),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     PathParam(name): PathParam,
@@ -92,20 +146,48 @@ pub async fn get(
     Ok(Json(out(consumer, head)))
 }
 
-/// `GET /consumers`: every consumer with its checkpoint and lag.
-pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// List durable consumers
+///
+/// Every consumer with its filter, checkpoint and lag.
+#[utoipa::path(
+    get,
+    path = "/consumers",
+    tag = "consumers",
+    operation_id = "listConsumers",
+    responses((status = 200, description = "The consumers.", body = ConsumerListResponse)),
+)]
+pub async fn list(State(state): State<AppState>) -> Result<Json<ConsumerListResponse>, ApiError> {
     let head = state.store.head().await?;
-    let consumers: Vec<ConsumerResponse> = state
+    let consumers = state
         .store
         .consumers()
         .await?
         .into_iter()
         .map(|c| out(c, head))
         .collect();
-    Ok(Json(serde_json::json!({ "consumers": consumers })))
+    Ok(Json(ConsumerListResponse { consumers }))
 }
 
-/// `GET /consumers/{name}/events?limit=&wait_ms=`: long poll.
+/// Read a consumer's next events (long poll)
+///
+/// Up to `limit` events after the consumer's checkpoint that match its filter. When there are
+/// none, waits up to `wait_ms` for new ones. Reading does not move the checkpoint: acknowledge
+/// with `POST /consumers/{name}/ack`.
+#[utoipa::path(
+    get,
+    path = "/consumers/{name}/events",
+    tag = "consumers",
+    operation_id = "consumerEvents",
+    params(
+        ("name" = inline(schemas::ConsumerName), Path, description = "A consumer's name (the stream-name charset)."),
+        ConsumerEventsQuery,
+    ),
+    responses(
+        (status = 200, description = "The events (possibly none).", body = ConsumerEventsResponse),
+        (status = 400, description = "An invalid consumer name or query parameter."),
+        (status = 404, description = "No such consumer"),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     PathParam(name): PathParam,
@@ -115,7 +197,7 @@ pub async fn events(
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(state.limits.long_poll_max);
     let batch = state
         .store
-        .consumer_events(&name, query.limit.unwrap_or(CONSUMER_LIMIT_DEFAULT), wait)
+        .consumer_events(&name, query.limit.unwrap_or(READ_LIMIT_DEFAULT), wait)
         .await?;
     Ok(Json(ConsumerEventsResponse {
         events: batch.events.into_iter().map(EventOut::from).collect(),
@@ -124,7 +206,22 @@ pub async fn events(
     }))
 }
 
-/// `POST /consumers/{name}/ack`: moves the checkpoint (never back).
+/// Acknowledge a consumer's events
+///
+/// Moves the checkpoint to `position` (never back: a lower position leaves it where it is).
+#[utoipa::path(
+    post,
+    path = "/consumers/{name}/ack",
+    tag = "consumers",
+    operation_id = "ackConsumer",
+    params(("name" = inline(schemas::ConsumerName), Path, description = "A consumer's name (the stream-name charset).")),
+    request_body = AckRequest,
+    responses(
+        (status = 200, description = "The consumer, checkpoint moved.", body = ConsumerResponse),
+        (status = 400, description = "A malformed body, or a position past the head of the log."),
+        (status = 404, description = "No such consumer"),
+    ),
+)]
 pub async fn ack(
     State(state): State<AppState>,
     PathParam(name): PathParam,

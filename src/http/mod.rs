@@ -12,6 +12,7 @@ mod metrics;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod schemas;
 mod streams;
 mod ui;
 pub mod wire;
@@ -22,10 +23,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post, put};
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::model::Role;
 use crate::store::EventStore;
@@ -48,11 +50,11 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
-            body_bytes_max: 4 * 1024 * 1024,
-            subscribers_max: 1024,
-            request_timeout: Duration::from_secs(30),
-            long_poll_max: Duration::from_secs(25),
-            keep_alive: Duration::from_secs(15),
+            body_bytes_max: crate::limits::BODY_BYTES_DEFAULT,
+            subscribers_max: crate::limits::SUBSCRIBERS_DEFAULT,
+            request_timeout: crate::limits::REQUEST_TIMEOUT_DEFAULT,
+            long_poll_max: crate::limits::LONG_POLL_MAX,
+            keep_alive: crate::limits::SSE_KEEP_ALIVE,
         }
     }
 }
@@ -100,72 +102,110 @@ impl AppState {
     }
 }
 
+/// The groups of routes, each behind its own middleware: the role a token needs (none for the
+/// open routes) and the request timeout. The OpenAPI document reads both from here too, so an
+/// operation's documented role is the one its route enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// Reads, consumer reads and acks (long polls: the timeout allows for the longest one).
+    Reader,
+    /// `GET /subscribe`: Server-Sent Events, exempt from the request timeout.
+    Subscribe,
+    /// Appends and stream deletion.
+    Writer,
+    /// `/admin`, consumer registration, tokens.
+    Admin,
+    /// Health, metrics, the OpenAPI document and the admin page: no token.
+    Open,
+}
+
+impl Group {
+    pub(crate) const ALL: [Group; 5] = [
+        Group::Reader,
+        Group::Subscribe,
+        Group::Writer,
+        Group::Admin,
+        Group::Open,
+    ];
+
+    /// The role a token needs (`None`: no token).
+    pub(crate) fn role(self) -> Option<Role> {
+        match self {
+            Group::Reader | Group::Subscribe => Some(Role::Reader),
+            Group::Writer => Some(Role::Writer),
+            Group::Admin => Some(Role::Admin),
+            Group::Open => None,
+        }
+    }
+
+    /// The whole-request timeout (`None`: long-lived answers, or the open routes).
+    pub(crate) fn timeout(self, limits: &HttpLimits) -> Option<Duration> {
+        match self {
+            Group::Reader => Some(limits.request_timeout + limits.long_poll_max),
+            Group::Writer | Group::Admin => Some(limits.request_timeout),
+            Group::Subscribe | Group::Open => None,
+        }
+    }
+
+    /// The group's routes, each registered with its OpenAPI operation (`routes!`), so that no
+    /// route exists undocumented.
+    pub(crate) fn routes(self) -> OpenApiRouter<AppState> {
+        let routes = OpenApiRouter::default();
+        match self {
+            Group::Reader => routes
+                .routes(routes!(streams::read))
+                .routes(routes!(streams::log))
+                .routes(routes!(consumers::events))
+                .routes(routes!(consumers::ack)),
+            Group::Subscribe => routes.routes(routes!(streams::subscribe)),
+            Group::Writer => routes
+                .routes(routes!(streams::append, streams::delete))
+                .routes(routes!(streams::append_multi)),
+            Group::Admin => routes
+                .routes(routes!(consumers::list))
+                .routes(routes!(consumers::put, consumers::get, consumers::delete))
+                .routes(routes!(admin::place_hold, admin::lift_hold))
+                .routes(routes!(admin::forget))
+                .routes(routes!(admin::subject))
+                .routes(routes!(admin::export))
+                .routes(routes!(admin::erasures))
+                .routes(routes!(admin::erasure_report))
+                .routes(routes!(admin::audit))
+                .routes(routes!(admin::verify_audit))
+                .routes(routes!(admin::erasure))
+                .routes(routes!(admin::create_token, admin::tokens))
+                .routes(routes!(admin::revoke_token)),
+            Group::Open => routes
+                .routes(routes!(ops::healthz))
+                .routes(routes!(ops::readyz))
+                .routes(routes!(ops::metrics_handler))
+                .routes(routes!(ops::openapi))
+                // The admin page itself is open: it holds no data and signs in with an admin token.
+                .routes(routes!(ui::index))
+                .routes(routes!(ui::script))
+                .routes(routes!(ui::stylesheet)),
+        }
+    }
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let reader = Router::new()
-        .route("/streams/{stream}", get(streams::read))
-        .route("/log", get(streams::log))
-        .route("/consumers/{name}/events", get(consumers::events))
-        .route("/consumers/{name}/ack", post(consumers::ack))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_reader));
-    let subscribe = Router::new()
-        .route("/subscribe", get(streams::subscribe))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_reader));
-    let writer = Router::new()
-        .route("/streams/{stream}", post(streams::append).delete(streams::delete))
-        .route("/streams", post(streams::append_multi))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_writer));
-    let admin = Router::new()
-        .route("/consumers", get(consumers::list))
-        .route(
-            "/consumers/{name}",
-            put(consumers::put).get(consumers::get).delete(consumers::delete),
-        )
-        .route(
-            "/admin/subjects/{subject}/hold",
-            put(admin::place_hold).delete(admin::lift_hold),
-        )
-        .route("/admin/subjects/{subject}/forget", post(admin::forget))
-        .route("/admin/subjects/{subject}", get(admin::subject))
-        .route("/admin/subjects/{subject}/export", get(admin::export))
-        .route("/admin/erasures", get(admin::erasures))
-        .route("/admin/reports/erasures", get(admin::erasure_report))
-        .route("/admin/audit", get(admin::audit))
-        .route("/admin/audit/verify", get(admin::verify_audit))
-        .route("/admin/erasures/{id}", get(admin::erasure))
-        .route("/admin/tokens", post(admin::create_token).get(admin::tokens))
-        .route("/admin/tokens/{id}", axum::routing::delete(admin::revoke_token))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
-    let open = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics_handler))
-        .route("/openapi.json", get(ops::openapi))
-        // The admin page itself is open: it holds no data and signs in with an admin token.
-        .route("/admin/ui", get(ui::index))
-        .route("/admin/ui/app.js", get(ui::script))
-        .route("/admin/ui/app.css", get(ui::stylesheet));
-
-    // Long-lived responses (SSE, long polls) are exempt from the request timeout.
-    let timed = Router::new()
-        .merge(reader.route_layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            state.limits.request_timeout + state.limits.long_poll_max,
-        )))
-        .merge(writer.route_layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            state.limits.request_timeout,
-        )))
-        .merge(admin.route_layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            state.limits.request_timeout,
-        )))
-        .merge(open);
-
-    Router::new()
-        .merge(timed)
-        .merge(subscribe)
-        .fallback(ops::not_found)
+    let mut api = Router::new();
+    for group in Group::ALL {
+        let (mut routes, _) = group.routes().split_for_parts();
+        if let Some(role) = group.role() {
+            let require = move |state, request, next| auth::require(state, role, request, next);
+            routes = routes.route_layer(middleware::from_fn_with_state(state.clone(), require));
+        }
+        if let Some(timeout) = group.timeout(&state.limits) {
+            routes = routes.route_layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                timeout,
+            ));
+        }
+        api = api.merge(routes);
+    }
+    api.fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
         .layer(RequestBodyLimitLayer::new(state.limits.body_bytes_max))

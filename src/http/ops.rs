@@ -7,15 +7,24 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::AppState;
 use super::metrics::{RouteLabel, metrics};
 use super::problem::ApiError;
+use super::wire::{DependencyStatus, HealthResponse, Liveness, ReadinessResponse, ReadinessStatus};
 
-/// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness
+///
+/// Answers as long as the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    operation_id = "healthz",
+    responses((status = 200, description = "Up.", body = HealthResponse)),
+)]
+pub async fn healthz() -> Json<HealthResponse> {
+    Json(HealthResponse { status: Liveness::Ok })
 }
 
 /// How long `/readyz` waits for each dependency. Requests wait for a database connection for up
@@ -23,7 +32,24 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// probe must hear "not ready" promptly.
 const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `GET /readyz`: the event database and the key vault answer (each within 2 s).
+/// Readiness
+///
+/// Whether the event database and the key vault answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready.", body = ReadinessResponse),
+        (
+            status = 503,
+            description = "Not ready: the database or the key vault does not answer.",
+            body = ReadinessResponse,
+        ),
+    ),
+)]
+// Each dependency gets [`READINESS_TIMEOUT`] to answer.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (database, vault) = tokio::join!(
         tokio::time::timeout(READINESS_TIMEOUT, state.store.head()),
@@ -36,15 +62,37 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
-        "database": if database { "ok" } else { "unavailable" },
-        "keyvault": if vault { "ok" } else { "unavailable" },
-    });
+    let dependency = |up: bool| {
+        if up {
+            DependencyStatus::Ok
+        } else {
+            DependencyStatus::Unavailable
+        }
+    };
+    let body = ReadinessResponse {
+        database: dependency(database),
+        keyvault: dependency(vault),
+        status: if status == StatusCode::OK {
+            ReadinessStatus::Ready
+        } else {
+            ReadinessStatus::NotReady
+        },
+    };
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics
+///
+/// Appends, events and bytes appended, errors by code, erasures, subscribers, the head of the
+/// log, key-cache hits and misses, request latency by route, and the group writer's
+/// transactions, appends and busy seconds since start.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text.", body = String, content_type = "application/openmetrics-text")),
+)]
 pub async fn metrics_handler(State(state): State<AppState>) -> Response {
     let m = metrics();
     // Prometheus gauges are i64; counts this large never occur, and saturating beats panicking.
@@ -70,9 +118,22 @@ pub async fn metrics_handler(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /openapi.json`.
-pub async fn openapi() -> Json<serde_json::Value> {
-    Json(super::openapi::document())
+/// This document
+///
+/// The OpenAPI 3.1 description of every route.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    operation_id = "openapi",
+    responses((status = 200, description = "The document.", body = inline(utoipa::openapi::Object))),
+)]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document_json(),
+    )
+        .into_response()
 }
 
 pub async fn not_found() -> ApiError {

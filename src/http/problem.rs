@@ -1,58 +1,120 @@
 //! Every HTTP error as RFC 9457 problem JSON, from one table.
 //!
-//! Handlers return `Result<_, ApiError>`; [`status_of`] is the only place that decides which
-//! status a stable error code gets (the Meilisearch habit: no status codes scattered around).
+//! Handlers return `Result<_, ApiError>`; [`CODES`] is the only place that decides which status
+//! a stable error code gets (the Meilisearch habit: no status codes scattered around), and the
+//! OpenAPI document reads its problem answers from it too.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use serde_json::Value;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::error::Error;
 
 /// Where problem `type` URIs point (documentation anchors by code).
 const TYPE_BASE: &str = "https://lethe.dev/problems/";
 
-/// The HTTP status of each stable code.
-pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "wrong_expected_version"
-        | "subject_mismatch"
-        | "duplicate_event_id"
-        | "legal_hold"
-        | "erasure_in_progress"
-        | "last_admin_token" => StatusCode::CONFLICT,
-        "stream_erased" | "stream_deleted" => StatusCode::GONE,
-        "invalid_stream_name" | "invalid_request" => StatusCode::BAD_REQUEST,
-        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unauthorized" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
-        "not_found" => StatusCode::NOT_FOUND,
-        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "precondition_failed" => StatusCode::PRECONDITION_FAILED,
-        "too_many_subscribers" | "storage_unavailable" | "keyvault_unavailable" | "shutting_down" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        "request_timeout" => StatusCode::REQUEST_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+/// Every stable code with its HTTP status and title. A code not listed (`storage_error`,
+/// `internal_error`, …) is a 500 titled "Internal error".
+pub const CODES: &[(&str, u16, &str)] = &[
+    ("wrong_expected_version", 409, "Wrong expected version"),
+    ("subject_mismatch", 409, "Subject mismatch"),
+    ("duplicate_event_id", 409, "Duplicate event id"),
+    ("legal_hold", 409, "Legal hold"),
+    ("erasure_in_progress", 409, "Erasure in progress"),
+    ("last_admin_token", 409, "Last admin token"),
+    ("stream_erased", 410, "Stream erased"),
+    ("stream_deleted", 410, "Stream deleted"),
+    ("invalid_request", 400, "Invalid request"),
+    ("invalid_stream_name", 400, "Invalid stream name"),
+    ("payload_too_large", 413, "Payload too large"),
+    ("unsupported_media_type", 415, "Unsupported media type"),
+    ("unauthorized", 401, "Unauthorized"),
+    ("forbidden", 403, "Forbidden"),
+    ("not_found", 404, "Not found"),
+    ("method_not_allowed", 405, "Method not allowed"),
+    ("precondition_failed", 412, "Precondition failed"),
+    ("request_timeout", 408, "Request timeout"),
+    ("too_many_subscribers", 503, "Too many subscribers"),
+    ("storage_unavailable", 503, "Storage unavailable"),
+    ("keyvault_unavailable", 503, "Key vault unavailable"),
+    ("shutting_down", 503, "Shutting down"),
+    ("keyvault_error", 500, "Key vault error"),
+    ("storage_error", 500, "Storage error"),
+    ("corrupt_data", 500, "Corrupt data"),
+];
+
+fn entry(code: &str) -> Option<&'static (&'static str, u16, &'static str)> {
+    CODES.iter().find(|(c, ..)| *c == code)
 }
 
-/// A problem document.
-#[derive(Debug, Serialize)]
+/// The HTTP status of each stable code.
+pub fn status_of(code: &str) -> StatusCode {
+    entry(code)
+        .and_then(|(_, status, _)| StatusCode::from_u16(*status).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn title_of(code: &str) -> &'static str {
+    entry(code).map_or("Internal error", |(_, _, title)| title)
+}
+
+/// A problem document (RFC 9457). Members beyond the five standard ones depend on the code.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Documentation of the code.
     #[serde(rename = "type")]
+    #[schema(format = "uri")]
     pub kind: String,
-    pub title: &'static str,
+    pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     pub detail: String,
-    pub code: &'static str,
-    /// Extra members (`current_version`, `streams`, …).
+    /// The stable, machine-readable error code.
+    pub code: String,
     #[serde(flatten)]
-    pub extra: serde_json::Map<String, Value>,
+    pub extra: ProblemExtra,
+}
+
+/// The members some codes add to a problem document (absent otherwise).
+// Serialized in the order of their names, as they were when they lived in a JSON map.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProblemExtra {
+    /// `wrong_expected_version` of one stream: its last version (`null`: no stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, required = false)]
+    pub current_version: Option<Option<u64>>,
+    /// `legal_hold`: when the hold lapses (`null`: when lifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<DateTime<Utc>>, required = false)]
+    pub hold_until: Option<Option<DateTime<Utc>>>,
+    /// Which append of a multi-stream append the error is about (0-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = usize, required = false)]
+    pub index: Option<usize>,
+    /// `legal_hold`: the refused erasure request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Uuid, required = false)]
+    pub request_id: Option<Uuid>,
+    /// The stream the error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub stream: Option<String>,
+    /// `wrong_expected_version`: each stream whose expectation failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<StreamVersion>, required = false)]
+    pub streams: Option<Vec<StreamVersion>>,
+}
+
+/// A stream's last version (`null`: no stream).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StreamVersion {
+    #[schema(required = true)]
+    pub current_version: Option<u64>,
+    pub stream: String,
 }
 
 /// An error on its way to becoming a problem response.
@@ -60,7 +122,8 @@ pub struct Problem {
 pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
-    pub extra: serde_json::Map<String, Value>,
+    /// Boxed: most errors have none, and a `Result` carrying an `ApiError` stays small.
+    pub extra: Option<Box<ProblemExtra>>,
 }
 
 impl ApiError {
@@ -68,13 +131,12 @@ impl ApiError {
         Self {
             code,
             detail: detail.into(),
-            extra: serde_json::Map::new(),
+            extra: None,
         }
     }
 
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra.insert(key.to_owned(), value);
-        self
+    fn extra_mut(&mut self) -> &mut ProblemExtra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -83,37 +145,6 @@ impl ApiError {
 
     pub fn not_found() -> Self {
         Self::new("not_found", "not found")
-    }
-}
-
-fn title_of(code: &str) -> &'static str {
-    match code {
-        "wrong_expected_version" => "Wrong expected version",
-        "stream_erased" => "Stream erased",
-        "stream_deleted" => "Stream deleted",
-        "subject_mismatch" => "Subject mismatch",
-        "duplicate_event_id" => "Duplicate event id",
-        "invalid_stream_name" => "Invalid stream name",
-        "invalid_request" => "Invalid request",
-        "payload_too_large" => "Payload too large",
-        "unsupported_media_type" => "Unsupported media type",
-        "unauthorized" => "Unauthorized",
-        "forbidden" => "Forbidden",
-        "not_found" => "Not found",
-        "method_not_allowed" => "Method not allowed",
-        "precondition_failed" => "Precondition failed",
-        "legal_hold" => "Legal hold",
-        "erasure_in_progress" => "Erasure in progress",
-        "last_admin_token" => "Last admin token",
-        "too_many_subscribers" => "Too many subscribers",
-        "storage_unavailable" => "Storage unavailable",
-        "keyvault_unavailable" => "Key vault unavailable",
-        "keyvault_error" => "Key vault error",
-        "storage_error" => "Storage error",
-        "corrupt_data" => "Corrupt data",
-        "shutting_down" => "Shutting down",
-        "request_timeout" => "Request timeout",
-        _ => "Internal error",
     }
 }
 
@@ -132,11 +163,11 @@ impl IntoResponse for ApiError {
         };
         let problem = Problem {
             kind: format!("{TYPE_BASE}{}", self.code),
-            title: title_of(self.code),
+            title: title_of(self.code).to_owned(),
             status: status.as_u16(),
             detail,
-            code: self.code,
-            extra: self.extra,
+            code: self.code.to_owned(),
+            extra: self.extra.map(|extra| *extra).unwrap_or_default(),
         };
         let mut response = (status, Json(problem)).into_response();
         response.headers_mut().insert(
@@ -159,29 +190,30 @@ impl From<Error> for ApiError {
         match &e {
             Error::WrongExpectedVersion { conflicts } => {
                 if let [only] = conflicts.as_slice() {
-                    api = api.with("current_version", serde_json::json!(only.current));
+                    api.extra_mut().current_version = Some(only.current);
                 }
-                let streams: Vec<Value> = conflicts
+                let streams = conflicts
                     .iter()
-                    .map(|c| serde_json::json!({"stream": c.stream, "current_version": c.current}))
+                    .map(|c| StreamVersion {
+                        current_version: c.current,
+                        stream: c.stream.clone(),
+                    })
                     .collect();
-                api = api.with("streams", Value::Array(streams));
+                api.extra_mut().streams = Some(streams);
             }
             Error::LegalHold { request_id, until } => {
-                api = api
-                    .with("request_id", serde_json::json!(request_id))
-                    .with("hold_until", serde_json::json!(until));
+                api.extra_mut().request_id = Some(*request_id);
+                api.extra_mut().hold_until = Some(*until);
             }
             Error::Invalid(crate::error::ValidationError::InPart { stream, index, .. }) => {
-                api = api
-                    .with("stream", Value::String(stream.clone()))
-                    .with("index", serde_json::json!(index));
+                api.extra_mut().stream = Some(stream.clone());
+                api.extra_mut().index = Some(*index);
             }
             Error::StreamErased { stream }
             | Error::StreamDeleted { stream }
             | Error::SubjectMismatch { stream }
             | Error::StreamNotFound { stream } => {
-                api = api.with("stream", Value::String(stream.clone()));
+                api.extra_mut().stream = Some(stream.clone());
             }
             _ => {}
         }

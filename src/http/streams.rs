@@ -12,16 +12,15 @@ use futures::{Stream, StreamExt};
 
 use super::metrics::metrics;
 use super::problem::ApiError;
+use super::schemas;
 use super::wire::{
     AppendRequest, AppendResponse, DeleteStreamRequest, DirectionWire, ErasureResponse, EventIn, EventOut,
-    ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, StreamQuery, StreamResponse,
+    ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, READ_LIMIT_DEFAULT,
+    StreamQuery, StreamResponse, SubscribeQuery,
 };
 use super::{AppState, JsonBody, PathParam, split_types};
 use crate::model::ErasureReason;
 use crate::model::{Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId};
-
-/// Events a read returns when no `limit` is given.
-const READ_LIMIT_DEFAULT: usize = 100;
 
 fn to_events(events: Vec<EventIn>) -> Vec<NewEvent> {
     events
@@ -96,7 +95,72 @@ fn count_append(events: usize, bytes: usize) {
     m.bytes_appended.inc_by(bytes as u64);
 }
 
-/// `POST /streams/{stream}`.
+/// Append events to one stream
+///
+/// Appends `events` atomically at the end of the stream, if the stream's version matches
+/// `expected_version` (or the `If-Match` header; default `any`). The first append with a
+/// `subject` binds the stream to that data subject for good.
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}",
+    tag = "streams",
+    operation_id = "append",
+    params(
+        ("stream" = schemas::StreamName, Path, description = "A stream name (a leading `$` is reserved for system streams)."),
+        (
+            "If-Match" = Option<String>,
+            Header,
+            nullable = false,
+            pattern = r#"^\s*(\*|(W/)?"[0-9]{1,20}")\s*$"#,
+            description = "Optimistic concurrency as a header: `\"<version>\"` (the stream's last version, as in \
+                its `ETag`) or `*` (the stream exists). Must agree with `expected_version` when both are given."
+        ),
+    ),
+    request_body = AppendRequest,
+    responses(
+        (
+            status = 200,
+            description = "An idempotent retry: every event id is already stored in this stream at the same \
+                version with the same content; nothing was stored again.",
+            body = AppendResponse,
+            headers(("ETag" = inline(schemas::ETag), description = "The stream's last version as an entity tag, e.g. `\"3\"` (usable in `If-Match`).")),
+            links(
+                ("ReadStream" = (operation_id = "readStream", parameters(("stream" = "$response.body#/stream")))),
+                ("DeleteStream" = (operation_id = "deleteStream", parameters(("stream" = "$response.body#/stream")))),
+            ),
+        ),
+        (
+            status = 201,
+            description = "The events were appended.",
+            body = AppendResponse,
+            headers(("ETag" = inline(schemas::ETag), description = "The stream's last version as an entity tag, e.g. `\"3\"` (usable in `If-Match`).")),
+            links(
+                ("ReadStream" = (operation_id = "readStream", parameters(("stream" = "$response.body#/stream")))),
+                ("DeleteStream" = (operation_id = "deleteStream", parameters(("stream" = "$response.body#/stream")))),
+            ),
+        ),
+        (
+            status = 400,
+            description = "A malformed body, an invalid stream name (`$` names are reserved), subject or event type, \
+                no events or more than the limit, an event id twice, a malformed `If-Match` or one that disagrees \
+                with `expected_version`."
+        ),
+        (status = 404, description = "No such route"),
+        (
+            status = 409,
+            description = "`wrong_expected_version` (with `current_version` and `streams`), `subject_mismatch` (the \
+                stream is bound to another subject or to none), `duplicate_event_id` (an event id already stored \
+                elsewhere or with other content), or `erasure_in_progress` (the subject is being forgotten and takes \
+                no new streams).",
+            extensions(("x-problem-codes" = json!(["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress"]))),
+        ),
+        (
+            status = 410,
+            description = "The stream was shredded: its subject was forgotten (`stream_erased`) or it was deleted \
+                (`stream_deleted`)."
+        ),
+    ),
+)]
 pub async fn append(
     State(state): State<AppState>,
     PathParam(stream): PathParam,
@@ -132,7 +196,46 @@ pub async fn append(
     Ok(response)
 }
 
-/// `POST /streams`: several streams, atomically.
+/// Append to several streams atomically
+///
+/// One append over several streams, each with its own expected version and optional subject:
+/// every stream is written or none is, and the events take contiguous positions in the order
+/// given. One failed expectation fails the whole append and reports each stream's current
+/// version.
+#[utoipa::path(
+    post,
+    path = "/streams",
+    tag = "streams",
+    operation_id = "appendMulti",
+    request_body = MultiAppendRequest,
+    responses(
+        (status = 200, description = "An idempotent retry: nothing was stored again.", body = MultiAppendResponse),
+        (
+            status = 201,
+            description = "The events were appended.",
+            body = MultiAppendResponse,
+            links(
+                ("ReadStream" = (operation_id = "readStream", parameters(("stream" = "$response.body#/appends/0/stream")))),
+                ("DeleteStream" = (operation_id = "deleteStream", parameters(("stream" = "$response.body#/appends/0/stream")))),
+            ),
+        ),
+        (
+            status = 400,
+            description = "A malformed body, no streams or more than the limit, a stream twice, an invalid stream \
+                name, subject or event type, a stream without events, more events than the limit, an event id twice."
+        ),
+        (
+            status = 409,
+            description = "`wrong_expected_version` (with `streams`: each stream's `current_version`), \
+                `subject_mismatch`, `duplicate_event_id` or `erasure_in_progress`.",
+            extensions(("x-problem-codes" = json!(["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress"]))),
+        ),
+        (
+            status = 410,
+            description = "One of the streams was shredded (`stream_erased`, `stream_deleted`; `stream` names it)."
+        ),
+    ),
+)]
 pub async fn append_multi(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -163,7 +266,32 @@ pub async fn append_multi(
     Ok((status, Json(response)).into_response())
 }
 
-/// `GET /streams/{stream}`.
+/// Read a stream
+///
+/// Reads up to `limit` events from version `from` (inclusive), forward or backward. System
+/// streams (`$erasures`) are readable too. Events of a shredded stream keep everything but
+/// `data`, which is `null`, with `erased: true`.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}",
+    tag = "streams",
+    operation_id = "readStream",
+    params(
+        ("stream" = inline(schemas::ReadableStreamName), Path, description = "A stream name, or a system stream (`$erasures`)."),
+        StreamQuery,
+    ),
+    responses(
+        (
+            status = 200,
+            description = "A page of the stream.",
+            body = StreamResponse,
+            headers(("ETag" = inline(schemas::ETag), description = "The stream's last version as an entity tag, e.g. `\"3\"` (usable in `If-Match`); absent while the stream has no events.")),
+            extensions(("x-optional-headers" = json!(["ETag"]))),
+        ),
+        (status = 400, description = "An invalid stream name or query parameter."),
+        (status = 404, description = "No such stream"),
+    ),
+)]
 pub async fn read(
     State(state): State<AppState>,
     PathParam(stream): PathParam,
@@ -196,7 +324,33 @@ pub async fn read(
     Ok(response)
 }
 
-/// `DELETE /streams/{stream}`: shreds one stream.
+/// Delete (shred) one stream
+///
+/// Destroys the stream's key and writes a `$erased` tombstone: its events keep everything but
+/// `data`, and appends to it fail with `stream_deleted`. The body is optional (without
+/// `Content-Type` it is ignored).
+#[utoipa::path(
+    delete,
+    path = "/streams/{stream}",
+    tag = "streams",
+    operation_id = "deleteStream",
+    params(("stream" = schemas::StreamName, Path, description = "A stream name (a leading `$` is reserved for system streams).")),
+    request_body = Option<DeleteStreamRequest>,
+    responses(
+        (
+            status = 200,
+            description = "The stream was shredded.",
+            body = ErasureResponse,
+            links(("GetErasure" = (operation_id = "getErasure", parameters(("id" = "$response.body#/request_id"))))),
+        ),
+        (
+            status = 400,
+            description = "An invalid stream name (system streams cannot be deleted) or a malformed body."
+        ),
+        (status = 404, description = "No such stream"),
+        (status = 410, description = "The stream was shredded already (`stream_erased`, `stream_deleted`)."),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<super::Caller>,
@@ -224,14 +378,29 @@ pub async fn delete(
     Ok(Json(erasure.into()))
 }
 
-fn filter_of(query: &LogQuery) -> LogFilter {
+fn filter_of(stream_prefix: Option<&str>, types: Option<&str>) -> LogFilter {
     LogFilter {
-        stream_prefix: query.stream_prefix.clone().filter(|p| !p.is_empty()),
-        types: split_types(query.types.as_deref()),
+        stream_prefix: stream_prefix.filter(|p| !p.is_empty()).map(str::to_owned),
+        types: split_types(types),
     }
 }
 
-/// `GET /log`.
+/// Read the global log
+///
+/// Up to `limit` events of every stream in commit order, from position `from` (inclusive),
+/// optionally only streams whose name starts with `stream_prefix` and only the event types in
+/// `types`. Continue with `from=next`; `head` is the last committed position.
+#[utoipa::path(
+    get,
+    path = "/log",
+    tag = "streams",
+    operation_id = "readLog",
+    params(LogQuery),
+    responses(
+        (status = 200, description = "A page of the log.", body = LogResponse),
+        (status = 400, description = "An invalid query parameter or filter."),
+    ),
+)]
 pub async fn log(
     State(state): State<AppState>,
     query: Result<Query<LogQuery>, QueryRejection>,
@@ -241,7 +410,7 @@ pub async fn log(
         .store
         .read_log(
             query.from.unwrap_or(1),
-            &filter_of(&query),
+            &filter_of(query.stream_prefix.as_deref(), query.types.as_deref()),
             query.limit.unwrap_or(READ_LIMIT_DEFAULT),
         )
         .await?;
@@ -255,19 +424,61 @@ pub async fn log(
     }))
 }
 
-/// `GET /subscribe`: Server-Sent Events, catch-up then live. Each event's SSE `id` is its
-/// position, so a reconnecting client resumes with `Last-Event-ID`. A slow client only reads
-/// its own pages more slowly: subscriptions pull from the log, nothing is queued for them.
+/// Subscribe to the log (Server-Sent Events)
+///
+/// The log from position `from` as Server-Sent Events: first what is stored (catch-up), then
+/// new events as they are committed (live), with no gap and no duplicate between the two. Each
+/// event's SSE `id` is its position and its `data` an `Event` as JSON; a client resumes with
+/// `Last-Event-ID`. Comments keep the connection alive. After a failure the stream sends one
+/// `event: error` (its data is the error code) and ends. Not subject to the request timeout.
+//
+// A slow client only reads its own pages more slowly: subscriptions pull from the log, nothing
+// is queued for them.
+#[utoipa::path(
+    get,
+    path = "/subscribe",
+    tag = "streams",
+    operation_id = "subscribe",
+    params(
+        SubscribeQuery,
+        (
+            "Last-Event-ID" = Option<String>,
+            Header,
+            nullable = false,
+            pattern = r"^\s*\+?[0-9]{1,19}\s*$",
+            description = "The last position the client saw: the stream resumes after it (overrides `from`)."
+        ),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "An endless stream of Server-Sent Events. `schema` describes one event, as OpenAPI 3.2's \
+                `itemSchema` does: `id: <position>` and `data: <Event as JSON>`, or, after a failure, `event: error` \
+                with the error code as `data` (the stream then ends).",
+            content_type = "text/event-stream",
+            body = schemas::ServerSentEvent,
+        ),
+        (
+            status = 400,
+            description = "An invalid query parameter, filter or `Last-Event-ID` (`limit` does not apply here)."
+        ),
+        (
+            status = 503,
+            description = "Too many open subscriptions (`too_many_subscribers`, `LETHE_SUBSCRIBERS_MAX`), the event \
+                database or the key vault is unreachable, or the server is shutting down; retry later."
+        ),
+    ),
+)]
 pub async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<LogQuery>, QueryRejection>,
+    query: Result<Query<SubscribeQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(query) = query?;
     if query.limit.is_some() {
         return Err(ApiError::bad_request("limit does not apply to /subscribe"));
     }
-    let filter = filter_of(&query);
+    let filter = filter_of(query.stream_prefix.as_deref(), query.types.as_deref());
     crate::model::validation::check_filter(&filter).map_err(crate::Error::from)?;
     let resume_after = match headers.get("last-event-id") {
         Some(v) => Some(

@@ -28,17 +28,44 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `GET /admin/ui`.
+/// The admin web page
+///
+/// A static file of the admin page served at `/admin/ui`; it holds no data.
+#[utoipa::path(
+    get,
+    path = "/admin/ui",
+    tag = "ops",
+    operation_id = "adminUi",
+    responses((status = 200, description = "The file.", body = String, content_type = "text/html")),
+)]
 pub async fn index() -> impl IntoResponse {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
-/// `GET /admin/ui/app.js`.
+/// The admin page's script
+///
+/// A static file of the admin page served at `/admin/ui`; it holds no data.
+#[utoipa::path(
+    get,
+    path = "/admin/ui/app.js",
+    tag = "ops",
+    operation_id = "adminUiScript",
+    responses((status = 200, description = "The file.", body = String, content_type = "text/javascript")),
+)]
 pub async fn script() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
-/// `GET /admin/ui/app.css`.
+/// The admin page's stylesheet
+///
+/// A static file of the admin page served at `/admin/ui`; it holds no data.
+#[utoipa::path(
+    get,
+    path = "/admin/ui/app.css",
+    tag = "ops",
+    operation_id = "adminUiStyles",
+    responses((status = 200, description = "The file.", body = String, content_type = "text/css")),
+)]
 pub async fn stylesheet() -> impl IntoResponse {
     asset("text/css; charset=utf-8", APP_CSS)
 }

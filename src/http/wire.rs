@@ -1,13 +1,29 @@
 //! The JSON shapes of the HTTP API (contract: `../shared/design.md`, HTTP API), separate from
 //! the library's types so that either can change without silently changing the other.
 //! Request bodies refuse unknown fields.
+//!
+//! The OpenAPI document is generated from these types (`utoipa::ToSchema`, `IntoParams`): doc
+//! comments become descriptions, and `value_type`s name the constraints of `super::schemas`.
+//! serde writes every `Option` member of a response (as `null` when empty), so those members
+//! are marked `required` for the document.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::schemas;
 use crate::model::{AppendResult, ExpectedVersion, RecordedEvent};
+
+/// Events a read returns when no `limit` is given (stream reads, the log, consumer reads).
+pub const READ_LIMIT_DEFAULT: usize = 100;
+/// Erasure requests a listing looks at when no `limit` is given.
+pub const ERASURES_LIMIT_DEFAULT: usize = 100;
+/// Audit entries a page holds when no `limit` is given.
+pub const AUDIT_LIMIT_DEFAULT: usize = 100;
 
 /// `"any" | "no_stream" | "exists" | <last version>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +49,18 @@ impl<'de> Deserialize<'de> for ExpectedVersionWire {
     }
 }
 
-#[derive(Deserialize)]
+/// An event to append.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
+    /// Makes retries idempotent; generated when absent.
     pub id: Option<Uuid>,
     #[serde(rename = "type")]
+    #[schema(value_type = schemas::EventType)]
     pub event_type: String,
+    /// Any JSON; encrypted at rest. At most 1 MiB with `metadata`.
     pub data: Value,
+    /// Any JSON (default `{}`); stored in clear: no personal data.
     pub metadata: Option<Value>,
 }
 
@@ -53,38 +74,49 @@ impl std::fmt::Debug for EventIn {
     }
 }
 
-/// `POST /streams/{stream}`.
-#[derive(Debug, Deserialize)]
+/// An append to one stream (`POST /streams/{stream}`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     pub expected_version: Option<ExpectedVersionWire>,
+    #[schema(value_type = Option<schemas::SubjectId>)]
     pub subject: Option<String>,
+    #[schema(value_type = schemas::AppendEvents, inline)]
     pub events: Vec<EventIn>,
 }
 
 /// One stream of `POST /streams`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = StreamAppend)]
 pub struct StreamAppendIn {
+    #[schema(value_type = schemas::StreamName)]
     pub stream: String,
     pub expected_version: Option<ExpectedVersionWire>,
+    #[schema(value_type = Option<schemas::SubjectId>)]
     pub subject: Option<String>,
+    #[schema(value_type = schemas::AppendEvents, inline)]
     pub events: Vec<EventIn>,
 }
 
-/// `POST /streams`.
-#[derive(Debug, Deserialize)]
+/// An append over several streams (`POST /streams`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MultiAppendRequest {
+    #[schema(value_type = schemas::Appends, inline)]
     pub appends: Vec<StreamAppendIn>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Where an append's events landed.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[schema(as = AppendResult)]
 pub struct AppendResponse {
     pub stream: String,
     pub first_version: u64,
     pub last_version: u64,
+    #[schema(minimum = 1)]
     pub first_position: u64,
+    #[schema(minimum = 1)]
     pub last_position: u64,
 }
 
@@ -100,21 +132,25 @@ impl From<AppendResult> for AppendResponse {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Where the events of a multi-stream append landed, stream by stream.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = MultiAppendResult)]
 pub struct MultiAppendResponse {
     pub appends: Vec<AppendResponse>,
 }
 
 /// An event as readers see it.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+#[schema(as = Event)]
 pub struct EventOut {
     pub id: Uuid,
     pub stream: String,
     pub version: u64,
+    #[schema(minimum = 1)]
     pub position: u64,
     #[serde(rename = "type")]
     pub event_type: String,
-    /// `null` once the stream was shredded (`erased: true`).
+    /// The event's data; `null` once its stream was shredded (`erased: true`).
     pub data: Value,
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
@@ -137,68 +173,122 @@ impl From<RecordedEvent> for EventOut {
     }
 }
 
-/// `GET /streams/{stream}`.
-#[derive(Debug, Serialize, Deserialize)]
+/// `GET /streams/{stream}`: a page of the stream.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = StreamPage)]
 pub struct StreamResponse {
     pub stream: String,
+    /// The subject the stream is bound to.
+    #[schema(required = true)]
     pub subject: Option<String>,
+    #[schema(value_type = schemas::StreamStatus)]
     pub status: String,
-    /// Last version; `null` for a stream without events.
+    /// The last version.
+    #[schema(required = true)]
     pub version: Option<u64>,
     pub events: Vec<EventOut>,
 }
 
-/// `GET /log`.
-#[derive(Debug, Serialize, Deserialize)]
+/// `GET /log`: a page of the log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = LogPage)]
 pub struct LogResponse {
     pub events: Vec<EventOut>,
+    /// Where the next page starts (`from`).
+    #[schema(minimum = 1)]
     pub next: u64,
+    /// The last committed position (0: empty log).
     pub head: u64,
 }
 
 /// Query of `GET /streams/{stream}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// First version to read (inclusive). Default: 0 forward, the last version backward.
     pub from: Option<u64>,
+    /// Most events to return.
+    #[param(value_type = Option<schemas::ReadLimit>, inline)]
     pub limit: Option<usize>,
+    #[param(inline)]
     pub direction: Option<DirectionWire>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(default = "forward")]
 pub enum DirectionWire {
     Forward,
     Backward,
 }
 
-/// Query of `GET /log` and `GET /subscribe`. `types` is comma-separated.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /log`. `types` is comma-separated.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// First position to read (inclusive; positions start at 1). Default 1.
     pub from: Option<u64>,
+    /// Most events to return.
+    #[param(value_type = Option<schemas::ReadLimit>, inline)]
     pub limit: Option<usize>,
+    /// Only streams whose name starts with this (empty: all). No control characters.
+    #[param(value_type = Option<schemas::StreamPrefix>, inline)]
     pub stream_prefix: Option<String>,
+    /// Only these event types, comma-separated (each trimmed; empty items are ignored). No
+    /// control characters.
+    #[param(value_type = Option<schemas::TypesFilter>, inline)]
     pub types: Option<String>,
 }
 
-/// `PUT /consumers/{name}`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /subscribe`: that of `GET /log` but `limit`, which a subscription refuses.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubscribeQuery {
+    /// First position to read (inclusive; positions start at 1). Default 1.
+    pub from: Option<u64>,
+    /// Read only to refuse it with a precise message: `limit` does not apply to a subscription.
+    #[param(ignore)]
+    pub limit: Option<serde::de::IgnoredAny>,
+    /// Only streams whose name starts with this (empty: all). No control characters.
+    #[param(value_type = Option<schemas::StreamPrefix>, inline)]
+    pub stream_prefix: Option<String>,
+    /// Only these event types, comma-separated (each trimmed; empty items are ignored). No
+    /// control characters.
+    #[param(value_type = Option<schemas::TypesFilter>, inline)]
+    pub types: Option<String>,
+}
+
+/// A durable consumer's filter and webhook (`PUT /consumers/{name}`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerRequest {
+    /// Only streams whose name starts with this (empty or null: all).
+    #[schema(value_type = Option<schemas::StreamPrefix>, inline)]
     pub stream_prefix: Option<String>,
+    /// Only these event types (empty or null: all).
+    #[schema(value_type = Option<schemas::ConsumerTypes>, inline)]
     pub types: Option<Vec<String>>,
+    /// Erasures wait for this consumer to acknowledge their tombstones.
     #[serde(default)]
+    #[schema(default = false)]
     pub erasure_dependent: bool,
     /// Push tombstones to this webhook (a 2xx acknowledges); absent: pull only.
     pub webhook: Option<WebhookIn>,
 }
 
-#[derive(Deserialize)]
+/// Tombstones are pushed to `url` (POST, signed with `X-Lethe-Signature: sha256=<hex
+/// HMAC-SHA256(secret, body)>`, retried with backoff); a 2xx answer acknowledges them. A PUT
+/// without `webhook` removes the consumer's webhook.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Webhook)]
 pub struct WebhookIn {
+    #[schema(value_type = schemas::WebhookUrl, inline)]
     pub url: String,
-    /// Signs each delivery (`X-Lethe-Signature: sha256=<hex HMAC-SHA256(secret, body)>`).
+    #[schema(value_type = schemas::WebhookSecret, inline)]
     pub secret: String,
 }
 
@@ -211,71 +301,124 @@ impl std::fmt::Debug for WebhookIn {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A durable consumer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Consumer)]
 pub struct ConsumerResponse {
     pub name: String,
+    #[schema(required = true)]
     pub stream_prefix: Option<String>,
     pub types: Vec<String>,
     pub erasure_dependent: bool,
+    /// Last acknowledged position (0: none).
     pub checkpoint: u64,
     /// Positions between the checkpoint and the head of the log.
     pub lag: u64,
+    /// Where tombstones are pushed, if anywhere.
+    #[schema(required = true)]
     pub webhook_url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Every durable consumer (`GET /consumers`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ConsumerList)]
+pub struct ConsumerListResponse {
+    pub consumers: Vec<ConsumerResponse>,
+}
+
+/// Query of `GET /consumers/{name}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ConsumerEventsQuery {
+    /// Most events to return.
+    #[param(value_type = Option<schemas::ReadLimit>, inline)]
     pub limit: Option<usize>,
+    /// How long to wait for events when there are none, in milliseconds (default 0).
+    #[param(value_type = Option<schemas::WaitMs>, inline)]
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A consumer's next events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ConsumerEvents)]
 pub struct ConsumerEventsResponse {
     pub events: Vec<EventOut>,
     pub checkpoint: u64,
     pub head: u64,
 }
 
-#[derive(Debug, Deserialize)]
+/// How far a consumer has handled the log (`POST /consumers/{name}/ack`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
+    /// The last position handled; at most the head of the log.
     pub position: u64,
 }
 
-/// `POST /admin/subjects/{subject}/forget`.
-#[derive(Debug, Deserialize)]
+/// `POST /admin/subjects/{subject}/forget`: why and for whom (kept in the erasure request; no
+/// personal data).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetRequest {
+    #[schema(value_type = schemas::Text, inline)]
     pub reason: String,
+    #[schema(value_type = schemas::Text, inline)]
     pub requested_by: String,
+    #[schema(value_type = Option<schemas::Text>, inline)]
     pub reference: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// Why the stream is deleted (kept in the erasure request; no personal data).
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteStreamRequest {
+    #[schema(value_type = Option<schemas::Text>, inline)]
     pub reason: Option<String>,
+    #[schema(value_type = Option<schemas::Text>, inline)]
     pub requested_by: Option<String>,
+    #[schema(value_type = Option<schemas::Text>, inline)]
     pub reference: Option<String>,
+}
+
+/// What an erasure request erases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ErasureKind {
+    Subject,
+    Stream,
 }
 
 /// An erasure request as the admin API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Erasure)]
 pub struct ErasureResponse {
     pub request_id: Uuid,
-    pub kind: String,
+    #[schema(inline)]
+    pub kind: ErasureKind,
+    /// Set for `kind: subject`.
+    #[schema(required = true)]
     pub subject: Option<String>,
+    /// Set for `kind: stream`.
+    #[schema(required = true)]
     pub stream: Option<String>,
+    #[schema(value_type = schemas::ErasureStatus)]
     pub status: String,
+    /// The streams shredded.
     pub streams: Vec<String>,
     pub keys_destroyed: u64,
+    #[schema(required = true)]
     pub reason: Option<String>,
+    #[schema(required = true)]
     pub requested_by: Option<String>,
+    #[schema(required = true)]
     pub reference: Option<String>,
     pub requested_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub keys_destroyed_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub completed_at: Option<DateTime<Utc>>,
+    #[schema(required = true, minimum = 1)]
     pub tombstone_position: Option<u64>,
     /// True when there was nothing left to erase (already forgotten).
     pub already_erased: bool,
@@ -284,31 +427,40 @@ pub struct ErasureResponse {
     /// Not finished and past its deadline.
     pub overdue: bool,
     /// Why it was refused (the legal hold's reason).
+    #[schema(required = true)]
     pub refused_reason: Option<String>,
     /// The erasure-dependent consumers registered at the time, and their acknowledgements.
     pub dependents: Vec<DependentOut>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// An erasure-dependent consumer of an erasure request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Dependent)]
 pub struct DependentOut {
     pub consumer: String,
+    #[schema(required = true)]
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// The consumer was deleted.
+    #[schema(required = true)]
     pub removed_at: Option<DateTime<Utc>>,
+    /// Webhook deliveries tried.
     pub delivery_attempts: u64,
+    #[schema(required = true)]
     pub last_attempt_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub last_delivery_error: Option<String>,
 }
 
 impl From<crate::model::Erasure> for ErasureResponse {
     fn from(e: crate::model::Erasure) -> Self {
         let (kind, subject, stream) = match &e.target {
-            crate::model::ErasureTarget::Subject(s) => ("subject", Some(s.to_string()), None),
-            crate::model::ErasureTarget::Stream(s) => ("stream", None, Some(s.to_string())),
+            crate::model::ErasureTarget::Subject(s) => (ErasureKind::Subject, Some(s.to_string()), None),
+            crate::model::ErasureTarget::Stream(s) => (ErasureKind::Stream, None, Some(s.to_string())),
         };
         let (deadline, overdue) = (e.deadline(), e.is_overdue(Utc::now()));
         Self {
             request_id: e.id,
-            kind: kind.to_owned(),
+            kind,
             subject,
             stream,
             status: e.status.as_str().to_owned(),
@@ -341,40 +493,75 @@ impl From<crate::model::Erasure> for ErasureResponse {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Erasure requests, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ErasureList)]
 pub struct ErasureListResponse {
     pub erasures: Vec<ErasureResponse>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Query of `GET /admin/erasures`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ErasuresQuery {
+    /// Only this subject's erasure requests.
+    #[param(value_type = Option<schemas::SubjectId>)]
+    pub subject: Option<String>,
+    /// Only requests in this status.
+    #[param(value_type = Option<schemas::ErasureStatus>)]
+    pub status: Option<String>,
+    /// Only requests made at or after this time (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Only requests made before this time (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// Only requests past their deadline and not finished (`true`), or only the others (`false`).
+    pub overdue: Option<bool>,
+    /// How many of the newest requests to look at.
+    #[param(value_type = Option<schemas::ErasuresLimit>, inline)]
+    pub limit: Option<usize>,
+}
+
+/// A bound stream of a subject.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = SubjectStream)]
 pub struct SubjectStreamOut {
     pub stream: String,
+    #[schema(value_type = schemas::StreamStatus)]
     pub status: String,
+    #[schema(required = true)]
     pub version: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What Lethe holds about a data subject.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Subject)]
 pub struct SubjectResponse {
     pub subject: String,
     pub streams: Vec<SubjectStreamOut>,
     /// The active legal hold, if any.
+    #[schema(required = true)]
     pub hold: Option<HoldOut>,
     pub erasures: Vec<ErasureResponse>,
 }
 
-/// `PUT /admin/subjects/{subject}/hold`.
-#[derive(Debug, Deserialize)]
+/// A legal hold to place (`PUT /admin/subjects/{subject}/hold`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
+    #[schema(value_type = schemas::HoldReason, inline)]
     pub reason: String,
-    /// When the hold lapses (RFC 3339); absent: until lifted.
+    /// When the hold lapses (RFC 3339); absent or null: when it is lifted.
     pub until: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A legal hold.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Hold)]
 pub struct HoldOut {
     pub subject: String,
     pub reason: String,
+    #[schema(required = true)]
     pub until: Option<DateTime<Utc>>,
     pub placed_at: DateTime<Utc>,
 }
@@ -390,31 +577,36 @@ impl From<crate::model::LegalHold> for HoldOut {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Every event of a subject's streams, decrypted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Export)]
 pub struct ExportResponse {
     pub subject: String,
     pub exported_at: DateTime<Utc>,
     pub events: Vec<EventOut>,
 }
 
-/// `POST /admin/tokens`.
-#[derive(Debug, Deserialize)]
+/// A token to create (`POST /admin/tokens`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    #[schema(value_type = schemas::TokenName, inline)]
     pub name: String,
+    #[schema(value_type = schemas::Role)]
     pub role: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// An API token (never its secret).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Token)]
 pub struct TokenOut {
     pub id: Uuid,
     pub name: String,
+    #[schema(value_type = schemas::Role)]
     pub role: String,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Only in the answer to its creation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
 }
 
 impl From<crate::model::TokenRecord> for TokenOut {
@@ -425,27 +617,45 @@ impl From<crate::model::TokenRecord> for TokenOut {
             role: t.role.as_str().to_owned(),
             created_at: t.created_at,
             revoked_at: t.revoked_at,
-            token: None,
         }
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A token just created, with its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = NewToken)]
+pub struct NewTokenOut {
+    #[serde(flatten)]
+    pub record: TokenOut,
+    /// The secret, shown only here.
+    pub token: String,
+}
+
+/// Every API token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = TokenList)]
 pub struct TokenListResponse {
     pub tokens: Vec<TokenOut>,
 }
 
 /// An audit trail entry (hashes in hex).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = AuditEntry)]
 pub struct AuditEntryOut {
+    #[schema(minimum = 1)]
     pub seq: u64,
     pub at: DateTime<Utc>,
+    /// The token's name, or `lethe` for its own steps.
     pub actor: String,
     pub action: String,
+    #[schema(required = true)]
     pub subject: Option<String>,
+    #[schema(required = true)]
     pub request_id: Option<Uuid>,
     pub details: Value,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub prev_hash: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub hash: String,
 }
 
@@ -465,18 +675,225 @@ impl From<crate::model::AuditEntry> for AuditEntryOut {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A page of the audit trail.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = AuditList)]
 pub struct AuditListResponse {
     pub entries: Vec<AuditEntryOut>,
     /// Pass as `after` for the next page (`null`: this page was empty).
+    #[schema(required = true, minimum = 1)]
     pub next_after: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Query of `GET /admin/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQueryParams {
+    /// Entries after this sequence number (default 0).
+    pub after: Option<u64>,
+    /// Entries per page.
+    #[param(value_type = Option<schemas::AuditLimit>, inline)]
+    pub limit: Option<usize>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only entries about this subject.
+    #[param(value_type = Option<schemas::SubjectId>)]
+    pub subject: Option<String>,
+}
+
+/// The audit trail's verification.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = AuditVerification)]
 pub struct AuditVerifyResponse {
     pub intact: bool,
     pub entries: u64,
     pub head_seq: u64,
     /// The first entry whose link or hash does not hold.
+    #[schema(required = true, minimum = 1)]
     pub first_broken_seq: Option<u64>,
+}
+
+/// Query of `GET /admin/reports/erasures`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// Requests made at or after (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Requests made before (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// `json` (default) or `csv`.
+    #[param(value_type = Option<schemas::ReportFormat>, inline)]
+    pub format: Option<String>,
+}
+
+/// The erasure report of a period.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ErasureReport)]
+pub struct ErasureReportOut {
+    #[schema(required = true)]
+    pub from: Option<DateTime<Utc>>,
+    #[schema(required = true)]
+    pub to: Option<DateTime<Utc>>,
+    pub generated_at: DateTime<Utc>,
+    pub requests: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub time_to_complete: DurationStatsOut,
+    pub overdue: Vec<OverdueRequestOut>,
+    pub unacknowledged: Vec<WaitingDependentOut>,
+    pub keys_destroyed: u64,
+    pub holds_active: u64,
+    /// Requests per week (Monday to Sunday, UTC), oldest first, empty weeks included.
+    pub weekly: Vec<WeekFiguresOut>,
+}
+
+/// Time from request to completion of the completed requests.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = DurationStats)]
+pub struct DurationStatsOut {
+    /// Completed requests measured.
+    pub count: u64,
+    #[schema(required = true)]
+    pub median_secs: Option<f64>,
+    #[schema(required = true)]
+    pub p95_secs: Option<f64>,
+    #[schema(required = true)]
+    pub max_secs: Option<f64>,
+}
+
+/// An erasure request past its deadline and not finished.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = OverdueRequest)]
+pub struct OverdueRequestOut {
+    pub request_id: Uuid,
+    #[schema(required = true)]
+    pub subject: Option<String>,
+    #[schema(value_type = schemas::ErasureStatus)]
+    pub status: String,
+    pub requested_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+}
+
+/// A dependent that has not acknowledged an erasure's tombstone.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = WaitingDependent)]
+pub struct WaitingDependentOut {
+    pub request_id: Uuid,
+    pub consumer: String,
+    /// Since when the tombstone has waited for this dependent (the keys' destruction).
+    #[schema(required = true)]
+    pub waiting_since: Option<DateTime<Utc>>,
+    #[schema(required = true)]
+    pub waiting_secs: Option<f64>,
+}
+
+/// One week of the erasure report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = WeekFigures)]
+pub struct WeekFiguresOut {
+    /// The Monday that starts the week (UTC).
+    pub week: NaiveDate,
+    /// Requests made that week.
+    pub requests: u64,
+    /// Of those, completed (by now).
+    pub completed: u64,
+    /// Median time from request to completion of those completed.
+    #[schema(required = true)]
+    pub median_secs_to_complete: Option<f64>,
+}
+
+impl From<crate::model::ErasureReport> for ErasureReportOut {
+    fn from(r: crate::model::ErasureReport) -> Self {
+        Self {
+            from: r.from,
+            to: r.to,
+            generated_at: r.generated_at,
+            requests: r.requests,
+            by_status: r.by_status,
+            time_to_complete: DurationStatsOut {
+                count: r.time_to_complete.count,
+                median_secs: r.time_to_complete.median_secs,
+                p95_secs: r.time_to_complete.p95_secs,
+                max_secs: r.time_to_complete.max_secs,
+            },
+            overdue: r
+                .overdue
+                .into_iter()
+                .map(|o| OverdueRequestOut {
+                    request_id: o.request_id,
+                    subject: o.subject,
+                    status: o.status,
+                    requested_at: o.requested_at,
+                    deadline: o.deadline,
+                })
+                .collect(),
+            unacknowledged: r
+                .unacknowledged
+                .into_iter()
+                .map(|w| WaitingDependentOut {
+                    request_id: w.request_id,
+                    consumer: w.consumer,
+                    waiting_since: w.waiting_since,
+                    waiting_secs: w.waiting_secs,
+                })
+                .collect(),
+            keys_destroyed: r.keys_destroyed,
+            holds_active: r.holds_active,
+            weekly: r
+                .weekly
+                .into_iter()
+                .map(|w| WeekFiguresOut {
+                    week: w.week,
+                    requests: w.requests,
+                    completed: w.completed,
+                    median_secs_to_complete: w.median_secs_to_complete,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Liveness (`GET /healthz`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthResponse {
+    #[schema(inline)]
+    pub status: Liveness,
+}
+
+/// The process is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Ok,
+}
+
+/// Whether the event database and the key vault answer (`GET /readyz`).
+// Members in the order of their names, as when the answer was a JSON map.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Readiness)]
+pub struct ReadinessResponse {
+    #[schema(inline)]
+    pub database: DependencyStatus,
+    #[schema(inline)]
+    pub keyvault: DependencyStatus,
+    #[schema(inline)]
+    pub status: ReadinessStatus,
+}
+
+/// Whether the server is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessStatus {
+    Ready,
+    NotReady,
+}
+
+/// Whether a dependency answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyStatus {
+    Ok,
+    Unavailable,
 }

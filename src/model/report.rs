@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DurationStats {
     /// Completed requests measured.
     pub count: u64,
@@ -15,7 +14,7 @@ pub struct DurationStats {
     pub max_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OverdueRequest {
     pub request_id: Uuid,
     pub subject: Option<String>,
@@ -24,7 +23,7 @@ pub struct OverdueRequest {
     pub deadline: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WaitingDependent {
     pub request_id: Uuid,
     pub consumer: String,
@@ -34,7 +33,7 @@ pub struct WaitingDependent {
 }
 
 /// `GET /admin/reports/erasures`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ErasureReport {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
@@ -52,7 +51,7 @@ pub struct ErasureReport {
 }
 
 /// One week of [`ErasureReport::weekly`].
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WeekFigures {
     /// The Monday that starts the week (`YYYY-MM-DD`, UTC).
     pub week: chrono::NaiveDate,

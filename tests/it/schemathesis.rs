@@ -16,6 +16,7 @@
 //! reports (HAR and ndjson logs with every request and answer) there, and `LETHE_SCHEMATHESIS_ARGS`
 //! adds arguments to `schemathesis run` (say, `--max-examples 50`).
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
@@ -84,6 +85,52 @@ fn schemathesis_installed() -> bool {
         .args(["-c", "import schemathesis"])
         .output()
         .is_ok_and(|out| out.status.success())
+}
+
+/// The document's routes are the server's: for every documented path, the methods the router
+/// itself lists in a 405's `Allow` are the documented ones. (Each route is registered together
+/// with its operation, so no path can be served undocumented; this checks each path's methods.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_routes_are_the_served_routes() {
+    let db = crate::support::TestDb::sqlite().await;
+    let server = crate::http_support::Server::start(&db).await;
+    let spec = server
+        .call(reqwest::Method::GET, "/openapi.json", None, None)
+        .await
+        .body;
+    let paths = spec["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 20, "{paths:?}");
+    for (template, item) in paths {
+        let documented: BTreeSet<String> = item
+            .as_object()
+            .expect("a path item")
+            .keys()
+            .map(|method| method.to_uppercase())
+            .collect();
+        let path = template
+            .replace("{id}", &uuid::Uuid::nil().to_string())
+            .replace("{stream}", "probe")
+            .replace("{name}", "probe")
+            .replace("{subject}", "probe");
+        // No route of the API takes TRACE.
+        let reply = server
+            .call(reqwest::Method::TRACE, &path, Some(&server.admin), None)
+            .await;
+        reply.assert_problem(405, "method_not_allowed");
+        let allow = reply
+            .headers
+            .get(reqwest::header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .expect("Allow");
+        let served: BTreeSet<String> = allow
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            // The router answers HEAD wherever it answers GET.
+            .filter(|m| m != "HEAD" || !documented.contains("GET"))
+            .collect();
+        assert_eq!(served, documented, "{template}");
+    }
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
