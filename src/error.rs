@@ -13,9 +13,9 @@ pub use crate::model::{ValidationError, VersionConflict};
 #[non_exhaustive]
 pub enum StorageError {
     #[error("database error: {0}")]
-    Database(DatabaseError),
+    Database(#[source] DatabaseError),
     #[error("database migration failed: {0}")]
-    Migration(DatabaseError),
+    Migration(#[source] DatabaseError),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
     #[error("corrupt row in the event database: {0}")]

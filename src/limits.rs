@@ -1,7 +1,7 @@
 //! Every limit Lethe enforces, in one place, with its unit in its name: input limits first,
-//! then the bounds of what the store holds in memory. (The HTTP server's limits are settings
-//! of `lethe serve` with their defaults in `crate::http::HttpLimits`; the vault's are in
-//! `lethe_keyvault::limits`.)
+//! then the HTTP server's (the `_DEFAULT`s are settings of `lethe serve`), the bounds of what
+//! the store holds in memory, database connections, and the timeouts, intervals and retries of
+//! the background work. The key vault's are in `lethe_keyvault::limits`.
 //!
 //! They are documented for users in README.md ("Limits"); change both together.
 
@@ -61,6 +61,12 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const LONG_POLL_MAX: Duration = Duration::from_secs(25);
 /// SSE keep-alive comment interval.
 pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events a read returns when no `limit` is given (stream reads, the log, consumer reads).
+pub const READ_LIMIT_DEFAULT: usize = 100;
+/// Erasure requests a listing looks at when no `limit` is given.
+pub const ERASURES_LIMIT_DEFAULT: usize = 100;
+/// Audit entries a page holds when no `limit` is given.
+pub const AUDIT_LIMIT_DEFAULT: usize = 100;
 
 /// Open connections at most (each holds a task and a socket); more wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 4_096;
@@ -106,3 +112,35 @@ pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// PostgreSQL: destroyed key ids per `NOTIFY` (200 uuids of 36 characters and commas stay under
 /// its 8000-byte payload limit).
 pub const REVOKED_KEYS_PER_NOTIFY: usize = 200;
+
+// Timeouts, intervals and retries.
+
+/// How long a verified API token is trusted without asking the database again, by default
+/// (`StoreConfig::token_cache_ttl`). Revoking a token takes effect at once in the process that
+/// revoked it and, on PostgreSQL, as soon as the notification arrives in every other process;
+/// this bounds it for a process whose listener was reconnecting (which also forgets every
+/// verified token).
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How often a store retries unfinished erasures (e.g. after the vault was unreachable) and
+/// audits lapsed legal holds.
+pub const ERASURE_RESUME_INTERVAL: Duration = Duration::from_secs(10);
+/// How often an idle subscription reads the log again, in case a commit notification was lost
+/// (another process's `NOTIFY` during a reconnect).
+pub const SUBSCRIPTION_IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often pending webhook deliveries are looked for, by default (`StoreConfig::webhook_poll`).
+pub const WEBHOOK_POLL_DEFAULT: Duration = Duration::from_millis(500);
+/// The first retry delay of a failed webhook delivery, by default
+/// (`StoreConfig::webhook_retry_base`); it doubles up to [`WEBHOOK_BACKOFF_MAX`].
+pub const WEBHOOK_RETRY_BASE_DEFAULT: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts of one webhook delivery.
+pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// How long one worker owns a claimed webhook delivery before another may try it.
+pub const WEBHOOK_CLAIM_LEASE: Duration = Duration::from_secs(60);
+/// One webhook delivery request, whole.
+pub const WEBHOOK_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `/readyz` waits for each dependency (event database, key vault) to answer.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed `accept` (say, out of file descriptors) before the next.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// PostgreSQL: pause before listening again after the notification connection broke.
+pub const LISTEN_RETRY: Duration = Duration::from_secs(1);

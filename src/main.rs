@@ -175,12 +175,7 @@ async fn main() -> anyhow::Result<()> {
             Outcome::Done => {}
             Outcome::Rotated(report) => audit_rotation(audit_database_url.as_deref(), &report).await?,
             Outcome::Serve { listener, app } => {
-                let limits = ConnectionLimits {
-                    header_timeout: lethe_keyvault::limits::HEADER_TIMEOUT,
-                    connections_max: lethe_keyvault::limits::CONNECTIONS_MAX,
-                    drain_timeout: lethe_keyvault::limits::DRAIN_TIMEOUT,
-                };
-                server::serve_router(listener, app, limits, shutdown_signal()).await;
+                server::serve_router(listener, app, ConnectionLimits::keyvault(), shutdown_signal()).await;
             }
         },
     }

@@ -19,13 +19,11 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::http::{AppState, HttpLimits, router};
-use crate::limits::{ADMIN_TOKEN_LEN_MIN, CONNECTIONS_MAX, DRAIN_TIMEOUT, HEADER_TIMEOUT_DEFAULT};
+use crate::limits::{ACCEPT_RETRY, ADMIN_TOKEN_LEN_MIN, CONNECTIONS_MAX, DRAIN_TIMEOUT, HEADER_TIMEOUT_DEFAULT};
 use crate::store::{EventStore, StoreConfig};
 
 /// Where `lethe serve` listens by default.
 pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 2113));
-/// Pause after a failed `accept` (say, out of file descriptors) before the next.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Every setting of `lethe serve` (the `lethe` binary reads each from a flag or an environment
 /// variable: see `lethe serve --help` and README.md). [`ServeConfig::embedded`] is the embedded
@@ -123,7 +121,7 @@ pub enum ServerError {
     Store(#[from] crate::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
-    #[error("LETHE_ADMIN_TOKEN must be at least 16 characters")]
+    #[error("LETHE_ADMIN_TOKEN must be at least {ADMIN_TOKEN_LEN_MIN} characters")]
     WeakAdminToken,
     #[error("cannot write the admin token file {path}: {source}")]
     TokenFile { path: PathBuf, source: io::Error },
@@ -305,6 +303,17 @@ pub struct ConnectionLimits {
     pub connections_max: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// `lethe keyvault serve`'s: the vault's own limits (`lethe_keyvault::limits`).
+    pub fn keyvault() -> Self {
+        ConnectionLimits {
+            header_timeout: lethe_keyvault::limits::HEADER_TIMEOUT,
+            connections_max: lethe_keyvault::limits::CONNECTIONS_MAX,
+            drain_timeout: lethe_keyvault::limits::DRAIN_TIMEOUT,
+        }
+    }
 }
 
 /// The accept loop of `lethe serve` and `lethe keyvault serve`: serves `app` over HTTP/1 until

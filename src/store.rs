@@ -14,8 +14,8 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::core::Core;
+pub use crate::core::StoreConfig;
 pub use crate::core::group_commit::WriterStats;
-pub use crate::core::{StoreConfig, TOKEN_CACHE_TTL};
 pub use crate::crypto::KeyCacheStats;
 use crate::error::{Error, ValidationError};
 use crate::model::{

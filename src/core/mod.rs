@@ -26,18 +26,12 @@ use tokio::task::JoinHandle;
 use crate::coalesce::Coalescer;
 use crate::crypto::{KeyCacheStats, Keyring};
 use crate::error::Error;
-use crate::limits::KEY_CACHE_KEYS_DEFAULT;
-use crate::model::ErasureFault;
+use crate::limits::{KEY_CACHE_KEYS_DEFAULT, TOKEN_CACHE_TTL, WEBHOOK_POLL_DEFAULT, WEBHOOK_RETRY_BASE_DEFAULT};
+use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
 use append::StateReads;
 use group_commit::{GroupCommitter, WriterStats};
 use token_cache::TokenCache;
-
-/// How long a verified API token is trusted without asking the database again, by default.
-/// Revoking a token takes effect at once in the process that revoked it and, on PostgreSQL,
-/// as soon as the notification arrives in every other process; this bounds it for a process
-/// whose listener was reconnecting (which also forgets every verified token).
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// How to open a store.
 #[derive(Clone)]
@@ -74,8 +68,8 @@ impl StoreConfig {
             key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
             token_cache_ttl: TOKEN_CACHE_TTL,
             erasure_fault: None,
-            webhook_poll: Duration::from_millis(500),
-            webhook_retry_base: Duration::from_secs(1),
+            webhook_poll: WEBHOOK_POLL_DEFAULT,
+            webhook_retry_base: WEBHOOK_RETRY_BASE_DEFAULT,
             #[cfg(feature = "insecure-noop-cipher")]
             insecure_noop_cipher: false,
         }
@@ -98,6 +92,8 @@ pub(crate) struct Core {
     /// The last position known committed (ours, or another process's on PostgreSQL).
     commits: watch::Receiver<u64>,
     shutdown: watch::Sender<bool>,
+    /// A receiver made with `shutdown`: its clones see a shutdown sent before they first look.
+    shutdown_rx: watch::Receiver<bool>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     /// The background loops' settings (`crate::store` starts them).
     pub(crate) webhook_poll: Duration,
@@ -124,7 +120,7 @@ impl Core {
             })
             .await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (committer, writer_task) = GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx);
+        let (committer, writer_task) = GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx.clone());
         Ok(Arc::new(Core {
             state_reads: Coalescer::start(StateReads {
                 storage: storage.clone(),
@@ -140,6 +136,7 @@ impl Core {
             noop_cipher: false,
             commits,
             shutdown,
+            shutdown_rx,
             writer_task: Mutex::new(Some(writer_task)),
             webhook_poll: config.webhook_poll,
             webhook_retry_base: config.webhook_retry_base,
@@ -151,9 +148,11 @@ impl Core {
         self.commits.clone()
     }
 
-    /// A receiver that becomes true when the store closes (background loops end on it).
+    /// A receiver that becomes true when the store closes (background loops end on it). A clone
+    /// of the first receiver, not a new subscription: a new one would count a shutdown already
+    /// sent as seen, and a loop that started after `close` would never end.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+        self.shutdown_rx.clone()
     }
 
     /// The last committed position (0: empty log).
@@ -176,6 +175,15 @@ impl Core {
 
     pub(crate) fn writer_stats(&self) -> WriterStats {
         self.committer.stats()
+    }
+
+    /// Appends an entry to the audit trail, logging rather than failing if the trail cannot be
+    /// written: the action it records has already happened (and a step of an erasure is not
+    /// repeated for its entry).
+    pub(crate) async fn audit_quietly(&self, entry: &NewAuditEntry) {
+        if let Err(e) = self.storage.append_audit(entry).await {
+            tracing::error!(action = %entry.action, request_id = ?entry.request_id, error = %e, "audit entry not written");
+        }
     }
 
     /// Finishes every queued append, then closes the database connections.

@@ -14,13 +14,12 @@ use super::metrics::{KindLabel, metrics};
 use super::problem::ApiError;
 use super::schemas;
 use super::wire::{
-    AUDIT_LIMIT_DEFAULT, AuditEntryOut, AuditListResponse, AuditQueryParams, AuditVerifyResponse,
-    ERASURES_LIMIT_DEFAULT, ErasureListResponse, ErasureReportOut, ErasureResponse, ErasuresQuery, EventOut,
-    ExportResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, ReportQuery, SubjectResponse, SubjectStreamOut,
-    TokenListResponse, TokenOut, TokenRequest,
+    AuditEntryOut, AuditListResponse, AuditQueryParams, AuditVerifyResponse, ErasureListResponse, ErasureReportOut,
+    ErasureResponse, ErasuresQuery, EventOut, ExportResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut,
+    ReportQuery, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
 };
 use super::{AppState, Caller, JsonBody, PathParam, audit_entry};
-use crate::limits::ERASURES_LIST_MAX;
+use crate::limits::{AUDIT_LIMIT_DEFAULT, ERASURES_LIMIT_DEFAULT, ERASURES_LIST_MAX};
 use crate::model::AuditQuery;
 use crate::model::Role;
 use crate::model::SubjectId;
@@ -132,7 +131,7 @@ pub async fn erasure(
 /// List erasure requests
 ///
 /// Erasure requests (forgotten subjects and deleted streams), newest first: the `limit` newest
-/// that match `subject`, `status`, `from` and `to`, then only those that match `overdue`.
+/// of those that match every filter given (`subject`, `status`, `from`, `to`, `overdue`).
 #[utoipa::path(
     get,
     path = "/admin/erasures",

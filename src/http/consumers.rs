@@ -15,9 +15,10 @@ use super::problem::ApiError;
 use super::schemas;
 use super::wire::{
     AckRequest, ConsumerEventsQuery, ConsumerEventsResponse, ConsumerListResponse, ConsumerRequest, ConsumerResponse,
-    EventOut, READ_LIMIT_DEFAULT,
+    EventOut,
 };
 use super::{AppState, JsonBody, PathParam};
+use crate::limits::READ_LIMIT_DEFAULT;
 use crate::model::Consumer;
 use crate::model::LogFilter;
 

@@ -12,6 +12,7 @@ use super::AppState;
 use super::metrics::{RouteLabel, metrics};
 use super::problem::ApiError;
 use super::wire::{DependencyStatus, HealthResponse, Liveness, ReadinessResponse, ReadinessStatus};
+use crate::limits::READINESS_TIMEOUT;
 
 /// Liveness
 ///
@@ -26,11 +27,6 @@ use super::wire::{DependencyStatus, HealthResponse, Liveness, ReadinessResponse,
 pub async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse { status: Liveness::Ok })
 }
-
-/// How long `/readyz` waits for each dependency. Requests wait for a database connection for up
-/// to the pool's acquire timeout (so short outages stay invisible to clients), but a readiness
-/// probe must hear "not ready" promptly.
-const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Readiness
 ///
@@ -49,7 +45,9 @@ const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2)
         ),
     ),
 )]
-// Each dependency gets [`READINESS_TIMEOUT`] to answer.
+// Each dependency gets [`READINESS_TIMEOUT`] to answer: requests wait for a database connection
+// for up to the pool's acquire timeout (so short outages stay invisible to clients), but a
+// readiness probe must hear "not ready" promptly.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (database, vault) = tokio::join!(
         tokio::time::timeout(READINESS_TIMEOUT, state.store.head()),

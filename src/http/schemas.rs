@@ -160,7 +160,7 @@ schema_type!(
 schema_type!(
     /// A stream-name prefix filter.
     StreamPrefix = string()
-        .description(Some(format!("At most {NAME_LEN_MAX} bytes, no control characters.")))
+        .description(Some(format!("At most {NAME_LEN_MAX} characters, no control characters.")))
         .max_length(Some(NAME_LEN_MAX))
         .pattern(Some(no_control()))
 );
@@ -232,17 +232,17 @@ schema_type!(
 
 schema_type!(
     /// `limit` of stream reads, the log and consumer reads.
-    ReadLimit = integer(1, READ_PAGE_EVENTS_MAX).default(Some(json!(super::wire::READ_LIMIT_DEFAULT)))
+    ReadLimit = integer(1, READ_PAGE_EVENTS_MAX).default(Some(json!(crate::limits::READ_LIMIT_DEFAULT)))
 );
 
 schema_type!(
     /// `limit` of erasure listings.
-    ErasuresLimit = integer(1, ERASURES_LIST_MAX).default(Some(json!(super::wire::ERASURES_LIMIT_DEFAULT)))
+    ErasuresLimit = integer(1, ERASURES_LIST_MAX).default(Some(json!(crate::limits::ERASURES_LIMIT_DEFAULT)))
 );
 
 schema_type!(
     /// `limit` of audit pages.
-    AuditLimit = integer(1, AUDIT_PAGE_MAX).default(Some(json!(super::wire::AUDIT_LIMIT_DEFAULT)))
+    AuditLimit = integer(1, AUDIT_PAGE_MAX).default(Some(json!(crate::limits::AUDIT_LIMIT_DEFAULT)))
 );
 
 schema_type!(

@@ -15,10 +15,11 @@ use super::problem::ApiError;
 use super::schemas;
 use super::wire::{
     AppendRequest, AppendResponse, DeleteStreamRequest, DirectionWire, ErasureResponse, EventIn, EventOut,
-    ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, READ_LIMIT_DEFAULT,
-    StreamQuery, StreamResponse, SubscribeQuery,
+    ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, StreamQuery, StreamResponse,
+    SubscribeQuery,
 };
 use super::{AppState, JsonBody, PathParam, split_types};
+use crate::limits::READ_LIMIT_DEFAULT;
 use crate::model::ErasureReason;
 use crate::model::{Direction, ExpectedVersion, LogFilter, NewEvent, StreamAppend, StreamName, SubjectId};
 

@@ -18,13 +18,6 @@ use uuid::Uuid;
 use super::schemas;
 use crate::model::{AppendResult, ExpectedVersion, RecordedEvent};
 
-/// Events a read returns when no `limit` is given (stream reads, the log, consumer reads).
-pub const READ_LIMIT_DEFAULT: usize = 100;
-/// Erasure requests a listing looks at when no `limit` is given.
-pub const ERASURES_LIMIT_DEFAULT: usize = 100;
-/// Audit entries a page holds when no `limit` is given.
-pub const AUDIT_LIMIT_DEFAULT: usize = 100;
-
 /// `"any" | "no_stream" | "exists" | <last version>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpectedVersionWire(pub ExpectedVersion);
@@ -58,7 +51,8 @@ pub struct EventIn {
     #[serde(rename = "type")]
     #[schema(value_type = schemas::EventType)]
     pub event_type: String,
-    /// Any JSON; encrypted at rest. At most 1 MiB with `metadata`.
+    /// Any JSON; encrypted at rest. Its size with `metadata` is limited (the 413 answer says
+    /// how much).
     pub data: Value,
     /// Any JSON (default `{}`); stored in clear: no personal data.
     pub metadata: Option<Value>,
@@ -622,13 +616,23 @@ impl From<crate::model::TokenRecord> for TokenOut {
 }
 
 /// A token just created, with its secret.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[schema(as = NewToken)]
 pub struct NewTokenOut {
     #[serde(flatten)]
     pub record: TokenOut,
     /// The secret, shown only here.
     pub token: String,
+}
+
+// Hand-written: the secret must not reach a log through `{:?}`.
+impl std::fmt::Debug for NewTokenOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewTokenOut")
+            .field("record", &self.record)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Every API token.

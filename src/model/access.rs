@@ -100,7 +100,7 @@ pub fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl NewToken {
     /// A token record for a secret chosen by the operator (`LETHE_ADMIN_TOKEN`), or for one
     /// just generated.
-    pub fn from_secret(secret: Zeroizing<String>, name: &str, role: Role) -> NewToken {
+    pub(crate) fn from_secret(secret: Zeroizing<String>, name: &str, role: Role) -> NewToken {
         let record = TokenRecord {
             id: Uuid::now_v7(),
             name: name.to_owned(),

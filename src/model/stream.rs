@@ -46,7 +46,6 @@ impl StreamName {
     }
 
     /// A system stream (`$erasures`, …). Only Lethe itself writes these.
-    #[allow(dead_code)] // Used by forget (tombstones in `$erasures`).
     pub(crate) fn system(name: &str) -> Self {
         debug_assert!(name.starts_with('$') && check_name(&name[1..]).is_ok());
         Self(name.to_owned())

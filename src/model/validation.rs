@@ -21,7 +21,10 @@ pub enum ValidationError {
     ReservedStreamName { stream: String },
     #[error("invalid subject id: it {reason}")]
     InvalidSubject { reason: &'static str },
-    #[error("invalid event type: it must be 1 to 200 characters without control characters")]
+    #[error(
+        "invalid event type: it must be 1 to {} characters without control characters",
+        EVENT_TYPE_LEN_MAX
+    )]
     InvalidEventType,
     /// A problem with one event of one stream of an append (the part is named).
     #[error("stream {stream:?}, event {index}: {error}")]
@@ -195,7 +198,7 @@ pub(crate) fn check_append(appends: &[StreamAppend]) -> Result<(), ValidationErr
     Ok(())
 }
 
-/// Checks a consumer name: the stream-name charset, 1–200 characters.
+/// Checks a consumer name: the stream-name charset, 1 to [`NAME_LEN_MAX`] characters.
 pub(crate) fn check_consumer_name(name: &str) -> Result<(), ValidationError> {
     SubjectId::new(name)
         .map(drop)

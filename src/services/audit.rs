@@ -6,7 +6,7 @@
 
 use crate::core::Core;
 use crate::error::{Error, StorageError};
-use crate::limits::AUDIT_PAGE_MAX;
+use crate::limits::{AUDIT_PAGE_MAX, TOKEN_NAME_LEN_MAX};
 use crate::model::audit::ChainCheck;
 use crate::model::validation::check_limit;
 use crate::model::{AuditEntry, AuditQuery, AuditVerification, NewAuditEntry, ValidationError};
@@ -17,7 +17,7 @@ pub(crate) async fn append(core: &Core, entry: NewAuditEntry) -> Result<AuditEnt
     if entry.actor.is_empty() || entry.action.is_empty() {
         return Err(ValidationError::InvalidName {
             what: "audit actor/action",
-            max: 100,
+            max: TOKEN_NAME_LEN_MAX,
         }
         .into());
     }
@@ -27,10 +27,7 @@ pub(crate) async fn append(core: &Core, entry: NewAuditEntry) -> Result<AuditEnt
 /// Appends an entry, logging rather than failing if the trail cannot be written (the action it
 /// records has already happened).
 pub(crate) async fn append_quietly(core: &Core, entry: NewAuditEntry) {
-    let action = entry.action.clone();
-    if let Err(e) = append(core, entry).await {
-        tracing::error!(action = %action, error = %e, "audit entry not written");
-    }
+    core.audit_quietly(&entry).await;
 }
 
 /// Entries of the audit trail, oldest first.

@@ -22,7 +22,6 @@
 //! clear with no key, so they stay readable after the keys are gone.
 
 use std::sync::Weak;
-use std::time::Duration;
 
 use serde_json::json;
 use uuid::Uuid;
@@ -30,7 +29,7 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::core::payload;
 use crate::error::Error;
-use crate::limits::{ERASURES_LIST_MAX, REASON_LEN_MAX};
+use crate::limits::{ERASURE_RESUME_INTERVAL, ERASURES_LIST_MAX, REASON_LEN_MAX};
 use crate::model::validation::{check_limit, check_reason, check_text};
 use crate::model::{
     ERASED_EVENT_TYPE, ERASURES_STREAM, Erasure, ErasureFault, ErasureFilter, ErasureReason, ErasureStatus,
@@ -38,9 +37,6 @@ use crate::model::{
     SUBJECT_FORGOTTEN_EVENT_TYPE, SYSTEM_ACTOR, StreamName, StreamStatus, SubjectId, ValidationError,
 };
 use crate::storage::{AtomicAppend, EncodedEvent, StreamWrite};
-
-/// How often a store retries unfinished erasures (e.g. after the vault was unreachable).
-const ERASURE_RESUME_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Records a forget request without running it (it runs on [`drive`] or the next resume).
 /// An active legal hold refuses the request: it is recorded as `refused` (with the hold's
@@ -371,7 +367,5 @@ async fn audit_step(core: &Core, erasure: &Erasure, action: &str, details: serde
         request_id: Some(erasure.id),
         details,
     };
-    if let Err(e) = core.storage.append_audit(&entry).await {
-        tracing::error!(request_id = %erasure.id, error = %e, "audit entry not written");
-    }
+    core.audit_quietly(&entry).await;
 }

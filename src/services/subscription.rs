@@ -11,20 +11,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::watch;
 
 use crate::core::Core;
 use crate::error::Error;
-use crate::limits::BUFFERED_PAGE_EVENTS;
+use crate::limits::{BUFFERED_PAGE_EVENTS, SUBSCRIPTION_IDLE_POLL};
 use crate::model::{LogFilter, RecordedEvent};
 use crate::storage::StoredEvent;
-
-/// Re-read at least this often while idle, in case a commit notification was lost (another
-/// process's NOTIFY during a reconnect).
-const IDLE_POLL: Duration = Duration::from_millis(500);
 
 struct State {
     core: Arc<Core>,
@@ -78,7 +73,7 @@ pub(crate) fn subscribe(
                     state.next = next;
                     if events.is_empty() {
                         // A closed channel means the store is gone; the poll then ends us.
-                        let _ = tokio::time::timeout(IDLE_POLL, state.commits.changed()).await;
+                        let _ = tokio::time::timeout(SUBSCRIPTION_IDLE_POLL, state.commits.changed()).await;
                     } else if let Err(e) = state.core.warm_keys(&events).await {
                         state.failed = true;
                         return Some((Err(e), state));

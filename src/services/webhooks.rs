@@ -13,22 +13,15 @@ use serde_json::json;
 
 use crate::core::Core;
 use crate::error::Error;
-use crate::limits::WEBHOOK_ROUND_DELIVERIES_MAX;
+use crate::limits::{WEBHOOK_BACKOFF_MAX, WEBHOOK_CLAIM_LEASE, WEBHOOK_DELIVERY_TIMEOUT, WEBHOOK_ROUND_DELIVERIES_MAX};
 use crate::model::{LogFilter, SIGNATURE_HEADER, signature};
 use crate::storage::Delivery;
-
-/// Longest wait between two attempts of one delivery.
-const BACKOFF_MAX: Duration = Duration::from_secs(600);
-/// How long one worker owns a claimed delivery before another may try it.
-const CLAIM_LEASE: Duration = Duration::from_secs(60);
-/// One delivery request's timeout.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn backoff(base: Duration, attempts: u64) -> Duration {
     let factor = 1u32
         .checked_shl(u32::try_from(attempts.min(20)).unwrap_or(20))
         .unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(BACKOFF_MAX)
+    base.saturating_mul(factor).min(WEBHOOK_BACKOFF_MAX)
 }
 
 /// Runs delivery rounds until the store shuts down (weak reference: never keeps it alive).
@@ -39,7 +32,7 @@ pub(crate) async fn deliver_periodically(core: Weak<Core>) {
     else {
         return;
     };
-    let client = match reqwest::Client::builder().timeout(DELIVERY_TIMEOUT).build() {
+    let client = match reqwest::Client::builder().timeout(WEBHOOK_DELIVERY_TIMEOUT).build() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "webhook deliveries disabled: cannot build an HTTP client");
@@ -63,7 +56,7 @@ pub(crate) async fn deliver_periodically(core: Weak<Core>) {
 async fn deliver_due(core: &Core, client: &reqwest::Client, retry_base: Duration) -> Result<(), Error> {
     let storage = &core.storage;
     let now = chrono::Utc::now().timestamp_micros();
-    let lease = i64::try_from(CLAIM_LEASE.as_micros()).unwrap_or(i64::MAX);
+    let lease = i64::try_from(WEBHOOK_CLAIM_LEASE.as_micros()).unwrap_or(i64::MAX);
     for delivery in storage
         .claim_due_deliveries(now, lease, WEBHOOK_ROUND_DELIVERIES_MAX)
         .await?

@@ -25,7 +25,8 @@ use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
 use crate::error::StorageError;
 use crate::limits::{
-    POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_WRITE_CONNECTIONS_MAX, REVOKED_KEYS_PER_NOTIFY,
+    LISTEN_RETRY, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_WRITE_CONNECTIONS_MAX,
+    REVOKED_KEYS_PER_NOTIFY,
 };
 use crate::model::{LogFilter, StreamStatus};
 
@@ -53,13 +54,11 @@ const WRITE_PATH_PLANS: [(&str, &str); 4] = [
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),
 ];
-/// Pause before re-listening after the notification connection broke.
-const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PostgresStorage {
     pool: PgPool,
     /// The append path's connections (group writes, stream-state reads): see [`WRITE_PATH_PLANS`].
-    write_pool: PgPool,
+    append_pool: PgPool,
     /// Tells the LISTEN task to stop (it holds a pool connection that `close` waits for).
     stop_listening: watch::Sender<bool>,
     /// Groups left to write under the lock after an optimistic write lost (`append_group`).
@@ -79,7 +78,7 @@ impl PostgresStorage {
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.clone().options([("plan_cache_mode", "force_custom_plan")]))
             .await?;
-        let write_pool = PgPoolOptions::new()
+        let append_pool = PgPoolOptions::new()
             .max_connections(POSTGRES_WRITE_CONNECTIONS_MAX)
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.options(WRITE_PATH_PLANS))
@@ -91,7 +90,7 @@ impl PostgresStorage {
             .await?;
         Ok(Self {
             pool,
-            write_pool,
+            append_pool,
             stop_listening: watch::channel(false).0,
             optimistic_lost: AtomicU32::new(0),
         })
@@ -144,7 +143,7 @@ impl Engine for PostgresStorage {
     type Db = Postgres;
 
     fn pools(&self) -> Pools<'_, Postgres> {
-        // One pool for both: the append path has its own (`write_pool`), used by the
+        // One pool for both: the append path has its own (`append_pool`), used by the
         // engine's own methods.
         Pools {
             reader: &self.pool,
@@ -211,7 +210,7 @@ impl EngineStorage for PostgresStorage {
         // (another process appending) and the lock is the cheaper way for a while.
         let lost = self.optimistic_lost.load(Ordering::Relaxed);
         if lost == 0 {
-            let mut conn = self.write_pool.acquire().await?;
+            let mut conn = self.append_pool.acquire().await?;
             let read = read_for_plan(&mut conn, group, false).await?;
             let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, read.head, now_us());
             let ok = write_group(&mut conn, &plan, read.head, read.generation).await?;
@@ -223,7 +222,7 @@ impl EngineStorage for PostgresStorage {
             self.optimistic_lost.store(lost - 1, Ordering::Relaxed);
         }
 
-        let mut tx = self.write_pool.begin().await?;
+        let mut tx = self.append_pool.begin().await?;
         let read = read_for_plan(&mut tx, group, true).await?;
         let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, read.head, now_us());
         if !write_group(&mut tx, &plan, read.head, read.generation).await? {
@@ -279,7 +278,7 @@ impl EngineStorage for PostgresStorage {
     async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, StreamState>, StorageError> {
         let rows = sqlx::query(SELECT_STATES)
             .bind(names)
-            .fetch_all(&self.write_pool)
+            .fetch_all(&self.append_pool)
             .await?;
         rows.iter().map(DecodeRow::decode_stream_state).collect()
     }
@@ -336,7 +335,7 @@ impl EngineStorage for PostgresStorage {
 
     async fn close(&self) {
         let _ = self.stop_listening.send(true);
-        self.write_pool.close().await;
+        self.append_pool.close().await;
         self.pool.close().await;
     }
 }

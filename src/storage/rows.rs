@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 /// The head of every event query (both engines use the same names): the columns
-/// [`decode_event`] reads, in its order, joined with the stream's status. These heads are
+/// [`DecodeRow::decode_event`] reads, in its order, joined with the stream's status. These heads are
 /// macros so that queries stay `&'static str` literals built with `concat!`.
 macro_rules! select_events {
     () => {
@@ -25,7 +25,7 @@ macro_rules! select_events {
     };
 }
 
-/// The head of every erasure-request query: the columns [`decode_erasure`] reads, in order.
+/// The head of every erasure-request query: the columns [`DecodeRow::decode_erasure`] reads, in order.
 macro_rules! select_erasures {
     () => {
         "SELECT id, kind, subject, stream, status, streams, keys_destroyed, reason, requested_by, \
@@ -33,21 +33,21 @@ macro_rules! select_erasures {
          FROM erasure_requests "
     };
 }
-/// The head of a `streams` query: the columns [`decode_stream_info`] reads, in order.
+/// The head of a `streams` query: the columns [`DecodeRow::decode_stream_info`] reads, in order.
 macro_rules! select_stream_info {
     () => {
         "SELECT name, subject, status, version FROM streams "
     };
 }
 
-/// The head of an `api_tokens` query: the columns [`decode_token`] reads, in order.
+/// The head of an `api_tokens` query: the columns [`DecodeRow::decode_token`] reads, in order.
 macro_rules! select_tokens {
     () => {
         "SELECT id, name, role, token_hash, created_at, revoked_at FROM api_tokens "
     };
 }
 
-/// The columns of a `consumers` row as [`decode_consumer`] reads them, in order.
+/// The columns of a `consumers` row as [`DecodeRow::decode_consumer`] reads them, in order.
 macro_rules! consumer_columns {
     () => {
         "name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at, webhook_url"
@@ -76,7 +76,7 @@ pub(crate) fn parse_status(s: &str) -> Result<StreamStatus, StorageError> {
 pub(crate) trait DecodeRow: Row {
     /// Decodes a row selected with [`select_events`], on either engine.
     fn decode_event(&self) -> Result<StoredEvent, StorageError>;
-    /// [`decode_event`] for a row whose stream status was read on its own (columns 0–8 only).
+    /// [`DecodeRow::decode_event`] for a row whose stream status was read on its own (columns 0–8 only).
     fn decode_event_with_status(&self, stream_status: StreamStatus) -> Result<StoredEvent, StorageError>;
     /// Decodes a `streams` row selected as `name, subject, status, version`.
     fn decode_stream_info(&self) -> Result<StreamInfo, StorageError>;
@@ -276,7 +276,7 @@ where
             action: self.try_get(3)?,
             subject: self.try_get(4)?,
             request_id: self.try_get(5)?,
-            // A self edited into invalid JSON still decodes (as a string) so verification can
+            // A row edited into invalid JSON still decodes (as a string) so verification can
             // name it instead of failing as a whole.
             details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
             prev_hash: hash32(self.try_get(7)?)?,

@@ -9,7 +9,8 @@
 //!
 //! Rust does not imply where-clauses, so the sqlx traits the shared statements need (encoding
 //! and decoding the column types Lethe uses, executing on the engine's connections) are stated
-//! on the two blanket impls below, [`SharedSteps`] and [`Storage`], and nowhere else.
+//! once per blanket impl: on [`SharedSteps`] and [`Storage`] here, and on the row decoders'
+//! `DecodeRow` in `rows.rs`.
 
 use std::future::Future;
 

@@ -2,7 +2,7 @@
 //! revocation applies at once in its own process, within that time in every other, and on
 //! PostgreSQL as soon as the notification arrives.
 
-use lethe::{model::Role, store::TOKEN_CACHE_TTL};
+use lethe::{limits::TOKEN_CACHE_TTL, model::Role};
 
 use crate::backend_tests;
 use crate::support::TestDb;

@@ -227,10 +227,10 @@ async fn the_vault_server_cuts_off_silent_connections_too() {
     let app = lethe_keyvault::server::router(vault, "a-vault-token-of-32-characters!!").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // `lethe keyvault serve`'s limits, with a shorter header timeout to keep the test short.
     let limits = lethe::server::ConnectionLimits {
         header_timeout: Duration::from_secs(1),
-        connections_max: lethe_keyvault::limits::CONNECTIONS_MAX,
-        drain_timeout: lethe_keyvault::limits::DRAIN_TIMEOUT,
+        ..lethe::server::ConnectionLimits::keyvault()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(lethe::server::serve_router(listener, app, limits, async move {
