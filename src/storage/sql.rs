@@ -332,26 +332,17 @@ where
             tx.commit().await?;
             return Ok(erasure);
         }
-        let rows = match &erasure.target {
-            ErasureTarget::Subject(subject) => {
-                sqlx::query(
-                    "UPDATE streams SET status = 'erased' WHERE subject = $1 AND status = 'active' \
-                     RETURNING name, key_id",
-                )
-                .bind(subject.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            ErasureTarget::Stream(stream) => {
-                sqlx::query(
-                    "UPDATE streams SET status = 'deleted' WHERE name = $1 AND status = 'active' \
-                     RETURNING name, key_id",
-                )
-                .bind(stream.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-            }
+        let (sql, target) = match &erasure.target {
+            ErasureTarget::Subject(subject) => (
+                "UPDATE streams SET status = 'erased' WHERE subject = $1 AND status = 'active' RETURNING name, key_id",
+                subject.as_str(),
+            ),
+            ErasureTarget::Stream(stream) => (
+                "UPDATE streams SET status = 'deleted' WHERE name = $1 AND status = 'active' RETURNING name, key_id",
+                stream.as_str(),
+            ),
         };
+        let rows = sqlx::query(sql).bind(target).fetch_all(&mut *tx).await?;
         let shredded = decode_shredded(&rows)?;
         let names: Vec<&str> = shredded.iter().map(|s| s.stream.as_str()).collect();
         E::remove_payloads(&mut tx, &names).await?;
