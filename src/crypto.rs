@@ -262,3 +262,73 @@ pub(crate) fn open_event(
 pub(crate) fn keyed_digest(dek: &DekCipher, content: &[u8]) -> [u8; 32] {
     dek.keyed_digest(content)
 }
+
+/// The prefix of the associated data of a personal field (see [`field_aad`]).
+const FIELD_AAD_PREFIX: &[u8] = b"lethe:f1";
+/// How a sealed personal field starts inside the event's (stream-sealed) data:
+/// `lethe:f1:<field key id>:<base64 of the envelope>`.
+pub(crate) const SEALED_FIELD_PREFIX: &str = "lethe:f1:";
+
+/// The associated data of a personal field:
+/// `"lethe:f1" ‖ u32-be len(stream) ‖ stream ‖ event id (16 bytes) ‖ u32-be len(pointer) ‖ pointer`.
+/// Binding stream, event and pointer means a sealed field copied to another field, event or
+/// stream fails to open.
+pub(crate) fn field_aad(stream: &str, event_id: &Uuid, pointer: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(FIELD_AAD_PREFIX.len() + 8 + stream.len() + 16 + pointer.len());
+    aad.extend_from_slice(FIELD_AAD_PREFIX);
+    // Stream names and pointers are bounded far below u32::MAX.
+    aad.extend_from_slice(&u32::try_from(stream.len()).unwrap_or(u32::MAX).to_be_bytes());
+    aad.extend_from_slice(stream.as_bytes());
+    aad.extend_from_slice(event_id.as_bytes());
+    aad.extend_from_slice(&u32::try_from(pointer.len()).unwrap_or(u32::MAX).to_be_bytes());
+    aad.extend_from_slice(pointer.as_bytes());
+    aad
+}
+
+/// Seals one personal field's value (its JSON text) with its subject's field key, as the
+/// string that takes the value's place: [`SEALED_FIELD_PREFIX`], the key id, `:`, and the
+/// envelope in standard base64.
+pub(crate) fn seal_field(
+    key: &DekCipher,
+    key_id: KeyId,
+    stream: &str,
+    event_id: &Uuid,
+    pointer: &str,
+    plaintext: &[u8],
+) -> Result<String, Error> {
+    use base64::Engine as _;
+    let sealed = key
+        .seal(&field_aad(stream, event_id, pointer), plaintext)
+        .map_err(|e| Error::Corrupt {
+            detail: format!("cannot encrypt a personal field of event {event_id}: {e}"),
+        })?;
+    Ok(format!(
+        "{SEALED_FIELD_PREFIX}{}:{}",
+        key_id.0.hyphenated(),
+        base64::engine::general_purpose::STANDARD.encode(sealed)
+    ))
+}
+
+/// The field key id and envelope of a sealed personal field, if `value` is one.
+pub(crate) fn parse_sealed_field(value: &str) -> Option<(KeyId, Vec<u8>)> {
+    use base64::Engine as _;
+    let rest = value.strip_prefix(SEALED_FIELD_PREFIX)?;
+    let (id, sealed) = rest.split_once(':')?;
+    let id = Uuid::parse_str(id).ok()?;
+    let sealed = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
+    Some((KeyId(id), sealed))
+}
+
+/// Opens a sealed personal field: its value's JSON text.
+pub(crate) fn open_field(
+    key: &DekCipher,
+    stream: &str,
+    event_id: &Uuid,
+    pointer: &str,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    key.open(&field_aad(stream, event_id, pointer), sealed)
+        .map_err(|e| Error::Corrupt {
+            detail: format!("personal field {pointer:?} of event {event_id} in stream {stream:?} does not decrypt: {e}"),
+        })
+}

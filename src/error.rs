@@ -83,8 +83,16 @@ pub enum Error {
     },
     #[error("the last active admin token cannot be revoked; create another admin token first")]
     LastAdminToken,
-    #[error("subject {subject:?} is being forgotten: no new stream can be bound to it until that completes")]
+    #[error(
+        "subject {subject:?} is being forgotten: no new stream can be bound to it, and none of its personal \
+         fields written, until that completes"
+    )]
     ErasureInProgress { subject: String },
+    #[error(
+        "subject {subject:?} has been forgotten: no stream can be bound to it, and none of its personal fields \
+         written"
+    )]
+    SubjectForgotten { subject: String },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error(transparent)]
@@ -109,6 +117,7 @@ impl Error {
         match e {
             lethe_keyvault::VaultError::SubjectMismatch { stream } => Error::SubjectMismatch { stream },
             lethe_keyvault::VaultError::KeyDestroyed { stream } => Error::StreamErased { stream },
+            lethe_keyvault::VaultError::SubjectForgotten { subject } => Error::SubjectForgotten { subject },
             other => Error::KeyVault(other),
         }
     }
@@ -136,6 +145,7 @@ impl Error {
             Error::DuplicateEventId { .. } => "duplicate_event_id",
             Error::StreamNotFound { .. } | Error::NotFound { .. } => "not_found",
             Error::ErasureInProgress { .. } => "erasure_in_progress",
+            Error::SubjectForgotten { .. } => "subject_forgotten",
             Error::LegalHold { .. } => "legal_hold",
             Error::LastAdminToken => "last_admin_token",
             Error::Invalid(v) => v.code(),

@@ -32,7 +32,8 @@ mod storage;
 pub use error::{DatabaseError, Error, StorageError};
 pub use model::{
     AppendOutcome, AppendResult, Dependent, Direction, Erasure, ErasureFilter, ErasureReason, ErasureStatus,
-    ErasureTarget, ExpectedVersion, LegalHold, LogFilter, LogPage, NewEvent, RecordedEvent, ShreddedStream,
-    StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId, ValidationError, VersionConflict,
+    ErasureTarget, EventSchema, ExpectedVersion, LegalHold, LogFilter, LogPage, NewEvent, RecordedEvent, SchemaMode,
+    ShreddedStream, StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId, ValidationError,
+    VersionConflict,
 };
 pub use store::{EventStore, KeyCacheStats, StoreConfig, WriterStats};

@@ -44,6 +44,16 @@ pub const ERASURES_LIST_MAX: usize = 1_000;
 pub const AUDIT_PAGE_MAX: usize = 1_000;
 /// Erasure requests one report covers at most.
 pub const REPORT_ERASURES_MAX: usize = 100_000;
+/// Bytes of one event schema (its JSON Schema document, serialized).
+pub const SCHEMA_BYTES_MAX: usize = 64 * 1024;
+/// Event types that may have a schema.
+pub const SCHEMA_TYPES_MAX: usize = 1_000;
+/// Versions one event type's schema may have.
+pub const SCHEMA_VERSIONS_MAX: usize = 100;
+/// Personal fields (`x-lethe-personal`) one schema may declare.
+pub const SCHEMA_PERSONAL_FIELDS_MAX: usize = 32;
+/// Bytes of a JSON pointer in a schema (a personal field's, or its subject's).
+pub const SCHEMA_POINTER_LEN_MAX: usize = 512;
 /// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
 pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
 
@@ -82,6 +92,9 @@ pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const KEY_CACHE_KEYS_DEFAULT: usize = 10_000;
 /// Destroyed key ids remembered so that a vault fetch racing a forget cannot cache them again.
 pub const REVOKED_KEYS_MAX: usize = 100_000;
+/// Subjects' field key ids, and (subject, stream) pairs of the field index, each remembered at
+/// most (`core::field_index`).
+pub const FIELD_INDEX_CACHE_ENTRIES_MAX: usize = 100_000;
 /// Verified API tokens remembered at most (a deployment has a handful; the bound is for safety).
 pub const TOKEN_CACHE_ENTRIES_MAX: usize = 1_024;
 /// Appends waiting for the writer before submitters wait for room.

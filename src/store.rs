@@ -2,7 +2,7 @@
 //!
 //! A façade and nothing more: every method hands its work to the core (appends and reads,
 //! `crate::core`) or to a service (`crate::services`: erasure, tokens, consumers, audit,
-//! subscriptions, catch-up, export, report), and `open` starts the background loops. What a
+//! subscriptions, catch-up, export, report, schemas), and `open` starts the background loops. What a
 //! method guarantees is documented here, where users read it; how it is done lives there.
 
 use std::sync::Arc;
@@ -20,10 +20,11 @@ pub use crate::crypto::KeyCacheStats;
 use crate::error::{Error, ValidationError};
 use crate::model::{
     AppendOutcome, AppendResult, AuditEntry, AuditQuery, AuditVerification, Consumer, ConsumerBatch, Direction,
-    Erasure, ErasureFilter, ErasureReason, ErasureReport, LegalHold, LogFilter, LogPage, NewAuditEntry, NewToken,
-    RecordedEvent, Role, StreamAppend, StreamInfo, StreamName, StreamSlice, SubjectId, TokenRecord,
+    Erasure, ErasureFilter, ErasureReason, ErasureReport, EventSchema, LegalHold, LogFilter, LogPage, NewAuditEntry,
+    NewToken, RecordedEvent, Role, SchemaMode, StreamAppend, StreamInfo, StreamName, StreamSlice, SubjectId,
+    TokenRecord,
 };
-use crate::services::{access, audit, catch_up, consumers, erasure, export, report, subscription, webhooks};
+use crate::services::{access, audit, catch_up, consumers, erasure, export, report, schemas, subscription, webhooks};
 
 /// An open event store. Cheap to clone; all clones share one writer and one pool.
 #[derive(Clone)]
@@ -135,14 +136,52 @@ impl EventStore {
         self.core.subject_streams(subject).await
     }
 
-    /// Every event of the subject's streams (Art. 15/20 export), decrypted where the stream is
-    /// not shredded, streamed page by page.
+    /// Streams holding personal fields of a subject (declared by event schemas), by name.
+    pub async fn subject_field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, Error> {
+        Ok(self.core.storage.field_streams(subject).await?)
+    }
+
+    /// The subject's data (Art. 15/20 export), streamed page by page: every event of its
+    /// streams, decrypted where the stream is not shredded; then every event of other streams
+    /// that carries its personal fields, with other subjects' personal fields left out.
     pub fn export_subject(
         &self,
         subject: SubjectId,
     ) -> impl Stream<Item = Result<RecordedEvent, Error>> + Send + 'static + use<> {
         export::export_subject(self.core.clone(), subject)
     }
+
+    // Event schemas
+
+    /// Registers the next version of an event type's schema (a JSON Schema 2020-12 document,
+    /// possibly declaring personal fields with `x-lethe-personal`), audited as
+    /// `schema_registered` by `actor`. Versions are immutable; registering the latest version's
+    /// schema and mode again stores nothing and answers that version with `false`.
+    pub async fn register_schema(
+        &self,
+        event_type: &str,
+        schema: &serde_json::Value,
+        mode: SchemaMode,
+        actor: &str,
+    ) -> Result<(EventSchema, bool), Error> {
+        schemas::register(&self.core, event_type, schema, mode, actor).await
+    }
+
+    /// The latest version of every event type's schema, by type.
+    pub async fn schemas(&self) -> Result<Vec<EventSchema>, Error> {
+        schemas::latest(&self.core).await
+    }
+
+    /// Every version of an event type's schema, oldest first (`not_found` if it has none).
+    pub async fn schema_versions(&self, event_type: &str) -> Result<Vec<EventSchema>, Error> {
+        schemas::versions(&self.core, event_type).await
+    }
+
+    /// Events stored in `warn` mode although they did not match their schema, since open.
+    pub fn schema_violations(&self) -> u64 {
+        self.core.schemas.violations()
+    }
+
 
     // Erasure
 

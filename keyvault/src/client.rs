@@ -127,6 +127,9 @@ fn error_from(status: StatusCode, body: &[u8]) -> VaultError {
     match p.code.as_str() {
         "key_destroyed" => VaultError::KeyDestroyed { stream },
         "subject_mismatch" => VaultError::SubjectMismatch { stream },
+        "subject_forgotten" => VaultError::SubjectForgotten {
+            subject: p.subject.unwrap_or_default(),
+        },
         "unauthorized" => VaultError::Unauthorized,
         "invalid_request" | "payload_too_large" => VaultError::InvalidInput(p.detail),
         "unavailable" => VaultError::Unavailable(p.detail),

@@ -18,6 +18,12 @@ pub enum VaultError {
     /// The stream already has a key bound to a different subject (or to none).
     #[error("stream {stream:?} is bound to a different subject")]
     SubjectMismatch { stream: String },
+    /// The data subject was forgotten (`destroy_subject_keys`): no key bound to it — its
+    /// subject key or a stream key — is created again, ever. A `create_keys` batch that asks
+    /// for one creates nothing. `subject` is the pseudonymous subject id the request named
+    /// (the first such key of the batch, in request order).
+    #[error("subject {subject:?} was forgotten; no key bound to it is created again")]
+    SubjectForgotten { subject: String },
     /// The vault's storage or server could not be reached; retrying may help.
     #[error("key vault unavailable: {0}")]
     Unavailable(String),
@@ -48,6 +54,7 @@ impl VaultError {
         match self {
             VaultError::KeyDestroyed { .. } => "key_destroyed",
             VaultError::SubjectMismatch { .. } => "subject_mismatch",
+            VaultError::SubjectForgotten { .. } => "subject_forgotten",
             VaultError::Unavailable(_) => "unavailable",
             VaultError::Unauthorized => "unauthorized",
             VaultError::Corrupt(_) => "corrupt",

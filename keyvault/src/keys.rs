@@ -88,12 +88,42 @@ impl fmt::Debug for Dek {
     }
 }
 
-/// A request to create (or get back) the DEK of one stream.
+/// The reserved stream name prefix of subject keys: the subject key of subject `S` is stored
+/// under the name `$subject:S`. Stream names starting with `$` are reserved for Lethe's system
+/// streams, so no user stream can take such a name.
+pub const SUBJECT_KEY_PREFIX: &str = "$subject:";
+
+/// A request to create (or get back) the DEK of one stream, or of one data subject.
+///
+/// A *stream key* encrypts a stream's payloads; `subject` binds the stream to a data subject,
+/// so that forgetting the subject destroys the key. A *subject key* ([`NewKey::subject_key`])
+/// encrypts the personal fields of one subject inside any stream's events: it is stored
+/// exactly like a stream key, under the reserved name `$subject:<subject>` and bound to its
+/// own subject, so it is created, fetched and destroyed (with the subject's stream keys, by
+/// [`crate::KeyVault::destroy_subject_keys`]) by the same machinery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewKey {
     pub stream: String,
     #[serde(default)]
     pub subject: Option<String>,
+}
+
+impl NewKey {
+    /// The request for the subject key of `subject`: the name `$subject:<subject>`, bound to
+    /// `subject`. The vault checks the subject id when the key is created.
+    pub fn subject_key(subject: &str) -> NewKey {
+        NewKey {
+            stream: format!("{SUBJECT_KEY_PREFIX}{subject}"),
+            subject: Some(subject.to_owned()),
+        }
+    }
+
+    /// Whether this requests a subject key: its name is in the reserved `$subject:` namespace.
+    /// (The vault refuses such a request unless its `subject` is exactly the part of the name
+    /// after the prefix, as [`NewKey::subject_key`] builds it.)
+    pub fn is_subject_key(&self) -> bool {
+        self.stream.starts_with(SUBJECT_KEY_PREFIX)
+    }
 }
 
 /// The answer for one requested key id.
@@ -109,10 +139,20 @@ pub enum KeyLookup {
 /// Counts for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultStats {
+    /// Every live key, stream keys and subject keys.
     pub live_keys: u64,
+    /// Every destroyed key, stream keys and subject keys.
     pub destroyed_keys: u64,
     /// The KEK version new keys are wrapped with.
     pub kek_version: u32,
+    /// Live subject keys (one per data subject with personal fields; included in `live_keys`).
+    /// Absent from older vault servers' answers, which then read as 0.
+    #[serde(default)]
+    pub subject_keys_live: u64,
+    /// Destroyed subject keys (one per forgotten subject that had one; included in
+    /// `destroyed_keys`). Absent from older vault servers' answers, which then read as 0.
+    #[serde(default)]
+    pub subject_keys_destroyed: u64,
 }
 
 /// Fills `buf` from the OS RNG (getrandom), never a userspace PRNG: keys and nonces must not
@@ -145,10 +185,110 @@ pub(crate) fn validate_name(what: &str, name: &str, allow_dollar: bool) -> Resul
     }
 }
 
+/// A stream name given to `destroy_stream_key`: any valid name outside the `$subject:`
+/// namespace. A subject key is destroyed only by forgetting its subject
+/// (`destroy_subject_keys`), which also records the subject as forgotten; destroying it alone
+/// would leave a subject whose key is gone but who may still be given new stream keys.
 pub(crate) fn validate_stream(stream: &str) -> Result<(), VaultError> {
+    if stream.starts_with(SUBJECT_KEY_PREFIX) {
+        return Err(VaultError::InvalidInput(
+            "a subject key is destroyed only by destroying its subject's keys".into(),
+        ));
+    }
     validate_name("stream name", stream, true)
+}
+
+/// A create request: a stream key (a valid stream name outside the `$subject:` namespace, and
+/// a valid subject if any), or a subject key (`$subject:` followed by a valid subject id, which
+/// must also be its `subject`). A subject key's name may therefore be up to
+/// `SUBJECT_KEY_PREFIX.len() + NAME_LEN_MAX` bytes long.
+pub(crate) fn validate_new_key(key: &NewKey) -> Result<(), VaultError> {
+    if let Some(s) = &key.subject {
+        validate_subject(s)?;
+    }
+    match key.stream.strip_prefix(SUBJECT_KEY_PREFIX) {
+        Some(subject) => {
+            validate_subject(subject)?;
+            if key.subject.as_deref() == Some(subject) {
+                Ok(())
+            } else {
+                Err(VaultError::InvalidInput(format!(
+                    "a subject key ({SUBJECT_KEY_PREFIX}<subject>) must be bound to the subject its name ends with"
+                )))
+            }
+        }
+        None => validate_name("stream name", &key.stream, true),
+    }
 }
 
 pub(crate) fn validate_subject(subject: &str) -> Result<(), VaultError> {
     validate_name("subject", subject, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(key: &NewKey) -> bool {
+        matches!(validate_new_key(key), Err(VaultError::InvalidInput(_)))
+    }
+
+    #[test]
+    fn subject_keys_are_named_and_validated() {
+        let key = NewKey::subject_key("456");
+        assert_eq!(key.stream, "$subject:456");
+        assert_eq!(key.subject.as_deref(), Some("456"));
+        assert!(key.is_subject_key());
+        assert!(validate_new_key(&key).is_ok());
+        assert!(
+            !NewKey {
+                stream: "user-private-456".into(),
+                subject: Some("456".into())
+            }
+            .is_subject_key()
+        );
+
+        // The name may exceed NAME_LEN_MAX by the prefix; the subject part may not.
+        let longest = "s".repeat(NAME_LEN_MAX);
+        assert!(validate_new_key(&NewKey::subject_key(&longest)).is_ok());
+        assert!(invalid(&NewKey::subject_key(&format!("{longest}s"))));
+
+        for subject in ["", "$x", "a b", "a/b"] {
+            assert!(invalid(&NewKey::subject_key(subject)), "{subject:?}");
+        }
+        let with = |stream: &str, subject: Option<&str>| NewKey {
+            stream: stream.into(),
+            subject: subject.map(str::to_owned),
+        };
+        // The subject must be exactly the part of the name after the prefix.
+        assert!(invalid(&with("$subject:456", None)));
+        assert!(invalid(&with("$subject:456", Some("45"))));
+        assert!(invalid(&with("$subject:456", Some("4567"))));
+        assert!(invalid(&with("$subject:", Some(""))));
+        // Other names are checked as before.
+        assert!(validate_new_key(&with("$subject", None)).is_ok());
+        assert!(validate_new_key(&with("$erasures", None)).is_ok());
+        assert!(validate_new_key(&with("orders-1", Some("456"))).is_ok());
+        assert!(invalid(&with(&"a".repeat(NAME_LEN_MAX + 1), None)));
+        assert!(invalid(&with("ok", Some("$system"))));
+        // A subject key is never destroyed as a stream.
+        assert!(validate_stream("$subject:456").is_err());
+        assert!(validate_stream("$erasures").is_ok());
+    }
+
+    #[test]
+    fn stats_from_older_servers_still_parse() {
+        let old = r#"{"live_keys":3,"destroyed_keys":1,"kek_version":2}"#;
+        let stats: VaultStats = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            stats,
+            VaultStats {
+                live_keys: 3,
+                destroyed_keys: 1,
+                kek_version: 2,
+                subject_keys_live: 0,
+                subject_keys_destroyed: 0,
+            }
+        );
+    }
 }

@@ -1,6 +1,15 @@
 //! Lethe's key vault: one data-encryption key (DEK) per stream, stored only wrapped by a
 //! key-encryption key (KEK), destroyable for good.
 //!
+//! Besides stream keys the vault holds one *subject key* per data subject whose personal
+//! fields Lethe encrypts inside events ([`NewKey::subject_key`]). A subject key is a key like
+//! any other, stored under the reserved name `$subject:<subject>` and bound to its subject, so
+//! it is created (idempotently, in batches), fetched, wrapped and rotated with the stream keys,
+//! and [`KeyVault::destroy_subject_keys`] destroys it with them. Destroying a subject's keys
+//! also records the subject as forgotten, in the same transaction, for good: from then on
+//! [`KeyVault::create_keys`] refuses every key bound to it with
+//! [`VaultError::SubjectForgotten`], so a forgotten subject stays forgotten.
+//!
 //! Module map (one job each):
 //! - [`envelope`]: the ciphertext format (AES-256-GCM), AAD helper, keyed digests.
 //! - [`kek`]: loading, creating and using the KEK.
@@ -35,26 +44,35 @@ use std::sync::Arc;
 pub use client::HttpVault;
 pub use error::VaultError;
 pub use kek::{Kek, KekError};
-pub use keys::{Dek, KEY_LEN, KeyId, KeyLookup, NewKey, VaultStats};
+pub use keys::{Dek, KEY_LEN, KeyId, KeyLookup, NewKey, SUBJECT_KEY_PREFIX, VaultStats};
 pub use local::{LocalVault, RotateOptions, RotationReport};
 
 /// The vault's operations, implemented in-process ([`LocalVault`]) and over HTTP
 /// ([`HttpVault`]) so Lethe switches between them by URL alone.
 #[async_trait::async_trait]
 pub trait KeyVault: Send + Sync + 'static {
-    /// Create DEKs for streams, or return the stream's existing live DEK (idempotent per
-    /// stream). An existing live key bound to a different subject (None vs Some counts as
-    /// different) fails with `SubjectMismatch`; a stream whose key was destroyed fails with
-    /// `KeyDestroyed` (a destroyed stream never gets a key again). Any error fails the whole
-    /// batch and creates nothing. The result is in input order. One transaction per batch.
+    /// Create DEKs for streams (and subject keys, [`NewKey::subject_key`]), or return the
+    /// stream's existing live DEK (idempotent per stream). Refused, in this order:
+    /// a malformed request (`InvalidInput`; a `$subject:` name must be bound to exactly the
+    /// subject it names); a stream asked for twice with different subjects
+    /// (`SubjectMismatch`); a key bound to a forgotten subject (`SubjectForgotten`, also for a
+    /// subject key destroyed by its subject's forget, and for a subject forgotten before it
+    /// ever had a key); an existing key bound to a different subject (None vs Some counts as
+    /// different: `SubjectMismatch`); a stream whose key was destroyed (`KeyDestroyed`: a
+    /// destroyed stream never gets a key again). Any error fails the whole batch and creates
+    /// nothing. The result is in input order. One transaction per batch, which also checks
+    /// the forgotten subjects, so a create racing a forget either commits first (and the
+    /// forget destroys its keys) or is refused.
     async fn create_keys(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, VaultError>;
     /// Fetch many DEKs in one call; one entry per requested id, in request order.
     async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<(KeyId, KeyLookup)>, VaultError>;
-    /// Destroy all live DEKs bound to a subject; returns the ids destroyed by this call (empty
-    /// on a repeat). Idempotent. When it returns, the key material is physically deleted from
-    /// the vault's live storage.
+    /// Forget a subject: destroy all live DEKs bound to it (its stream keys and its subject
+    /// key) and record it as forgotten, in one transaction, so that no key bound to it is
+    /// created again. Returns the ids destroyed by this call (empty on a repeat). Idempotent.
+    /// When it returns, the key material is physically deleted from the vault's live storage.
     async fn destroy_subject_keys(&self, subject: &str) -> Result<Vec<KeyId>, VaultError>;
-    /// Destroy one stream's DEK; returns its id if it was live. Idempotent.
+    /// Destroy one stream's DEK; returns its id if it was live. Idempotent. A subject key
+    /// (`$subject:` name) is refused (`InvalidInput`): it goes only with its subject's forget.
     async fn destroy_stream_key(&self, stream: &str) -> Result<Option<KeyId>, VaultError>;
     async fn stats(&self) -> Result<VaultStats, VaultError>;
     async fn health(&self) -> Result<(), VaultError>;

@@ -39,8 +39,8 @@ pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SQLITE_CONNECTIONS_MAX: u32 = 8;
 /// SQLite: how long a connection waits for a lock held by another.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// SQLite: key ids bound in one `IN (…)` fetch (SQLite's default limit on bound parameters is
-/// 32,766; this stays far below it).
+/// SQLite: key ids (or subject ids) bound in one `IN (…)` lookup (SQLite's default limit on
+/// bound parameters is 32,766; this stays far below it).
 pub const SQLITE_FETCH_KEYS_MAX: usize = 500;
 /// SQLite: tries of the TRUNCATE checkpoint after a destroy (a reader holding an old snapshot
 /// blocks it), and the pause between two.
@@ -51,5 +51,10 @@ pub const POSTGRES_CONNECTIONS_MAX: u32 = 8;
 /// PostgreSQL: key creation's own pool — one batch at a time per process (the caller
 /// coalesces), plus a spare.
 pub const POSTGRES_CREATE_CONNECTIONS_MAX: u32 = 2;
+/// PostgreSQL: runs of key creation's one statement per call. A run writes nothing, and the
+/// next one starts from a fresh snapshot, when a forget committed between the start of its
+/// snapshot and its lock on the forget guard (a few microseconds); more runs than this in a row
+/// answer "unavailable, retry".
+pub const POSTGRES_CREATE_ATTEMPTS: u32 = 5;
 /// PostgreSQL: how long a request waits for a free connection.
 pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);

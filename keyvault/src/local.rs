@@ -14,10 +14,12 @@ use tracing::{debug, info, warn};
 use crate::KeyVault;
 use crate::error::VaultError;
 use crate::kek::{Kek, KekError};
-use crate::keys::{Dek, KeyId, KeyLookup, NewKey, VaultStats, validate_stream, validate_subject};
+use crate::keys::{Dek, KeyId, KeyLookup, NewKey, VaultStats, validate_new_key, validate_stream, validate_subject};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{CreateResult, Created, KekState, KekVersionRow, NewRow, Rewrap, Storage, Stored, WrappedKey};
+use crate::storage::{
+    CreateResult, Created, KekState, KekVersionRow, NewRow, Rewrap, Storage, Stored, WrappedKey, check_existing,
+};
 
 use crate::limits::{BATCH_KEYS_MAX, ROTATION_BATCH_DEFAULT};
 
@@ -353,10 +355,14 @@ impl KeyVault for LocalVault {
     async fn create_keys(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, VaultError> {
         check_batch(keys.len())?;
         for k in keys {
-            validate_stream(&k.stream)?;
-            if let Some(s) = &k.subject {
-                validate_subject(s)?;
-            }
+            validate_new_key(k)?;
+        }
+        // A stream asked for twice must be asked for with one subject; refused here, before
+        // storage, so that both engines answer a batch alike whatever else is wrong with it.
+        let mut subjects: HashMap<&str, Option<&str>> = HashMap::with_capacity(keys.len());
+        for k in keys {
+            let first = *subjects.entry(&k.stream).or_insert(k.subject.as_deref());
+            check_existing(&k.stream, k.subject.as_deref(), first, false)?;
         }
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -448,12 +454,14 @@ impl KeyVault for LocalVault {
     }
 
     async fn stats(&self) -> Result<VaultStats, VaultError> {
-        let (live_keys, destroyed_keys) = self.storage.counts().await?;
+        let counts = self.storage.counts().await?;
         let kek_version = active_version(&self.storage.kek_versions().await?)?;
         Ok(VaultStats {
-            live_keys,
-            destroyed_keys,
+            live_keys: counts.live,
+            destroyed_keys: counts.destroyed,
             kek_version,
+            subject_keys_live: counts.subject_live,
+            subject_keys_destroyed: counts.subject_destroyed,
         })
     }
 

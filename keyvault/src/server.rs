@@ -233,7 +233,7 @@ impl From<VaultError> for ApiError {
 fn status_of(e: &VaultError) -> StatusCode {
     match e {
         VaultError::KeyDestroyed { .. } => StatusCode::GONE,
-        VaultError::SubjectMismatch { .. } => StatusCode::CONFLICT,
+        VaultError::SubjectMismatch { .. } | VaultError::SubjectForgotten { .. } => StatusCode::CONFLICT,
         VaultError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
         VaultError::InvalidInput(_) => StatusCode::BAD_REQUEST,
@@ -249,11 +249,15 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = self.0.code(), error = %self.0, "key vault request failed");
         }
-        let stream = match &self.0 {
-            VaultError::KeyDestroyed { stream } | VaultError::SubjectMismatch { stream } => Some(stream.clone()),
-            _ => None,
-        };
-        let mut response = problem(status, self.0.code(), self.0.to_string(), stream);
+        let mut fields = ProblemFields::default();
+        match &self.0 {
+            VaultError::KeyDestroyed { stream } | VaultError::SubjectMismatch { stream } => {
+                fields.stream = Some(stream.clone());
+            }
+            VaultError::SubjectForgotten { subject } => fields.subject = Some(subject.clone()),
+            _ => {}
+        }
+        let mut response = problem_with(status, self.0.code(), self.0.to_string(), fields);
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -263,14 +267,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The problem's optional members, naming what the error is about.
+#[derive(Default)]
+struct ProblemFields {
+    stream: Option<String>,
+    subject: Option<String>,
+}
+
 fn problem(status: StatusCode, code: &str, detail: String, stream: Option<String>) -> Response {
+    problem_with(status, code, detail, ProblemFields { stream, subject: None })
+}
+
+fn problem_with(status: StatusCode, code: &str, detail: String, fields: ProblemFields) -> Response {
     let body = Problem {
         type_: format!("urn:lethe:keyvault:problem:{code}"),
         title: status.canonical_reason().unwrap_or("error").to_string(),
         status: status.as_u16(),
         detail,
         code: code.to_string(),
-        stream,
+        stream: fields.stream,
+        subject: fields.subject,
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = (status, bytes).into_response();

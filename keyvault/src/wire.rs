@@ -84,6 +84,10 @@ pub(crate) struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: String,
+    /// The stream a `key_destroyed` or `subject_mismatch` problem is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// The (pseudonymous) subject a `subject_forgotten` problem is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }

@@ -7,18 +7,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use lethe_keyvault::{Dek, KeyId, NewKey};
+use lethe_keyvault::{Dek, KeyId, NewKey, SUBJECT_KEY_PREFIX};
 
 use super::Core;
-use super::payload;
+use super::payload::{self, EventSchemaPart, FieldSeal};
 use crate::coalesce::Batched;
 use crate::crypto::{DekCipher, KeyState};
 use crate::error::Error;
 use crate::limits::{APPEND_BYTES_MAX, APPEND_STREAMS_MAX};
+use crate::model::schema::field_subjects;
 use crate::model::validation::check_append;
-use crate::model::{AppendOutcome, ExpectedVersion, StreamAppend, StreamStatus, ValidationError, VersionConflict};
+use crate::model::{
+    AppendOutcome, ExpectedVersion, SchemaMode, StreamAppend, StreamStatus, SubjectId, ValidationError,
+    VersionConflict,
+};
 use crate::storage::plan::StreamState;
-use crate::storage::{AtomicAppend, Storage, StreamWrite};
+use crate::storage::{AtomicAppend, FieldSubject, Storage, StreamWrite};
 
 impl Core {
     /// Appends to several streams atomically: every stream is written or none is, each with
@@ -27,11 +31,137 @@ impl Core {
         check_append(&appends)?;
         let names: Vec<String> = appends.iter().map(|a| a.stream.to_string()).collect();
         let states = self.state_reads.call(names).await?;
+        let schemas = self.check_schemas(&appends, &states).await?;
         let keys = self.keys_for_append(&appends, &states).await?;
-        let (atomic, data_bytes) = encode_append(appends, &keys, !self.noop_cipher)?;
+        let field_keys = self.field_keys(&schemas).await?;
+        let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
+        for write in &mut atomic.writes {
+            for field in &mut write.field_subjects {
+                field.recorded = self.field_index.is_recorded(field.subject.as_str(), write.stream.as_str());
+            }
+        }
+        let recorded: Vec<(String, String)> = atomic
+            .writes
+            .iter()
+            .flat_map(|w| {
+                w.field_subjects
+                    .iter()
+                    .filter(|f| !f.recorded)
+                    .map(|f| (f.subject.to_string(), w.stream.to_string()))
+            })
+            .collect();
         let mut outcome = self.committer.submit(atomic).await?;
         outcome.data_bytes = data_bytes;
+        self.field_index.remember(recorded);
         Ok(outcome)
+    }
+
+    /// Validates each event against the latest schema of its type (refusing the append on a
+    /// violation in `enforce` mode, counting it in `warn`) and finds the subject of each
+    /// personal field it carries. One entry per stream, one per event.
+    async fn check_schemas(
+        &self,
+        appends: &[StreamAppend],
+        states: &HashMap<String, StreamState>,
+    ) -> Result<Vec<Vec<EventSchemaPlan>>, Error> {
+        let registry = self.schemas.current().await?;
+        let mut plans = Vec::with_capacity(appends.len());
+        for append in appends {
+            let stream = append.stream.as_str();
+            if registry.is_empty() {
+                plans.push(Vec::new());
+                continue;
+            }
+            // The subject `$stream` fields belong to: the bound one (a stream bound to another
+            // fails the append with subject_mismatch anyway).
+            let bound = match (&append.subject, states.get(stream).and_then(|s| s.subject.as_deref())) {
+                (Some(subject), _) => Some(subject.clone()),
+                (None, Some(stored)) => Some(SubjectId::new(stored)?),
+                (None, None) => None,
+            };
+            let mut events = Vec::with_capacity(append.events.len());
+            for (index, event) in append.events.iter().enumerate() {
+                let Some(schema) = registry.latest(&event.event_type) else {
+                    events.push(EventSchemaPlan::default());
+                    continue;
+                };
+                if let Err(violation) = schema.validate(&event.data) {
+                    match schema.schema.mode {
+                        SchemaMode::Enforce => return Err(violation.in_part(stream, index).into()),
+                        SchemaMode::Warn => self.schemas.count_violation(),
+                    }
+                }
+                let fields = field_subjects(&schema.personal, &event.data, bound.as_ref())
+                    .map_err(|e| e.in_part(stream, index))?
+                    .into_iter()
+                    .map(|(field, subject)| (field.pointer.clone(), subject))
+                    .collect();
+                events.push(EventSchemaPlan {
+                    version: Some(schema.schema.version),
+                    fields,
+                });
+            }
+            plans.push(events);
+        }
+        Ok(plans)
+    }
+
+    /// The field key of every subject whose personal fields an append carries: known subjects'
+    /// from the cache or the vault, the others' created (or found) in the vault in one call.
+    /// A subject being forgotten, or forgotten, takes no field (checked again at commit, under
+    /// the commit-order lock).
+    async fn field_keys(&self, schemas: &[Vec<EventSchemaPlan>]) -> Result<HashMap<String, FieldKey>, Error> {
+        let mut subjects: Vec<&SubjectId> = Vec::new();
+        for (_, subject) in schemas.iter().flatten().flat_map(|e| e.fields.iter()) {
+            if !subjects.contains(&subject) {
+                subjects.push(subject);
+            }
+        }
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (known, unknown): (Vec<(&SubjectId, Option<KeyId>)>, Vec<_>) = subjects
+            .iter()
+            .map(|s| (*s, self.field_index.key_of(s.as_str())))
+            .partition(|(_, id)| id.is_some());
+        let mut keys = HashMap::with_capacity(subjects.len());
+        if !unknown.is_empty() {
+            let names: Vec<&str> = unknown.iter().map(|(s, _)| s.as_str()).collect();
+            if let Some((subject, state)) = self.storage.subject_erasures(&names).await?.into_iter().next() {
+                return Err(state.error(&subject));
+            }
+            let requests: Vec<NewKey> = unknown.iter().map(|(s, _)| NewKey::subject_key(s.as_str())).collect();
+            let created = self.keyring.create(&requests).await.map_err(|e| match e {
+                Error::StreamErased { stream } => Error::SubjectForgotten {
+                    subject: stream.trim_start_matches(SUBJECT_KEY_PREFIX).to_owned(),
+                },
+                other => other,
+            })?;
+            for ((subject, _), (id, dek)) in unknown.iter().zip(created) {
+                self.field_index.learn(subject.as_str(), id);
+                keys.insert(subject.to_string(), FieldKey { id, dek });
+            }
+        }
+        let ids: Vec<KeyId> = known.iter().filter_map(|(_, id)| *id).collect();
+        let found = self.keyring.lookup(&ids).await?;
+        for (subject, id) in known {
+            let Some(id) = id else { continue };
+            match found.get(&id) {
+                Some(KeyState::Live(dek)) => {
+                    keys.insert(subject.to_string(), FieldKey { id, dek: dek.clone() });
+                }
+                _ => {
+                    let state = self.storage.subject_erasures(&[subject.as_str()]).await?;
+                    return Err(match state.get(subject.as_str()) {
+                        Some(state) => state.error(subject.as_str()),
+                        None => Error::SubjectForgotten {
+                            subject: subject.to_string(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(keys)
     }
 
     /// The DEK of every stream of an append: existing streams' from the cache or the vault,
@@ -74,17 +204,17 @@ impl Core {
             return Err(Error::WrongExpectedVersion { conflicts });
         }
 
-        // A subject being forgotten takes no new streams (checked again at commit, under the
-        // commit-order lock); checking here too keeps the vault from keying a stream that the
-        // erasure would then destroy the key of.
+        // A subject being forgotten, or forgotten, takes no new streams (checked again at
+        // commit, under the commit-order lock); checking here too keeps the vault from keying a
+        // stream that the erasure would then destroy the key of.
         let subjects: Vec<&str> = new_streams
             .iter()
             .filter_map(|a| a.subject.as_ref().map(|s| s.as_str()))
             .collect();
         if !subjects.is_empty()
-            && let Some(subject) = self.storage.subjects_being_erased(&subjects).await?.into_iter().next()
+            && let Some((subject, state)) = self.storage.subject_erasures(&subjects).await?.into_iter().next()
         {
-            return Err(Error::ErasureInProgress { subject });
+            return Err(state.error(&subject));
         }
 
         let mut keys = HashMap::with_capacity(appends.len());
@@ -159,29 +289,78 @@ impl Batched for StateReads {
     }
 }
 
-/// Encrypts an append's events with their streams' keys. Nothing is stored if this fails.
-/// Also answers the bytes of data and metadata it counted against the limits.
+/// What the schemas say about one event of an append.
+#[derive(Default)]
+pub(crate) struct EventSchemaPlan {
+    /// The schema version it was checked under.
+    version: Option<u32>,
+    /// Its personal fields present in its data (pointer), each with its subject.
+    fields: Vec<(String, SubjectId)>,
+}
+
+/// A subject's field key, for sealing.
+pub(crate) struct FieldKey {
+    id: KeyId,
+    dek: Dek,
+}
+
+/// Encrypts an append's events with their streams' keys (and their personal fields with their
+/// subjects' keys). Nothing is stored if this fails. Also answers the bytes of data and
+/// metadata it counted against the limits.
 fn encode_append(
     appends: Vec<StreamAppend>,
     keys: &HashMap<String, (KeyId, Dek)>,
+    schemas: &[Vec<EventSchemaPlan>],
+    field_keys: &HashMap<String, FieldKey>,
     sealed: bool,
 ) -> Result<(AtomicAppend, usize), Error> {
     let mut bytes = 0;
     let mut index = 0;
     let mut writes = Vec::with_capacity(appends.len());
-    for append in appends {
+    // Each field key prepared once for the whole append.
+    let field_ciphers: HashMap<&str, (KeyId, Box<DekCipher>)> = field_keys
+        .iter()
+        .map(|(subject, key)| (subject.as_str(), (key.id, DekCipher::new(&key.dek))))
+        .collect();
+    let no_schemas = Vec::new();
+    for (append_index, append) in appends.into_iter().enumerate() {
         let (key_id, dek) = keys.get(append.stream.as_str()).ok_or_else(|| Error::Corrupt {
             detail: format!("no key for stream {:?}", append.stream.as_str()),
         })?;
+        let plans = schemas.get(append_index).unwrap_or(&no_schemas);
         let mut events = Vec::with_capacity(append.events.len());
+        let mut field_subjects: Vec<FieldSubject> = Vec::new();
         // The DEK prepared once for all of this stream's events (not once per event).
         let cipher = sealed.then(|| DekCipher::new(dek));
         for (in_stream, event) in append.events.into_iter().enumerate() {
-            let encoded =
-                payload::encode(append.stream.as_str(), event, index, cipher.as_deref()).map_err(|e| match e {
+            let mut part = EventSchemaPart::default();
+            if let Some(plan) = plans.get(in_stream) {
+                part.version = plan.version;
+                for (pointer, subject) in &plan.fields {
+                    let (field_key_id, field_cipher) =
+                        field_ciphers.get(subject.as_str()).ok_or_else(|| Error::Corrupt {
+                            detail: format!("no field key for subject {subject:?}"),
+                        })?;
+                    part.fields.push(FieldSeal {
+                        pointer,
+                        key_id: *field_key_id,
+                        key: field_cipher,
+                    });
+                    if !field_subjects.iter().any(|f| f.subject == *subject) {
+                        field_subjects.push(FieldSubject {
+                            subject: subject.clone(),
+                            key_id: field_key_id.0,
+                            recorded: false,
+                        });
+                    }
+                }
+            }
+            let encoded = payload::encode(append.stream.as_str(), event, index, cipher.as_deref(), part).map_err(
+                |e| match e {
                     Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
                     other => other,
-                })?;
+                },
+            )?;
             // Data and metadata as given: the envelope's own bytes do not count.
             let overhead = if sealed { lethe_keyvault::envelope::OVERHEAD } else { 0 };
             bytes += encoded.payload.len().saturating_sub(overhead) + encoded.metadata.len();
@@ -203,6 +382,7 @@ fn encode_append(
             sealed,
             events,
             allow_closed: false,
+            field_subjects,
         });
     }
     Ok((AtomicAppend { writes }, bytes))

@@ -4,16 +4,20 @@
 //! ([`crate::crypto`]), the group-commit writer ([`group_commit`]), and the caches and signals
 //! they share. Its methods are the two paths every service needs: appending ([`append`]:
 //! validate, key, encrypt, submit) and reading ([`read`]: rows still sealed, then keys, then
-//! decryption), with [`payload`] as the one place an event becomes stored bytes and back.
+//! decryption), with [`payload`] as the one place an event becomes stored bytes and back. The
+//! event schemas that appends are checked against, and whose personal fields are sealed with
+//! their subjects' keys, are held compiled in [`schemas`].
 //!
 //! Architecture invariant: the core knows storage only through the `Storage` trait and keys
 //! only as `Dek` handles it passes from `crypto` to `payload`; it holds no SQL and no key bytes,
 //! and it imports nothing of the services, the façade or HTTP above it.
 
 pub(crate) mod append;
+pub(crate) mod field_index;
 pub(crate) mod group_commit;
 pub(crate) mod payload;
 pub(crate) mod read;
+pub(crate) mod schemas;
 pub(crate) mod token_cache;
 
 use std::sync::{Arc, Mutex};
@@ -30,6 +34,8 @@ use crate::limits::{KEY_CACHE_KEYS_DEFAULT, TOKEN_CACHE_TTL, WEBHOOK_POLL_DEFAUL
 use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
 use append::StateReads;
+use field_index::FieldIndexCache;
+use schemas::Schemas;
 use group_commit::{GroupCommitter, WriterStats};
 use token_cache::TokenCache;
 
@@ -86,6 +92,10 @@ pub(crate) struct Core {
     state_reads: Coalescer<StateReads>,
     /// API tokens verified lately (`services::access`).
     pub(crate) tokens: Arc<TokenCache>,
+    /// The event schemas, compiled ([`schemas`]).
+    pub(crate) schemas: Arc<Schemas>,
+    /// Subjects' field key ids and field-index rows already known ([`field_index`]).
+    field_index: FieldIndexCache,
     pub(crate) erasure_fault: Option<ErasureFault>,
     /// Payloads stored in clear (benchmark builds only; always false otherwise).
     noop_cipher: bool,
@@ -111,12 +121,15 @@ impl Core {
         let (revoker, forgetter) = (keyring.clone(), keyring.clone());
         let tokens = Arc::new(TokenCache::new(config.token_cache_ttl));
         let verified = tokens.clone();
+        let schemas = Arc::new(Schemas::new(storage.clone()));
+        let registry = schemas.clone();
         storage
             .watch_foreign_changes(ChangeFeed {
                 commits: commits_tx.clone(),
                 revoked_keys: Arc::new(move |keys| revoker.revoke(keys)),
                 forget_cached_keys: Arc::new(move || forgetter.clear()),
                 forget_verified_tokens: Arc::new(move || verified.clear()),
+                schemas_changed: Arc::new(move || registry.invalidate()),
             })
             .await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -129,6 +142,8 @@ impl Core {
             keyring,
             committer,
             tokens,
+            schemas,
+            field_index: FieldIndexCache::new(),
             erasure_fault: config.erasure_fault,
             #[cfg(feature = "insecure-noop-cipher")]
             noop_cipher: config.insecure_noop_cipher,

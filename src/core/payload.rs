@@ -4,7 +4,10 @@
 //! back. User events are sealed with their stream's DEK ([`crate::crypto`]); Lethe's own system
 //! events (tombstones) carry ids only and are stored in clear, with no key.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
+use lethe_keyvault::KeyId;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -12,16 +15,34 @@ use zeroize::Zeroizing;
 use crate::crypto::{self, DekCipher, OpenKey};
 use crate::error::{Error, ValidationError};
 use crate::limits::EVENT_BYTES_MAX;
-use crate::model::{NewEvent, RecordedEvent, StreamStatus};
+use crate::model::{NewEvent, PersonalField, RecordedEvent, StreamStatus};
 use crate::storage::{EncodedEvent, StoredEvent};
 
+/// A personal field to seal with its subject's field key as an event is encoded.
+pub(crate) struct FieldSeal<'a> {
+    pub(crate) pointer: &'a str,
+    pub(crate) key_id: KeyId,
+    pub(crate) key: &'a DekCipher,
+}
+
+/// How an event is encoded besides its stream's key: the schema version it was checked under
+/// and the personal fields to seal.
+#[derive(Default)]
+pub(crate) struct EventSchemaPart<'a> {
+    pub(crate) version: Option<u32>,
+    pub(crate) fields: Vec<FieldSeal<'a>>,
+}
+
 /// Serializes (and, given a DEK, encrypts) an event for storage. `index` names the event in
-/// errors.
+/// errors. Personal fields are sealed with their subjects' keys first, inside the data that is
+/// then sealed with the stream's key; the size limits and the retry digest count the data as
+/// given.
 pub(crate) fn encode(
     stream: &str,
-    event: NewEvent,
+    mut event: NewEvent,
     index: usize,
     dek: Option<&DekCipher>,
+    schema: EventSchemaPart<'_>,
 ) -> Result<EncodedEvent, Error> {
     let id_given = event.id.is_some();
     let id = event.id.unwrap_or_else(Uuid::now_v7);
@@ -41,6 +62,19 @@ pub(crate) fn encode(
         .into());
     }
     let content = content_for_digest(&event.event_type, &metadata, &data);
+    let data = if schema.fields.is_empty() {
+        data
+    } else {
+        for field in &schema.fields {
+            if let Some(value) = event.data.pointer_mut(field.pointer) {
+                let plaintext = Zeroizing::new(serde_json::to_vec(value).map_err(|_| ValidationError::InvalidData)?);
+                let sealed = crypto::seal_field(field.key, field.key_id, stream, &id, field.pointer, &plaintext)?;
+                // The plaintext value is dropped here; `Value` cannot zeroize itself.
+                *value = serde_json::Value::String(sealed);
+            }
+        }
+        Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?)
+    };
     let (payload, digest) = match dek {
         Some(dek) => (
             crypto::seal_event(dek, stream, &id, &data)?,
@@ -55,7 +89,53 @@ pub(crate) fn encode(
         payload,
         metadata,
         digest,
+        schema_version: schema.version,
     })
+}
+
+/// Opens the personal fields of a decoded event, as its schema version declares them: each
+/// reads as written while its subject's key lives, and as the field's replacement value —
+/// listed in `erased_fields` — once the subject is forgotten (its key `Destroyed` in `keys`).
+pub(crate) fn open_fields(
+    event: &mut RecordedEvent,
+    fields: &[PersonalField],
+    keys: &HashMap<KeyId, OpenKey>,
+) -> Result<(), Error> {
+    let (stream, id) = (event.stream.as_str(), event.id);
+    let Some(data) = event.data.as_mut() else {
+        return Ok(());
+    };
+    for field in fields {
+        let Some(value) = data.pointer_mut(&field.pointer) else {
+            continue;
+        };
+        let (key_id, sealed) = sealed_field(value).ok_or_else(|| Error::Corrupt {
+            detail: format!("personal field {:?} of event {id} is not sealed", field.pointer),
+        })?;
+        match keys.get(&key_id) {
+            Some(OpenKey::Live(key)) => {
+                let plaintext = crypto::open_field(key, stream, &id, &field.pointer, &sealed)?;
+                *value = serde_json::from_slice(&plaintext).map_err(|_| Error::Corrupt {
+                    detail: format!("personal field {:?} of event {id} is not JSON", field.pointer),
+                })?;
+            }
+            Some(OpenKey::Destroyed) => {
+                *value = field.erased.clone();
+                event.erased_fields.push(field.pointer.clone());
+            }
+            None => {
+                return Err(Error::Corrupt {
+                    detail: format!("no key supplied for a personal field of event {id}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The field key id and envelope of a sealed personal field's stored value.
+pub(crate) fn sealed_field(value: &serde_json::Value) -> Option<(KeyId, Vec<u8>)> {
+    value.as_str().and_then(crypto::parse_sealed_field)
 }
 
 /// What an idempotent retry compares: type, metadata and (a hash of) data, unambiguously framed.
@@ -112,6 +192,8 @@ pub(crate) fn decode(stored: StoredEvent, key: Option<&OpenKey>) -> Result<Recor
         event_type: stored.event_type,
         erased: data.is_none() && stored.key_id.is_some(),
         data,
+        schema_version: stored.schema_version,
+        erased_fields: Vec::new(),
         metadata,
         recorded_at,
     })

@@ -4,13 +4,16 @@
 //! back `erased` with everything but `data` intact.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use lethe_keyvault::KeyId;
 
 use super::Core;
 use super::payload;
+use super::schemas::CompiledSchema;
 use crate::crypto::{KeyState, OpenKey};
 use crate::error::Error;
+use crate::model::schema::{SubjectSource, remove_at};
 use crate::model::validation::{check_filter, check_page_limit};
 use crate::model::{
     Direction, LogFilter, LogPage, RecordedEvent, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId,
@@ -111,6 +114,114 @@ impl Core {
     /// vault call). The stream status read with the rows decides: a shredded stream's events
     /// are never decrypted, even with the key still at hand, and its key is evicted.
     pub(crate) async fn decode(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
+        let with_schema = stored.iter().any(|e| e.schema_version.is_some());
+        let mut events = self.decode_payloads(stored).await?;
+        if with_schema {
+            self.open_fields(&mut events).await?;
+        }
+        Ok(events)
+    }
+
+    /// Opens the personal fields of a decoded page: the field keys of the page are looked up
+    /// once (cache, then at most one vault call), after asking the event database which of
+    /// them belong to forgotten subjects — the source of truth, as the stream status is for
+    /// stream keys, so that a key still cached in a process that missed a revocation opens
+    /// nothing.
+    async fn open_fields(&self, events: &mut [RecordedEvent]) -> Result<(), Error> {
+        let mut schemas: HashMap<(String, u32), Arc<CompiledSchema>> = HashMap::new();
+        let mut needed: HashSet<KeyId> = HashSet::new();
+        for event in events.iter() {
+            let (Some(version), Some(data)) = (event.schema_version, event.data.as_ref()) else {
+                continue;
+            };
+            let key = (event.event_type.clone(), version);
+            let schema = match schemas.get(&key) {
+                Some(schema) => schema.clone(),
+                None => {
+                    let schema = self.schemas.version(&event.event_type, version).await?;
+                    schemas.insert(key, schema.clone());
+                    schema
+                }
+            };
+            for field in &schema.personal {
+                if let Some((id, _)) = data.pointer(&field.pointer).and_then(payload::sealed_field) {
+                    needed.insert(id);
+                }
+            }
+        }
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = needed.iter().map(|id| id.0).collect();
+        let forgotten: Vec<KeyId> = self
+            .storage
+            .forgotten_field_keys(&ids)
+            .await?
+            .into_iter()
+            .map(KeyId)
+            .collect();
+        if !forgotten.is_empty() {
+            self.keyring.revoke(&forgotten);
+        }
+        let live: Vec<KeyId> = needed.into_iter().filter(|id| !forgotten.contains(id)).collect();
+        let mut keys: HashMap<KeyId, OpenKey> = self
+            .keyring
+            .lookup(&live)
+            .await?
+            .iter()
+            .map(|(id, state)| (*id, OpenKey::new(state)))
+            .collect();
+        keys.extend(forgotten.into_iter().map(|id| (id, OpenKey::Destroyed)));
+        for event in events.iter_mut() {
+            let Some(version) = event.schema_version else { continue };
+            if let Some(schema) = schemas.get(&(event.event_type.clone(), version)) {
+                payload::open_fields(event, &schema.personal, &keys)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps, of a decoded event's personal fields, only those of `subject` (and everything
+    /// that is not personal), for the subject's export; answers whether the event carries any
+    /// of its fields. `bound` is the subject of the event's stream.
+    pub(crate) async fn keep_fields_of(
+        &self,
+        event: &mut RecordedEvent,
+        subject: &SubjectId,
+        bound: Option<&SubjectId>,
+    ) -> Result<bool, Error> {
+        let Some(version) = event.schema_version else {
+            return Ok(false);
+        };
+        let schema = self.schemas.version(&event.event_type, version).await?;
+        let Some(data) = event.data.as_mut() else {
+            return Ok(false);
+        };
+        let mut carries = false;
+        let mut others = Vec::new();
+        for field in &schema.personal {
+            if data.pointer(&field.pointer).is_none() {
+                continue;
+            }
+            let owner = match &field.subject {
+                SubjectSource::Stream => bound.map(SubjectId::as_str),
+                SubjectSource::Pointer(pointer) => data.pointer(pointer).and_then(serde_json::Value::as_str),
+            };
+            if owner == Some(subject.as_str()) {
+                carries = true;
+            } else {
+                others.push(field.pointer.as_str());
+            }
+        }
+        for pointer in others {
+            remove_at(data, pointer);
+            event.erased_fields.retain(|p| p != pointer);
+        }
+        Ok(carries)
+    }
+
+    /// Decrypts the payloads of a page (personal fields still sealed).
+    async fn decode_payloads(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
         let keys = self.page_keys(&stored).await?;
         // Each key prepared once for the whole page (not once per event).
         let keys: HashMap<KeyId, OpenKey> = keys.iter().map(|(id, state)| (*id, OpenKey::new(state))).collect();

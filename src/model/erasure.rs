@@ -135,6 +135,11 @@ pub struct Erasure {
     pub status: ErasureStatus,
     /// The streams it shredded; `None` until step 1 ran.
     pub streams: Option<Vec<ShreddedStream>>,
+    /// Streams holding personal fields of the subject (set with `streams`; empty for a stream
+    /// deletion): their fields read as their replacement values once the subject key is gone.
+    pub field_streams: Option<Vec<String>>,
+    /// The subject's field key, if its personal fields were ever written (set with `streams`).
+    pub subject_key: Option<Uuid>,
     pub keys_destroyed: u64,
     pub reason: ErasureReason,
     pub requested_at: DateTime<Utc>,
@@ -155,6 +160,8 @@ impl Erasure {
             target,
             status: ErasureStatus::Pending,
             streams: None,
+            field_streams: None,
+            subject_key: None,
             keys_destroyed: 0,
             reason,
             requested_at: Utc::now(),
@@ -180,7 +187,7 @@ impl Erasure {
 
     /// Nothing was left to shred: the subject was already forgotten (or the stream deleted).
     pub fn found_nothing(&self) -> bool {
-        self.streams.as_ref().is_some_and(Vec::is_empty)
+        self.streams.as_ref().is_some_and(Vec::is_empty) && self.field_streams.as_ref().is_none_or(Vec::is_empty)
     }
 
     pub(crate) fn key_ids(&self) -> Vec<KeyId> {
@@ -188,6 +195,7 @@ impl Erasure {
             .iter()
             .flatten()
             .filter_map(|s| s.key_id.map(KeyId))
+            .chain(self.subject_key.map(KeyId))
             .collect()
     }
 }

@@ -110,6 +110,11 @@ pub struct RecordedEvent {
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
     pub erased: bool,
+    /// The version of its type's schema the event was written under (none: no schema then).
+    pub schema_version: Option<u32>,
+    /// JSON pointers of the personal fields that read as their replacement values because
+    /// their subjects were forgotten.
+    pub erased_fields: Vec<String>,
 }
 
 // `data` may hold personal data: the `Debug` of an event shows everything else, so that no
@@ -133,6 +138,8 @@ impl fmt::Debug for RecordedEvent {
             .field("position", &self.position)
             .field("event_type", &self.event_type)
             .field("erased", &self.erased)
+            .field("schema_version", &self.schema_version)
+            .field("erased_fields", &self.erased_fields)
             .field("metadata", &self.metadata)
             .field("recorded_at", &self.recorded_at)
             .finish_non_exhaustive()
@@ -174,6 +181,8 @@ mod tests {
             metadata: serde_json::json!({}),
             recorded_at: DateTime::<Utc>::UNIX_EPOCH,
             erased: false,
+            schema_version: None,
+            erased_fields: Vec::new(),
         };
         for debug in [
             format!("{new:?}"),

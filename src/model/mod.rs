@@ -2,7 +2,8 @@
 //!
 //! Streams, subjects, events and what appends and reads return ([`stream`], [`event`]);
 //! erasure requests and legal holds ([`erasure`]); tokens and consumers ([`access`]); the audit
-//! chain ([`audit`]); the erasure report ([`report`]); the webhook signature ([`webhook`]); and
+//! chain ([`audit`]); the erasure report ([`report`]); event schemas and their personal fields
+//! ([`schema`]); the webhook signature ([`webhook`]); and
 //! [`ValidationError`] with the pure checks that raise it ([`validation`]). They are validated
 //! on construction (a `StreamName` is always a legal name), so code further in never re-checks
 //! them.
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod erasure;
 pub mod event;
 pub mod report;
+pub mod schema;
 pub mod stream;
 pub mod validation;
 pub mod webhook;
@@ -29,6 +31,7 @@ pub use event::{
     AppendOutcome, AppendResult, LogPage, NewEvent, RecordedEvent, StreamAppend, StreamSlice, VersionConflict,
 };
 pub use report::{DurationStats, ErasureReport, OverdueRequest, WaitingDependent, WeekFigures};
+pub use schema::{EventSchema, PersonalField, SchemaMode, SubjectSource};
 pub use stream::{Direction, ExpectedVersion, LogFilter, StreamInfo, StreamName, StreamStatus, SubjectId};
 pub use validation::{ValidationError, check_webhook};
 pub use webhook::{SIGNATURE_HEADER, signature};

@@ -61,6 +61,23 @@ pub enum ValidationError {
     InvalidLimit { max: usize },
     #[error("too many event types in a filter: {count} (at most {max})")]
     TooManyTypes { count: usize, max: usize },
+    /// A schema that is not a valid JSON Schema (2020-12), or whose personal-field declarations
+    /// break Lethe's rules.
+    #[error("invalid schema: {reason}")]
+    InvalidSchema { reason: String },
+    /// An event that does not match its type's schema (in `enforce` mode). Names where and which
+    /// keyword failed, never the offending value (it may be personal data).
+    #[error("event data does not match schema version {version} of its type: keyword {keyword:?} failed at {pointer:?}")]
+    SchemaViolation {
+        version: u32,
+        pointer: String,
+        keyword: String,
+    },
+    /// A personal field whose subject cannot be told.
+    #[error("the subject of personal field {field:?} {reason}")]
+    InvalidFieldSubject { field: String, reason: &'static str },
+    #[error("too many {what}: at most {max}")]
+    TooMany { what: &'static str, max: usize },
 }
 
 impl ValidationError {
@@ -80,6 +97,9 @@ impl ValidationError {
                 "invalid_stream_name"
             }
             ValidationError::EventTooLarge { .. } | ValidationError::AppendTooLarge { .. } => "payload_too_large",
+            ValidationError::InvalidSchema { .. } => "invalid_schema",
+            ValidationError::SchemaViolation { .. } => "schema_violation",
+            ValidationError::InvalidFieldSubject { .. } => "invalid_subject",
             _ => "invalid_request",
         }
     }

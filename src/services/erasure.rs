@@ -218,6 +218,7 @@ pub(crate) fn tombstones(erasure: &Erasure) -> Result<AtomicAppend, Error> {
                 "subject": subject.as_str(),
                 "request_id": erasure.id,
                 "streams": streams.iter().map(|s| s.stream.as_str()).collect::<Vec<_>>(),
+                "field_streams": erasure.field_streams.as_deref().unwrap_or_default(),
                 "keys_destroyed": erasure.keys_destroyed,
             }),
         ),
@@ -251,7 +252,7 @@ fn system_write(
     data: &serde_json::Value,
 ) -> Result<StreamWrite, Error> {
     let event = NewEvent::new(event_type, data.clone()).with_id(id);
-    let encoded: EncodedEvent = payload::encode(stream.as_str(), event, 0, None)?;
+    let encoded: EncodedEvent = payload::encode(stream.as_str(), event, 0, None, Default::default())?;
     Ok(StreamWrite {
         stream,
         expected: ExpectedVersion::Any,
@@ -260,6 +261,7 @@ fn system_write(
         sealed: false,
         events: vec![encoded],
         allow_closed: true,
+        field_subjects: Vec::new(),
     })
 }
 

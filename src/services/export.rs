@@ -1,6 +1,7 @@
 //! Subject access and portability exports (GDPR Art. 15/20): every event of a subject's
-//! streams, decrypted where it still can be, streamed page by page so that a subject with many
-//! events never needs them all in memory.
+//! streams, decrypted where it still can be; then every event of other streams that carries
+//! the subject's personal fields, with every other subject's personal fields left out. Streamed
+//! page by page, so that a subject with many events never needs them all in memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,25 +11,35 @@ use futures::Stream;
 use crate::core::Core;
 use crate::error::Error;
 use crate::limits::BUFFERED_PAGE_EVENTS;
-use crate::model::{RecordedEvent, StreamInfo, SubjectId};
+use crate::model::{RecordedEvent, StreamInfo, StreamName, SubjectId};
 use crate::storage::StoredEvent;
+
+/// A stream to export: bound to the subject (every event), or holding its personal fields
+/// (only the events that carry them, with only its fields of all the personal ones).
+struct ExportStream {
+    info: StreamInfo,
+    fields_only: bool,
+}
 
 struct State {
     core: Arc<Core>,
-    streams: VecDeque<StreamInfo>,
+    subject: SubjectId,
+    streams: VecDeque<ExportStream>,
     next_version: u64,
     buffered: VecDeque<StoredEvent>,
     done: bool,
 }
 
-/// Every event of every stream bound to `subject`, stream by stream (by name), in version order.
-/// Shredded streams yield their events with `data: None, erased: true`.
+/// Every event of every stream bound to `subject`, stream by stream (by name), in version order;
+/// then the events of the streams holding its personal fields. Shredded streams yield their
+/// events with `data: None, erased: true`.
 pub(crate) fn export_subject(
     core: Arc<Core>,
     subject: SubjectId,
 ) -> impl Stream<Item = Result<RecordedEvent, Error>> + Send + 'static {
     let state = State {
         core,
+        subject: subject.clone(),
         streams: VecDeque::new(),
         next_version: 0,
         buffered: VecDeque::new(),
@@ -37,7 +48,19 @@ pub(crate) fn export_subject(
     futures::stream::unfold((state, Some(subject)), |(mut state, mut subject)| async move {
         loop {
             if let Some(stored) = state.buffered.pop_front() {
-                match state.core.decode(vec![stored]).await.map(|mut e| e.pop()) {
+                let fields_only = state.streams.front().is_some_and(|s| s.fields_only);
+                let decoded = match state.core.decode(vec![stored]).await.map(|mut e| e.pop()) {
+                    Ok(Some(mut event)) if fields_only => {
+                        let bound = state.streams.front().and_then(|s| s.info.subject.clone());
+                        state
+                            .core
+                            .keep_fields_of(&mut event, &state.subject, bound.as_ref())
+                            .await
+                            .map(|carries| carries.then_some(event))
+                    }
+                    other => other,
+                };
+                match decoded {
                     Ok(Some(event)) => return Some((Ok(event), (state, subject))),
                     Ok(None) => continue,
                     Err(e) => {
@@ -50,8 +73,8 @@ pub(crate) fn export_subject(
                 return None;
             }
             if let Some(subject) = subject.take() {
-                match state.core.subject_streams(&subject).await {
-                    Ok(streams) => state.streams = streams.into(),
+                match export_streams(&state.core, &subject).await {
+                    Ok(streams) => state.streams = streams,
                     Err(e) => {
                         state.done = true;
                         return Some((Err(e), (state, None)));
@@ -64,7 +87,7 @@ pub(crate) fn export_subject(
             };
             let page = state
                 .core
-                .read_stream_stored(&stream.stream, state.next_version, BUFFERED_PAGE_EVENTS)
+                .read_stream_stored(&stream.info.stream, state.next_version, BUFFERED_PAGE_EVENTS)
                 .await;
             match page {
                 Ok(events) if events.is_empty() => {
@@ -86,4 +109,28 @@ pub(crate) fn export_subject(
             }
         }
     })
+}
+
+/// The streams bound to the subject, then the other streams holding its personal fields.
+async fn export_streams(core: &Core, subject: &SubjectId) -> Result<VecDeque<ExportStream>, Error> {
+    let mut streams: VecDeque<ExportStream> = core
+        .subject_streams(subject)
+        .await?
+        .into_iter()
+        .map(|info| ExportStream {
+            info,
+            fields_only: false,
+        })
+        .collect();
+    for name in core.storage.field_streams(subject).await? {
+        if streams.iter().any(|s| s.info.stream.as_str() == name) {
+            continue;
+        }
+        let info = core.stream_info(&StreamName::parse_readable(&name)?).await?;
+        streams.push_back(ExportStream {
+            info,
+            fields_only: true,
+        });
+    }
+    Ok(streams)
 }

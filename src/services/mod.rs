@@ -18,5 +18,6 @@ pub(crate) mod consumers;
 pub(crate) mod erasure;
 pub(crate) mod export;
 pub(crate) mod report;
+pub(crate) mod schemas;
 pub(crate) mod subscription;
 pub(crate) mod webhooks;

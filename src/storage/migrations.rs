@@ -28,6 +28,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         "hold_lapses",
         include_str!("../../migrations/sqlite/0006_hold_lapses.sql"),
     ),
+    (
+        8,
+        "personal_fields",
+        include_str!("../../migrations/sqlite/0008_personal_fields.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -53,6 +58,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         7,
         "write_generation",
         include_str!("../../migrations/postgres/0007_write_generation.sql"),
+    ),
+    (
+        8,
+        "personal_fields",
+        include_str!("../../migrations/postgres/0008_personal_fields.sql"),
     ),
 ];
 

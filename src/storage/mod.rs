@@ -39,13 +39,14 @@ use lethe_keyvault::KeyId;
 use uuid::Uuid;
 
 pub(crate) use records::{
-    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, StoredEvent, StreamWrite, advance_head,
+    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, StoredEvent, StreamWrite,
+    advance_head,
 };
 
 use crate::error::StorageError;
 use crate::model::{
-    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, LegalHold, LogFilter, NewAuditEntry,
-    StreamInfo, StreamName, SubjectId, TokenRecord,
+    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, EventSchema, LegalHold, LogFilter,
+    NewAuditEntry, SchemaMode, StreamInfo, StreamName, SubjectId, TokenRecord,
 };
 
 /// The part of [`Storage`] each engine writes itself: its append path, its log reads, the
@@ -58,8 +59,12 @@ pub trait EngineStorage: Send + Sync + 'static {
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError>;
     /// The stored state of these streams (absent: never written).
     async fn stream_states(&self, names: &[&str]) -> Result<HashMap<String, plan::StreamState>, StorageError>;
-    /// Which of these subjects have an unfinished erasure.
-    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError>;
+    /// Which of these subjects have an erasure, unfinished or completed (refused ones do not
+    /// count).
+    async fn subject_erasures(&self, subjects: &[&str]) -> Result<HashMap<String, plan::SubjectErasure>, StorageError>;
+    /// Which of these subject field keys belong to a forgotten subject (the erasure's shred
+    /// step marks them, in the transaction that shreds the subject's streams).
+    async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError>;
     /// Up to `limit` events of the global log from position `from` (inclusive), never past the
     /// returned head: every position up to the head is committed, so a reader that continues
     /// from `head + 1` skips nothing.
@@ -95,13 +100,30 @@ pub trait Storage: EngineStorage {
     async fn head(&self) -> Result<u64, StorageError>;
     /// Streams bound to a subject.
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;
+    /// Streams holding personal fields of a subject, by name.
+    async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError>;
+
+    // Event schemas
+    /// Every version of every event type's schema, by type and version.
+    async fn schemas(&self) -> Result<Vec<EventSchema>, StorageError>;
+    /// Registers the next version of `event_type`'s schema, audited (`schema_registered`) in
+    /// the same transaction; serialised with other registrations by the audit chain's lock.
+    /// A schema and mode equal to the latest version's register nothing.
+    async fn register_schema(
+        &self,
+        event_type: &str,
+        mode: SchemaMode,
+        schema: &serde_json::Value,
+        actor: &str,
+    ) -> Result<SchemaRegistration, StorageError>;
 
     // Erasure requests and legal holds
     /// Records a new erasure request.
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError>;
     /// Step 1 of an erasure, in one transaction serialised with appends: marks its target's
-    /// active streams erased (subject) or deleted (stream), removes their ciphertext, and
-    /// records the list on the request. Once: a repeat returns the recorded list unchanged.
+    /// active streams erased (subject) or deleted (stream), removes their ciphertext, marks a
+    /// subject's field key forgotten, and records the lists (bound streams, field streams, the
+    /// field key) on the request. Once: a repeat returns the recorded lists unchanged.
     async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError>;
     /// Step 2 done: the vault destroyed `keys`. Other processes are told to evict them.
     async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError>;
@@ -178,6 +200,19 @@ pub trait Storage: EngineStorage {
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
     /// The chain head: last `seq` and its hash.
     async fn audit_head(&self) -> Result<(u64, [u8; 32]), StorageError>;
+}
+
+/// What [`Storage::register_schema`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchemaRegistration {
+    /// A new version was stored.
+    Registered(EventSchema),
+    /// The latest version already has this schema and mode: nothing stored.
+    Unchanged(EventSchema),
+    /// The type has [`crate::limits::SCHEMA_VERSIONS_MAX`] versions already.
+    TooManyVersions,
+    /// [`crate::limits::SCHEMA_TYPES_MAX`] types have schemas already.
+    TooManyTypes,
 }
 
 /// Opens an event database by URL (`sqlite://path` or `postgres://…`), applying migrations.

@@ -26,8 +26,49 @@ pub struct Lookups<'a> {
     /// The caller-chosen event ids (their [`ExistingEvent`]s): an id the store generated
     /// cannot be stored already (see `EncodedEvent::id_given`).
     pub given_ids: Vec<Uuid>,
-    /// The subjects the group binds streams to (those with an unfinished erasure).
+    /// The subjects the group binds streams to or writes personal fields of (their
+    /// [`SubjectErasure`]s).
     pub subjects: Vec<&'a str>,
+}
+
+/// Where a subject's erasure stands, for appends that name the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectErasure {
+    /// An erasure request is unfinished: `erasure_in_progress`.
+    InProgress,
+    /// The subject was forgotten: `subject_forgotten`.
+    Forgotten,
+}
+
+/// Folds `(subject, status)` rows of subject erasure requests (refused ones left out) into
+/// each subject's [`SubjectErasure`]: any unfinished request makes it in progress.
+pub fn subject_erasures(rows: impl IntoIterator<Item = (String, String)>) -> HashMap<String, SubjectErasure> {
+    let mut states = HashMap::new();
+    for (subject, status) in rows {
+        let state = if status == "completed" {
+            SubjectErasure::Forgotten
+        } else {
+            SubjectErasure::InProgress
+        };
+        let entry = states.entry(subject).or_insert(state);
+        if state == SubjectErasure::InProgress {
+            *entry = state;
+        }
+    }
+    states
+}
+
+impl SubjectErasure {
+    pub fn error(self, subject: &str) -> Error {
+        match self {
+            SubjectErasure::InProgress => Error::ErasureInProgress {
+                subject: subject.to_owned(),
+            },
+            SubjectErasure::Forgotten => Error::SubjectForgotten {
+                subject: subject.to_owned(),
+            },
+        }
+    }
 }
 
 pub fn lookups(group: &[AtomicAppend]) -> Lookups<'_> {
@@ -40,7 +81,12 @@ pub fn lookups(group: &[AtomicAppend]) -> Lookups<'_> {
             .map(|e| e.id)
             .collect(),
         subjects: writes()
-            .filter_map(|w| w.subject.as_ref().map(|s| s.as_str()))
+            .flat_map(|w| {
+                w.subject
+                    .iter()
+                    .map(|s| s.as_str())
+                    .chain(w.field_subjects.iter().map(|f| f.subject.as_str()))
+            })
             .collect(),
     }
 }
@@ -62,6 +108,14 @@ pub struct ExistingEvent {
     pub version: u64,
     pub position: u64,
     pub digest: Vec<u8>,
+}
+
+/// A subject's field key and one stream holding its fields, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIndexRow<'a> {
+    pub subject: &'a str,
+    pub key_id: Uuid,
+    pub stream: &'a str,
 }
 
 /// One event row to insert.
@@ -90,6 +144,9 @@ pub struct GroupPlan<'a> {
     pub replies: Vec<AppendReply>,
     pub rows: Vec<EventRow<'a>>,
     pub streams: Vec<StreamRow>,
+    /// Subject field keys and field streams not recorded yet (each once; insert, ignoring
+    /// rows that exist).
+    pub field_index: Vec<FieldIndexRow<'a>>,
     /// The last position after the group (unchanged if nothing is written).
     pub head: u64,
 }
@@ -97,14 +154,15 @@ pub struct GroupPlan<'a> {
 /// Decides a group. `states` holds every stored stream the group names (absent: never
 /// written); `existing` every stored event whose id the group carries; `head` the last
 /// committed position.
-/// `erasing` holds the subjects (of those the group binds) with an unfinished erasure: no
-/// new stream may be bound to them until it completes, so that the erasure's list of streams
-/// stays complete.
+/// `erasing` holds the erasure state of the subjects the group names (see
+/// [`SubjectErasure`]): no new stream may be bound to them, and none of their personal fields
+/// written, so that an erasure's lists of streams stay complete and a forgotten subject stays
+/// forgotten.
 pub fn plan_group<'a>(
     group: &'a [AtomicAppend],
     mut states: HashMap<String, StreamState>,
     mut existing: HashMap<Uuid, ExistingEvent>,
-    erasing: &HashSet<String>,
+    erasing: &HashMap<String, SubjectErasure>,
     mut head: u64,
     now_us: i64,
 ) -> GroupPlan<'a> {
@@ -113,6 +171,7 @@ pub fn plan_group<'a>(
     // Streams this group writes, in first-touch order, and whether each is new.
     let mut touched: Vec<(String, bool)> = Vec::new();
     let mut touched_names: HashSet<String> = HashSet::new();
+    let mut field_index: Vec<FieldIndexRow<'a>> = Vec::new();
 
     for append in group {
         let reply = match check_retry(append, &states, &existing) {
@@ -165,6 +224,16 @@ pub fn plan_group<'a>(
                                 },
                             );
                         }
+                        for field in write.field_subjects.iter().filter(|f| !f.recorded) {
+                            let row = FieldIndexRow {
+                                subject: field.subject.as_str(),
+                                key_id: field.key_id,
+                                stream: name,
+                            };
+                            if !field_index.contains(&row) {
+                                field_index.push(row);
+                            }
+                        }
                         let last_version = first_version + write.events.len() as u64 - 1;
                         state.version = Some(last_version);
                         results.push(AppendResult {
@@ -205,6 +274,7 @@ pub fn plan_group<'a>(
         replies,
         rows,
         streams,
+        field_index,
         head,
     }
 }
@@ -295,16 +365,19 @@ pub struct WriteHead<'a> {
 fn check_append(
     append: &AtomicAppend,
     states: &HashMap<String, StreamState>,
-    erasing: &HashSet<String>,
+    erasing: &HashMap<String, SubjectErasure>,
 ) -> Result<(), Error> {
     for write in &append.writes {
         if let Some(subject) = &write.subject
             && !states.contains_key(write.stream.as_str())
-            && erasing.contains(subject.as_str())
+            && let Some(state) = erasing.get(subject.as_str())
         {
-            return Err(Error::ErasureInProgress {
-                subject: subject.to_string(),
-            });
+            return Err(state.error(subject.as_str()));
+        }
+        for field in &write.field_subjects {
+            if let Some(state) = erasing.get(field.subject.as_str()) {
+                return Err(state.error(field.subject.as_str()));
+            }
         }
     }
     let heads: Vec<WriteHead<'_>> = append
@@ -384,6 +457,7 @@ mod tests {
             payload: vec![],
             metadata: "{}".into(),
             digest: [digest; 32],
+            schema_version: None,
         }
     }
 
@@ -396,6 +470,7 @@ mod tests {
             sealed: false,
             events,
             allow_closed: false,
+            field_subjects: Vec::new(),
         }
     }
 
@@ -424,7 +499,7 @@ mod tests {
     fn check(current: Option<u64>, expected: ExpectedVersion, want: &str) {
         let group = [single(write("s", expected, vec![event(1, 1)]))];
         let states = current.map(|v| ("s".to_owned(), state(Some(v)))).into_iter().collect();
-        let plan = plan_group(&group, states, HashMap::new(), &HashSet::new(), 10, 0);
+        let plan = plan_group(&group, states, HashMap::new(), &HashMap::new(), 10, 0);
         assert_eq!(code(&plan.replies[0]), want, "current {current:?}, expected {expected}");
     }
 
@@ -449,7 +524,7 @@ mod tests {
             single(write("s", ExpectedVersion::Exact(1), vec![event(3, 3)])),
             single(write("s", ExpectedVersion::Exact(1), vec![event(4, 4)])),
         ];
-        let plan = plan_group(&group, HashMap::new(), HashMap::new(), &HashSet::new(), 7, 0);
+        let plan = plan_group(&group, HashMap::new(), HashMap::new(), &HashMap::new(), 7, 0);
         assert_eq!(code(&plan.replies[0]), "ok");
         assert_eq!(code(&plan.replies[1]), "ok");
         assert_eq!(code(&plan.replies[2]), "wrong_expected_version");
@@ -468,7 +543,7 @@ mod tests {
             ExpectedVersion::NoStream,
             vec![event(1, 1), event(2, 2)],
         ))];
-        let first = plan_group(&group, HashMap::new(), HashMap::new(), &HashSet::new(), 0, 0);
+        let first = plan_group(&group, HashMap::new(), HashMap::new(), &HashMap::new(), 0, 0);
         let existing: HashMap<_, _> = first
             .rows
             .iter()
@@ -485,7 +560,7 @@ mod tests {
             })
             .collect();
         let states: HashMap<_, _> = [("s".to_owned(), state(Some(1)))].into();
-        let again = plan_group(&group, states.clone(), existing.clone(), &HashSet::new(), 2, 0);
+        let again = plan_group(&group, states.clone(), existing.clone(), &HashMap::new(), 2, 0);
         assert_eq!(code(&again.replies[0]), "retry");
         assert!(again.rows.is_empty());
         assert_eq!(
@@ -499,18 +574,18 @@ mod tests {
             ExpectedVersion::NoStream,
             vec![event(1, 9), event(2, 2)],
         ))];
-        let plan = plan_group(&changed, states.clone(), existing.clone(), &HashSet::new(), 2, 0);
+        let plan = plan_group(&changed, states.clone(), existing.clone(), &HashMap::new(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
 
         // Partly stored.
         let partial = [single(write("s", ExpectedVersion::Any, vec![event(2, 2), event(5, 5)]))];
-        let plan = plan_group(&partial, states.clone(), existing.clone(), &HashSet::new(), 2, 0);
+        let plan = plan_group(&partial, states.clone(), existing.clone(), &HashMap::new(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
         assert!(plan.rows.is_empty());
 
         // Same ids in another stream.
         let elsewhere = [single(write("t", ExpectedVersion::Any, vec![event(1, 1), event(2, 2)]))];
-        let plan = plan_group(&elsewhere, states, existing, &HashSet::new(), 2, 0);
+        let plan = plan_group(&elsewhere, states, existing, &HashMap::new(), 2, 0);
         assert_eq!(code(&plan.replies[0]), "duplicate_event_id");
     }
 
@@ -532,7 +607,7 @@ mod tests {
             single(to_bound_same),
             single(write("b", ExpectedVersion::Any, vec![event(4, 1)])),
         ];
-        let plan = plan_group(&group, states, HashMap::new(), &HashSet::new(), 5, 0);
+        let plan = plan_group(&group, states, HashMap::new(), &HashMap::new(), 5, 0);
         let codes: Vec<_> = plan.replies.iter().map(code).collect();
         assert_eq!(codes, ["stream_erased", "subject_mismatch", "ok", "ok"]);
     }
@@ -555,7 +630,7 @@ mod tests {
                 ],
             },
         ];
-        let plan = plan_group(&group, states, HashMap::new(), &HashSet::new(), 100, 0);
+        let plan = plan_group(&group, states, HashMap::new(), &HashMap::new(), 100, 0);
         match &plan.replies[0] {
             Err(Error::WrongExpectedVersion { conflicts }) => {
                 let got: Vec<_> = conflicts.iter().map(|c| (c.stream.as_str(), c.current)).collect();
@@ -569,5 +644,42 @@ mod tests {
         assert_eq!(ok.streams[1].last_position, 103);
         assert_eq!(plan.rows.len(), 3);
         assert_eq!(plan.streams.len(), 2, "the failed append touched nothing");
+    }
+
+    #[test]
+    fn field_subjects_are_indexed_once_and_refused_while_erased() {
+        let field = |subject: &str, recorded: bool| crate::storage::FieldSubject {
+            subject: SubjectId::new(subject).unwrap(),
+            key_id: Uuid::from_u128(7),
+            recorded,
+        };
+        let mut a = write("a", ExpectedVersion::Any, vec![event(1, 1)]);
+        a.field_subjects = vec![field("alice", false), field("bob", true)];
+        let mut again = write("a", ExpectedVersion::Any, vec![event(2, 1)]);
+        again.field_subjects = vec![field("alice", false)];
+        let group = [single(a.clone()), single(again)];
+        assert_eq!(lookups(&group).subjects, vec!["alice", "bob", "alice"]);
+        let plan = plan_group(&group, HashMap::new(), HashMap::new(), &HashMap::new(), 0, 0);
+        assert_eq!(
+            plan.field_index,
+            vec![FieldIndexRow {
+                subject: "alice",
+                key_id: Uuid::from_u128(7),
+                stream: "a"
+            }]
+        );
+        for (status, code_wanted) in [("pending", "erasure_in_progress"), ("completed", "subject_forgotten")] {
+            let erasing = subject_erasures([("bob".to_owned(), status.to_owned())]);
+            let group = [single(a.clone())];
+            let plan = plan_group(&group, HashMap::new(), HashMap::new(), &erasing, 0, 0);
+            assert_eq!(code(&plan.replies[0]), code_wanted);
+            assert!(plan.rows.is_empty() && plan.field_index.is_empty());
+        }
+        // An unfinished request wins over a completed one.
+        let states = subject_erasures([
+            ("x".to_owned(), "completed".to_owned()),
+            ("x".to_owned(), "keys_destroyed".to_owned()),
+        ]);
+        assert_eq!(states["x"], SubjectErasure::InProgress);
     }
 }

@@ -19,7 +19,7 @@ use sqlx::{Postgres, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::plan::{self, ExistingEvent, StreamState};
+use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
 use super::rows::{DecodeRow, now_us, parse_status, select_erasures, to_i64, to_u64};
 use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
@@ -37,8 +37,10 @@ const REVOKED_CHANNEL: &str = "lethe_revoked_keys";
 /// The NOTIFY channel on which a token revocation is announced (no payload: every process
 /// forgets all the tokens it verified, as the revoking process does).
 const TOKENS_CHANNEL: &str = "lethe_revoked_tokens";
-const SELECT_ERASING: &str =
-    "SELECT DISTINCT subject FROM erasure_requests WHERE status IN ('pending', 'keys_destroyed') AND subject = ANY($1)";
+/// Announces a schema registration: other processes read the registry again.
+const SCHEMAS_CHANNEL: &str = "lethe_schemas";
+const SELECT_ERASING: &str = "SELECT DISTINCT subject, status FROM erasure_requests \
+     WHERE kind = 'subject' AND status <> 'refused' AND subject = ANY($1)";
 const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM streams WHERE name = ANY($1)";
 /// Session settings of the append path's connections. Each of its statements is planned once
 /// per connection, not at every execution: planning was a third of the time PostgreSQL spent
@@ -118,10 +120,19 @@ const WRITE_GROUP: &str = "WITH head AS ( \
        WHERE id = 1 AND position = $23 AND generation = $24 RETURNING position), \
      new_events AS ( \
        INSERT INTO events \
-         (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at) \
+         (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
+          schema_version) \
        SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
-                            $6::bytea[], $7::text[], $8::uuid[], $9::bytea[], $10::bigint[]) \
+                            $6::bytea[], $7::text[], $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[]) \
        WHERE EXISTS (SELECT 1 FROM head)), \
+     new_subject_keys AS ( \
+       INSERT INTO subject_keys (subject, key_id) \
+       SELECT * FROM UNNEST($26::text[], $27::uuid[]) WHERE EXISTS (SELECT 1 FROM head) \
+       ON CONFLICT DO NOTHING), \
+     new_field_streams AS ( \
+       INSERT INTO field_streams (subject, stream) \
+       SELECT * FROM UNNEST($26::text[], $28::text[]) WHERE EXISTS (SELECT 1 FROM head) \
+       ON CONFLICT DO NOTHING), \
      new_streams AS ( \
        INSERT INTO streams (name, subject, status, version, key_id, created_at) \
        SELECT u.name, u.subject, u.status, u.version, u.key_id, $16 \
@@ -191,6 +202,14 @@ impl Engine for PostgresStorage {
                 .execute(&mut *conn)
                 .await?;
         }
+        Ok(())
+    }
+
+    async fn announce_schemas(conn: &mut PgConnection) -> Result<(), StorageError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(SCHEMAS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
@@ -283,18 +302,27 @@ impl EngineStorage for PostgresStorage {
         rows.iter().map(DecodeRow::decode_stream_state).collect()
     }
 
-    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
-        let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+    async fn subject_erasures(&self, subjects: &[&str]) -> Result<HashMap<String, SubjectErasure>, StorageError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
             .bind(subjects)
             .fetch_all(&self.pool)
             .await?;
+        Ok(plan::subject_erasures(rows))
+    }
+
+    async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError> {
+        let rows: Vec<Uuid> =
+            sqlx::query_scalar("SELECT key_id FROM subject_keys WHERE forgotten_at IS NOT NULL AND key_id = ANY($1)")
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().collect())
     }
 
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([COMMITS_CHANNEL, REVOKED_CHANNEL, TOKENS_CHANNEL])
+            .listen_all([COMMITS_CHANNEL, REVOKED_CHANNEL, TOKENS_CHANNEL, SCHEMAS_CHANNEL])
             .await?;
         let mut stop = self.stop_listening.subscribe();
         tokio::spawn(async move {
@@ -309,6 +337,7 @@ impl EngineStorage for PostgresStorage {
                             }
                         }
                         Ok(note) if note.channel() == TOKENS_CHANNEL => (feed.forget_verified_tokens)(),
+                        Ok(note) if note.channel() == SCHEMAS_CHANNEL => (feed.schemas_changed)(),
                         Ok(note) => {
                             let keys: Vec<KeyId> = note
                                 .payload()
@@ -324,6 +353,7 @@ impl EngineStorage for PostgresStorage {
                             tracing::warn!(error = %e, "change notifications interrupted");
                             (feed.forget_cached_keys)();
                             (feed.forget_verified_tokens)();
+                            (feed.schemas_changed)();
                             tokio::time::sleep(LISTEN_RETRY).await;
                         }
                     },
@@ -347,7 +377,7 @@ struct PlanInputs {
     generation: i64,
     states: HashMap<String, StreamState>,
     existing: HashMap<Uuid, ExistingEvent>,
-    erasing: HashSet<String>,
+    erasing: HashMap<String, SubjectErasure>,
 }
 
 /// Reads what a group's plan needs. `locked`: take the commit-order lock first (inside a
@@ -396,13 +426,13 @@ async fn read_for_plan(
         }
     }
 
-    let mut erasing = HashSet::new();
+    let mut erasing = HashMap::new();
     if !lookups.subjects.is_empty() {
-        let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+        let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
             .bind(&lookups.subjects)
             .fetch_all(&mut *conn)
             .await?;
-        erasing.extend(rows);
+        erasing = plan::subject_erasures(rows);
     }
     Ok(PlanInputs {
         head: to_u64(head, "head")?,
@@ -448,6 +478,10 @@ async fn write_group(
         .bind(COMMITS_CHANNEL)
         .bind(to_i64(head))
         .bind(generation)
+        .bind(rows.iter().map(|r| r.event.schema_version.map(i64::from)).collect::<Vec<_>>())
+        .bind(plan.field_index.iter().map(|f| f.subject).collect::<Vec<_>>())
+        .bind(plan.field_index.iter().map(|f| f.key_id).collect::<Vec<_>>())
+        .bind(plan.field_index.iter().map(|f| f.stream).collect::<Vec<_>>())
         .fetch_optional(&mut *conn)
         .await?;
     Ok(written.is_some())
@@ -470,7 +504,7 @@ const READ_LOG_PAGE: &str = "\
     WITH h AS (SELECT position FROM log_head WHERE id = 1), \
     page AS ( \
         SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.payload, e.metadata, e.key_id, \
-               e.recorded_at \
+               e.recorded_at, e.schema_version \
         FROM events e \
         WHERE e.position >= $1 AND e.position <= LEAST($2, (SELECT position FROM h)) \
           AND ($3::text IS NULL OR starts_with(e.stream, $3)) \
@@ -478,10 +512,10 @@ const READ_LOG_PAGE: &str = "\
         ORDER BY e.position ASC LIMIT $5) \
     SELECT page.*, NULL::text AS status, NULL::bigint AS head FROM page \
     UNION ALL \
-    SELECT NULL, s.name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, s.status, NULL \
+    SELECT NULL, s.name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, s.status, NULL \
     FROM streams s WHERE s.name = ANY(ARRAY(SELECT DISTINCT stream FROM page)) \
     UNION ALL \
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, position FROM h";
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, position FROM h";
 
 /// The rows of [`READ_LOG_PAGE`]: the page's events, each with its stream's status, and the
 /// head.
@@ -494,9 +528,9 @@ fn decode_page(rows: &[sqlx::postgres::PgRow]) -> Result<(Vec<StoredEvent>, i64)
             // The status is set below, from the stream's own row.
             events.push(row.decode_event_with_status(StreamStatus::Active)?);
         } else if let Some(stream) = row.try_get::<Option<&str>, _>(1)? {
-            statuses.insert(stream, parse_status(row.try_get::<&str, _>(9)?)?);
+            statuses.insert(stream, parse_status(row.try_get::<&str, _>(10)?)?);
         } else {
-            head = Some(row.try_get::<i64, _>(10)?);
+            head = Some(row.try_get::<i64, _>(11)?);
         }
     }
     let head = head.ok_or_else(|| StorageError::Corrupt("log_head has no row".into()))?;

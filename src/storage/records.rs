@@ -25,6 +25,19 @@ pub struct EncodedEvent {
     pub metadata: String,
     /// Keyed digest of the event's content, compared on idempotent retries.
     pub digest: [u8; 32],
+    /// The schema version the event was validated (and its personal fields sealed) under.
+    pub schema_version: Option<u32>,
+}
+
+/// A subject whose personal fields one stream write seals with its field key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSubject {
+    pub subject: SubjectId,
+    /// The subject's field key (its id: the key itself is in the vault).
+    pub key_id: Uuid,
+    /// Known to be recorded already (the subject's key and this stream in its field index), so
+    /// there is nothing to write for it.
+    pub recorded: bool,
 }
 
 /// One stream's part of an atomic append.
@@ -40,6 +53,8 @@ pub struct StreamWrite {
     pub events: Vec<EncodedEvent>,
     /// System writes (tombstones) may append to erased or deleted streams.
     pub allow_closed: bool,
+    /// The subjects whose personal fields these events carry (each once).
+    pub field_subjects: Vec<FieldSubject>,
 }
 
 /// One append: all of its stream writes are stored, or none.
@@ -91,6 +106,9 @@ pub struct ChangeFeed {
     /// Called when another process revoked a token, or when notifications may have been
     /// missed: every verified token is verified again.
     pub forget_verified_tokens: Arc<dyn Fn() + Send + Sync>,
+    /// Called when another process registered a schema, or when notifications may have been
+    /// missed: the schema registry is read again.
+    pub schemas_changed: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// The result of one append of a group.
@@ -109,6 +127,8 @@ pub struct StoredEvent {
     pub metadata: String,
     pub key_id: Option<Uuid>,
     pub recorded_at_us: i64,
+    /// The schema version the event was written under.
+    pub schema_version: Option<u32>,
     /// The status of the event's stream at the time of the read (the source of truth for
     /// whether the payload may be decrypted).
     pub stream_status: StreamStatus,

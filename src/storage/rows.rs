@@ -10,7 +10,8 @@ use super::StoredEvent;
 use super::plan;
 use crate::error::StorageError;
 use crate::model::{
-    AuditEntry, Consumer, Dependent, Erasure, ErasureReason, ErasureStatus, ErasureTarget, LegalHold, LogFilter, Role,
+    AuditEntry, Consumer, Dependent, Erasure, ErasureReason, ErasureStatus, ErasureTarget, EventSchema, LegalHold,
+    LogFilter, Role, SchemaMode,
     ShreddedStream, StreamInfo, StreamName, StreamStatus, SubjectId, TokenRecord,
 };
 
@@ -20,7 +21,7 @@ use crate::model::{
 macro_rules! select_events {
     () => {
         "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.payload, \
-         e.metadata, e.key_id, e.recorded_at, s.status \
+         e.metadata, e.key_id, e.recorded_at, e.schema_version, s.status \
          FROM events e JOIN streams s ON s.name = e.stream "
     };
 }
@@ -29,7 +30,8 @@ macro_rules! select_events {
 macro_rules! select_erasures {
     () => {
         "SELECT id, kind, subject, stream, status, streams, keys_destroyed, reason, requested_by, \
-         reference, requested_at, keys_destroyed_at, completed_at, tombstone_position, refused_reason \
+         reference, requested_at, keys_destroyed_at, completed_at, tombstone_position, refused_reason, \
+         field_streams, subject_key_id \
          FROM erasure_requests "
     };
 }
@@ -76,7 +78,7 @@ pub(crate) fn parse_status(s: &str) -> Result<StreamStatus, StorageError> {
 pub(crate) trait DecodeRow: Row {
     /// Decodes a row selected with [`select_events`], on either engine.
     fn decode_event(&self) -> Result<StoredEvent, StorageError>;
-    /// [`DecodeRow::decode_event`] for a row whose stream status was read on its own (columns 0–8 only).
+    /// [`DecodeRow::decode_event`] for a row whose stream status was read on its own (columns 0–9 only).
     fn decode_event_with_status(&self, stream_status: StreamStatus) -> Result<StoredEvent, StorageError>;
     /// Decodes a `streams` row selected as `name, subject, status, version`.
     fn decode_stream_info(&self) -> Result<StreamInfo, StorageError>;
@@ -101,6 +103,8 @@ pub(crate) trait DecodeRow: Row {
     fn decode_dependent(&self) -> Result<(Uuid, Dependent), StorageError>;
     /// Decodes a `name, key_id` row of a shredded stream (see [`decode_shredded`]).
     fn decode_shredded_stream(&self) -> Result<ShreddedStream, StorageError>;
+    /// Decodes an `event_schemas` row selected as `event_type, version, mode, schema, registered_at`.
+    fn decode_schema(&self) -> Result<EventSchema, StorageError>;
 }
 
 impl<R> DecodeRow for R
@@ -114,7 +118,7 @@ where
     for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn decode_event(&self) -> Result<StoredEvent, StorageError> {
-        let status: String = self.try_get(9)?;
+        let status: String = self.try_get(10)?;
         self.decode_event_with_status(parse_status(&status)?)
     }
 
@@ -129,6 +133,10 @@ where
             metadata: self.try_get(6)?,
             key_id: self.try_get(7)?,
             recorded_at_us: self.try_get(8)?,
+            schema_version: self
+                .try_get::<Option<i64>, _>(9)?
+                .map(|v| u32::try_from(v).map_err(|_| StorageError::Corrupt("schema version out of range".into())))
+                .transpose()?,
             stream_status,
         })
     }
@@ -220,6 +228,12 @@ where
             completed_at: time(self.try_get(12)?)?,
             tombstone_position: tombstone.map(|p| to_u64(p, "tombstone_position")).transpose()?,
             refused_reason: self.try_get(14)?,
+            field_streams: self
+                .try_get::<Option<String>, _>(15)?
+                .map(|json| serde_json::from_str::<Vec<String>>(&json))
+                .transpose()
+                .map_err(|_| corrupt("bad field stream list"))?,
+            subject_key: self.try_get(16)?,
             dependents: Vec::new(),
         })
     }
@@ -303,6 +317,19 @@ where
         Ok(ShreddedStream {
             stream: self.try_get(0)?,
             key_id: self.try_get(1)?,
+        })
+    }
+
+    fn decode_schema(&self) -> Result<EventSchema, StorageError> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("event schema: {what}"));
+        let mode: String = self.try_get(2)?;
+        let schema: String = self.try_get(3)?;
+        Ok(EventSchema {
+            event_type: self.try_get(0)?,
+            version: u32::try_from(self.try_get::<i64, _>(1)?).map_err(|_| corrupt("bad version"))?,
+            mode: SchemaMode::parse(&mode).ok_or_else(|| corrupt("bad mode"))?,
+            schema: serde_json::from_str(&schema).map_err(|_| corrupt("not JSON"))?,
+            registered_at: micros(self.try_get(4)?)?,
         })
     }
 }

@@ -24,11 +24,13 @@ use super::rows::{
     overdue_cutoff_us, select_erasures, select_events, select_stream_info, select_tokens, target_columns, to_i64,
     to_u64,
 };
-use super::{Delivery, EngineStorage, Storage, StoredEvent};
+use super::{Delivery, EngineStorage, SchemaRegistration, Storage, StoredEvent};
+use crate::limits::{SCHEMA_TYPES_MAX, SCHEMA_VERSIONS_MAX};
 use crate::error::StorageError;
 use crate::model::{
-    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, ErasureTarget, HashedFields,
-    LegalHold, LogFilter, NewAuditEntry, SYSTEM_ACTOR, StreamInfo, StreamName, SubjectId, TokenRecord, entry_hash,
+    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, ErasureTarget, EventSchema,
+    HashedFields, LegalHold, LogFilter, NewAuditEntry, SYSTEM_ACTOR, SchemaMode, StreamInfo, StreamName, SubjectId,
+    TokenRecord, entry_hash,
 };
 
 /// A connection of an engine's database (a transaction derefs to one).
@@ -71,6 +73,8 @@ pub(crate) trait Engine: EngineStorage {
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Tells the other processes, at COMMIT, to forget the tokens they verified.
     fn announce_revoked_tokens(conn: &mut Conn<Self>) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Tells the other processes, at COMMIT, to read the schema registry again.
+    fn announce_schemas(conn: &mut Conn<Self>) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
 /// An engine's connection pools.
@@ -282,6 +286,94 @@ where
         rows.iter().map(DecodeRow::decode_stream_info).collect()
     }
 
+    async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream")
+                .bind(subject.as_str())
+                .fetch_all(self.pools().reader)
+                .await?,
+        )
+    }
+
+    // Event schemas
+
+    async fn schemas(&self) -> Result<Vec<EventSchema>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT event_type, version, mode, schema, registered_at FROM event_schemas ORDER BY event_type, version",
+        )
+        .fetch_all(self.pools().reader)
+        .await?;
+        rows.iter().map(DecodeRow::decode_schema).collect()
+    }
+
+    async fn register_schema(
+        &self,
+        event_type: &str,
+        mode: SchemaMode,
+        schema: &serde_json::Value,
+        actor: &str,
+    ) -> Result<SchemaRegistration, StorageError> {
+        let mut tx = self.begin_write().await?;
+        // The audit chain's lock first: registrations of one type then take versions in turn.
+        sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *tx).await?;
+        let latest = sqlx::query(
+            "SELECT event_type, version, mode, schema, registered_at FROM event_schemas \
+             WHERE event_type = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.decode_schema())
+        .transpose()?;
+        let version = match latest {
+            Some(latest) if latest.mode == mode && latest.schema == *schema => {
+                return Ok(SchemaRegistration::Unchanged(latest));
+            }
+            Some(latest) => latest.version + 1,
+            None => {
+                let types: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_type) FROM event_schemas")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if to_u64(types, "schema types")? >= SCHEMA_TYPES_MAX as u64 {
+                    return Ok(SchemaRegistration::TooManyTypes);
+                }
+                1
+            }
+        };
+        if version as usize > SCHEMA_VERSIONS_MAX {
+            return Ok(SchemaRegistration::TooManyVersions);
+        }
+        let registered_at = now_us();
+        sqlx::query(
+            "INSERT INTO event_schemas (event_type, version, mode, schema, registered_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(event_type)
+        .bind(i64::from(version))
+        .bind(mode.as_str())
+        .bind(schema.to_string().as_str())
+        .bind(registered_at)
+        .execute(&mut *tx)
+        .await?;
+        let entry = NewAuditEntry {
+            actor: actor.to_owned(),
+            action: "schema_registered".to_owned(),
+            subject: None,
+            request_id: None,
+            details: serde_json::json!({ "type": event_type, "version": version, "mode": mode.as_str() }),
+        };
+        E::audit_in(&mut tx, &entry).await?;
+        E::announce_schemas(&mut tx).await?;
+        tx.commit().await?;
+        Ok(SchemaRegistration::Registered(EventSchema {
+            event_type: event_type.to_owned(),
+            version,
+            mode,
+            schema: schema.clone(),
+            registered_at: chrono::DateTime::from_timestamp_micros(registered_at)
+                .ok_or_else(|| StorageError::Corrupt("clock out of range".into()))?,
+        }))
+    }
+
     // Erasure requests and legal holds
 
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
@@ -346,16 +438,48 @@ where
         let shredded = decode_shredded(&rows)?;
         let names: Vec<&str> = shredded.iter().map(|s| s.stream.as_str()).collect();
         E::remove_payloads(&mut tx, &names).await?;
-        sqlx::query("UPDATE erasure_requests SET streams = $2 WHERE id = $1")
+        // A subject's personal fields elsewhere: the streams holding them are listed, and its
+        // field key is marked forgotten, so that from this commit on no read decrypts them.
+        let (field_streams, subject_key) = match &erasure.target {
+            ErasureTarget::Subject(subject) => {
+                // Only a key not forgotten before: a repeated forget finds nothing new (no
+                // field can have been written since, a forgotten subject takes none).
+                let key: Option<Uuid> = sqlx::query_scalar(
+                    "UPDATE subject_keys SET forgotten_at = $2 WHERE subject = $1 AND forgotten_at IS NULL \
+                     RETURNING key_id",
+                )
+                .bind(subject.as_str())
+                .bind(now_us())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let streams: Vec<String> = match key {
+                    Some(_) => {
+                        sqlx::query_scalar("SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream")
+                            .bind(subject.as_str())
+                            .fetch_all(&mut *tx)
+                            .await?
+                    }
+                    None => Vec::new(),
+                };
+                (streams, key)
+            }
+            ErasureTarget::Stream(_) => (Vec::new(), None),
+        };
+        let field_streams_json =
+            serde_json::to_string(&field_streams).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE erasure_requests SET streams = $2, field_streams = $3, subject_key_id = $4 WHERE id = $1")
             .bind(id)
             .bind(encode_shredded(&shredded).as_str())
+            .bind(field_streams_json.as_str())
+            .bind(subject_key)
             .execute(&mut *tx)
             .await?;
-        // Other processes evict these keys now, not only after the vault destroyed them.
-        let keys: Vec<KeyId> = shredded.iter().filter_map(|s| s.key_id.map(KeyId)).collect();
-        E::announce_revoked_keys(&mut tx, &keys).await?;
-        tx.commit().await?;
         erasure.streams = Some(shredded);
+        erasure.field_streams = Some(field_streams);
+        erasure.subject_key = subject_key;
+        // Other processes evict these keys now, not only after the vault destroyed them.
+        E::announce_revoked_keys(&mut tx, &erasure.key_ids()).await?;
+        tx.commit().await?;
         Ok(erasure)
     }
 

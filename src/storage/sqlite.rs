@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::plan::{self, ExistingEvent, StreamState};
+use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
 use super::rows::{DecodeRow, now_us, select_erasures, select_events, to_i64, to_u64};
 use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent};
@@ -60,11 +60,13 @@ const SELECT_STATES: &str = "SELECT name, version, status, subject, key_id FROM 
      WHERE name IN (SELECT value FROM json_each(?1))";
 const SELECT_EXISTING: &str = "SELECT event_id, stream, version, position, digest FROM events \
      WHERE event_id IN (SELECT unhex(value) FROM json_each(?1))";
-const SELECT_ERASING: &str = "SELECT DISTINCT subject FROM erasure_requests WHERE status IN ('pending', 'keys_destroyed') \
-     AND subject IN (SELECT value FROM json_each(?1))";
+const SELECT_ERASING: &str = "SELECT DISTINCT subject, status FROM erasure_requests \
+     WHERE kind = 'subject' AND status <> 'refused' AND subject IN (SELECT value FROM json_each(?1))";
 const INSERT_EVENT: &str = "INSERT INTO events \
-     (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+     (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, schema_version) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+const INSERT_SUBJECT_KEY: &str = "INSERT INTO subject_keys (subject, key_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+const INSERT_FIELD_STREAM: &str = "INSERT INTO field_streams (subject, stream) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 const INSERT_STREAM: &str = "INSERT INTO streams (name, subject, status, version, key_id, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE name = ?1";
@@ -123,6 +125,11 @@ impl Engine for SqliteStorage {
         // One process owns the file: it forgets its verified tokens itself.
         Ok(())
     }
+
+    async fn announce_schemas(_conn: &mut SqliteConnection) -> Result<(), StorageError> {
+        // One process owns the file: it reloads its registry itself.
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -152,14 +159,14 @@ impl EngineStorage for SqliteStorage {
             }
         }
 
-        let mut erasing = HashSet::new();
+        let mut erasing = HashMap::new();
         if !lookups.subjects.is_empty() {
             let subjects_json = json(&lookups.subjects)?;
-            let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
+            let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
                 .bind(subjects_json)
                 .fetch_all(&mut *tx)
                 .await?;
-            erasing.extend(rows);
+            erasing = plan::subject_erasures(rows);
         }
 
         let plan = plan::plan_group(group, states, existing, &erasing, to_u64(head, "head")?, now_us());
@@ -176,6 +183,19 @@ impl EngineStorage for SqliteStorage {
                 .bind(row.key_id)
                 .bind(row.event.digest.as_slice())
                 .bind(row.recorded_at_us)
+                .bind(row.event.schema_version.map(i64::from))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for row in &plan.field_index {
+            sqlx::query(INSERT_SUBJECT_KEY)
+                .bind(row.subject)
+                .bind(row.key_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(INSERT_FIELD_STREAM)
+                .bind(row.subject)
+                .bind(row.stream)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -259,12 +279,23 @@ impl EngineStorage for SqliteStorage {
         rows.iter().map(DecodeRow::decode_stream_state).collect()
     }
 
-    async fn subjects_being_erased(&self, subjects: &[&str]) -> Result<HashSet<String>, StorageError> {
-        let subjects_json = json(subjects)?;
-        let rows: Vec<String> = sqlx::query_scalar(SELECT_ERASING)
-            .bind(subjects_json)
+    async fn subject_erasures(&self, subjects: &[&str]) -> Result<HashMap<String, SubjectErasure>, StorageError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
+            .bind(json(subjects)?)
             .fetch_all(&self.readers)
             .await?;
+        Ok(plan::subject_erasures(rows))
+    }
+
+    async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError> {
+        let ids: Vec<String> = keys.iter().map(|id| hex::encode(id.as_bytes())).collect();
+        let rows: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT key_id FROM subject_keys WHERE forgotten_at IS NOT NULL \
+             AND key_id IN (SELECT unhex(value) FROM json_each(?1))",
+        )
+        .bind(json(&ids)?)
+        .fetch_all(&self.readers)
+        .await?;
         Ok(rows.into_iter().collect())
     }
 

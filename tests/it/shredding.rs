@@ -121,8 +121,16 @@ async fn forgetting_shreds_private_streams_and_keeps_public_ones(db: TestDb) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "stream_erased");
-    // A new key for the erased stream can never be created.
+    // A new key for the erased stream can never be created, nor any key bound to the subject.
     let vault = db.vault().await;
+    let err = vault
+        .create_keys(&[NewKey {
+            stream: "user-private-456".into(),
+            subject: None,
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::KeyDestroyed { .. }));
     let err = vault
         .create_keys(&[NewKey {
             stream: "user-private-456".into(),
@@ -130,7 +138,7 @@ async fn forgetting_shreds_private_streams_and_keeps_public_ones(db: TestDb) {
         }])
         .await
         .unwrap_err();
-    assert!(matches!(err, VaultError::KeyDestroyed { .. }));
+    assert!(matches!(err, VaultError::SubjectForgotten { .. }));
     // The public stream still takes appends, and its references still resolve.
     store
         .append(append(

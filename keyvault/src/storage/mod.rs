@@ -123,17 +123,19 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// Records `check_value` as the pending rotation target (max version + 1) unless a pending
     /// version exists already; returns the pending version row either way.
     async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError>;
-    /// One transaction: for each row, insert it unless its stream has a key; rows whose stream
-    /// has a live key bound to another subject, or a destroyed key, fail the whole batch.
+    /// One transaction: for each row, insert it unless its stream has a key. A row bound to a
+    /// forgotten subject fails the whole batch with `SubjectForgotten` (checked first, in the
+    /// same transaction, so no key of a subject is created after its forget commits); then
+    /// rows whose stream has a live key bound to another subject, or a destroyed key, fail it.
     async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError>;
     async fn fetch_keys(&self, ids: &[KeyId]) -> Result<Vec<Stored>, VaultError>;
-    /// Deletes the key material of every live key of `subject`, leaving tombstones.
+    /// One transaction: records `subject` as forgotten (if it is not yet) and deletes the key
+    /// material of every live key of `subject`, leaving tombstones.
     async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError>;
     async fn destroy_stream(&self, stream: &str) -> Result<Option<KeyId>, VaultError>;
     /// Makes earlier deletions physical (WAL checkpoint / VACUUM). Runs outside any transaction.
     async fn purge(&self) -> Result<(), VaultError>;
-    /// (live, destroyed)
-    async fn counts(&self) -> Result<(u64, u64), VaultError>;
+    async fn counts(&self) -> Result<KeyCounts, VaultError>;
     /// Up to `limit` live keys not yet wrapped with `target`.
     async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError>;
     /// One transaction; a row is updated only if still live and still at `from_version`.
@@ -144,6 +146,33 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// KEK versions that at least one live key is wrapped with.
     async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError>;
     async fn health(&self) -> Result<(), VaultError>;
+}
+
+/// Keys by state, for [`crate::VaultStats`]: every key, and the subject keys among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyCounts {
+    pub live: u64,
+    pub destroyed: u64,
+    pub subject_live: u64,
+    pub subject_destroyed: u64,
+}
+
+/// Shared rule for the forgotten subjects met by `create_keys`: the first row (in request
+/// order) bound to one of `forgotten` fails the batch.
+pub(crate) fn check_forgotten<S: AsRef<str>>(rows: &[NewRow<'_>], forgotten: &[S]) -> Result<(), VaultError> {
+    if forgotten.is_empty() {
+        return Ok(());
+    }
+    match rows
+        .iter()
+        .filter_map(|r| r.subject)
+        .find(|s| forgotten.iter().any(|f| f.as_ref() == *s))
+    {
+        Some(subject) => Err(VaultError::SubjectForgotten {
+            subject: subject.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Shared rule for an existing stream row met by `create_keys`.

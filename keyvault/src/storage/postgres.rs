@@ -4,7 +4,9 @@
 //!
 //! Concurrency with several vault processes on one database: `create_keys` holds a share lock
 //! on the KEK version row it wraps with, and `finish_rotation` updates that row first, so a
-//! rotation can never retire a version while a key wrapped with it is being inserted.
+//! rotation can never retire a version while a key wrapped with it is being inserted. In the
+//! same way `create_keys` share-locks the `forget_guard` row, which `destroy_subject` updates
+//! first, so no key of a subject is created after its forget (see [`CREATE_KEYS`]).
 //!
 //! What both engines do alike is in `sql.rs`; this file keeps opening the database and what
 //! only PostgreSQL does: its second pool and one-statement key creation, array parameters,
@@ -18,10 +20,12 @@ use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
 use super::sql::{self, Engine};
-use super::{CreateResult, Created, NewRow, check_existing};
+use super::{CreateResult, Created, NewRow, check_forgotten};
 use crate::error::VaultError;
 use crate::keys::KeyId;
-use crate::limits::{POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_CREATE_CONNECTIONS_MAX};
+use crate::limits::{
+    POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_CREATE_ATTEMPTS, POSTGRES_CREATE_CONNECTIONS_MAX,
+};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "vault", include_str!("../../migrations/postgres/0001_vault.sql")),
@@ -30,14 +34,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "write path",
         include_str!("../../migrations/postgres/0002_write_path.sql"),
     ),
+    (
+        3,
+        "forgotten subjects",
+        include_str!("../../migrations/postgres/0003_forgotten_subjects.sql"),
+    ),
 ];
 /// A batch of new keys in one statement and one implicit transaction (one round trip: it used
 /// to be four, and two per key before that). It writes only if
 /// - the KEK version `$6` the keys were wrapped with is still usable (`kek`, share-locked
-///   until commit, so a rotation cannot retire it meanwhile), and
+///   until commit, so a rotation cannot retire it meanwhile),
+/// - no forget committed since the statement's snapshot was taken (`guard`, `stale`: see
+///   below) and no subject of the batch is forgotten (`forgotten`), and
 /// - no stream of the batch already has a key that clashes with the request (`clash`: destroyed,
 ///   or bound to another subject), so that a refused batch creates nothing (a stream asked
-///   for twice with different subjects is refused before, in `create_keys`);
+///   for twice with different subjects is refused before, in `LocalVault::create_keys`);
 ///
 /// and then inserts every stream's key row in stream order (concurrent batches lock in the same
 /// order), skipping streams that have a key already, and the key material of the rows that went
@@ -46,11 +57,32 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// The clash check reads the statement's snapshot, so a clashing key created concurrently is
 /// only found by that follow-up read: the batch then fails, but the keys it did insert stay.
 /// They are valid keys of their own streams, and the retry returns them.
+///
+/// Forgets and creates must not interleave so that a key of a subject is created after its
+/// forget (the forget's UPDATE, under READ COMMITTED, would not see it). A lock taken inside
+/// this one statement cannot protect what the statement read before taking it (its snapshot
+/// is older), so it is an optimistic check instead: `guard` share-locks the one `forget_guard`
+/// row, whose `epoch` every forget raises first (holding the row until it commits). Locking
+/// waits for a forget in progress and returns the row's latest committed version; if that
+/// epoch differs from the one the snapshot saw (`stale`), a forget committed after the
+/// snapshot, which may have missed it, so nothing is written and the statement is run again
+/// with a fresh snapshot. Otherwise every forget either committed before the snapshot (its
+/// `forgotten_subjects` row is seen) or waits for this statement's commit before it looks for
+/// keys (and destroys these). One row for all subjects instead of a lock per subject: forgets
+/// are rare and short, and this keeps creation at one round trip. Batches that bind no subject
+/// lock nothing.
 const CREATE_KEYS: &str = "WITH kek AS ( \
        SELECT version FROM kek_versions WHERE version = $6 AND state IN ('active', 'pending') FOR SHARE), \
      input AS ( \
        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bytea[]) \
        WITH ORDINALITY AS t(id, stream, subject, kek_version, wrapped, n)), \
+     guard AS ( \
+       SELECT epoch FROM forget_guard \
+       WHERE id = 1 AND EXISTS (SELECT 1 FROM input WHERE subject IS NOT NULL) FOR SHARE), \
+     stale AS ( \
+       SELECT 1 FROM guard g JOIN forget_guard f ON f.id = 1 AND f.epoch <> g.epoch), \
+     forgotten AS ( \
+       SELECT f.subject FROM forgotten_subjects f WHERE f.subject IN (SELECT subject FROM input)), \
      clash AS ( \
        SELECT 1 FROM input i CROSS JOIN LATERAL ( \
          SELECT 1 FROM vault_keys k WHERE k.stream = i.stream \
@@ -58,13 +90,15 @@ const CREATE_KEYS: &str = "WITH kek AS ( \
      keys AS ( \
        INSERT INTO vault_keys (id, stream, subject) \
        SELECT id, stream, subject FROM input \
-       WHERE EXISTS (SELECT 1 FROM kek) AND NOT EXISTS (SELECT 1 FROM clash) \
+       WHERE EXISTS (SELECT 1 FROM kek) AND NOT EXISTS (SELECT 1 FROM stale) \
+       AND NOT EXISTS (SELECT 1 FROM forgotten) AND NOT EXISTS (SELECT 1 FROM clash) \
        ORDER BY stream, n \
        ON CONFLICT (stream) DO NOTHING RETURNING id), \
      material AS ( \
        INSERT INTO vault_key_material (id, kek_version, wrapped) \
        SELECT i.id, i.kek_version, i.wrapped FROM input i JOIN keys k ON k.id = i.id RETURNING id) \
-     SELECT EXISTS (SELECT 1 FROM kek) AS kek_usable, ARRAY(SELECT id FROM material) AS inserted";
+     SELECT EXISTS (SELECT 1 FROM kek) AS kek_usable, EXISTS (SELECT 1 FROM stale) AS stale, \
+       ARRAY(SELECT subject FROM forgotten) AS forgotten, ARRAY(SELECT id FROM material) AS inserted";
 
 pub(crate) struct PgStorage {
     pool: PgPool,
@@ -122,29 +156,43 @@ impl Engine for PgStorage {
     }
 
     async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError> {
-        // A stream asked for twice must be asked for with one subject (the statement's own
-        // clash check sees only keys that existed before it).
-        let mut subjects: HashMap<&str, Option<&str>> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let first = *subjects.entry(row.stream).or_insert(row.subject);
-            check_existing(row.stream, row.subject, first, false)?;
-        }
+        // (A stream asked for twice with two subjects was refused by the caller: the
+        // statement's own clash check sees only keys that existed before it.)
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id.0).collect();
+        let streams: Vec<&str> = rows.iter().map(|r| r.stream).collect();
+        let subjects: Vec<Option<&str>> = rows.iter().map(|r| r.subject).collect();
         let versions = rows
             .iter()
             .map(|r| sql::version_to_db::<i32>(r.wrapped.kek_version))
             .collect::<Result<Vec<_>, _>>()?;
-        let created = sqlx::query(CREATE_KEYS)
-            .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
-            .bind(versions)
-            .bind(rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect::<Vec<_>>())
-            .bind(sql::version_to_db::<i32>(kek_version)?)
-            .fetch_one(&self.create_pool)
-            .await?;
-        if !created.try_get::<bool, _>("kek_usable")? {
-            return Ok(CreateResult::KekVersionRetired);
-        }
+        let wrapped: Vec<&[u8]> = rows.iter().map(|r| r.wrapped.wrapped.as_slice()).collect();
+        let kek_version = sql::version_to_db::<i32>(kek_version)?;
+        let mut attempt = 0;
+        let created = loop {
+            let created = sqlx::query(CREATE_KEYS)
+                .bind(&ids)
+                .bind(&streams)
+                .bind(&subjects)
+                .bind(&versions)
+                .bind(&wrapped)
+                .bind(kek_version)
+                .fetch_one(&self.create_pool)
+                .await?;
+            if !created.try_get::<bool, _>("kek_usable")? {
+                return Ok(CreateResult::KekVersionRetired);
+            }
+            if !created.try_get::<bool, _>("stale")? {
+                break created;
+            }
+            // A forget committed after the statement's snapshot; nothing was written.
+            attempt += 1;
+            if attempt >= POSTGRES_CREATE_ATTEMPTS {
+                return Err(VaultError::Unavailable(
+                    "key creation kept meeting concurrent forgets; retry".into(),
+                ));
+            }
+        };
+        check_forgotten(rows, &created.try_get::<Vec<String>, _>("forgotten")?)?;
         let inserted: HashSet<Uuid> = created.try_get::<Vec<Uuid>, _>("inserted")?.into_iter().collect();
 
         // The streams whose key already existed (or went in concurrently): their committed keys.
@@ -200,6 +248,14 @@ impl Engine for PgStorage {
 
     async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError> {
         let mut tx = self.begin_write().await?;
+        // Raising the epoch first waits for every key creation holding the guard and keeps new
+        // ones waiting until this commits, and tells those that read an older snapshot to run
+        // again (see CREATE_KEYS). The statements after it take fresh snapshots (READ
+        // COMMITTED), so the UPDATE below sees every key those creations committed.
+        sqlx::query("UPDATE forget_guard SET epoch = epoch + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::FORGET_SUBJECT).bind(subject).execute(&mut *tx).await?;
         let rows = sqlx::query(
             "UPDATE vault_keys SET destroyed_at = now() \
              WHERE subject = $1 AND destroyed_at IS NULL RETURNING id, stream",

@@ -15,11 +15,16 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    CreateResult, Created, KekState, KekVersionRow, MaterialRow, NewRow, Rewrap, Storage, Stored, WrappedKey,
-    check_existing, count_from_db, version_from_db,
+    CreateResult, Created, KekState, KekVersionRow, KeyCounts, MaterialRow, NewRow, Rewrap, Storage, Stored,
+    WrappedKey, check_existing, count_from_db, version_from_db,
 };
 use crate::error::VaultError;
-use crate::keys::KeyId;
+use crate::keys::{KeyId, SUBJECT_KEY_PREFIX};
+
+/// Records a subject as forgotten, once: run by each engine's `destroy_subject` in the
+/// transaction that destroys the subject's keys.
+pub(crate) const FORGET_SUBJECT: &str =
+    "INSERT INTO forgotten_subjects (subject) VALUES ($1) ON CONFLICT (subject) DO NOTHING";
 
 /// The row type of an engine's database.
 pub(crate) type DbRow<E> = <<E as Engine>::Db as Database>::Row;
@@ -302,17 +307,25 @@ where
         <E as Engine>::purge(self).await
     }
 
-    async fn counts(&self) -> Result<(u64, u64), VaultError> {
+    async fn counts(&self) -> Result<KeyCounts, VaultError> {
+        // Subject keys are the keys named in the reserved `$subject:` namespace (`$1`).
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM vault_key_material) AS live, \
-                    (SELECT count(*) FROM vault_keys WHERE destroyed_at IS NOT NULL) AS destroyed",
+                    (SELECT count(*) FROM vault_keys WHERE destroyed_at IS NOT NULL) AS destroyed, \
+                    (SELECT count(*) FROM vault_keys WHERE destroyed_at IS NULL \
+                       AND substr(stream, 1, length($1)) = $1) AS subject_live, \
+                    (SELECT count(*) FROM vault_keys WHERE destroyed_at IS NOT NULL \
+                       AND substr(stream, 1, length($1)) = $1) AS subject_destroyed",
         )
+        .bind(SUBJECT_KEY_PREFIX)
         .fetch_one(self.pool())
         .await?;
-        Ok((
-            count_from_db(row.try_get("live")?),
-            count_from_db(row.try_get("destroyed")?),
-        ))
+        Ok(KeyCounts {
+            live: count_from_db(row.try_get("live")?),
+            destroyed: count_from_db(row.try_get("destroyed")?),
+            subject_live: count_from_db(row.try_get("subject_live")?),
+            subject_destroyed: count_from_db(row.try_get("subject_destroyed")?),
+        })
     }
 
     async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError> {

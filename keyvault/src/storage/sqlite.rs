@@ -5,8 +5,9 @@
 //! failing a read-then-write transaction with SQLITE_BUSY half-way through.
 //!
 //! What both engines do alike is in `sql.rs`; this file keeps opening the database and what
-//! only SQLite does: creating keys row by row, fetching by chunked `IN` lists, destroying a
-//! subject's keys without arrays, and purging with a WAL checkpoint.
+//! only SQLite does: creating keys row by row (after looking up the batch's forgotten subjects),
+//! fetching by chunked `IN` lists, destroying a subject's keys without arrays, and purging with
+//! a WAL checkpoint.
 
 use std::str::FromStr;
 
@@ -16,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, Sqlite};
 
 use super::sql::{self, Engine};
-use super::{CreateResult, Created, NewRow};
+use super::{CreateResult, Created, NewRow, check_forgotten};
 use crate::error::VaultError;
 use crate::keys::KeyId;
 use crate::limits::{
@@ -24,7 +25,15 @@ use crate::limits::{
     SQLITE_FETCH_KEYS_MAX,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "vault", include_str!("../../migrations/sqlite/0001_vault.sql"))];
+// Numbered like PostgreSQL's: 0002 is PostgreSQL only.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "vault", include_str!("../../migrations/sqlite/0001_vault.sql")),
+    (
+        3,
+        "forgotten subjects",
+        include_str!("../../migrations/sqlite/0003_forgotten_subjects.sql"),
+    ),
+];
 
 pub(crate) struct SqliteStorage {
     pool: SqlitePool,
@@ -50,6 +59,31 @@ impl SqliteStorage {
             .await?;
         super::migrator(MIGRATIONS).run(&pool).await?;
         Ok(SqliteStorage { pool })
+    }
+}
+
+impl SqliteStorage {
+    /// The forgotten subjects among the rows' subjects.
+    async fn forgotten_among(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        rows: &[NewRow<'_>],
+    ) -> Result<Vec<String>, VaultError> {
+        let mut subjects: Vec<&str> = rows.iter().filter_map(|r| r.subject).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut forgotten = Vec::new();
+        for chunk in subjects.chunks(SQLITE_FETCH_KEYS_MAX) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            // Only placeholders are interpolated; every value is bound.
+            let sql = format!("SELECT subject FROM forgotten_subjects WHERE subject IN ({placeholders})");
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+            for subject in chunk {
+                q = q.bind(*subject);
+            }
+            forgotten.extend(q.fetch_all(&mut **tx).await?);
+        }
+        Ok(forgotten)
     }
 }
 
@@ -81,6 +115,9 @@ impl Engine for SqliteStorage {
         if !matches!(state.as_deref(), Some("active" | "pending")) {
             return Ok(CreateResult::KekVersionRetired);
         }
+        // `BEGIN IMMEDIATE` keeps every forget out until this transaction ends, so what this
+        // reads stays true until the keys are committed.
+        check_forgotten(rows, &self.forgotten_among(&mut tx, rows).await?)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let existing = sqlx::query(
@@ -135,6 +172,7 @@ impl Engine for SqliteStorage {
 
     async fn destroy_subject(&self, subject: &str) -> Result<Vec<KeyId>, VaultError> {
         let mut tx = self.begin_write().await?;
+        sqlx::query(sql::FORGET_SUBJECT).bind(subject).execute(&mut *tx).await?;
         let rows = sqlx::query("SELECT id FROM vault_keys WHERE subject = ? AND destroyed_at IS NULL ORDER BY stream")
             .bind(subject)
             .fetch_all(&mut *tx)

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lethe_keyvault::{KeyId, KeyLookup, KeyVault, OpenOptions, VaultError};
+use lethe_keyvault::{KeyId, KeyLookup, KeyVault, NewKey, OpenOptions, VaultError};
 use serde_json::{Value, json};
 
 use crate::support::{TestDb, kek, live, nk, ok};
@@ -15,6 +15,7 @@ both_engines!(
     http_client_speaks_the_whole_trait,
     bad_or_missing_token_gets_401_and_changes_nothing,
     malformed_requests_get_4xx_problem_json,
+    subject_keys_and_forgotten_subjects_over_http,
 );
 
 struct Server {
@@ -99,7 +100,7 @@ async fn http_client_speaks_the_whole_trait(db: TestDb) {
 
     assert_eq!(ok(remote.destroy_subject_keys("9")).await, vec![created[0].0]);
     assert!(ok(remote.destroy_subject_keys("9")).await.is_empty());
-    match remote.create_keys(&[nk("user-private-9", Some("9"))]).await {
+    match remote.create_keys(&[nk("user-private-9", None)]).await {
         Err(VaultError::KeyDestroyed { stream }) => assert_eq!(stream, "user-private-9"),
         other => panic!("expected KeyDestroyed, got {:?}", other.map(|v| v.len())),
     }
@@ -272,5 +273,88 @@ async fn malformed_requests_get_4xx_problem_json(db: TestDb) {
         lethe_keyvault::server::router(server.local.clone(), "short"),
         Err(VaultError::InvalidInput(_))
     ));
+    server.stop().await;
+}
+
+async fn subject_keys_and_forgotten_subjects_over_http(db: TestDb) {
+    let server = Server::start(&db).await;
+    let remote = server.client(TOKEN).await;
+    let created = ok(remote.create_keys(&[NewKey::subject_key("9"), nk("user-private-9", Some("9"))])).await;
+    let subject_key = created[0].0;
+    let again = ok(remote.create_keys(&[NewKey::subject_key("9")])).await;
+    assert_eq!(again[0].0, subject_key);
+    assert_eq!(again[0].1.expose_secret(), created[0].1.expose_secret());
+    // Fetched by id, remotely and from the vault behind the server alike.
+    for vault in [&remote, &server.local] {
+        let found = ok(vault.fetch_keys(&[subject_key])).await;
+        assert_eq!(live(&found[0].1).expose_secret(), created[0].1.expose_secret());
+    }
+    let stats = ok(remote.stats()).await;
+    assert_eq!((stats.live_keys, stats.subject_keys_live), (2, 1));
+
+    // Malformed subject keys, and destroying one as a stream, are bad requests.
+    let unbound = NewKey {
+        stream: "$subject:9".into(),
+        subject: None,
+    };
+    assert!(matches!(
+        remote.create_keys(&[unbound]).await,
+        Err(VaultError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        remote.destroy_stream_key("$subject:9").await,
+        Err(VaultError::InvalidInput(_))
+    ));
+
+    let mut destroyed = ok(remote.destroy_subject_keys("9")).await;
+    destroyed.sort();
+    let mut want = vec![created[0].0, created[1].0];
+    want.sort();
+    assert_eq!(destroyed, want);
+    assert!(matches!(
+        ok(remote.fetch_keys(&[subject_key])).await[0].1,
+        KeyLookup::Destroyed
+    ));
+
+    // A forgotten subject comes back as the same typed error as in-process.
+    for batch in [
+        vec![NewKey::subject_key("9")],
+        vec![nk("orders-9", Some("9"))],
+        vec![nk("public-9", None), NewKey::subject_key("9")],
+    ] {
+        match remote.create_keys(&batch).await {
+            Err(VaultError::SubjectForgotten { subject }) => assert_eq!(subject, "9"),
+            other => panic!("expected SubjectForgotten, got {:?}", other.map(|v| v.len())),
+        }
+    }
+    // On the wire: 409 problem JSON with the stable code and the subject id.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/keys/create", server.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "keys": [{ "stream": "$subject:9", "subject": "9" }] }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 409);
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["code"], "subject_forgotten");
+    assert_eq!(body["status"], 409);
+    assert_eq!(body["subject"], "9");
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+
+    let stats = ok(remote.stats()).await;
+    assert_eq!(
+        (
+            stats.live_keys,
+            stats.destroyed_keys,
+            stats.subject_keys_live,
+            stats.subject_keys_destroyed
+        ),
+        (0, 2, 0, 1)
+    );
     server.stop().await;
 }

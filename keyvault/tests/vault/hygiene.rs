@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use clap::Parser;
 use lethe_keyvault::cli::KeyvaultCommand;
-use lethe_keyvault::{HttpVault, Kek, KeyLookup, OpenOptions, VaultError};
+use lethe_keyvault::{HttpVault, Kek, KeyLookup, NewKey, OpenOptions, VaultError};
 
 use crate::support::{Engine, kek, nk, ok, run_on};
 
@@ -80,7 +80,7 @@ async fn debug_output_never_contains_key_bytes() {
         assert_eq!(format!("{:?}", created[0].1), "Dek(<redacted>)");
 
         // Errors, through Debug and Display.
-        let errors: Vec<VaultError> = vec![
+        let mut errors: Vec<VaultError> = vec![
             vault
                 .rotate_kek(Kek::from_slice(&kek_bytes).unwrap_or_else(|e| panic!("{e}")))
                 .await
@@ -101,6 +101,17 @@ async fn debug_output_never_contains_key_bytes() {
                     .unwrap_or(lethe_keyvault::envelope::EnvelopeError::Authentication),
             ),
         ];
+        // A forgotten subject's refusal names the subject id and nothing else.
+        ok(lethe_keyvault::KeyVault::destroy_subject_keys(&vault, "s")).await;
+        let forgotten = lethe_keyvault::KeyVault::create_keys(&vault, &[NewKey::subject_key("s")])
+            .await
+            .err()
+            .unwrap_or(VaultError::Unauthorized);
+        assert_eq!(
+            forgotten.to_string(),
+            "subject \"s\" was forgotten; no key bound to it is created again"
+        );
+        errors.push(forgotten);
         for e in &errors {
             assert_clean("VaultError", &format!("{e:?} {e}"), &secrets);
         }

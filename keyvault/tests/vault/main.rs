@@ -14,3 +14,4 @@ mod kek_files;
 mod ops;
 mod physical;
 mod rotation;
+mod subjects;

@@ -44,7 +44,9 @@ async fn create_is_idempotent_per_stream(db: TestDb) {
         VaultStats {
             live_keys: 2,
             destroyed_keys: 0,
-            kek_version: 1
+            kek_version: 1,
+            subject_keys_live: 0,
+            subject_keys_destroyed: 0,
         }
     );
     ok(vault.health()).await;
@@ -129,12 +131,17 @@ async fn destroy_subject_is_final_and_idempotent(db: TestDb) {
     assert_eq!(live(&found[2].1).expose_secret(), created[2].1.expose_secret());
     assert_eq!(live(&found[3].1).expose_secret(), created[3].1.expose_secret());
 
-    // A destroyed stream never gets a key again, whatever the subject.
-    for subject in [Some("1"), None, Some("3")] {
+    // A destroyed stream never gets a key again, whatever the subject; asked for with its
+    // forgotten subject, the answer is that the subject is forgotten.
+    for subject in [None, Some("3")] {
         match vault.create_keys(&[nk("orders-1", subject)]).await {
             Err(VaultError::KeyDestroyed { stream }) => assert_eq!(stream, "orders-1"),
             other => panic!("expected KeyDestroyed, got {:?}", other.map(|v| v.len())),
         }
+    }
+    match vault.create_keys(&[nk("orders-1", Some("1"))]).await {
+        Err(VaultError::SubjectForgotten { subject }) => assert_eq!(subject, "1"),
+        other => panic!("expected SubjectForgotten, got {:?}", other.map(|v| v.len())),
     }
     let stats = ok(vault.stats()).await;
     assert_eq!((stats.live_keys, stats.destroyed_keys), (2, 2));

@@ -1,7 +1,7 @@
-//! Physical deletion: destroyed key material must be gone from the storage files, not merely
-//! unreachable by SQL.
+//! Physical deletion: destroyed key material — stream keys and subject keys — must be gone from
+//! the storage files, not merely unreachable by SQL.
 
-use lethe_keyvault::KeyId;
+use lethe_keyvault::{KeyId, NewKey};
 use sqlx::Connection as _;
 
 use crate::support::{Engine, TestDb, contains, kek, nk, ok, run_on};
@@ -20,7 +20,9 @@ fn sqlite_files(db: &TestDb) -> Vec<u8> {
 async fn sqlite_destroyed_key_bytes_leave_db_and_wal_files() {
     run_on(Engine::Sqlite, |db| async move {
         let vault = db.open(kek(1)).await;
-        let private: Vec<_> = (0..20).map(|i| nk(&format!("user-private-{i}"), Some("456"))).collect();
+        // The subject's stream keys and its subject key (personal fields in other streams).
+        let mut private: Vec<_> = (0..20).map(|i| nk(&format!("user-private-{i}"), Some("456"))).collect();
+        private.push(NewKey::subject_key("456"));
         let public: Vec<_> = (0..5).map(|i| nk(&format!("user-public-{i}"), None)).collect();
         let private = ok(vault.create_keys(&private)).await;
         let public = ok(vault.create_keys(&public)).await;
@@ -50,7 +52,8 @@ async fn sqlite_destroyed_key_bytes_leave_db_and_wal_files() {
         }
 
         let destroyed = ok(vault.destroy_subject_keys("456")).await;
-        assert_eq!(destroyed.len(), 20);
+        assert_eq!(destroyed.len(), 21);
+        assert!(destroyed.contains(&private[20].0), "the subject key is destroyed too");
 
         let files = sqlite_files(&db);
         for (w, (id, _)) in wrapped.iter().zip(&private) {
@@ -78,7 +81,8 @@ async fn sqlite_destroyed_key_bytes_leave_db_and_wal_files() {
 async fn postgres_destroyed_key_tuples_are_vacuumed() {
     run_on(Engine::Postgres, |db| async move {
         let vault = db.open(kek(1)).await;
-        let keys: Vec<_> = (0..10).map(|i| nk(&format!("p-{i}"), Some("789"))).collect();
+        let mut keys: Vec<_> = (0..10).map(|i| nk(&format!("p-{i}"), Some("789"))).collect();
+        keys.push(NewKey::subject_key("789"));
         let keys = ok(vault.create_keys(&keys)).await;
         let ids: Vec<KeyId> = keys.iter().map(|(id, _)| *id).collect();
         let mut wrapped = Vec::new();
@@ -96,7 +100,7 @@ async fn postgres_destroyed_key_tuples_are_vacuumed() {
         let before = before.concat();
         assert!(wrapped.iter().all(|w| contains(&before, w)), "tuples visible before destroy");
 
-        assert_eq!(ok(vault.destroy_subject_keys("789")).await.len(), 10);
+        assert_eq!(ok(vault.destroy_subject_keys("789")).await.len(), 11);
 
         let after: Vec<Vec<u8>> = sqlx::query_scalar(tuples_sql).fetch_all(&mut c).await.unwrap_or_else(|e| panic!("{e}"));
         let after = after.concat();
