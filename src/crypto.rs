@@ -329,6 +329,8 @@ pub(crate) fn open_field(
 ) -> Result<Zeroizing<Vec<u8>>, Error> {
     key.open(&field_aad(stream, event_id, pointer), sealed)
         .map_err(|e| Error::Corrupt {
-            detail: format!("personal field {pointer:?} of event {event_id} in stream {stream:?} does not decrypt: {e}"),
+            detail: format!(
+                "personal field {pointer:?} of event {event_id} in stream {stream:?} does not decrypt: {e}"
+            ),
         })
 }

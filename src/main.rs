@@ -33,7 +33,8 @@ enum Command {
     /// Manage API tokens directly in the event database.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Admin client for a running server (LETHE_URL, LETHE_TOKEN): erasures, holds, exports, tokens.
+    /// Admin client for a running server (LETHE_URL, LETHE_TOKEN): erasures, holds, exports, tokens,
+    /// schemas.
     Admin {
         #[command(flatten)]
         connection: cli::Connection,

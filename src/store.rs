@@ -182,7 +182,6 @@ impl EventStore {
         self.core.schemas.violations()
     }
 
-
     // Erasure
 
     /// Forgets a data subject (GDPR Art. 17): every stream bound to it is shredded — its key

@@ -1,6 +1,7 @@
 //! `cargo run --example cascade`: starts Lethe (embedded default, in a temporary directory),
 //! runs the users, accounts and ledger services against it, forgets user 456, and shows the
-//! tombstone cascade complete. See `services.rs`.
+//! tombstone cascade complete — and that a transfer from 456 to 789 in a public stream loses
+//! 456's name only. See `services.rs`.
 
 mod services;
 
@@ -29,6 +30,20 @@ async fn main() -> anyhow::Result<()> {
         report.private_user["events"][0]["data"]
     );
     println!("account-1:                      status = {}", report.account["status"]);
+    println!(
+        "transfer-1 before:              {}",
+        report.transfer_before["events"][0]["data"]
+    );
+    println!(
+        "transfer-1 after:               {}",
+        report.transfer_after["events"][0]["data"]
+    );
+    println!(
+        "                                erased_fields = {}",
+        report.transfer_after["events"][0]["erased_fields"]
+    );
+    println!("erasure field_streams:          {}", report.erasure["field_streams"]);
+    println!("subject 789 field_streams:      {}", report.receiver["field_streams"]);
     server.stop().await?;
     Ok(())
 }

@@ -2,7 +2,11 @@
 //!
 //! - **users** writes `user-public-{id}` (ids, flags: survives erasure) and `user-private-{id}`
 //!   (name, address: bound to subject `{id}`) in one atomic append;
-//! - **accounts** writes `account-{n}` bound to its owner's subject, with transactions;
+//! - **accounts** writes `account-{n}` bound to its owner's subject, with transactions, and
+//!   `transfer-{n}`: a *public* stream whose `MoneyTransferred` event names two subjects, its
+//!   sender and its receiver. The event type's schema marks each name as personal data of its
+//!   own subject, so Lethe encrypts each with that subject's key: forgetting the sender erases
+//!   the sender's name only, and the receiver's name, the amount and every id stay readable;
 //! - **ledger** is a read model: a durable, erasure-dependent consumer that keeps each
 //!   transaction's purpose and amount (decrypted data) — until it reads a `SubjectForgotten`
 //!   tombstone, deletes that subject's rows, and acknowledges, which completes the erasure.
@@ -89,6 +93,71 @@ pub async fn open_account(lethe: &Lethe, number: u32, owner: &str, transactions:
         .post(
             &format!("/streams/account-{number}"),
             json!({"expected_version": "no_stream", "subject": owner, "events": events}),
+        )
+        .await
+        .map(drop)
+}
+
+/// The schema of `MoneyTransferred` (JSON Schema 2020-12): each name is personal data of the
+/// subject whose id is beside it; the sender's reads as `"[erased]"` once the sender is
+/// forgotten, the receiver's as `null` once the receiver is.
+pub fn transfer_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["from_account", "to_account", "sender_id", "receiver_id", "cents"],
+        "properties": {
+            "from_account": {"type": "string"},
+            "to_account": {"type": "string"},
+            "sender_id": {"type": "string"},
+            "sender_name": {"type": "string", "x-lethe-personal": {"subject": "/sender_id"},
+                            "x-lethe-erased": "[erased]"},
+            "receiver_id": {"type": "string"},
+            "receiver_name": {"type": "string", "x-lethe-personal": {"subject": "/receiver_id"}},
+            "cents": {"type": "integer", "minimum": 1}
+        }
+    })
+}
+
+/// The accounts service registers the schema of its transfer events (an admin call: in a real
+/// deployment, part of deploying the service), enforced: an event that does not match is refused.
+pub async fn register_transfer_schema(lethe: &Lethe) -> Result<Value, String> {
+    lethe
+        .put(
+            "/schemas/MoneyTransferred",
+            json!({"schema": transfer_schema(), "mode": "enforce"}),
+        )
+        .await
+}
+
+/// One party of a transfer: its account, its owner's subject id and name.
+pub struct Party<'a> {
+    pub account: u32,
+    pub subject: &'a str,
+    pub name: &'a str,
+}
+
+/// The accounts service records a transfer in the public stream `transfer-{number}` (no
+/// subject): the names are encrypted field by field, each with its subject's key.
+pub async fn transfer(
+    lethe: &Lethe,
+    number: u32,
+    sender: &Party<'_>,
+    receiver: &Party<'_>,
+    cents: i64,
+) -> Result<(), String> {
+    let data = json!({
+        "from_account": format!("account-{}", sender.account),
+        "to_account": format!("account-{}", receiver.account),
+        "sender_id": sender.subject,
+        "sender_name": sender.name,
+        "receiver_id": receiver.subject,
+        "receiver_name": receiver.name,
+        "cents": cents,
+    });
+    lethe
+        .post(
+            &format!("/streams/transfer-{number}"),
+            json!({"expected_version": "no_stream", "events": [{"type": "MoneyTransferred", "data": data}]}),
         )
         .await
         .map(drop)
@@ -187,10 +256,17 @@ pub struct CascadeReport {
     pub public_user: Value,
     pub private_user: Value,
     pub account: Value,
+    /// `transfer-1` before the forget: both names readable.
+    pub transfer_before: Value,
+    /// `transfer-1` after: the sender's name reads as its replacement, listed in
+    /// `erased_fields`; the receiver's name, the amount and the ids are intact.
+    pub transfer_after: Value,
+    /// `GET /admin/subjects/789` (the receiver) after the forget.
+    pub receiver: Value,
 }
 
-/// The whole story: register, transact, forget user 456, the ledger erases and acknowledges,
-/// the request completes.
+/// The whole story: register, transact, transfer from 456 to 789, forget user 456, the ledger
+/// erases and acknowledges, the request completes; the transfer keeps 789's name.
 pub async fn run(lethe: &Lethe) -> Result<CascadeReport, String> {
     Ledger::register(lethe).await?;
     let mut ledger = Ledger::default();
@@ -199,6 +275,19 @@ pub async fn run(lethe: &Lethe) -> Result<CascadeReport, String> {
     register_user(lethe, "789", "Charles Babbage", "1 Dorset Street").await?;
     open_account(lethe, 1, "456", &[("rent", -120_000), ("salary", 450_000)]).await?;
     open_account(lethe, 2, "789", &[("gears", -9_900)]).await?;
+    register_transfer_schema(lethe).await?;
+    let ada = Party {
+        account: 1,
+        subject: "456",
+        name: "Ada Lovelace",
+    };
+    let charles = Party {
+        account: 2,
+        subject: "789",
+        name: "Charles Babbage",
+    };
+    transfer(lethe, 1, &ada, &charles, 25_000).await?;
+    let transfer_before = lethe.get("/streams/transfer-1").await?;
     while ledger.poll(lethe, Duration::from_millis(200)).await? > 0 {}
     let ledger_rows_before = ledger.rows.len();
 
@@ -227,5 +316,8 @@ pub async fn run(lethe: &Lethe) -> Result<CascadeReport, String> {
         public_user: lethe.get("/streams/user-public-456").await?,
         private_user: lethe.get("/streams/user-private-456").await?,
         account: lethe.get("/streams/account-1").await?,
+        transfer_before,
+        transfer_after: lethe.get("/streams/transfer-1").await?,
+        receiver: lethe.get("/admin/subjects/789").await?,
     })
 }

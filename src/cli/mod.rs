@@ -19,9 +19,10 @@ use serde_json::Value;
 use lethe::http::problem::Problem;
 use lethe::http::wire::{
     AuditListResponse, AuditVerifyResponse, ConsumerListResponse, ErasureKind, ErasureListResponse, ErasureReportOut,
-    ErasureResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, SubjectResponse, TokenListResponse,
-    TokenRequest,
+    ErasureResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, SchemaListResponse, SchemaModeWire, SchemaOut,
+    SchemaRequest, SchemaVersionsResponse, SubjectResponse, TokenListResponse, TokenRequest,
 };
+use lethe::model::SubjectSource;
 
 /// Where the server is and who we are.
 #[derive(Args, Clone)]
@@ -69,7 +70,8 @@ pub enum AdminCommand {
         #[arg(long)]
         lift: bool,
     },
-    /// What Lethe holds about a subject: bound streams, holds, erasure requests.
+    /// What Lethe holds about a subject: bound streams, streams holding its personal fields,
+    /// holds, erasure requests.
     Subject { subject: String },
     /// Export every event of a subject (Art. 15/20) as JSON.
     Export {
@@ -108,6 +110,35 @@ pub enum AdminCommand {
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Event schemas: what an event type's data must look like, and its personal fields.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SchemasCommand {
+    /// The latest schema of every event type that has one.
+    List,
+    /// Every version of one event type's schema.
+    Get {
+        /// The event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+    },
+    /// Register the next version of an event type's schema (nothing changes if the latest
+    /// version already has this schema and mode).
+    Put {
+        /// The event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// A file holding the JSON Schema (2020-12) document itself, or `-` for standard input.
+        #[arg(long, value_name = "PATH")]
+        file: String,
+        /// `enforce` refuses an event that does not match; `warn` stores it and counts it.
+        /// Default: enforce.
+        #[arg(long, value_parser = ["enforce", "warn"])]
+        mode: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +215,15 @@ impl Client {
             .await
     }
 
+    /// A PUT, with whether the server created something (201) rather than found it (200).
+    async fn put(&self, path: &str, body: &impl Serialize) -> anyhow::Result<(bool, Vec<u8>)> {
+        let response = self
+            .send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await?;
+        let created = response.status() == reqwest::StatusCode::CREATED;
+        Ok((created, response.bytes().await?.to_vec()))
+    }
+
     /// Prints an answer: with `--json` the server's JSON as it came, otherwise `render` of the
     /// answer read as its wire type.
     fn show<T: DeserializeOwned>(
@@ -226,6 +266,15 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     text(t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
 }
 
+/// Names, one a line (`none` for none).
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join("\n")
+    }
+}
+
 /// A number of seconds as the server writes it.
 fn seconds(v: Option<f64>) -> String {
     text(v.map(Value::from))
@@ -253,7 +302,11 @@ fn print_erasure(e: &ErasureResponse) {
         ("deadline", time(Some(e.deadline))),
         ("overdue", e.overdue.to_string()),
         ("refused_reason", text(e.refused_reason.as_ref())),
-        ("streams", e.streams.len().to_string()),
+        ("streams", list(&e.streams)),
+        (
+            "field_streams",
+            e.field_streams.as_deref().map_or_else(|| "-".to_owned(), list),
+        ),
     ];
     for (key, value) in rows {
         t.add_row(vec![key.to_owned(), value]);
@@ -365,11 +418,16 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                 .get(&format!("/admin/subjects/{}", segment(&subject)), &[])
                 .await?;
             client.show(&view, |view: SubjectResponse| {
-                let mut t = table(&["stream", "status", "version"]);
+                let mut t = table(&["bound stream", "status", "version"]);
                 for s in view.streams {
                     t.add_row(vec![s.stream, s.status, text(s.version)]);
                 }
                 println!("{t}");
+                let mut f = table(&["stream holding personal fields"]);
+                for stream in view.field_streams {
+                    f.add_row(vec![stream]);
+                }
+                println!("{f}");
                 if let Some(hold) = view.hold {
                     println!("legal hold: {} (until {})", hold.reason, time(hold.until));
                 }
@@ -446,6 +504,7 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                 Ok(())
             })?;
         }
+        AdminCommand::Schemas(command) => schemas(&client, command).await?,
         AdminCommand::Tokens(TokensCommand::List) => {
             let list = client.get("/admin/tokens", &[]).await?;
             client.show(&list, |list: TokenListResponse| {
@@ -482,6 +541,88 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// `lethe admin schemas …`.
+async fn schemas(client: &Client, command: SchemasCommand) -> anyhow::Result<()> {
+    match command {
+        SchemasCommand::List => {
+            let list = client.get("/schemas", &[]).await?;
+            client.show(&list, |list: SchemaListResponse| {
+                let mut t = table(&["type", "version", "mode", "registered_at", "personal fields"]);
+                for s in list.schemas {
+                    t.add_row(schema_row(s));
+                }
+                println!("{t}");
+                Ok(())
+            })
+        }
+        SchemasCommand::Get { event_type } => {
+            let versions = client.get(&format!("/schemas/{}", segment(&event_type)), &[]).await?;
+            client.show(&versions, |versions: SchemaVersionsResponse| {
+                let mut t = table(&["type", "version", "mode", "registered_at", "personal fields"]);
+                let latest = versions.versions.last().map(|v| v.schema.clone());
+                for s in versions.versions {
+                    t.add_row(schema_row(s));
+                }
+                println!("{t}");
+                if let Some(schema) = latest {
+                    println!("latest version:\n{}", serde_json::to_string_pretty(&schema)?);
+                }
+                Ok(())
+            })
+        }
+        SchemasCommand::Put { event_type, file, mode } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the schema from standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let schema: Value = serde_json::from_str(&text).context("the schema file is not JSON")?;
+            let mode = match mode.as_deref() {
+                None => None,
+                Some("warn") => Some(SchemaModeWire::Warn),
+                Some(_) => Some(SchemaModeWire::Enforce),
+            };
+            let path = format!("/schemas/{}", segment(&event_type));
+            let (created, registered) = client.put(&path, &SchemaRequest { schema, mode }).await?;
+            client.show(&registered, |s: SchemaOut| {
+                let what = if created { "registered" } else { "unchanged: already" };
+                println!("{what} {} version {} ({})", s.event_type, s.version, mode_name(s.mode));
+                Ok(())
+            })
+        }
+    }
+}
+
+fn mode_name(mode: SchemaModeWire) -> &'static str {
+    match mode {
+        SchemaModeWire::Enforce => "enforce",
+        SchemaModeWire::Warn => "warn",
+    }
+}
+
+/// One schema version as a table row; its personal fields as `pointer ← subject`.
+fn schema_row(s: SchemaOut) -> Vec<String> {
+    let personal = match lethe::model::schema::personal_fields(&s.schema) {
+        Ok(fields) if fields.is_empty() => "none".to_owned(),
+        Ok(fields) => fields
+            .iter()
+            .map(|f| match &f.subject {
+                SubjectSource::Pointer(pointer) => format!("{} ← {pointer}", f.pointer),
+                SubjectSource::Stream => format!("{} ← $stream", f.pointer),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(_) => "?".to_owned(),
+    };
+    vec![
+        s.event_type,
+        s.version.to_string(),
+        mode_name(s.mode).to_owned(),
+        time(Some(s.registered_at)),
+        personal,
+    ]
 }
 
 /// Streams an export to a file or stdout, with a progress spinner on stderr.
@@ -556,6 +697,10 @@ async fn report(
             report.unacknowledged.len().to_string(),
         ]);
         t.add_row(vec!["keys destroyed".to_owned(), report.keys_destroyed.to_string()]);
+        t.add_row(vec![
+            "of them subject keys".to_owned(),
+            report.subject_keys_destroyed.to_string(),
+        ]);
         t.add_row(vec!["legal holds active".to_owned(), report.holds_active.to_string()]);
         println!("{t}");
         Ok(())

@@ -18,8 +18,7 @@ use crate::limits::{APPEND_BYTES_MAX, APPEND_STREAMS_MAX};
 use crate::model::schema::field_subjects;
 use crate::model::validation::check_append;
 use crate::model::{
-    AppendOutcome, ExpectedVersion, SchemaMode, StreamAppend, StreamStatus, SubjectId, ValidationError,
-    VersionConflict,
+    AppendOutcome, ExpectedVersion, SchemaMode, StreamAppend, StreamStatus, SubjectId, ValidationError, VersionConflict,
 };
 use crate::storage::plan::StreamState;
 use crate::storage::{AtomicAppend, FieldSubject, Storage, StreamWrite};
@@ -37,7 +36,9 @@ impl Core {
         let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
         for write in &mut atomic.writes {
             for field in &mut write.field_subjects {
-                field.recorded = self.field_index.is_recorded(field.subject.as_str(), write.stream.as_str());
+                field.recorded = self
+                    .field_index
+                    .is_recorded(field.subject.as_str(), write.stream.as_str());
             }
         }
         let recorded: Vec<(String, String)> = atomic

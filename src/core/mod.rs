@@ -35,8 +35,8 @@ use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
 use append::StateReads;
 use field_index::FieldIndexCache;
-use schemas::Schemas;
 use group_commit::{GroupCommitter, WriterStats};
+use schemas::Schemas;
 use token_cache::TokenCache;
 
 /// How to open a store.

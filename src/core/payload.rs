@@ -35,8 +35,8 @@ pub(crate) struct EventSchemaPart<'a> {
 
 /// Serializes (and, given a DEK, encrypts) an event for storage. `index` names the event in
 /// errors. Personal fields are sealed with their subjects' keys first, inside the data that is
-/// then sealed with the stream's key; the size limits and the retry digest count the data as
-/// given.
+/// then sealed with the stream's key; the size limits count the data as given, and the retry
+/// digest the data as given with each personal field replaced by a digest under its own key.
 pub(crate) fn encode(
     stream: &str,
     mut event: NewEvent,
@@ -61,19 +61,41 @@ pub(crate) fn encode(
         }
         .into());
     }
-    let content = content_for_digest(&event.event_type, &metadata, &data);
-    let data = if schema.fields.is_empty() {
-        data
+    let (content, data) = if schema.fields.is_empty() {
+        (content_for_digest(&event.event_type, &metadata, &data), data)
     } else {
+        // The retry digest must not let the stream key confirm a guess of a personal field once
+        // its subject is forgotten: each field enters it only as a digest keyed by the field's
+        // own key (and so becomes unverifiable with that key's destruction).
+        let mut sealed = Vec::with_capacity(schema.fields.len());
         for field in &schema.fields {
             if let Some(value) = event.data.pointer_mut(field.pointer) {
                 let plaintext = Zeroizing::new(serde_json::to_vec(value).map_err(|_| ValidationError::InvalidData)?);
-                let sealed = crypto::seal_field(field.key, field.key_id, stream, &id, field.pointer, &plaintext)?;
+                sealed.push(crypto::seal_field(
+                    field.key,
+                    field.key_id,
+                    stream,
+                    &id,
+                    field.pointer,
+                    &plaintext,
+                )?);
+                let keyed = field.key.keyed_digest(&field_digest_input(field.pointer, &plaintext));
                 // The plaintext value is dropped here; `Value` cannot zeroize itself.
+                *value = serde_json::Value::String(hex::encode(keyed));
+            }
+        }
+        let masked = serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?;
+        let content = content_for_digest(&event.event_type, &metadata, &masked);
+        let mut sealed = sealed.into_iter();
+        for field in &schema.fields {
+            if let Some(value) = event.data.pointer_mut(field.pointer)
+                && let Some(sealed) = sealed.next()
+            {
                 *value = serde_json::Value::String(sealed);
             }
         }
-        Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?)
+        let data = Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?);
+        (content, data)
     };
     let (payload, digest) = match dek {
         Some(dek) => (
@@ -136,6 +158,17 @@ pub(crate) fn open_fields(
 /// The field key id and envelope of a sealed personal field's stored value.
 pub(crate) fn sealed_field(value: &serde_json::Value) -> Option<(KeyId, Vec<u8>)> {
     value.as_str().and_then(crypto::parse_sealed_field)
+}
+
+/// What a personal field contributes to the retry digest (keyed by its field key): its pointer
+/// and its value's JSON text, unambiguously framed.
+fn field_digest_input(pointer: &str, plaintext: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(16 + pointer.len() + plaintext.len());
+    for part in [pointer.as_bytes(), plaintext] {
+        input.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        input.extend_from_slice(part);
+    }
+    input
 }
 
 /// What an idempotent retry compares: type, metadata and (a hash of) data, unambiguously framed.

@@ -65,7 +65,10 @@ pub(crate) fn check_schema(schema: &Value) -> Result<Vec<PersonalField>, Validat
 
 fn compile(schema: EventSchema) -> Result<CompiledSchema, Error> {
     let corrupt = |what: String| Error::Corrupt {
-        detail: format!("stored schema {:?} version {}: {what}", schema.event_type, schema.version),
+        detail: format!(
+            "stored schema {:?} version {}: {what}",
+            schema.event_type, schema.version
+        ),
     };
     let validator = jsonschema::draft202012::new(&schema.schema).map_err(|e| corrupt(quote(&e.to_string())))?;
     let personal = personal_fields(&schema.schema).map_err(|e| corrupt(e.to_string()))?;
@@ -210,7 +213,10 @@ mod tests {
             json!({"properties": {"a": {"x-lethe-personal": {"subject": "nope"}}}}),
         ] {
             let result = check_schema(&bad);
-            assert!(matches!(result, Err(ValidationError::InvalidSchema { .. })), "{bad} gave {result:?}");
+            assert!(
+                matches!(result, Err(ValidationError::InvalidSchema { .. })),
+                "{bad} gave {result:?}"
+            );
         }
     }
 
@@ -226,7 +232,9 @@ mod tests {
         };
         let compiled = compile(schema).unwrap();
         assert!(compiled.validate(&json!({"email": "a@b"})).is_ok());
-        let error = compiled.validate(&json!({"email": "secret-marker@example.com"})).unwrap_err();
+        let error = compiled
+            .validate(&json!({"email": "secret-marker@example.com"}))
+            .unwrap_err();
         assert_eq!(
             error,
             ValidationError::SchemaViolation {

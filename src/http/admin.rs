@@ -32,7 +32,10 @@ fn subject_of(raw: &str) -> Result<SubjectId, ApiError> {
 /// Forget a data subject (GDPR Art. 17)
 ///
 /// Records an erasure request and runs it: every stream bound to the subject is shredded (its
-/// key destroyed, a `$erased` tombstone) and a `SubjectForgotten` tombstone goes to `$erasures`.
+/// key destroyed, a `$erased` tombstone), the subject's field key is destroyed (its personal
+/// fields in other streams then read as their replacement values; `field_streams` lists those
+/// streams), and a `SubjectForgotten` tombstone goes to `$erasures`. A forgotten subject stays
+/// forgotten: no stream can be bound to it, and none of its personal fields written, again.
 /// If the key vault is unreachable the request stays `pending` and is resumed. Idempotent:
 /// forgetting a forgotten subject completes at once (`already_erased: true`).
 #[utoipa::path(
@@ -105,7 +108,8 @@ pub async fn forget(
 /// Show an erasure request
 ///
 /// Its status (`pending` → `keys_destroyed` → `awaiting_acknowledgements` → `completed`, or
-/// `refused` under a legal hold), the streams it shredded, the keys it destroyed, its deadline,
+/// `refused` under a legal hold), the streams it shredded, the streams holding the subject's
+/// personal fields (`field_streams`), the keys it destroyed, its deadline,
 /// and each erasure-dependent consumer with its acknowledgement.
 #[utoipa::path(
     get,
@@ -183,8 +187,9 @@ pub async fn erasures(
 
 /// Show a data subject
 ///
-/// The streams bound to the subject (with their status) and its erasure requests, newest
-/// first. An unknown subject has none of either.
+/// The streams bound to the subject (with their status), the streams holding its personal
+/// fields (declared by event schemas), its legal hold and its erasure requests, newest first.
+/// An unknown subject has none of them.
 #[utoipa::path(
     get,
     path = "/admin/subjects/{subject}",
@@ -220,10 +225,12 @@ pub async fn subject(
         .into_iter()
         .map(ErasureResponse::from)
         .collect();
+    let field_streams = state.store.subject_field_streams(&subject).await?;
     let hold = state.store.active_hold(&subject).await?.map(HoldOut::from);
     Ok(Json(SubjectResponse {
         subject: subject.to_string(),
         streams,
+        field_streams,
         hold,
         erasures,
     }))
@@ -232,7 +239,9 @@ pub async fn subject(
 /// Export a data subject's events (GDPR Art. 15/20)
 ///
 /// Every event of the subject's streams, decrypted (`data: null, erased: true` where a stream
-/// was shredded), as one JSON document streamed page by page. A failure part-way cuts the
+/// was shredded), then every event of other streams that holds the subject's personal fields,
+/// with only the subject's own personal fields kept (never another subject's), as one JSON
+/// document streamed page by page. A failure part-way cuts the
 /// document short, so a client sees invalid JSON rather than a silently incomplete export.
 #[utoipa::path(
     get,

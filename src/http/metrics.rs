@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -125,13 +125,29 @@ impl Metrics {
         Metrics { registry, ..metrics }
     }
 
-    /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    /// The Prometheus text exposition: the process-wide metrics, then those of the store that
+    /// answers ([`store_registry`]).
+    pub fn encode(&self, store: &Registry) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, store);
+        let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// The metrics one store counts itself (rather than this process-wide registry), read when
+/// `/metrics` is scraped: several stores in one process (tests) each report their own.
+pub fn store_registry(schema_violations: u64) -> Registry {
+    let mut registry = Registry::with_prefix("lethe");
+    registry.register(
+        "schema_violations",
+        "Events stored in warn mode although they did not match their type's schema, since start",
+        ConstCounter::new(schema_violations),
+    );
+    registry
 }
 
 pub fn metrics() -> &'static Metrics {

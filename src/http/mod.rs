@@ -12,6 +12,7 @@ mod metrics;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod registry;
 mod schemas;
 mod streams;
 mod ui;
@@ -107,13 +108,14 @@ impl AppState {
 /// operation's documented role is the one its route enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Group {
-    /// Reads, consumer reads and acks (long polls: the timeout allows for the longest one).
+    /// Reads, schema reads, consumer reads and acks (long polls: the timeout allows for the
+    /// longest one).
     Reader,
     /// `GET /subscribe`: Server-Sent Events, exempt from the request timeout.
     Subscribe,
     /// Appends and stream deletion.
     Writer,
-    /// `/admin`, consumer registration, tokens.
+    /// `/admin`, consumer registration, tokens, schema registration.
     Admin,
     /// Health, metrics, the OpenAPI document and the admin page: no token.
     Open,
@@ -156,7 +158,9 @@ impl Group {
                 .routes(routes!(streams::read))
                 .routes(routes!(streams::log))
                 .routes(routes!(consumers::events))
-                .routes(routes!(consumers::ack)),
+                .routes(routes!(consumers::ack))
+                .routes(routes!(registry::list_schemas))
+                .routes(routes!(registry::get_schema)),
             Group::Subscribe => routes.routes(routes!(streams::subscribe)),
             Group::Writer => routes
                 .routes(routes!(streams::append, streams::delete))
@@ -174,7 +178,8 @@ impl Group {
                 .routes(routes!(admin::verify_audit))
                 .routes(routes!(admin::erasure))
                 .routes(routes!(admin::create_token, admin::tokens))
-                .routes(routes!(admin::revoke_token)),
+                .routes(routes!(admin::revoke_token))
+                .routes(routes!(registry::put_schema)),
             Group::Open => routes
                 .routes(routes!(ops::healthz))
                 .routes(routes!(ops::readyz))

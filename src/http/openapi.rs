@@ -106,8 +106,8 @@ fn base() -> OpenApi {
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some(
                     "An API token (`Authorization: Bearer <token>`). Roles: `reader` (reads, subscriptions, \
-                     consumer reads and acks), `writer` (+ appends, stream deletion), `admin` (+ everything under \
-                     `/admin`, consumer registration, tokens). No token, an unknown or a revoked one: 401 \
+                     consumer reads and acks, schema reads), `writer` (+ appends, stream deletion), `admin` (+ \
+                     everything under `/admin`, consumer registration, tokens, schema registration). No token, an unknown or a revoked one: 401 \
                      `unauthorized`; a role too low: 403 `forbidden`. Both are decided before the route looks at \
                      its path, so neither reveals whether a stream exists.",
                 ))
@@ -126,6 +126,12 @@ fn base() -> OpenApi {
                 "Durable consumers: a checkpoint Lethe keeps for a reader of the log.",
             ),
             tag("admin", "Erasure requests, data subjects, legal holds, API tokens."),
+            tag(
+                "schemas",
+                "Event schemas: what an event type's data must look like, and which of its fields are personal \
+                 data of which subject (each encrypted with a key of its subject, destroyed when the subject is \
+                 forgotten).",
+            ),
             tag("ops", "Liveness, readiness, metrics, this document. No token needed."),
         ]))
         .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
@@ -263,6 +269,23 @@ fn finish(document: &mut Value) {
     bound_unsigned_integers(document);
 }
 
+/// Codes only some operations can give (by operation id). An answer that does not narrow its
+/// codes (`x-problem-codes`) gets every other code the problem table gives its status.
+const SCOPED_CODES: &[(&str, &[&str])] = &[
+    ("schema_violation", &["append", "appendMulti"]),
+    ("invalid_subject", &["append", "appendMulti"]),
+    ("subject_forgotten", &["append", "appendMulti"]),
+    ("invalid_schema", &["putSchema"]),
+];
+
+/// Whether operation `operation_id` can answer `code` (see [`SCOPED_CODES`]).
+fn may_answer(operation_id: &str, code: &str) -> bool {
+    SCOPED_CODES
+        .iter()
+        .find(|(scoped, _)| *scoped == code)
+        .is_none_or(|(_, operations)| operations.contains(&operation_id))
+}
+
 /// Members and parameters that hold a stream name or a prefix of one.
 const STREAM_NAME_MEMBERS: [&str; 2] = ["stream", "stream_prefix"];
 
@@ -300,6 +323,7 @@ fn reads_stream_names(operation: &Value, schemas: &Value) -> bool {
 
 fn finish_operation(operation: &mut Value, reads_stream_names: bool) {
     let takes_body = operation.get("requestBody").is_some();
+    let operation_id = operation["operationId"].as_str().unwrap_or_default().to_owned();
     if let Some(body) = operation.get_mut("requestBody") {
         optional_body(body);
     }
@@ -345,7 +369,10 @@ fn finish_operation(operation: &mut Value, reads_stream_names: bool) {
                  that a client normalised away).",
             );
         }
-        answer.insert("content".to_owned(), problem_content(status, codes, reads_stream_names));
+        answer.insert(
+            "content".to_owned(),
+            problem_content(status, codes, &operation_id, reads_stream_names),
+        );
     }
 }
 
@@ -372,14 +399,16 @@ fn optional_body(body: &mut Value) {
 
 /// `application/problem+json` with `status` fixed and `code` one of `codes`, or else one of the
 /// codes the problem table gives `status` (`invalid_stream_name` only where the operation reads
-/// a stream name). A 500 is also every code the table does not list, so its code is left open.
-fn problem_content(status: u16, codes: Option<Value>, reads_stream_names: bool) -> Value {
+/// a stream name, [`SCOPED_CODES`] only on their operations). A 500 is also every code the
+/// table does not list, so its code is left open.
+fn problem_content(status: u16, codes: Option<Value>, operation_id: &str, reads_stream_names: bool) -> Value {
     let mut narrowing = json!({ "properties": { "status": { "const": status } } });
     let codes = codes.unwrap_or_else(|| {
         json!(
             CODES
                 .iter()
                 .filter(|(code, s, _)| *s == status && (reads_stream_names || *code != "invalid_stream_name"))
+                .filter(|(code, ..)| may_answer(operation_id, code))
                 .map(|(code, ..)| *code)
                 .collect::<Vec<_>>()
         )
@@ -600,6 +629,48 @@ mod tests {
             }
         }
         assert!(narrowed > 100);
+    }
+
+    /// The codes of schemas and personal fields are documented where they can happen: at
+    /// appends (`schema_violation`, `invalid_subject`, `subject_forgotten`) and at schema
+    /// registration (`invalid_schema`), and nowhere else.
+    #[test]
+    fn schema_codes_only_where_they_can_happen() {
+        let doc = document();
+        let codes = |path: &str, method: &str, status: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"][status]["content"]["application/problem+json"]["schema"]["allOf"][1]
+                ["properties"]["code"]["enum"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c.as_str().unwrap().to_owned())
+                .collect()
+        };
+        for path in ["/streams/{stream}", "/streams"] {
+            let bad = codes(path, "post", "400");
+            assert!(bad.contains(&"schema_violation".to_owned()), "{path}: {bad:?}");
+            assert!(bad.contains(&"invalid_subject".to_owned()), "{path}: {bad:?}");
+            assert!(!bad.contains(&"invalid_schema".to_owned()), "{path}: {bad:?}");
+            assert!(
+                codes(path, "post", "409").contains(&"subject_forgotten".to_owned()),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            codes("/schemas/{type}", "put", "400"),
+            ["invalid_request", "invalid_schema"]
+        );
+        let mut scoped = 0;
+        for (method, path, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap();
+            for status in op["responses"].as_object().unwrap().keys() {
+                for code in codes(&path, &method.to_lowercase(), status) {
+                    assert!(may_answer(id, &code), "{method} {path} {status}: {code}");
+                    scoped += usize::from(SCOPED_CODES.iter().any(|(c, _)| *c == code));
+                }
+            }
+        }
+        assert_eq!(scoped, 7, "each scoped code on each of its operations");
     }
 
     /// utoipa narrows a schema with a description by `allOf` with `{type: object}`, which no

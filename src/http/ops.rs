@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::metrics::{RouteLabel, metrics};
+use super::metrics::{RouteLabel, metrics, store_registry};
 use super::problem::ApiError;
 use super::wire::{DependencyStatus, HealthResponse, Liveness, ReadinessResponse, ReadinessStatus};
 use crate::limits::READINESS_TIMEOUT;
@@ -82,8 +82,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics
 ///
 /// Appends, events and bytes appended, errors by code, erasures, subscribers, the head of the
-/// log, key-cache hits and misses, request latency by route, and the group writer's
-/// transactions, appends and busy seconds since start.
+/// log, key-cache hits and misses, request latency by route, the group writer's transactions,
+/// appends and busy seconds since start, and the events stored in `warn` mode although they did
+/// not match their type's schema (`lethe_schema_violations_total`).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -111,7 +112,7 @@ pub async fn metrics_handler(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.encode(),
+        m.encode(&store_registry(state.store.schema_violations())),
     )
         .into_response()
 }

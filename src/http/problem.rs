@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::Error;
+use crate::error::{Error, ValidationError};
 
 /// Where problem `type` URIs point (documentation anchors by code).
 const TYPE_BASE: &str = "https://lethe.dev/problems/";
@@ -25,11 +25,15 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("duplicate_event_id", 409, "Duplicate event id"),
     ("legal_hold", 409, "Legal hold"),
     ("erasure_in_progress", 409, "Erasure in progress"),
+    ("subject_forgotten", 409, "Subject forgotten"),
     ("last_admin_token", 409, "Last admin token"),
     ("stream_erased", 410, "Stream erased"),
     ("stream_deleted", 410, "Stream deleted"),
     ("invalid_request", 400, "Invalid request"),
     ("invalid_stream_name", 400, "Invalid stream name"),
+    ("schema_violation", 400, "Schema violation"),
+    ("invalid_schema", 400, "Invalid schema"),
+    ("invalid_subject", 400, "Invalid subject"),
     ("payload_too_large", 413, "Payload too large"),
     ("unsupported_media_type", 415, "Unsupported media type"),
     ("unauthorized", 401, "Unauthorized"),
@@ -91,14 +95,27 @@ pub struct ProblemExtra {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<DateTime<Utc>>, required = false)]
     pub hold_until: Option<Option<DateTime<Utc>>>,
-    /// Which append of a multi-stream append the error is about (0-based).
+    /// Which event of the stream's append the error is about (0-based).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = usize, required = false)]
     pub index: Option<usize>,
+    /// `schema_violation`: the JSON Schema keyword that failed (e.g. `required`, `type`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub keyword: Option<String>,
+    /// `schema_violation`: where in the event's `data` the schema failed (a JSON pointer; empty:
+    /// the whole `data`). `invalid_subject`: the personal field whose subject cannot be told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub pointer: Option<String>,
     /// `legal_hold`: the refused erasure request.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Uuid, required = false)]
     pub request_id: Option<Uuid>,
+    /// `schema_violation`: the version of the type's schema the event failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u32, minimum = 1, required = false)]
+    pub schema_version: Option<u32>,
     /// The stream the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
@@ -205,10 +222,12 @@ impl From<Error> for ApiError {
                 api.extra_mut().request_id = Some(*request_id);
                 api.extra_mut().hold_until = Some(*until);
             }
-            Error::Invalid(crate::error::ValidationError::InPart { stream, index, .. }) => {
+            Error::Invalid(ValidationError::InPart { stream, index, error }) => {
                 api.extra_mut().stream = Some(stream.clone());
                 api.extra_mut().index = Some(*index);
+                api.locate(error);
             }
+            Error::Invalid(error) => api.locate(error),
             Error::StreamErased { stream }
             | Error::StreamDeleted { stream }
             | Error::SubjectMismatch { stream }
@@ -218,6 +237,29 @@ impl From<Error> for ApiError {
             _ => {}
         }
         api
+    }
+}
+
+impl ApiError {
+    /// The members that say where in an event a schema check failed (never the value there:
+    /// it may be personal data).
+    fn locate(&mut self, error: &ValidationError) {
+        match error {
+            ValidationError::SchemaViolation {
+                version,
+                pointer,
+                keyword,
+            } => {
+                let extra = self.extra_mut();
+                extra.schema_version = Some(*version);
+                extra.pointer = Some(pointer.clone());
+                extra.keyword = Some(keyword.clone());
+            }
+            ValidationError::InvalidFieldSubject { field, .. } => {
+                self.extra_mut().pointer = Some(field.clone());
+            }
+            _ => {}
+        }
     }
 }
 

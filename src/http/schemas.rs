@@ -16,8 +16,8 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::limits::{
     APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, AUDIT_PAGE_MAX, ERASURES_LIST_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX,
-    NAME_LEN_MAX, READ_PAGE_EVENTS_MAX, REASON_LEN_MAX, TOKEN_NAME_LEN_MAX, WEBHOOK_SECRET_LEN_MAX,
-    WEBHOOK_SECRET_LEN_MIN, WEBHOOK_URL_LEN_MAX,
+    NAME_LEN_MAX, READ_PAGE_EVENTS_MAX, REASON_LEN_MAX, SCHEMA_BYTES_MAX, SCHEMA_PERSONAL_FIELDS_MAX,
+    TOKEN_NAME_LEN_MAX, WEBHOOK_SECRET_LEN_MAX, WEBHOOK_SECRET_LEN_MIN, WEBHOOK_URL_LEN_MAX,
 };
 use crate::model::{ErasureStatus as ModelErasureStatus, Role as ModelRole, StreamStatus as ModelStreamStatus};
 
@@ -113,6 +113,23 @@ schema_type!(
         .min_length(Some(1))
         .max_length(Some(EVENT_TYPE_LEN_MAX))
         .pattern(Some(no_control()))
+);
+
+schema_type!(
+    /// A JSON Schema document (draft 2020-12): an event type's schema.
+    JsonSchema = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Boolean]))
+        .description(Some(format!(
+            "A JSON Schema (draft 2020-12) of the events' `data`: an object or a boolean, at most {} KiB \
+             serialized; `$schema`, when given, must be `https://json-schema.org/draft/2020-12/schema`, and \
+             nothing is fetched from elsewhere. On a property reached from the root through `properties` only, \
+             `\"x-lethe-personal\": {{\"subject\": P}}` marks its value as personal data of the subject whose id \
+             is at `P`, a JSON pointer into the same event's `data` (e.g. `/sender_id`), or `\"$stream\"` for the \
+             stream's bound subject; `\"x-lethe-erased\": <value>` beside it is what the field reads as once that \
+             subject is forgotten (default `null`). At most {SCHEMA_PERSONAL_FIELDS_MAX} personal fields; a \
+             personal field is never inside another, and a subject pointer never points into one.",
+            SCHEMA_BYTES_MAX / 1024
+        )))
 );
 
 schema_type!(

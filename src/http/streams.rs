@@ -101,6 +101,15 @@ fn count_append(events: usize, bytes: usize) {
 /// Appends `events` atomically at the end of the stream, if the stream's version matches
 /// `expected_version` (or the `If-Match` header; default `any`). The first append with a
 /// `subject` binds the stream to that data subject for good.
+///
+/// An event whose type has a schema (`PUT /schemas/{type}`) is checked against its latest
+/// version: in `enforce` mode a violation is 400 `schema_violation` (with the failed `keyword`,
+/// the `pointer` into `data` and the `schema_version`) and nothing is stored; in `warn` mode it
+/// is stored and counted. The personal fields the schema declares are encrypted with a key of
+/// their subject: a field whose subject id is missing, not a string or malformed (or `$stream`
+/// on an unbound stream) is 400 `invalid_subject`; a field of a forgotten subject, or binding
+/// the stream to one, is 409 `subject_forgotten` (`erasure_in_progress` while it is being
+/// forgotten).
 #[utoipa::path(
     post,
     path = "/streams/{stream}",
@@ -144,16 +153,20 @@ fn count_append(events: usize, bytes: usize) {
             status = 400,
             description = "A malformed body, an invalid stream name (`$` names are reserved), subject or event type, \
                 no events or more than the limit, an event id twice, a malformed `If-Match` or one that disagrees \
-                with `expected_version`."
+                with `expected_version` (`invalid_request`, `invalid_stream_name`); an event that does not match its \
+                type's schema in `enforce` mode (`schema_violation`, with `stream`, `index`, `schema_version`, \
+                `keyword` and `pointer`); a personal field whose subject cannot be told (`invalid_subject`, with \
+                `pointer`: the field)."
         ),
         (status = 404, description = "No such route"),
         (
             status = 409,
             description = "`wrong_expected_version` (with `current_version` and `streams`), `subject_mismatch` (the \
                 stream is bound to another subject or to none), `duplicate_event_id` (an event id already stored \
-                elsewhere or with other content), or `erasure_in_progress` (the subject is being forgotten and takes \
-                no new streams).",
-            extensions(("x-problem-codes" = json!(["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress"]))),
+                elsewhere or with other content), `erasure_in_progress` (the subject, or the subject of a personal \
+                field, is being forgotten: it takes no new streams and no new fields), or `subject_forgotten` (the \
+                subject, or the subject of a personal field, was forgotten, for good).",
+            extensions(("x-problem-codes" = json!(["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress", "subject_forgotten"]))),
         ),
         (
             status = 410,
@@ -202,7 +215,8 @@ pub async fn append(
 /// One append over several streams, each with its own expected version and optional subject:
 /// every stream is written or none is, and the events take contiguous positions in the order
 /// given. One failed expectation fails the whole append and reports each stream's current
-/// version.
+/// version. Schemas and personal fields are checked as for one stream: any failure fails the
+/// whole append (`stream` and `index` name the event).
 #[utoipa::path(
     post,
     path = "/streams",
@@ -223,13 +237,16 @@ pub async fn append(
         (
             status = 400,
             description = "A malformed body, no streams or more than the limit, a stream twice, an invalid stream \
-                name, subject or event type, a stream without events, more events than the limit, an event id twice."
+                name, subject or event type, a stream without events, more events than the limit, an event id twice \
+                (`invalid_request`, `invalid_stream_name`); an event that does not match its type's schema in \
+                `enforce` mode (`schema_violation`); a personal field whose subject cannot be told \
+                (`invalid_subject`)."
         ),
         (
             status = 409,
             description = "`wrong_expected_version` (with `streams`: each stream's `current_version`), \
-                `subject_mismatch`, `duplicate_event_id` or `erasure_in_progress`.",
-            extensions(("x-problem-codes" = json!(["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress"]))),
+                `subject_mismatch`, `duplicate_event_id`, `erasure_in_progress` or `subject_forgotten`.",
+            extensions(("x-problem-codes" = json!(["wrong_expected_version", "subject_mismatch", "duplicate_event_id", "erasure_in_progress", "subject_forgotten"]))),
         ),
         (
             status = 410,
@@ -271,7 +288,8 @@ pub async fn append_multi(
 ///
 /// Reads up to `limit` events from version `from` (inclusive), forward or backward. System
 /// streams (`$erasures`) are readable too. Events of a shredded stream keep everything but
-/// `data`, which is `null`, with `erased: true`.
+/// `data`, which is `null`, with `erased: true`. A personal field of a forgotten subject reads
+/// as its schema's replacement value and is listed in the event's `erased_fields`.
 #[utoipa::path(
     get,
     path = "/streams/{stream}",

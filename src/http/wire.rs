@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::schemas;
-use crate::model::{AppendResult, ExpectedVersion, RecordedEvent};
+use crate::model::{AppendResult, EventSchema, ExpectedVersion, RecordedEvent, SchemaMode};
 
 /// `"any" | "no_stream" | "exists" | <last version>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +149,17 @@ pub struct EventOut {
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
     pub erased: bool,
+    /// The version of its type's schema the event was written under (`GET /schemas/{type}`);
+    /// absent when its type had no schema then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u32, minimum = 1, required = false)]
+    pub schema_version: Option<u32>,
+    /// JSON pointers (RFC 6901) into `data` of the personal fields that read as their schema's
+    /// replacement value (`x-lethe-erased`, default `null`) because their subject was forgotten;
+    /// absent when there are none. Every other field is intact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub erased_fields: Vec<String>,
 }
 
 impl From<RecordedEvent> for EventOut {
@@ -163,6 +174,8 @@ impl From<RecordedEvent> for EventOut {
             metadata: e.metadata,
             recorded_at: e.recorded_at,
             erased: e.erased,
+            schema_version: e.schema_version,
+            erased_fields: e.erased_fields,
         }
     }
 }
@@ -400,6 +413,11 @@ pub struct ErasureResponse {
     pub status: String,
     /// The streams shredded.
     pub streams: Vec<String>,
+    /// The streams holding personal fields of the subject (declared by event schemas): their
+    /// events stay readable, but the subject's fields read as their replacement values once its
+    /// key is destroyed. `null` until the request's first step ran; empty for a stream deletion.
+    #[schema(required = true)]
+    pub field_streams: Option<Vec<String>>,
     pub keys_destroyed: u64,
     #[schema(required = true)]
     pub reason: Option<String>,
@@ -460,6 +478,7 @@ impl From<crate::model::Erasure> for ErasureResponse {
             status: e.status.as_str().to_owned(),
             already_erased: e.found_nothing(),
             streams: e.streams.iter().flatten().map(|s| s.stream.clone()).collect(),
+            field_streams: e.field_streams,
             keys_destroyed: e.keys_destroyed,
             reason: e.reason.reason,
             requested_by: e.reason.requested_by,
@@ -532,7 +551,12 @@ pub struct SubjectStreamOut {
 #[schema(as = Subject)]
 pub struct SubjectResponse {
     pub subject: String,
+    /// The streams bound to the subject.
     pub streams: Vec<SubjectStreamOut>,
+    /// The streams holding personal fields of the subject (declared by event schemas, see
+    /// `PUT /schemas/{type}`), by name: forgetting the subject erases those fields and leaves
+    /// the rest of their events intact.
+    pub field_streams: Vec<String>,
     /// The active legal hold, if any.
     #[schema(required = true)]
     pub hold: Option<HoldOut>,
@@ -578,6 +602,94 @@ pub struct ExportResponse {
     pub subject: String,
     pub exported_at: DateTime<Utc>,
     pub events: Vec<EventOut>,
+}
+
+/// What happens to an event that does not match its type's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = SchemaMode)]
+pub enum SchemaModeWire {
+    /// The append is refused (400 `schema_violation`) and nothing of it is stored.
+    Enforce,
+    /// The event is stored and the violation counted (`lethe_schema_violations_total`).
+    Warn,
+}
+
+impl From<SchemaModeWire> for SchemaMode {
+    fn from(mode: SchemaModeWire) -> Self {
+        match mode {
+            SchemaModeWire::Enforce => SchemaMode::Enforce,
+            SchemaModeWire::Warn => SchemaMode::Warn,
+        }
+    }
+}
+
+impl From<SchemaMode> for SchemaModeWire {
+    fn from(mode: SchemaMode) -> Self {
+        match mode {
+            SchemaMode::Enforce => SchemaModeWire::Enforce,
+            SchemaMode::Warn => SchemaModeWire::Warn,
+        }
+    }
+}
+
+/// The next version of an event type's schema (`PUT /schemas/{type}`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SchemaRegistration)]
+pub struct SchemaRequest {
+    #[schema(value_type = schemas::JsonSchema)]
+    pub schema: Value,
+    /// `enforce` (default) or `warn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub mode: Option<SchemaModeWire>,
+}
+
+/// One version of an event type's schema (versions are immutable).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(as = EventSchema)]
+pub struct SchemaOut {
+    #[serde(rename = "type")]
+    #[schema(value_type = schemas::EventType)]
+    pub event_type: String,
+    /// 1 for the type's first schema, then one more for each change.
+    #[schema(minimum = 1)]
+    pub version: u32,
+    #[schema(inline)]
+    pub mode: SchemaModeWire,
+    #[schema(value_type = schemas::JsonSchema)]
+    pub schema: Value,
+    pub registered_at: DateTime<Utc>,
+}
+
+impl From<EventSchema> for SchemaOut {
+    fn from(s: EventSchema) -> Self {
+        Self {
+            event_type: s.event_type,
+            version: s.version,
+            mode: s.mode.into(),
+            schema: s.schema,
+            registered_at: s.registered_at,
+        }
+    }
+}
+
+/// The latest schema of every event type that has one, by type (`GET /schemas`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = SchemaList)]
+pub struct SchemaListResponse {
+    pub schemas: Vec<SchemaOut>,
+}
+
+/// Every version of one event type's schema, oldest first (`GET /schemas/{type}`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = SchemaVersions)]
+pub struct SchemaVersionsResponse {
+    #[serde(rename = "type")]
+    #[schema(value_type = schemas::EventType)]
+    pub event_type: String,
+    pub versions: Vec<SchemaOut>,
 }
 
 /// A token to create (`POST /admin/tokens`).
@@ -747,6 +859,9 @@ pub struct ErasureReportOut {
     pub overdue: Vec<OverdueRequestOut>,
     pub unacknowledged: Vec<WaitingDependentOut>,
     pub keys_destroyed: u64,
+    /// Of `keys_destroyed`, subjects' field keys (one per forgotten subject whose personal
+    /// fields were stored in events).
+    pub subject_keys_destroyed: u64,
     pub holds_active: u64,
     /// Requests per week (Monday to Sunday, UTC), oldest first, empty weeks included.
     pub weekly: Vec<WeekFiguresOut>,
@@ -843,6 +958,7 @@ impl From<crate::model::ErasureReport> for ErasureReportOut {
                 })
                 .collect(),
             keys_destroyed: r.keys_destroyed,
+            subject_keys_destroyed: r.subject_keys_destroyed,
             holds_active: r.holds_active,
             weekly: r
                 .weekly

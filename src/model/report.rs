@@ -44,6 +44,9 @@ pub struct ErasureReport {
     pub overdue: Vec<OverdueRequest>,
     pub unacknowledged: Vec<WaitingDependent>,
     pub keys_destroyed: u64,
+    /// Of `keys_destroyed`, subjects' field keys (one per forgotten subject whose personal
+    /// fields were stored in events).
+    pub subject_keys_destroyed: u64,
     pub holds_active: u64,
     /// Requests per week (weeks start on Monday, UTC), oldest first, with the weeks in between
     /// that had none, so a chart of it has no holes.
@@ -70,6 +73,10 @@ impl ErasureReport {
         let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.3}"));
         rows.push(format!("summary,requests,{}", self.requests));
         rows.push(format!("summary,keys_destroyed,{}", self.keys_destroyed));
+        rows.push(format!(
+            "summary,subject_keys_destroyed,{}",
+            self.subject_keys_destroyed
+        ));
         rows.push(format!("summary,holds_active,{}", self.holds_active));
         for (status, count) in &self.by_status {
             rows.push(format!("by_status,{status},{count}"));

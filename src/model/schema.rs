@@ -225,7 +225,11 @@ fn invalid(reason: &str) -> ValidationError {
 
 /// Walks `properties` from `node` (at data pointer `pointer`), collecting personal fields.
 fn collect(node: &Value, pointer: &str, inside_personal: bool, out: &mut Vec<Found>) -> Result<(), ValidationError> {
-    let Some(properties) = node.as_object().and_then(|o| o.get("properties")).and_then(Value::as_object) else {
+    let Some(properties) = node
+        .as_object()
+        .and_then(|o| o.get("properties"))
+        .and_then(Value::as_object)
+    else {
         return Ok(());
     };
     for (name, subschema) in properties {
@@ -339,8 +343,16 @@ mod tests {
             fields,
             vec![
                 ("/owner_name".into(), SubjectSource::Stream, Value::Null),
-                ("/receiver/iban~1no~0".into(), SubjectSource::Pointer("/receiver/id".into()), Value::Null),
-                ("/sender_name".into(), SubjectSource::Pointer("/sender_id".into()), json!("[erased]")),
+                (
+                    "/receiver/iban~1no~0".into(),
+                    SubjectSource::Pointer("/receiver/id".into()),
+                    Value::Null
+                ),
+                (
+                    "/sender_name".into(),
+                    SubjectSource::Pointer("/sender_id".into()),
+                    json!("[erased]")
+                ),
             ]
         );
         assert_eq!(check(json!({"type": "object"})).unwrap(), vec![]);

@@ -67,7 +67,9 @@ pub enum ValidationError {
     InvalidSchema { reason: String },
     /// An event that does not match its type's schema (in `enforce` mode). Names where and which
     /// keyword failed, never the offending value (it may be personal data).
-    #[error("event data does not match schema version {version} of its type: keyword {keyword:?} failed at {pointer:?}")]
+    #[error(
+        "event data does not match schema version {version} of its type: keyword {keyword:?} failed at {pointer:?}"
+    )]
     SchemaViolation {
         version: u32,
         pointer: String,

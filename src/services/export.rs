@@ -50,13 +50,15 @@ pub(crate) fn export_subject(
             if let Some(stored) = state.buffered.pop_front() {
                 let fields_only = state.streams.front().is_some_and(|s| s.fields_only);
                 let decoded = match state.core.decode(vec![stored]).await.map(|mut e| e.pop()) {
-                    Ok(Some(mut event)) if fields_only => {
+                    // Other subjects' personal fields are left out everywhere, and in streams
+                    // not bound to the subject only events carrying its fields are exported.
+                    Ok(Some(mut event)) => {
                         let bound = state.streams.front().and_then(|s| s.info.subject.clone());
                         state
                             .core
                             .keep_fields_of(&mut event, &state.subject, bound.as_ref())
                             .await
-                            .map(|carries| carries.then_some(event))
+                            .map(|carries| (carries || !fields_only).then_some(event))
                     }
                     other => other,
                 };

@@ -72,10 +72,14 @@ pub(crate) async fn erasure_report(
     let mut overdue = Vec::new();
     let mut unacknowledged = Vec::new();
     let mut keys_destroyed = 0;
+    let mut subject_keys_destroyed = 0;
     let mut weeks: BTreeMap<chrono::NaiveDate, (u64, Vec<f64>)> = BTreeMap::new();
     for e in &erasures {
         *by_status.entry(e.status.as_str().to_owned()).or_default() += 1;
         keys_destroyed += e.keys_destroyed;
+        if e.subject_key.is_some() && e.keys_destroyed_at.is_some() {
+            subject_keys_destroyed += 1;
+        }
         let week = weeks.entry(week_of(e.requested_at)).or_default();
         week.0 += 1;
         if let (ErasureStatus::Completed, Some(done)) = (e.status, e.completed_at) {
@@ -125,6 +129,7 @@ pub(crate) async fn erasure_report(
         overdue,
         unacknowledged,
         keys_destroyed,
+        subject_keys_destroyed,
         holds_active: core.storage.active_holds(now.timestamp_micros()).await?,
         weekly: weekly_figures(&weeks),
     })

@@ -32,7 +32,12 @@ pub(crate) async fn register(
     core.schemas.invalidate();
     match registration {
         SchemaRegistration::Registered(registered) => {
-            tracing::info!(event_type, version = registered.version, mode = mode.as_str(), "schema registered");
+            tracing::info!(
+                event_type,
+                version = registered.version,
+                mode = mode.as_str(),
+                "schema registered"
+            );
             Ok((registered, true))
         }
         SchemaRegistration::Unchanged(latest) => Ok((latest, false)),

@@ -39,8 +39,7 @@ use lethe_keyvault::KeyId;
 use uuid::Uuid;
 
 pub(crate) use records::{
-    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, StoredEvent, StreamWrite,
-    advance_head,
+    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, StoredEvent, StreamWrite, advance_head,
 };
 
 use crate::error::StorageError;

@@ -478,7 +478,11 @@ async fn write_group(
         .bind(COMMITS_CHANNEL)
         .bind(to_i64(head))
         .bind(generation)
-        .bind(rows.iter().map(|r| r.event.schema_version.map(i64::from)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.event.schema_version.map(i64::from))
+                .collect::<Vec<_>>(),
+        )
         .bind(plan.field_index.iter().map(|f| f.subject).collect::<Vec<_>>())
         .bind(plan.field_index.iter().map(|f| f.key_id).collect::<Vec<_>>())
         .bind(plan.field_index.iter().map(|f| f.stream).collect::<Vec<_>>())

@@ -11,8 +11,7 @@ use super::plan;
 use crate::error::StorageError;
 use crate::model::{
     AuditEntry, Consumer, Dependent, Erasure, ErasureReason, ErasureStatus, ErasureTarget, EventSchema, LegalHold,
-    LogFilter, Role, SchemaMode,
-    ShreddedStream, StreamInfo, StreamName, StreamStatus, SubjectId, TokenRecord,
+    LogFilter, Role, SchemaMode, ShreddedStream, StreamInfo, StreamName, StreamStatus, SubjectId, TokenRecord,
 };
 
 /// The head of every event query (both engines use the same names): the columns

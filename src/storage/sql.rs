@@ -25,8 +25,8 @@ use super::rows::{
     to_u64,
 };
 use super::{Delivery, EngineStorage, SchemaRegistration, Storage, StoredEvent};
-use crate::limits::{SCHEMA_TYPES_MAX, SCHEMA_VERSIONS_MAX};
 use crate::error::StorageError;
+use crate::limits::{SCHEMA_TYPES_MAX, SCHEMA_VERSIONS_MAX};
 use crate::model::{
     AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, ErasureTarget, EventSchema,
     HashedFields, LegalHold, LogFilter, NewAuditEntry, SYSTEM_ACTOR, SchemaMode, StreamInfo, StreamName, SubjectId,

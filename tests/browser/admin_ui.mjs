@@ -1,7 +1,9 @@
 // Drives the admin page in headless Chromium (Debian's /usr/bin/chromium through
 // playwright-core): sign in, file a forget request, watch it complete once the dependent
-// acknowledges, place a hold and see a forget refused, check the audit trail's verification,
-// and see the request in the report. Saves screenshots as test artifacts.
+// acknowledges (with the stream holding the subject's personal fields listed), look up a
+// subject's bound streams and streams holding its personal fields, place a hold and see a
+// forget refused, check the audit trail's verification, and see the request in the report.
+// Saves screenshots as test artifacts.
 //
 // Usage: node admin_ui.mjs <base url> <admin token> <screenshot dir>
 // Run by tests/it/admin_ui.rs against a fresh server; exits non-zero on the first failure.
@@ -89,6 +91,27 @@ try {
       events: [{ type: "SignedUp", data: { email: `${subject}@example.com` } }],
     });
   }
+  // A public stream whose event names both subjects, each name a personal field of its own.
+  await api("PUT", "/schemas/MoneyTransferred", {
+    schema: {
+      type: "object",
+      properties: {
+        sender_id: { type: "string" },
+        sender_name: { type: "string", "x-lethe-personal": { subject: "/sender_id" }, "x-lethe-erased": "[erased]" },
+        receiver_id: { type: "string" },
+        receiver_name: { type: "string", "x-lethe-personal": { subject: "/receiver_id" } },
+        amount: { type: "number" },
+      },
+      required: ["sender_id", "receiver_id", "amount"],
+    },
+  });
+  await api("POST", "/streams/transfers-ui", {
+    expected_version: "any",
+    events: [{
+      type: "MoneyTransferred",
+      data: { sender_id: "ui-1", sender_name: "Ann", receiver_id: "ui-2", receiver_name: "Bob", amount: 5 },
+    }],
+  });
 
   await page.goto(`${base}/admin/ui`);
   check((await page.title()) === "Lethe admin", "the page loads");
@@ -134,6 +157,15 @@ try {
   check((await detail.getByText("Acknowledged by ledger.").count()) === 1, "the acknowledgement is on the timeline");
   check((await detail.getByText("Completed.").count()) === 1, "the request completed");
   check(
+    (await detail.locator("dd", { hasText: "transfers-ui" }).count()) === 1,
+    "the request lists the stream holding the subject's personal fields",
+  );
+  const transfer = (await api("GET", "/streams/transfers-ui")).events[0];
+  check(
+    transfer.data.sender_name === "[erased]" && transfer.data.receiver_name === "Bob",
+    "the forgotten sender's name reads as erased, the receiver's is intact",
+  );
+  check(
     (await page.locator("#erasure-table tbody tr .status.completed").count()) === 1,
     "the list shows it completed",
   );
@@ -152,6 +184,12 @@ try {
   await page.getByRole("button", { name: "Look up" }).click();
   await page.getByText("No legal hold: this subject can be forgotten.").waitFor();
   check((await page.locator("#subject-streams").getByText("user-private-ui-2").count()) === 1, "its stream is listed");
+  check(
+    (await page.locator("#subject-field-streams").getByText("transfers-ui").count()) === 1,
+    "the stream holding its personal fields is listed",
+  );
+  await page.screenshot({ path: join(outDir, "subject.png"), fullPage: true });
+  await accessible(page, "subject");
   await page.getByLabel("Hold reason").fill("litigation 2026-17");
   await page.getByRole("button", { name: "Place hold" }).click();
   await page.getByText(/Legal hold since .*: litigation 2026-17/).waitFor();
@@ -169,7 +207,7 @@ try {
   await page.locator("#audit-verify.ok").waitFor();
   check((await page.locator("#audit-verify").textContent()).startsWith("Chain intact"), "the audit chain verifies");
   const actions = await page.locator("#audit-table tbody td:nth-child(4)").allTextContents();
-  for (const action of ["erasure_requested", "erasure_completed", "hold_placed", "erasure_refused", "consumer_registered"]) {
+  for (const action of ["erasure_requested", "erasure_completed", "hold_placed", "erasure_refused", "consumer_registered", "schema_registered"]) {
     check(actions.includes(action), `the trail records ${action}`);
   }
   await page.screenshot({ path: join(outDir, "audit.png"), fullPage: true });

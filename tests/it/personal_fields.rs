@@ -78,7 +78,10 @@ fn assert_sender_erased(event: &RecordedEvent, sender: &str, receiver: &str) {
     assert_eq!(data["sender_name"], "[erased]");
     assert_eq!(event.erased_fields, vec!["/sender_name".to_owned()]);
     assert_eq!(data["receiver"]["name"], format!("{RECEIVER_MARKER}-{receiver}"));
-    assert_eq!((data["sender_id"].as_str(), data["receiver_id"].as_str()), (Some(sender), Some(receiver)));
+    assert_eq!(
+        (data["sender_id"].as_str(), data["receiver_id"].as_str()),
+        (Some(sender), Some(receiver))
+    );
     assert_eq!(data["amount"], 10);
     assert!(!event.erased);
     assert_eq!(event.schema_version, Some(1));
@@ -104,7 +107,11 @@ async fn a_two_subject_event_in_a_public_stream_forgets_only_one_subject(db: Tes
     let store = db.open().await;
     with_transfer_schema(&store).await;
     let outcome = store
-        .append(append("bankaccount-123", ExpectedVersion::NoStream, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "bankaccount-123",
+            ExpectedVersion::NoStream,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     assert_eq!(outcome.first_version, 0);
@@ -115,12 +122,21 @@ async fn a_two_subject_event_in_a_public_stream_forgets_only_one_subject(db: Tes
     assert_eq!(data["receiver"]["name"], format!("{RECEIVER_MARKER}-bob"));
     assert_eq!(before.events[0].schema_version, Some(1));
     assert!(before.events[0].erased_fields.is_empty());
-    assert_eq!(store.subject_field_streams(&subject("alice")).await.unwrap(), vec!["bankaccount-123"]);
-    assert_eq!(store.subject_field_streams(&subject("bob")).await.unwrap(), vec!["bankaccount-123"]);
+    assert_eq!(
+        store.subject_field_streams(&subject("alice")).await.unwrap(),
+        vec!["bankaccount-123"]
+    );
+    assert_eq!(
+        store.subject_field_streams(&subject("bob")).await.unwrap(),
+        vec!["bankaccount-123"]
+    );
 
     let erasure = store.forget(&subject("alice"), ErasureReason::default()).await.unwrap();
     assert_eq!(erasure.status, ErasureStatus::Completed);
-    assert_eq!(erasure.field_streams.as_deref(), Some(&["bankaccount-123".to_owned()][..]));
+    assert_eq!(
+        erasure.field_streams.as_deref(),
+        Some(&["bankaccount-123".to_owned()][..])
+    );
     assert_eq!(erasure.streams.as_deref().map(<[_]>::len), Some(0), "no bound stream");
     assert_eq!(erasure.keys_destroyed, 1, "the subject key");
     let subject_key = erasure.subject_key.expect("the subject key is recorded");
@@ -130,44 +146,85 @@ async fn a_two_subject_event_in_a_public_stream_forgets_only_one_subject(db: Tes
         KeyLookup::Destroyed
     ));
     let stats = vault.stats().await.unwrap();
-    assert_eq!((stats.subject_keys_live, stats.subject_keys_destroyed), (1, 1), "bob's lives on");
+    assert_eq!(
+        (stats.subject_keys_live, stats.subject_keys_destroyed),
+        (1, 1),
+        "bob's lives on"
+    );
+    let report = store.erasure_report(None, None).await.unwrap();
+    assert_eq!(
+        (report.keys_destroyed, report.subject_keys_destroyed),
+        (1, 1),
+        "counted in the report"
+    );
+    assert!(report.to_csv().contains("summary,subject_keys_destroyed,1"));
 
     let after = read(&store, "bankaccount-123").await;
-    assert_eq!(after.info.status, lethe::StreamStatus::Active, "the public stream stays");
+    assert_eq!(
+        after.info.status,
+        lethe::StreamStatus::Active,
+        "the public stream stays"
+    );
     assert_sender_erased(&after.events[0], "alice", "bob");
     // A SubjectForgotten tombstone names the stream holding the fields.
     let erasures = read(&store, "$erasures").await;
     assert_eq!(erasures.events.len(), 1);
-    assert_eq!(erasures.events[0].data.as_ref().unwrap()["field_streams"], json!(["bankaccount-123"]));
+    assert_eq!(
+        erasures.events[0].data.as_ref().unwrap()["field_streams"],
+        json!(["bankaccount-123"])
+    );
 
-    // The stream takes new events, the forgotten subject's fields aside.
-    store
-        .append(append("bankaccount-123", ExpectedVersion::Exact(0), vec![transfer("carol", "bob", 10)]))
-        .await
-        .unwrap();
+    // The stream takes new events, the forgotten subject's fields aside; a retry with the same
+    // event id is idempotent although each sealing of a field draws a new nonce.
+    let retried = transfer("carol", "bob", 10).with_id(uuid::Uuid::now_v7());
+    for _ in 0..2 {
+        let outcome = store
+            .append_with_outcome(append(
+                "bankaccount-123",
+                ExpectedVersion::Exact(0),
+                vec![retried.clone()],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(outcome.streams[0].first_version, 1);
+    }
     assert_eq!(read(&store, "bankaccount-123").await.events.len(), 2);
 }
 
 async fn every_read_path_applies_the_replacement_values(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
-    store.put_consumer("projector", LogFilter::default(), false).await.unwrap();
+    store
+        .put_consumer("projector", LogFilter::default(), false)
+        .await
+        .unwrap();
     let mut live = Box::pin(store.subscribe(1, LogFilter::default()));
     store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     let before = live.next().await.unwrap().unwrap();
     assert!(contains(std::slice::from_ref(&before), SENDER_MARKER));
     store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     store.forget(&subject("alice"), ErasureReason::default()).await.unwrap();
 
     let mut seen: Vec<(&str, Vec<RecordedEvent>)> = Vec::new();
     let transfers = |events: Vec<RecordedEvent>| -> Vec<RecordedEvent> {
-        events.into_iter().filter(|e| e.event_type == "MoneyTransferred").collect()
+        events
+            .into_iter()
+            .filter(|e| e.event_type == "MoneyTransferred")
+            .collect()
     };
     seen.push(("stream read", read(&store, "transfers").await.events));
     seen.push((
@@ -182,26 +239,16 @@ async fn every_read_path_applies_the_replacement_values(db: TestDb) {
         "log",
         transfers(store.read_log(1, &LogFilter::default(), 100).await.unwrap().events),
     ));
-    let pages: Vec<_> = store
-        .read_log_pages(1, LogFilter::default(), 1)
-        .take(3)
-        .collect()
-        .await;
+    let pages: Vec<_> = store.read_log_pages(1, LogFilter::default(), 1).take(3).collect().await;
     seen.push((
         "catch-up pages",
         transfers(pages.into_iter().flat_map(|p| p.unwrap().events).collect()),
     ));
     let subscribed: Vec<_> = store.subscribe(1, LogFilter::default()).take(2).collect().await;
-    seen.push((
-        "new subscription",
-        subscribed.into_iter().map(Result::unwrap).collect(),
-    ));
+    seen.push(("new subscription", subscribed.into_iter().map(Result::unwrap).collect()));
     // A subscription opened before the forget reads on after it.
     seen.push(("live subscription", vec![live.next().await.unwrap().unwrap()]));
-    let batch = store
-        .consumer_events("projector", 10, Duration::ZERO)
-        .await
-        .unwrap();
+    let batch = store.consumer_events("projector", 10, Duration::ZERO).await.unwrap();
     seen.push(("consumer", transfers(batch.events)));
 
     for (path, events) in seen {
@@ -235,15 +282,26 @@ async fn schema_violations_change_nothing(db: TestDb) {
     // The bad event is the second stream's; the first stream's event is not stored either.
     let err = store
         .append_multi(vec![
-            append("ledger", ExpectedVersion::NoStream, vec![NewEvent::new("Noted", json!({}))]),
-            append("transfers", ExpectedVersion::NoStream, vec![transfer("alice", "bob", 10), bad]),
+            append(
+                "ledger",
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new("Noted", json!({}))],
+            ),
+            append(
+                "transfers",
+                ExpectedVersion::NoStream,
+                vec![transfer("alice", "bob", 10), bad],
+            ),
         ])
         .await
         .unwrap_err();
     assert_eq!(err.code(), "schema_violation");
     let message = err.to_string();
     assert!(message.contains("/amount") && message.contains("minimum"), "{message}");
-    assert!(message.contains("\"transfers\"") && message.contains("event 1"), "{message}");
+    assert!(
+        message.contains("\"transfers\"") && message.contains("event 1"),
+        "{message}"
+    );
     assert!(!message.contains(SENDER_MARKER), "{message}");
     assert_eq!(store.head().await.unwrap(), head, "nothing stored");
     for name in ["ledger", "transfers"] {
@@ -263,7 +321,11 @@ async fn schema_violations_change_nothing(db: TestDb) {
     assert!(err.to_string().contains("required"), "{err}");
     // Types without a schema are not checked.
     store
-        .append(append("other", ExpectedVersion::Any, vec![NewEvent::new("Anything", json!(42))]))
+        .append(append(
+            "other",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Anything", json!(42))],
+        ))
         .await
         .unwrap();
 }
@@ -271,17 +333,32 @@ async fn schema_violations_change_nothing(db: TestDb) {
 async fn warn_mode_stores_and_counts_violations(db: TestDb) {
     let store = db.open().await;
     let (v1, _) = store
-        .register_schema("Noted", &json!({"type": "object", "required": ["note"]}), SchemaMode::Enforce, "test")
+        .register_schema(
+            "Noted",
+            &json!({"type": "object", "required": ["note"]}),
+            SchemaMode::Enforce,
+            "test",
+        )
         .await
         .unwrap();
     let (v2, created) = store
-        .register_schema("Noted", &json!({"type": "object", "required": ["note"]}), SchemaMode::Warn, "test")
+        .register_schema(
+            "Noted",
+            &json!({"type": "object", "required": ["note"]}),
+            SchemaMode::Warn,
+            "test",
+        )
         .await
         .unwrap();
     assert!(created);
     assert_eq!((v1.version, v2.version), (1, 2), "a new mode is a new version");
     let (same, created) = store
-        .register_schema("Noted", &json!({"type": "object", "required": ["note"]}), SchemaMode::Warn, "test")
+        .register_schema(
+            "Noted",
+            &json!({"type": "object", "required": ["note"]}),
+            SchemaMode::Warn,
+            "test",
+        )
         .await
         .unwrap();
     assert!(!created, "the latest version again: nothing stored");
@@ -289,7 +366,11 @@ async fn warn_mode_stores_and_counts_violations(db: TestDb) {
     assert_eq!(store.schema_versions("Noted").await.unwrap().len(), 2);
 
     store
-        .append(append("notes", ExpectedVersion::Any, vec![NewEvent::new("Noted", json!({"other": 1}))]))
+        .append(append(
+            "notes",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Noted", json!({"other": 1}))],
+        ))
         .await
         .unwrap();
     assert_eq!(store.schema_violations(), 1);
@@ -323,13 +404,20 @@ async fn a_personal_field_needs_a_subject_it_can_tell(db: TestDb) {
     let cases = [
         (json!({"owner_name": "x"}), "is missing"),
         (json!({"owner_id": 7, "owner_name": "x"}), "not a string"),
-        (json!({"owner_id": "no spaces allowed", "owner_name": "x"}), "legal subject id"),
+        (
+            json!({"owner_id": "no spaces allowed", "owner_name": "x"}),
+            "legal subject id",
+        ),
         (json!({"owner_id": "$system", "owner_name": "x"}), "legal subject id"),
         (json!({"note": "x"}), "bound to none"),
     ];
     for (data, reason) in cases {
         let err = store
-            .append(append("account-1", ExpectedVersion::Any, vec![NewEvent::new("AccountOpened", data.clone())]))
+            .append(append(
+                "account-1",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("AccountOpened", data.clone())],
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), "invalid_subject", "{data}");
@@ -338,7 +426,11 @@ async fn a_personal_field_needs_a_subject_it_can_tell(db: TestDb) {
     assert_eq!(store.head().await.unwrap(), head, "nothing stored");
     // An absent personal field needs no subject.
     store
-        .append(append("account-1", ExpectedVersion::Any, vec![NewEvent::new("AccountOpened", json!({}))]))
+        .append(append(
+            "account-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("AccountOpened", json!({}))],
+        ))
         .await
         .unwrap();
 }
@@ -364,17 +456,27 @@ async fn stream_subject_fields_follow_the_bound_subject(db: TestDb) {
         .unwrap();
     let events = read(&store, "profile-dave").await.events;
     assert_eq!(events[1].data.as_ref().unwrap()["name"], "Dave E");
-    assert_eq!(store.subject_field_streams(&subject("dave")).await.unwrap(), vec!["profile-dave"]);
+    assert_eq!(
+        store.subject_field_streams(&subject("dave")).await.unwrap(),
+        vec!["profile-dave"]
+    );
     store.forget(&subject("dave"), ErasureReason::default()).await.unwrap();
     let events = read(&store, "profile-dave").await.events;
-    assert!(events[0].erased && events[0].data.is_none(), "a shredded stream reads data: null");
+    assert!(
+        events[0].erased && events[0].data.is_none(),
+        "a shredded stream reads data: null"
+    );
 }
 
 async fn a_forgotten_subject_stays_forgotten(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
     store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     // Erin never had a field or a stream before she was forgotten.
@@ -384,14 +486,22 @@ async fn a_forgotten_subject_stays_forgotten(db: TestDb) {
     let head = store.head().await.unwrap();
     for who in ["alice", "erin"] {
         let err = store
-            .append(append("transfers", ExpectedVersion::Any, vec![transfer(who, "bob", 10)]))
+            .append(append(
+                "transfers",
+                ExpectedVersion::Any,
+                vec![transfer(who, "bob", 10)],
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), "subject_forgotten", "{who}: a personal field");
         let err = store
             .append(
-                append(&format!("private-{who}"), ExpectedVersion::NoStream, vec![NewEvent::new("Noted", json!({}))])
-                    .with_subject(subject(who)),
+                append(
+                    &format!("private-{who}"),
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::new("Noted", json!({}))],
+                )
+                .with_subject(subject(who)),
             )
             .await
             .unwrap_err();
@@ -399,11 +509,18 @@ async fn a_forgotten_subject_stays_forgotten(db: TestDb) {
     }
     assert_eq!(store.head().await.unwrap(), head, "nothing stored");
     let stats = db.vault().await.stats().await.unwrap();
-    assert_eq!(stats.subject_keys_live, 1, "bob's only: no key was created for a forgotten subject");
+    assert_eq!(
+        stats.subject_keys_live, 1,
+        "bob's only: no key was created for a forgotten subject"
+    );
     // A process that never saw the forget refuses too (the event database and the vault say so).
     let other = db.open().await;
     let err = other
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("erin", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("erin", "bob", 10)],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "subject_forgotten");
@@ -413,7 +530,11 @@ async fn fields_of_a_subject_being_forgotten_are_refused(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
     store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     let requested = store
@@ -421,19 +542,31 @@ async fn fields_of_a_subject_being_forgotten_are_refused(db: TestDb) {
         .await
         .unwrap();
     let err = store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "erasure_in_progress");
     // Another subject's fields are not held up.
     store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("carol", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("carol", "bob", 10)],
+        ))
         .await
         .unwrap();
     let done = store.drive_erasure(requested.id).await.unwrap();
     assert_eq!(done.status, ErasureStatus::Completed);
     let err = store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "subject_forgotten");
@@ -444,7 +577,11 @@ async fn a_second_process_with_the_subject_key_cached_cannot_decrypt_after_forge
     let second = db.open().await;
     with_transfer_schema(&first).await;
     first
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     // The second process reads, so it holds both subject keys (and the stream's) in its cache.
@@ -463,7 +600,11 @@ async fn appends_racing_a_forget_write_nothing_under_a_destroyed_key(db: TestDb)
     let store = db.open().await;
     with_transfer_schema(&store).await;
     store
-        .append(append("warmup", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "warmup",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -471,24 +612,39 @@ async fn appends_racing_a_forget_write_nothing_under_a_destroyed_key(db: TestDb)
         let appender = store.clone();
         tasks.push(tokio::spawn(async move {
             // Half of them name a subject never seen before (its key is created on the way).
-            let who = if i % 2 == 0 { "alice".to_owned() } else { format!("newcomer-{i}") };
+            let who = if i % 2 == 0 {
+                "alice".to_owned()
+            } else {
+                format!("newcomer-{i}")
+            };
             let forgotten = if i % 2 == 0 { "alice" } else { "newcomer" };
             let result = appender
-                .append(append(&format!("race-{i}"), ExpectedVersion::Any, vec![transfer(&who, "bob", 10)]))
+                .append(append(
+                    &format!("race-{i}"),
+                    ExpectedVersion::Any,
+                    vec![transfer(&who, "bob", 10)],
+                ))
                 .await;
             (i, forgotten, result)
         }));
         if i == 20 {
             let forgetter = store.clone();
             tasks.push(tokio::spawn(async move {
-                forgetter.forget(&subject("alice"), ErasureReason::default()).await.unwrap();
+                forgetter
+                    .forget(&subject("alice"), ErasureReason::default())
+                    .await
+                    .unwrap();
                 (usize::MAX, "", Err(lethe::Error::NotFound { what: "none" }))
             }));
         }
     }
-    let mut refused = 0;
+    // Every task done (the forget too) before any check.
+    let mut results = Vec::new();
     for task in tasks {
-        let (i, forgotten, result) = task.await.unwrap();
+        results.push(task.await.unwrap());
+    }
+    let mut refused = 0;
+    for (i, forgotten, result) in results {
         if i == usize::MAX {
             continue;
         }
@@ -501,10 +657,7 @@ async fn appends_racing_a_forget_write_nothing_under_a_destroyed_key(db: TestDb)
             Ok(_) => {}
             Err(e) => {
                 assert_eq!(forgotten, "alice", "only the forgotten subject is refused: {e}");
-                assert!(
-                    matches!(e.code(), "erasure_in_progress" | "subject_forgotten"),
-                    "{e}"
-                );
+                assert!(matches!(e.code(), "erasure_in_progress" | "subject_forgotten"), "{e}");
                 refused += 1;
             }
         }
@@ -514,7 +667,10 @@ async fn appends_racing_a_forget_write_nothing_under_a_destroyed_key(db: TestDb)
     // Every stream holding alice's fields is listed, and no live key of hers is left.
     let listed = erasure.field_streams.clone().unwrap();
     for name in store.subject_field_streams(&subject("alice")).await.unwrap() {
-        assert!(listed.contains(&name), "{name} written after the erasure listed its streams");
+        assert!(
+            listed.contains(&name),
+            "{name} written after the erasure listed its streams"
+        );
     }
     let vault = db.vault().await;
     let key = vault
@@ -544,7 +700,11 @@ async fn forget_with_fields_interrupted_at_any_step_resumes_to_completion(db: Te
         let crashing = db.open_with(config).await;
         with_transfer_schema(&crashing).await;
         crashing
-            .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+            .append(append(
+                "transfers",
+                ExpectedVersion::Any,
+                vec![transfer("alice", "bob", 10)],
+            ))
             .await
             .unwrap();
         let err = crashing
@@ -567,7 +727,11 @@ async fn forget_with_fields_interrupted_at_any_step_resumes_to_completion(db: Te
             KeyLookup::Destroyed
         ));
         assert_sender_erased(&read(&restarted, "transfers").await.events[0], "alice", "bob");
-        assert_eq!(read(&restarted, "$erasures").await.events.len(), 1, "{fault:?}: one tombstone");
+        assert_eq!(
+            read(&restarted, "$erasures").await.events.len(),
+            1,
+            "{fault:?}: one tombstone"
+        );
         let again = restarted
             .forget(&subject("alice"), ErasureReason::default())
             .await
@@ -584,22 +748,41 @@ async fn export_includes_own_fields_from_other_streams_only(db: TestDb) {
         .append_multi(vec![
             append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]),
             append("ledger", ExpectedVersion::Any, vec![transfer("carol", "dave", 10)]),
-            append("private-bob", ExpectedVersion::Any, vec![NewEvent::new("Noted", json!({"n": 1}))])
-                .with_subject(subject("bob")),
+            append(
+                "private-bob",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Noted", json!({"n": 1})), transfer("alice", "bob", 10)],
+            )
+            .with_subject(subject("bob")),
         ])
         .await
         .unwrap();
-    let export: Vec<RecordedEvent> = store
-        .export_subject(subject("bob"))
-        .map(Result::unwrap)
-        .collect()
-        .await;
+    let export: Vec<RecordedEvent> = store.export_subject(subject("bob")).map(Result::unwrap).collect().await;
     let streams: Vec<&str> = export.iter().map(|e| e.stream.as_str()).collect();
-    assert_eq!(streams, vec!["private-bob", "transfers"], "bound streams, then field streams");
-    let transfer = export[1].data.as_ref().unwrap();
-    assert_eq!(transfer["receiver"]["name"], format!("{RECEIVER_MARKER}-bob"), "his own field");
-    assert!(transfer.get("sender_name").is_none(), "never another subject's field: {transfer}");
-    assert_eq!((transfer["amount"].clone(), transfer["sender_id"].clone()), (json!(10), json!("alice")));
+    assert_eq!(
+        streams,
+        vec!["private-bob", "private-bob", "transfers"],
+        "bound streams (every event), then field streams"
+    );
+    assert_eq!(export[0].data, Some(json!({"n": 1})));
+    // Even in his own stream, alice's personal field is not his to export.
+    let own = export[1].data.as_ref().unwrap();
+    assert!(own.get("sender_name").is_none(), "{own}");
+    assert_eq!(own["receiver"]["name"], format!("{RECEIVER_MARKER}-bob"));
+    let transfer = export[2].data.as_ref().unwrap();
+    assert_eq!(
+        transfer["receiver"]["name"],
+        format!("{RECEIVER_MARKER}-bob"),
+        "his own field"
+    );
+    assert!(
+        transfer.get("sender_name").is_none(),
+        "never another subject's field: {transfer}"
+    );
+    assert_eq!(
+        (transfer["amount"].clone(), transfer["sender_id"].clone()),
+        (json!(10), json!("alice"))
+    );
     assert!(!contains(&export, SENDER_MARKER));
 }
 
@@ -607,13 +790,20 @@ async fn the_registry_survives_a_restart(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
     store
-        .append(append("transfers", ExpectedVersion::Any, vec![transfer("alice", "bob", 10)]))
+        .append(append(
+            "transfers",
+            ExpectedVersion::Any,
+            vec![transfer("alice", "bob", 10)],
+        ))
         .await
         .unwrap();
     store.close().await;
     let reopened = db.open().await;
     let events = read(&reopened, "transfers").await.events;
-    assert_eq!(events[0].data.as_ref().unwrap()["sender_name"], format!("{SENDER_MARKER}-alice"));
+    assert_eq!(
+        events[0].data.as_ref().unwrap()["sender_name"],
+        format!("{SENDER_MARKER}-alice")
+    );
     let mut bad = transfer("alice", "bob", 10);
     bad.data["amount"] = json!("ten");
     let err = reopened
@@ -635,7 +825,11 @@ async fn postgres_registrations_reach_other_processes() {
     let second = db.open().await;
     // The second process has read the (empty) registry.
     second
-        .append(append("warm", ExpectedVersion::Any, vec![NewEvent::new("Noted", json!({}))]))
+        .append(append(
+            "warm",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Noted", json!({}))],
+        ))
         .await
         .unwrap();
     with_transfer_schema(&first).await;
@@ -687,7 +881,10 @@ async fn sqlite_files_never_hold_a_personal_field_and_lose_the_subject_key_on_fo
     };
     let found = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
     for marker in [SENDER_MARKER, RECEIVER_MARKER] {
-        assert!(!found(&files(&events_db), marker.as_bytes()), "{marker} in the event database");
+        assert!(
+            !found(&files(&events_db), marker.as_bytes()),
+            "{marker} in the event database"
+        );
         assert!(!found(&files(&vault_db), marker.as_bytes()), "{marker} in the vault");
     }
     assert!(found(&files(&events_db), b"bankaccount-123"), "the scan is real");
@@ -706,7 +903,10 @@ async fn sqlite_files_never_hold_a_personal_field_and_lose_the_subject_key_on_fo
         .await
         .unwrap();
     drop(vault);
-    assert!(found(&files(&vault_db), &wrapped), "the wrapped subject key is in the vault file before");
+    assert!(
+        found(&files(&vault_db), &wrapped),
+        "the wrapped subject key is in the vault file before"
+    );
 
     independent_field_decryption(&db, &mut events, alice_key).await;
 

@@ -43,7 +43,9 @@ const LONG_POLL_MAX: Duration = Duration::from_millis(500);
 /// - `append`: 400 when `If-Match` and `expected_version` disagree or an event id is repeated;
 ///   `appendMulti`: 400 when a stream or an event id is repeated or the events of all streams
 ///   exceed 1,000; `ackConsumer`: 400 for a position past the head of the log; all three: 400
-///   for an integer written as a float (`5.0` is an integer to JSON Schema, not to serde).
+///   for an integer written as a float (`5.0` is an integer to JSON Schema, not to serde);
+///   `putSchema`: 400 `invalid_schema` for a body whose `schema` is an object the JSON Schema
+///   meta-schema refuses (`{"type": 5}`), which the document cannot rule out.
 ///
 /// Nothing may revoke the token the run uses (the rest of the run would see nothing but 401s;
 /// `missing_auth` would then fail it): `revokeToken` draws no ids from earlier answers, and
@@ -62,7 +64,7 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "429", "5x
 algorithms = ["location-headers"]
 
 [[operations]]
-include-operation-id = ["append", "appendMulti", "ackConsumer"]
+include-operation-id = ["append", "appendMulti", "ackConsumer", "putSchema"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "410", "429", "5xx"]
 
 [[operations]]

@@ -105,7 +105,10 @@ async fn forgetting_shreds_private_streams_and_keeps_public_ones(db: TestDb) {
     assert_eq!(forgotten.event_type, "SubjectForgotten");
     assert_eq!(
         forgotten.data,
-        Some(json!({"subject": "456", "request_id": erasure.id, "streams": ["user-private-456"], "keys_destroyed": 1}))
+        Some(
+            json!({"subject": "456", "request_id": erasure.id, "streams": ["user-private-456"], "field_streams": [],
+                    "keys_destroyed": 1})
+        )
     );
     assert_eq!(Some(forgotten.position), erasure.tombstone_position);
 
@@ -486,8 +489,8 @@ async fn forget_with_vault_unreachable_resumes_when_it_is_back(db: TestDb) {
     vault.down.store(false, Ordering::SeqCst);
     assert_eq!(store.resume_erasures().await.unwrap(), 1);
     assert_forgotten(&db, &store, key_id).await;
-    // Once it completed, new data about the subject is new data: it may be bound again.
-    store.append(late).await.unwrap();
+    // Once it completed, the subject stays forgotten: nothing is bound to it again.
+    assert_eq!(store.append(late).await.unwrap_err().code(), "subject_forgotten");
 }
 
 async fn reads_fetch_keys_once_per_page_then_from_cache(db: TestDb) {

@@ -262,6 +262,8 @@ function renderErasure(e) {
     ["Requested by", e.requested_by || "—"],
     ["Reference", e.reference || "—"],
     ["Streams", e.streams.length ? e.streams.join(", ") : "none"],
+    ["Streams with personal fields", e.field_streams === null ? "not yet known"
+      : e.field_streams.length ? e.field_streams.join(", ") : "none"],
     ["Keys destroyed", String(e.keys_destroyed)],
     ["Deadline", `${when(e.deadline)}${e.overdue ? " (overdue)" : ""}`],
   ];
@@ -343,6 +345,9 @@ async function lookUpSubject(subject) {
     el("td", { class: "num", text: st.version === null ? "—" : String(st.version) })));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "3", class: "muted", text: "No streams are bound to this subject." })));
   $("#subject-streams tbody").replaceChildren(...rows);
+  const fieldRows = s.field_streams.map((stream) => el("tr", {}, el("td", { text: stream })));
+  if (!fieldRows.length) fieldRows.push(el("tr", {}, el("td", { class: "muted", text: "No stream holds personal fields of this subject." })));
+  $("#subject-field-streams tbody").replaceChildren(...fieldRows);
 }
 
 async function placeHold(form) {
@@ -434,6 +439,7 @@ async function loadReport() {
     ["95th percentile", duration(t.p95_secs)],
     ["Slowest", duration(t.max_secs)],
     ["Keys destroyed", r.keys_destroyed],
+    ["Subject keys destroyed", r.subject_keys_destroyed],
     ["Holds active", r.holds_active],
     ["Unacknowledged tombstones", r.unacknowledged.length],
   ];
