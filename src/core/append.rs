@@ -32,7 +32,7 @@ impl Core {
         let states = self.state_reads.call(names).await?;
         let schemas = self.check_schemas(&appends, &states).await?;
         let keys = self.keys_for_append(&appends, &states).await?;
-        let field_keys = self.field_keys(&schemas).await?;
+        let field_keys = self.subject_field_keys(&schemas).await?;
         let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
         for write in &mut atomic.writes {
             for field in &mut write.field_subjects {
@@ -111,7 +111,7 @@ impl Core {
     /// from the cache or the vault, the others' created (or found) in the vault in one call.
     /// A subject being forgotten, or forgotten, takes no field (checked again at commit, under
     /// the commit-order lock).
-    async fn field_keys(&self, schemas: &[Vec<EventSchemaPlan>]) -> Result<HashMap<String, FieldKey>, Error> {
+    async fn subject_field_keys(&self, schemas: &[Vec<EventSchemaPlan>]) -> Result<HashMap<String, FieldKey>, Error> {
         let mut subjects: Vec<&SubjectId> = Vec::new();
         for (_, subject) in schemas.iter().flatten().flat_map(|e| e.fields.iter()) {
             if !subjects.contains(&subject) {

@@ -20,6 +20,18 @@ use crate::model::{
 };
 use crate::storage::StoredEvent;
 
+/// The schema versions of a page's events.
+type PageSchemas = HashMap<(String, u32), Arc<CompiledSchema>>;
+
+/// How a decode learns which field keys belong to forgotten subjects.
+#[derive(Clone, Copy)]
+enum ForgottenCheck {
+    /// Ask the event database (the source of truth) for the page's field keys.
+    Database,
+    /// The page was warmed ([`Core::warm_keys`] asked the database): revocations since suffice.
+    Revocations,
+}
+
 /// Pages of at least this many events are decoded on two threads ([`Core::decode`]).
 const PARALLEL_DECODE_EVENTS_MIN: usize = 256;
 
@@ -112,25 +124,53 @@ impl Core {
 
     /// Decrypts a page of stored events: one key lookup for the page (cache, then at most one
     /// vault call). The stream status read with the rows decides: a shredded stream's events
-    /// are never decrypted, even with the key still at hand, and its key is evicted.
+    /// are never decrypted, even with the key still at hand, and its key is evicted. Personal
+    /// fields are opened after the event database said which of their keys are forgotten.
     pub(crate) async fn decode(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
+        self.decode_checked(stored, ForgottenCheck::Database).await
+    }
+
+    /// [`Core::decode`] for an event of a page already passed to [`Core::warm_keys`] (lazily
+    /// decrypting readers): the page's forgotten field keys were revoked then, and a forget
+    /// since revoked its keys in this process (or, on PostgreSQL, by notification), so the
+    /// key ring alone decides, with no query per event.
+    pub(crate) async fn decode_warmed(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
+        self.decode_checked(stored, ForgottenCheck::Revocations).await
+    }
+
+    async fn decode_checked(
+        &self,
+        stored: Vec<StoredEvent>,
+        check: ForgottenCheck,
+    ) -> Result<Vec<RecordedEvent>, Error> {
         let with_schema = stored.iter().any(|e| e.schema_version.is_some());
         let mut events = self.decode_payloads(stored).await?;
         if with_schema {
-            self.open_fields(&mut events).await?;
+            let (schemas, keys) = self.field_keys(&events, check).await?;
+            for event in events.iter_mut() {
+                let Some(version) = event.schema_version else { continue };
+                if let Some(schema) = schemas.get(&(event.event_type.clone(), version)) {
+                    payload::open_fields(event, &schema.personal, &keys)?;
+                }
+            }
         }
         Ok(events)
     }
 
-    /// Opens the personal fields of a decoded page: the field keys of the page are looked up
-    /// once (cache, then at most one vault call), after asking the event database which of
-    /// them belong to forgotten subjects — the source of truth, as the stream status is for
-    /// stream keys, so that a key still cached in a process that missed a revocation opens
-    /// nothing.
-    async fn open_fields(&self, events: &mut [RecordedEvent]) -> Result<(), Error> {
-        let mut schemas: HashMap<(String, u32), Arc<CompiledSchema>> = HashMap::new();
+    /// The schemas of a decoded page's events and the keys of their sealed personal fields,
+    /// looked up once for the page (cache, then at most one vault call). With
+    /// [`ForgottenCheck::Database`] the event database is asked first which of them belong to
+    /// forgotten subjects — the source of truth, as the stream status is for stream keys, so
+    /// that a key still cached in a process that missed a revocation opens nothing — and those
+    /// are revoked.
+    async fn field_keys(
+        &self,
+        events: &[RecordedEvent],
+        check: ForgottenCheck,
+    ) -> Result<(PageSchemas, HashMap<KeyId, OpenKey>), Error> {
+        let mut schemas: PageSchemas = HashMap::new();
         let mut needed: HashSet<KeyId> = HashSet::new();
-        for event in events.iter() {
+        for event in events {
             let (Some(version), Some(data)) = (event.schema_version, event.data.as_ref()) else {
                 continue;
             };
@@ -150,16 +190,20 @@ impl Core {
             }
         }
         if needed.is_empty() {
-            return Ok(());
+            return Ok((schemas, HashMap::new()));
         }
-        let ids: Vec<uuid::Uuid> = needed.iter().map(|id| id.0).collect();
-        let forgotten: Vec<KeyId> = self
-            .storage
-            .forgotten_field_keys(&ids)
-            .await?
-            .into_iter()
-            .map(KeyId)
-            .collect();
+        let forgotten: Vec<KeyId> = match check {
+            ForgottenCheck::Database => {
+                let ids: Vec<uuid::Uuid> = needed.iter().map(|id| id.0).collect();
+                self.storage
+                    .forgotten_field_keys(&ids)
+                    .await?
+                    .into_iter()
+                    .map(KeyId)
+                    .collect()
+            }
+            ForgottenCheck::Revocations => Vec::new(),
+        };
         if !forgotten.is_empty() {
             self.keyring.revoke(&forgotten);
         }
@@ -172,13 +216,7 @@ impl Core {
             .map(|(id, state)| (*id, OpenKey::new(state)))
             .collect();
         keys.extend(forgotten.into_iter().map(|id| (id, OpenKey::Destroyed)));
-        for event in events.iter_mut() {
-            let Some(version) = event.schema_version else { continue };
-            if let Some(schema) = schemas.get(&(event.event_type.clone(), version)) {
-                payload::open_fields(event, &schema.personal, &keys)?;
-            }
-        }
-        Ok(())
+        Ok((schemas, keys))
     }
 
     /// Keeps, of a decoded event's personal fields, only those of `subject` (and everything
@@ -253,10 +291,26 @@ impl Core {
         })
     }
 
-    /// Puts the keys a page will need into the cache (lazily decrypting readers call this when
-    /// they read a page, and [`Core::decode`] each event when they hand it out).
-    pub(crate) async fn warm_keys(&self, stored: &[StoredEvent]) -> Result<(), Error> {
+    /// The stream keys a page will need, into the cache (a read-ahead that decodes the page
+    /// later with [`Core::decode`], which checks its field keys then).
+    pub(crate) async fn prefetch_stream_keys(&self, stored: &[StoredEvent]) -> Result<(), Error> {
         self.page_keys(stored).await.map(drop)
+    }
+
+    /// Puts the keys a page will need into the cache, field keys included (lazily decrypting
+    /// readers call this when they read a page, and [`Core::decode_warmed`] each event when
+    /// they hand it out).
+    pub(crate) async fn warm_keys(&self, stored: &[StoredEvent]) -> Result<(), Error> {
+        self.page_keys(stored).await?;
+        // Personal fields: their key ids are inside the payloads, so the page's events with a
+        // schema are opened once here to learn them, ask the event database which are
+        // forgotten (revoking those) and cache the rest; `decode_warmed` then needs no query.
+        let with_schema: Vec<StoredEvent> = stored.iter().filter(|e| e.schema_version.is_some()).cloned().collect();
+        if !with_schema.is_empty() {
+            let events = self.decode_payloads(with_schema).await?;
+            self.field_keys(&events, ForgottenCheck::Database).await?;
+        }
+        Ok(())
     }
 
     /// The keys of a page's live events (at most one vault call); keys of shredded streams

@@ -130,7 +130,11 @@ async fn read_ahead(reader: Reader, from: u64, pages: mpsc::Sender<Result<Fetche
         let upcoming = (!last).then(|| reader.query(fetched.next));
         // Keys for the decryption to come (cache, then at most one vault call); those of
         // shredded streams are revoked.
-        let page = reader.core.warm_keys(&fetched.stored).await.map(|()| fetched);
+        let page = reader
+            .core
+            .prefetch_stream_keys(&fetched.stored)
+            .await
+            .map(|()| fetched);
         let failed = page.is_err();
         if pages.send(page).await.is_err() || failed {
             return;

@@ -49,7 +49,7 @@ pub(crate) fn export_subject(
         loop {
             if let Some(stored) = state.buffered.pop_front() {
                 let fields_only = state.streams.front().is_some_and(|s| s.fields_only);
-                let decoded = match state.core.decode(vec![stored]).await.map(|mut e| e.pop()) {
+                let decoded = match state.core.decode_warmed(vec![stored]).await.map(|mut e| e.pop()) {
                     // Other subjects' personal fields are left out everywhere, and in streams
                     // not bound to the subject only events carrying its fields are exported.
                     Ok(Some(mut event)) => {

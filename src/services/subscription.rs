@@ -48,7 +48,7 @@ pub(crate) fn subscribe(
             if let Some(stored) = state.buffered.pop_front() {
                 // The keys are cached by the page's decode below; this is a cache hit, or a
                 // revoked key (the stream was shredded meanwhile) that yields the event erased.
-                let decoded = state.core.decode(vec![stored]).await.map(|mut e| e.pop());
+                let decoded = state.core.decode_warmed(vec![stored]).await.map(|mut e| e.pop());
                 match decoded {
                     Ok(Some(event)) => return Some((Ok(event), state)),
                     Ok(None) => continue,
