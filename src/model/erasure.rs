@@ -213,3 +213,13 @@ pub enum ErasureFault {
     /// After the tombstones, before `completed` is recorded.
     AfterTombstones,
 }
+
+impl ErasureFault {
+    /// Every fault point, in the order the steps run.
+    pub const ALL: [ErasureFault; 4] = [
+        ErasureFault::AfterShred,
+        ErasureFault::AfterVaultDestroy,
+        ErasureFault::AfterKeysDestroyed,
+        ErasureFault::AfterTombstones,
+    ];
+}

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::appends::{append, stream};
 use crate::backend_tests;
-use crate::support::{Engine, TestDb};
+use crate::support::TestDb;
 
 const SENDER_MARKER: &str = "Grace-Hopper-5e1b-sender-marker";
 const RECEIVER_MARKER: &str = "Alan-Turing-9c2d-receiver-marker";
@@ -50,6 +50,22 @@ fn transfer(sender: &str, receiver: &str, amount: u64) -> NewEvent {
             "receiver": {"name": format!("{RECEIVER_MARKER}-{receiver}")},
         }),
     )
+}
+
+/// Appends one transfer of 10 to `stream_name` (any expected version).
+async fn pay(
+    store: &EventStore,
+    stream_name: &str,
+    sender: &str,
+    receiver: &str,
+) -> Result<lethe::AppendResult, lethe::Error> {
+    store
+        .append(append(
+            stream_name,
+            ExpectedVersion::Any,
+            vec![transfer(sender, receiver, 10)],
+        ))
+        .await
 }
 
 async fn with_transfer_schema(store: &EventStore) {
@@ -199,24 +215,10 @@ async fn every_read_path_applies_the_replacement_values(db: TestDb) {
         .await
         .unwrap();
     let mut live = Box::pin(store.subscribe(1, LogFilter::default()));
-    store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "transfers", "alice", "bob").await.unwrap();
     let before = live.next().await.unwrap().unwrap();
     assert!(contains(std::slice::from_ref(&before), SENDER_MARKER));
-    store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "transfers", "alice", "bob").await.unwrap();
     store.forget(&subject("alice"), ErasureReason::default()).await.unwrap();
 
     let mut seen: Vec<(&str, Vec<RecordedEvent>)> = Vec::new();
@@ -471,28 +473,14 @@ async fn stream_subject_fields_follow_the_bound_subject(db: TestDb) {
 async fn a_forgotten_subject_stays_forgotten(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
-    store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "transfers", "alice", "bob").await.unwrap();
     // Erin never had a field or a stream before she was forgotten.
     for who in ["alice", "erin"] {
         store.forget(&subject(who), ErasureReason::default()).await.unwrap();
     }
     let head = store.head().await.unwrap();
     for who in ["alice", "erin"] {
-        let err = store
-            .append(append(
-                "transfers",
-                ExpectedVersion::Any,
-                vec![transfer(who, "bob", 10)],
-            ))
-            .await
-            .unwrap_err();
+        let err = pay(&store, "transfers", who, "bob").await.unwrap_err();
         assert_eq!(err.code(), "subject_forgotten", "{who}: a personal field");
         let err = store
             .append(
@@ -515,60 +503,25 @@ async fn a_forgotten_subject_stays_forgotten(db: TestDb) {
     );
     // A process that never saw the forget refuses too (the event database and the vault say so).
     let other = db.open().await;
-    let err = other
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("erin", "bob", 10)],
-        ))
-        .await
-        .unwrap_err();
+    let err = pay(&other, "transfers", "erin", "bob").await.unwrap_err();
     assert_eq!(err.code(), "subject_forgotten");
 }
 
 async fn fields_of_a_subject_being_forgotten_are_refused(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
-    store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "transfers", "alice", "bob").await.unwrap();
     let requested = store
         .request_forget(&subject("alice"), ErasureReason::default())
         .await
         .unwrap();
-    let err = store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap_err();
+    let err = pay(&store, "transfers", "alice", "bob").await.unwrap_err();
     assert_eq!(err.code(), "erasure_in_progress");
     // Another subject's fields are not held up.
-    store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("carol", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "transfers", "carol", "bob").await.unwrap();
     let done = store.drive_erasure(requested.id).await.unwrap();
     assert_eq!(done.status, ErasureStatus::Completed);
-    let err = store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap_err();
+    let err = pay(&store, "transfers", "alice", "bob").await.unwrap_err();
     assert_eq!(err.code(), "subject_forgotten");
 }
 
@@ -576,14 +529,7 @@ async fn a_second_process_with_the_subject_key_cached_cannot_decrypt_after_forge
     let first = db.open().await;
     let second = db.open().await;
     with_transfer_schema(&first).await;
-    first
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&first, "transfers", "alice", "bob").await.unwrap();
     // The second process reads, so it holds both subject keys (and the stream's) in its cache.
     assert!(contains(&read(&second, "transfers").await.events, SENDER_MARKER));
     first.forget(&subject("alice"), ErasureReason::default()).await.unwrap();
@@ -599,14 +545,7 @@ async fn a_second_process_with_the_subject_key_cached_cannot_decrypt_after_forge
 async fn appends_racing_a_forget_write_nothing_under_a_destroyed_key(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
-    store
-        .append(append(
-            "warmup",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "warmup", "alice", "bob").await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..40 {
         let appender = store.clone();
@@ -684,29 +623,13 @@ async fn appends_racing_a_forget_write_nothing_under_a_destroyed_key(db: TestDb)
 }
 
 async fn forget_with_fields_interrupted_at_any_step_resumes_to_completion(db: TestDb) {
-    let faults = [
-        ErasureFault::AfterShred,
-        ErasureFault::AfterVaultDestroy,
-        ErasureFault::AfterKeysDestroyed,
-        ErasureFault::AfterTombstones,
-    ];
-    for fault in faults {
-        let db = match db.engine {
-            Engine::Sqlite => TestDb::sqlite().await,
-            Engine::Postgres => TestDb::postgres().await.unwrap(),
-        };
+    for fault in ErasureFault::ALL {
+        let db = db.another().await;
         let mut config = db.config().await;
         config.erasure_fault = Some(fault);
         let crashing = db.open_with(config).await;
         with_transfer_schema(&crashing).await;
-        crashing
-            .append(append(
-                "transfers",
-                ExpectedVersion::Any,
-                vec![transfer("alice", "bob", 10)],
-            ))
-            .await
-            .unwrap();
+        pay(&crashing, "transfers", "alice", "bob").await.unwrap();
         let err = crashing
             .forget(&subject("alice"), ErasureReason::default())
             .await
@@ -789,14 +712,7 @@ async fn export_includes_own_fields_from_other_streams_only(db: TestDb) {
 async fn the_registry_survives_a_restart(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
-    store
-        .append(append(
-            "transfers",
-            ExpectedVersion::Any,
-            vec![transfer("alice", "bob", 10)],
-        ))
-        .await
-        .unwrap();
+    pay(&store, "transfers", "alice", "bob").await.unwrap();
     store.close().await;
     let reopened = db.open().await;
     let events = read(&reopened, "transfers").await.events;

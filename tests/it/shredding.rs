@@ -393,17 +393,8 @@ async fn assert_forgotten(db: &TestDb, store: &EventStore, key_id: uuid::Uuid) {
 }
 
 async fn forget_interrupted_at_any_step_resumes_to_completion(db: TestDb) {
-    let faults = [
-        ErasureFault::AfterShred,
-        ErasureFault::AfterVaultDestroy,
-        ErasureFault::AfterKeysDestroyed,
-        ErasureFault::AfterTombstones,
-    ];
-    for fault in faults {
-        let db = match db.engine {
-            Engine::Sqlite => TestDb::sqlite().await,
-            Engine::Postgres => TestDb::postgres().await.unwrap(),
-        };
+    for fault in ErasureFault::ALL {
+        let db = db.another().await;
         let mut config = db.config().await;
         config.erasure_fault = Some(fault);
         let crashing = db.open_with(config).await;

@@ -78,6 +78,14 @@ impl TestDb {
         })
     }
 
+    /// Another fresh database on the same engine (for a test that needs several).
+    pub async fn another(&self) -> TestDb {
+        match self.engine {
+            Engine::Sqlite => TestDb::sqlite().await,
+            Engine::Postgres => TestDb::postgres().await.expect("PostgreSQL tests are configured"),
+        }
+    }
+
     /// The test's key vault (in-process, on its own database, KEK in the temp dir).
     pub async fn vault(&self) -> Arc<dyn KeyVault> {
         let kek = Kek::load_or_create(self.dir.path().join("kek.key")).expect("KEK");
