@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::appends::{append, stream};
 use crate::backend_tests;
-use crate::support::TestDb;
+use crate::support::{TestDb, contains_bytes, sqlite_file_bytes};
 
 const SENDER_MARKER: &str = "Grace-Hopper-5e1b-sender-marker";
 const RECEIVER_MARKER: &str = "Alan-Turing-9c2d-receiver-marker";
@@ -334,35 +334,13 @@ async fn schema_violations_change_nothing(db: TestDb) {
 
 async fn warn_mode_stores_and_counts_violations(db: TestDb) {
     let store = db.open().await;
-    let (v1, _) = store
-        .register_schema(
-            "Noted",
-            &json!({"type": "object", "required": ["note"]}),
-            SchemaMode::Enforce,
-            "test",
-        )
-        .await
-        .unwrap();
-    let (v2, created) = store
-        .register_schema(
-            "Noted",
-            &json!({"type": "object", "required": ["note"]}),
-            SchemaMode::Warn,
-            "test",
-        )
-        .await
-        .unwrap();
+    let schema = json!({"type": "object", "required": ["note"]});
+    let register = |mode| store.register_schema("Noted", &schema, mode, "test");
+    let (v1, _) = register(SchemaMode::Enforce).await.unwrap();
+    let (v2, created) = register(SchemaMode::Warn).await.unwrap();
     assert!(created);
     assert_eq!((v1.version, v2.version), (1, 2), "a new mode is a new version");
-    let (same, created) = store
-        .register_schema(
-            "Noted",
-            &json!({"type": "object", "required": ["note"]}),
-            SchemaMode::Warn,
-            "test",
-        )
-        .await
-        .unwrap();
+    let (same, created) = register(SchemaMode::Warn).await.unwrap();
     assert!(!created, "the latest version again: nothing stored");
     assert_eq!(same.version, 2);
     assert_eq!(store.schema_versions("Noted").await.unwrap().len(), 2);
@@ -788,14 +766,8 @@ async fn sqlite_files_never_hold_a_personal_field_and_lose_the_subject_key_on_fo
     }
     let events_db = db.dir.path().join("events.db");
     let vault_db = db.dir.path().join("keyvault.db");
-    let files = |path: &std::path::Path| {
-        let mut bytes = std::fs::read(path).unwrap();
-        if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
-            bytes.extend(wal);
-        }
-        bytes
-    };
-    let found = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let files = sqlite_file_bytes;
+    let found = contains_bytes;
     for marker in [SENDER_MARKER, RECEIVER_MARKER] {
         assert!(
             !found(&files(&events_db), marker.as_bytes()),

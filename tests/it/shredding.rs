@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::appends::{append, events, stream};
 use crate::backend_tests;
-use crate::support::{Engine, TestDb};
+use crate::support::{Engine, TestDb, contains_bytes, sqlite_file_bytes};
 
 const MARKER: &str = "Ada-Lovelace-7f3a9c-private-marker";
 
@@ -534,14 +534,8 @@ async fn sqlite_files_never_hold_plaintext_and_lose_the_key_on_forget() {
     }
     let events_db = db.dir.path().join("events.db");
     let vault_db = db.dir.path().join("keyvault.db");
-    let files = |path: &std::path::Path| {
-        let mut bytes = std::fs::read(path).unwrap();
-        if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
-            bytes.extend(wal);
-        }
-        bytes
-    };
-    let found = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let files = sqlite_file_bytes;
+    let found = contains_bytes;
     assert!(
         !found(&files(&events_db), MARKER.as_bytes()),
         "no plaintext in the event database"

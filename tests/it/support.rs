@@ -197,6 +197,20 @@ fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// The bytes of an SQLite database file and of its write-ahead log (for raw-file scans).
+pub fn sqlite_file_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).expect("database file");
+    if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
+        bytes.extend(wal);
+    }
+    bytes
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Declares tests that run one `async fn(TestDb)` on SQLite and on PostgreSQL:
 /// `backend_tests!(name_a, name_b);` makes `name_a::sqlite`, `name_a::postgres`, …
 #[macro_export]
