@@ -309,14 +309,20 @@ pub(crate) fn seal_field(
     ))
 }
 
+/// The field key id of a sealed personal field, if `value` looks like one.
+pub(crate) fn sealed_field_key_id(value: &str) -> Option<KeyId> {
+    let rest = value.strip_prefix(SEALED_FIELD_PREFIX)?;
+    let (id, _) = rest.split_once(':')?;
+    Uuid::parse_str(id).ok().map(KeyId)
+}
+
 /// The field key id and envelope of a sealed personal field, if `value` is one.
 pub(crate) fn parse_sealed_field(value: &str) -> Option<(KeyId, Vec<u8>)> {
     use base64::Engine as _;
-    let rest = value.strip_prefix(SEALED_FIELD_PREFIX)?;
-    let (id, sealed) = rest.split_once(':')?;
-    let id = Uuid::parse_str(id).ok()?;
+    let id = sealed_field_key_id(value)?;
+    let (_, sealed) = value.strip_prefix(SEALED_FIELD_PREFIX)?.split_once(':')?;
     let sealed = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
-    Some((KeyId(id), sealed))
+    Some((id, sealed))
 }
 
 /// Opens a sealed personal field: its value's JSON text.

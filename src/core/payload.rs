@@ -155,6 +155,11 @@ pub(crate) fn open_fields(
     Ok(())
 }
 
+/// The field key id of a sealed personal field's stored value (its envelope left undecoded).
+pub(crate) fn sealed_field_key(value: &serde_json::Value) -> Option<KeyId> {
+    value.as_str().and_then(crypto::sealed_field_key_id)
+}
+
 /// The field key id and envelope of a sealed personal field's stored value.
 pub(crate) fn sealed_field(value: &serde_json::Value) -> Option<(KeyId, Vec<u8>)> {
     value.as_str().and_then(crypto::parse_sealed_field)

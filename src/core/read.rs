@@ -20,8 +20,18 @@ use crate::model::{
 };
 use crate::storage::StoredEvent;
 
-/// The schema versions of a page's events.
-type PageSchemas = HashMap<(String, u32), Arc<CompiledSchema>>;
+/// The schema versions of a page's events (a page holds few: a list beats hashing each
+/// event's type).
+#[derive(Default)]
+struct PageSchemas(Vec<Arc<CompiledSchema>>);
+
+impl PageSchemas {
+    fn find(&self, event_type: &str, version: u32) -> Option<&Arc<CompiledSchema>> {
+        self.0
+            .iter()
+            .find(|s| s.schema.version == version && s.schema.event_type == event_type)
+    }
+}
 
 /// How a decode learns which field keys belong to forgotten subjects.
 #[derive(Clone, Copy)]
@@ -147,12 +157,7 @@ impl Core {
         let mut events = self.decode_payloads(stored).await?;
         if with_schema {
             let (schemas, keys) = self.field_keys(&events, check).await?;
-            for event in events.iter_mut() {
-                let Some(version) = event.schema_version else { continue };
-                if let Some(schema) = schemas.get(&(event.event_type.clone(), version)) {
-                    payload::open_fields(event, &schema.personal, &keys)?;
-                }
-            }
+            open_page_fields(&mut events, &schemas, &keys)?;
         }
         Ok(events)
     }
@@ -168,23 +173,22 @@ impl Core {
         events: &[RecordedEvent],
         check: ForgottenCheck,
     ) -> Result<(PageSchemas, HashMap<KeyId, OpenKey>), Error> {
-        let mut schemas: PageSchemas = HashMap::new();
+        let mut schemas = PageSchemas::default();
         let mut needed: HashSet<KeyId> = HashSet::new();
         for event in events {
             let (Some(version), Some(data)) = (event.schema_version, event.data.as_ref()) else {
                 continue;
             };
-            let key = (event.event_type.clone(), version);
-            let schema = match schemas.get(&key) {
+            let schema = match schemas.find(&event.event_type, version) {
                 Some(schema) => schema.clone(),
                 None => {
                     let schema = self.schemas.version(&event.event_type, version).await?;
-                    schemas.insert(key, schema.clone());
+                    schemas.0.push(schema.clone());
                     schema
                 }
             };
             for field in &schema.personal {
-                if let Some((id, _)) = data.pointer(&field.pointer).and_then(payload::sealed_field) {
+                if let Some(id) = data.pointer(&field.pointer).and_then(payload::sealed_field_key) {
                     needed.insert(id);
                 }
             }
@@ -332,4 +336,33 @@ impl Core {
         }
         self.keyring.lookup(&needed.into_iter().collect::<Vec<_>>()).await
     }
+}
+
+/// Opens the personal fields of a decoded page with the keys [`Core::field_keys`] found. Like
+/// the payloads, a big page is opened on two threads: AES-GCM and JSON for each field, pure
+/// CPU work.
+fn open_page_fields(
+    events: &mut [RecordedEvent],
+    schemas: &PageSchemas,
+    keys: &HashMap<KeyId, OpenKey>,
+) -> Result<(), Error> {
+    let open_all = |events: &mut [RecordedEvent]| -> Result<(), Error> {
+        for event in events {
+            let Some(version) = event.schema_version else { continue };
+            if let Some(schema) = schemas.find(&event.event_type, version) {
+                payload::open_fields(event, &schema.personal, keys)?;
+            }
+        }
+        Ok(())
+    };
+    if events.len() < PARALLEL_DECODE_EVENTS_MIN {
+        return open_all(events);
+    }
+    let (first, second) = events.split_at_mut(events.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| open_all(second));
+        let first = open_all(first);
+        let second = other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        first.and(second)
+    })
 }

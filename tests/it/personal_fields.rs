@@ -117,6 +117,7 @@ backend_tests!(
     forget_with_fields_interrupted_at_any_step_resumes_to_completion,
     export_includes_own_fields_from_other_streams_only,
     the_registry_survives_a_restart,
+    a_big_page_opens_every_field,
 );
 
 async fn a_two_subject_event_in_a_public_stream_forgets_only_one_subject(db: TestDb) {
@@ -685,6 +686,37 @@ async fn export_includes_own_fields_from_other_streams_only(db: TestDb) {
         (json!(10), json!("alice"))
     );
     assert!(!contains(&export, SENDER_MARKER));
+}
+
+/// Pages of hundreds of events are opened on two threads: every field of both halves is
+/// opened or replaced as its subject says.
+async fn a_big_page_opens_every_field(db: TestDb) {
+    let store = db.open().await;
+    with_transfer_schema(&store).await;
+    let senders = ["alice", "carol"];
+    let transfers: Vec<NewEvent> = (0..600).map(|i| transfer(senders[i % 2], "bob", 10)).collect();
+    store
+        .append(append("ledger", ExpectedVersion::NoStream, transfers))
+        .await
+        .unwrap();
+    store.forget(&subject("alice"), ErasureReason::default()).await.unwrap();
+    let page = store.read_log(1, &LogFilter::default(), 1000).await.unwrap();
+    let transfers: Vec<&RecordedEvent> = page
+        .events
+        .iter()
+        .filter(|e| e.event_type == "MoneyTransferred")
+        .collect();
+    assert_eq!(transfers.len(), 600);
+    for (i, event) in transfers.into_iter().enumerate() {
+        let data = event.data.as_ref().unwrap();
+        if i % 2 == 0 {
+            assert_sender_erased(event, "alice", "bob");
+        } else {
+            assert_eq!(data["sender_name"], format!("{SENDER_MARKER}-carol"), "event {i}");
+            assert_eq!(data["receiver"]["name"], format!("{RECEIVER_MARKER}-bob"), "event {i}");
+            assert!(event.erased_fields.is_empty());
+        }
+    }
 }
 
 async fn the_registry_survives_a_restart(db: TestDb) {
