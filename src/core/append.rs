@@ -4,7 +4,7 @@
 //! any event is written with them, so a failed append stores nothing. Encryption happens here,
 //! on the caller's task, so it never extends the time the commit-order lock is held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use lethe_keyvault::{Dek, KeyId, NewKey, SUBJECT_KEY_PREFIX};
@@ -34,26 +34,22 @@ impl Core {
         let keys = self.keys_for_append(&appends, &states).await?;
         let field_keys = self.subject_field_keys(&schemas).await?;
         let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
+        let (mut new_keys, mut new_streams) = (Vec::new(), Vec::new());
         for write in &mut atomic.writes {
             for field in &mut write.field_subjects {
-                field.recorded = self
-                    .field_index
-                    .is_recorded(field.subject.as_str(), write.stream.as_str());
+                let (key, stream) = self.field_index.recorded(field.subject.as_str(), write.stream.as_str());
+                (field.key_recorded, field.stream_recorded) = (key, stream);
+                if !key {
+                    new_keys.push(field.subject.to_string());
+                }
+                if !stream {
+                    new_streams.push((field.subject.to_string(), write.stream.to_string()));
+                }
             }
         }
-        let recorded: Vec<(String, String)> = atomic
-            .writes
-            .iter()
-            .flat_map(|w| {
-                w.field_subjects
-                    .iter()
-                    .filter(|f| !f.recorded)
-                    .map(|f| (f.subject.to_string(), w.stream.to_string()))
-            })
-            .collect();
         let mut outcome = self.committer.submit(atomic).await?;
         outcome.data_bytes = data_bytes;
-        self.field_index.remember(recorded);
+        self.field_index.remember(new_keys, new_streams);
         Ok(outcome)
     }
 
@@ -331,6 +327,7 @@ fn encode_append(
         let plans = schemas.get(append_index).unwrap_or(&no_schemas);
         let mut events = Vec::with_capacity(append.events.len());
         let mut field_subjects: Vec<FieldSubject> = Vec::new();
+        let mut seen_subjects: HashSet<&str> = HashSet::new();
         // The DEK prepared once for all of this stream's events (not once per event).
         let cipher = sealed.then(|| DekCipher::new(dek));
         for (in_stream, event) in append.events.into_iter().enumerate() {
@@ -347,11 +344,12 @@ fn encode_append(
                         key_id: *field_key_id,
                         key: field_cipher,
                     });
-                    if !field_subjects.iter().any(|f| f.subject == *subject) {
+                    if seen_subjects.insert(subject.as_str()) {
                         field_subjects.push(FieldSubject {
                             subject: subject.clone(),
                             key_id: field_key_id.0,
-                            recorded: false,
+                            key_recorded: false,
+                            stream_recorded: false,
                         });
                     }
                 }

@@ -17,8 +17,10 @@ use crate::limits::FIELD_INDEX_CACHE_ENTRIES_MAX;
 pub(crate) struct FieldIndexCache {
     /// Subject → its field key id.
     key_ids: Mutex<LruCache<String, KeyId>>,
-    /// (subject, stream) pairs known to be in the index (with the subject's key row).
-    recorded: Mutex<LruCache<(String, String), ()>>,
+    /// Subjects whose key row is known to be stored.
+    keys_recorded: Mutex<LruCache<String, ()>>,
+    /// `subject \n stream` pairs known to be in the index (a name holds no line break).
+    streams_recorded: Mutex<LruCache<String, ()>>,
 }
 
 impl FieldIndexCache {
@@ -26,7 +28,8 @@ impl FieldIndexCache {
         let capacity = NonZeroUsize::new(FIELD_INDEX_CACHE_ENTRIES_MAX).unwrap_or(NonZeroUsize::MIN);
         Self {
             key_ids: Mutex::new(LruCache::new(capacity)),
-            recorded: Mutex::new(LruCache::new(capacity)),
+            keys_recorded: Mutex::new(LruCache::new(capacity)),
+            streams_recorded: Mutex::new(LruCache::new(capacity)),
         }
     }
 
@@ -38,20 +41,37 @@ impl FieldIndexCache {
         lock(&self.key_ids).put(subject.to_owned(), id);
     }
 
-    pub(crate) fn is_recorded(&self, subject: &str, stream: &str) -> bool {
-        lock(&self.recorded).contains(&(subject.to_owned(), stream.to_owned()))
+    /// Whether the subject's key row, and the pair of subject and stream, are known stored.
+    pub(crate) fn recorded(&self, subject: &str, stream: &str) -> (bool, bool) {
+        (
+            lock(&self.keys_recorded).contains(subject),
+            lock(&self.streams_recorded).contains(&pair(subject, stream)),
+        )
     }
 
-    /// Pairs an append just committed (so their rows exist).
-    pub(crate) fn remember(&self, pairs: Vec<(String, String)>) {
-        if pairs.is_empty() {
-            return;
+    /// What an append just committed (so its rows exist): subjects' key rows and pairs.
+    pub(crate) fn remember(&self, keys: Vec<String>, streams: Vec<(String, String)>) {
+        if !keys.is_empty() {
+            let mut recorded = lock(&self.keys_recorded);
+            for subject in keys {
+                recorded.put(subject, ());
+            }
         }
-        let mut recorded = lock(&self.recorded);
-        for pair in pairs {
-            recorded.put(pair, ());
+        if !streams.is_empty() {
+            let mut recorded = lock(&self.streams_recorded);
+            for (subject, stream) in streams {
+                recorded.put(pair(&subject, &stream), ());
+            }
         }
     }
+}
+
+fn pair(subject: &str, stream: &str) -> String {
+    let mut pair = String::with_capacity(subject.len() + 1 + stream.len());
+    pair.push_str(subject);
+    pair.push('\n');
+    pair.push_str(stream);
+    pair
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

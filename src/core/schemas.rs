@@ -34,6 +34,10 @@ impl CompiledSchema {
     /// Checks an event's data against this version: the first failure, by the pointer of the
     /// failing value and the keyword that failed (never the value itself).
     pub(crate) fn validate(&self, data: &Value) -> Result<(), ValidationError> {
+        // The common case first: `is_valid` stops early and builds no error.
+        if self.validator.is_valid(data) {
+            return Ok(());
+        }
         match self.validator.iter_errors(data).next() {
             None => Ok(()),
             Some(error) => Err(ValidationError::SchemaViolation {

@@ -110,12 +110,14 @@ pub struct ExistingEvent {
     pub digest: Vec<u8>,
 }
 
-/// A subject's field key and one stream holding its fields, to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldIndexRow<'a> {
-    pub subject: &'a str,
-    pub key_id: Uuid,
-    pub stream: &'a str,
+/// The field index rows a group writes: subjects' field keys and the streams holding each
+/// subject's fields, each once (rows that exist are ignored when inserted).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FieldIndex<'a> {
+    /// `(subject, key id)`.
+    pub keys: Vec<(&'a str, Uuid)>,
+    /// `(subject, stream)`.
+    pub streams: Vec<(&'a str, &'a str)>,
 }
 
 /// One event row to insert.
@@ -144,9 +146,8 @@ pub struct GroupPlan<'a> {
     pub replies: Vec<AppendReply>,
     pub rows: Vec<EventRow<'a>>,
     pub streams: Vec<StreamRow>,
-    /// Subject field keys and field streams not recorded yet (each once; insert, ignoring
-    /// rows that exist).
-    pub field_index: Vec<FieldIndexRow<'a>>,
+    /// Field index rows not known to be recorded yet.
+    pub field_index: FieldIndex<'a>,
     /// The last position after the group (unchanged if nothing is written).
     pub head: u64,
 }
@@ -171,7 +172,8 @@ pub fn plan_group<'a>(
     // Streams this group writes, in first-touch order, and whether each is new.
     let mut touched: Vec<(String, bool)> = Vec::new();
     let mut touched_names: HashSet<String> = HashSet::new();
-    let mut field_index: Vec<FieldIndexRow<'a>> = Vec::new();
+    let mut field_index = FieldIndex::default();
+    let (mut keys_seen, mut streams_seen) = (HashSet::new(), HashSet::new());
 
     for append in group {
         let reply = match check_retry(append, &states, &existing) {
@@ -224,14 +226,13 @@ pub fn plan_group<'a>(
                                 },
                             );
                         }
-                        for field in write.field_subjects.iter().filter(|f| !f.recorded) {
-                            let row = FieldIndexRow {
-                                subject: field.subject.as_str(),
-                                key_id: field.key_id,
-                                stream: name,
-                            };
-                            if !field_index.contains(&row) {
-                                field_index.push(row);
+                        for field in &write.field_subjects {
+                            let subject = field.subject.as_str();
+                            if !field.key_recorded && keys_seen.insert(subject) {
+                                field_index.keys.push((subject, field.key_id));
+                            }
+                            if !field.stream_recorded && streams_seen.insert((subject, name)) {
+                                field_index.streams.push((subject, name));
                             }
                         }
                         let last_version = first_version + write.events.len() as u64 - 1;
@@ -651,7 +652,8 @@ mod tests {
         let field = |subject: &str, recorded: bool| crate::storage::FieldSubject {
             subject: SubjectId::new(subject).unwrap(),
             key_id: Uuid::from_u128(7),
-            recorded,
+            key_recorded: recorded,
+            stream_recorded: recorded,
         };
         let mut a = write("a", ExpectedVersion::Any, vec![event(1, 1)]);
         a.field_subjects = vec![field("alice", false), field("bob", true)];
@@ -662,18 +664,17 @@ mod tests {
         let plan = plan_group(&group, HashMap::new(), HashMap::new(), &HashMap::new(), 0, 0);
         assert_eq!(
             plan.field_index,
-            vec![FieldIndexRow {
-                subject: "alice",
-                key_id: Uuid::from_u128(7),
-                stream: "a"
-            }]
+            FieldIndex {
+                keys: vec![("alice", Uuid::from_u128(7))],
+                streams: vec![("alice", "a")],
+            }
         );
         for (status, code_wanted) in [("pending", "erasure_in_progress"), ("completed", "subject_forgotten")] {
             let erasing = subject_erasures([("bob".to_owned(), status.to_owned())]);
             let group = [single(a.clone())];
             let plan = plan_group(&group, HashMap::new(), HashMap::new(), &erasing, 0, 0);
             assert_eq!(code(&plan.replies[0]), code_wanted);
-            assert!(plan.rows.is_empty() && plan.field_index.is_empty());
+            assert!(plan.rows.is_empty() && plan.field_index == FieldIndex::default());
         }
         // An unfinished request wins over a completed one.
         let states = subject_erasures([

@@ -131,7 +131,7 @@ const WRITE_GROUP: &str = "WITH head AS ( \
        ON CONFLICT DO NOTHING), \
      new_field_streams AS ( \
        INSERT INTO field_streams (subject, stream) \
-       SELECT * FROM UNNEST($26::text[], $28::text[]) WHERE EXISTS (SELECT 1 FROM head) \
+       SELECT * FROM UNNEST($28::text[], $29::text[]) WHERE EXISTS (SELECT 1 FROM head) \
        ON CONFLICT DO NOTHING), \
      new_streams AS ( \
        INSERT INTO streams (name, subject, status, version, key_id, created_at) \
@@ -483,9 +483,34 @@ async fn write_group(
                 .map(|r| r.event.schema_version.map(i64::from))
                 .collect::<Vec<_>>(),
         )
-        .bind(plan.field_index.iter().map(|f| f.subject).collect::<Vec<_>>())
-        .bind(plan.field_index.iter().map(|f| f.key_id).collect::<Vec<_>>())
-        .bind(plan.field_index.iter().map(|f| f.stream).collect::<Vec<_>>())
+        .bind(
+            plan.field_index
+                .keys
+                .iter()
+                .map(|(subject, _)| *subject)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.field_index
+                .keys
+                .iter()
+                .map(|(_, key_id)| *key_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.field_index
+                .streams
+                .iter()
+                .map(|(subject, _)| *subject)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.field_index
+                .streams
+                .iter()
+                .map(|(_, stream)| *stream)
+                .collect::<Vec<_>>(),
+        )
         .fetch_optional(&mut *conn)
         .await?;
     Ok(written.is_some())

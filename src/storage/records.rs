@@ -35,9 +35,10 @@ pub struct FieldSubject {
     pub subject: SubjectId,
     /// The subject's field key (its id: the key itself is in the vault).
     pub key_id: Uuid,
-    /// Known to be recorded already (the subject's key and this stream in its field index), so
-    /// there is nothing to write for it.
-    pub recorded: bool,
+    /// The subject's key row is known to be stored already: nothing to write for it.
+    pub key_recorded: bool,
+    /// This stream is known to be in the subject's field index already: nothing to write.
+    pub stream_recorded: bool,
 }
 
 /// One stream's part of an atomic append.

@@ -187,15 +187,17 @@ impl EngineStorage for SqliteStorage {
                 .execute(&mut *tx)
                 .await?;
         }
-        for row in &plan.field_index {
+        for (subject, key_id) in &plan.field_index.keys {
             sqlx::query(INSERT_SUBJECT_KEY)
-                .bind(row.subject)
-                .bind(row.key_id)
+                .bind(subject)
+                .bind(key_id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        for (subject, stream) in &plan.field_index.streams {
             sqlx::query(INSERT_FIELD_STREAM)
-                .bind(row.subject)
-                .bind(row.stream)
+                .bind(subject)
+                .bind(stream)
                 .execute(&mut *tx)
                 .await?;
         }
