@@ -30,7 +30,7 @@ CREATE TABLE field_streams (
     subject TEXT NOT NULL,
     stream  TEXT NOT NULL,
     PRIMARY KEY (subject, stream)
-);
+) WITHOUT ROWID;
 
 -- What an erasure of a subject found besides its bound streams: a JSON array of stream names,
 -- and the subject's field key.

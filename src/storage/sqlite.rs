@@ -65,8 +65,14 @@ const SELECT_ERASING: &str = "SELECT DISTINCT subject, status FROM erasure_reque
 const INSERT_EVENT: &str = "INSERT INTO events \
      (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, schema_version) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-const INSERT_SUBJECT_KEY: &str = "INSERT INTO subject_keys (subject, key_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
-const INSERT_FIELD_STREAM: &str = "INSERT INTO field_streams (subject, stream) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+/// A group's new field keys, `[[subject, key id as hex], …]` in one JSON array: one statement
+/// for all of them (a statement per row was most of the cost of an append carrying personal
+/// fields).
+const INSERT_SUBJECT_KEYS: &str = "INSERT INTO subject_keys (subject, key_id) \
+     SELECT value ->> 0, unhex(value ->> 1) FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING";
+/// A group's new field streams, `[[subject, stream], …]`, likewise.
+const INSERT_FIELD_STREAMS: &str = "INSERT INTO field_streams (subject, stream) \
+     SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING";
 const INSERT_STREAM: &str = "INSERT INTO streams (name, subject, status, version, key_id, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE name = ?1";
@@ -187,17 +193,21 @@ impl EngineStorage for SqliteStorage {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (subject, key_id) in &plan.field_index.keys {
-            sqlx::query(INSERT_SUBJECT_KEY)
-                .bind(subject)
-                .bind(key_id)
+        if !plan.field_index.keys.is_empty() {
+            let keys: Vec<(&str, String)> = plan
+                .field_index
+                .keys
+                .iter()
+                .map(|(subject, key_id)| (*subject, hex::encode(key_id.as_bytes())))
+                .collect();
+            sqlx::query(INSERT_SUBJECT_KEYS)
+                .bind(json(&keys)?)
                 .execute(&mut *tx)
                 .await?;
         }
-        for (subject, stream) in &plan.field_index.streams {
-            sqlx::query(INSERT_FIELD_STREAM)
-                .bind(subject)
-                .bind(stream)
+        if !plan.field_index.streams.is_empty() {
+            sqlx::query(INSERT_FIELD_STREAMS)
+                .bind(json(&plan.field_index.streams)?)
                 .execute(&mut *tx)
                 .await?;
         }
