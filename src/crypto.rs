@@ -5,14 +5,17 @@
 //! DEKs come from the key vault and are kept in a bounded in-memory cache so that reads do not
 //! call the vault per event; a page of reads needs at most one vault call for its misses.
 //!
-//! Cached keys are `Dek`s (zeroized on drop), so evicting one wipes it. Keys of shredded streams
-//! are *revoked*: evicted and refused re-entry, so a vault fetch that was in flight while a
+//! Every user event's personal fields are sealed likewise with their subjects' field keys.
+//!
+//! Cached keys are prepared ciphers (`DekCipher`: key schedule and digest sub-key, wiped on
+//! drop), so evicting one wipes it once no page holds it. Keys of shredded streams and
+//! forgotten subjects are *revoked*: evicted and refused re-entry, so a vault fetch that was in flight while a
 //! forget ran cannot put a destroyed key back into the cache.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -28,8 +31,18 @@ use crate::limits::REVOKED_KEYS_MAX;
 /// What the cache knows about a key.
 #[derive(Clone)]
 pub(crate) enum KeyState {
-    Live(Dek),
+    Live(LiveKey),
     Destroyed,
+}
+
+/// A live DEK, prepared once (AES key schedule, digest sub-key) when it enters the cache, so
+/// that pages touching many keys — a catch-up over the personal fields of a thousand subjects —
+/// do not prepare each key again for every page. The raw DEK is not kept; the prepared key is
+/// wiped when its last handle drops.
+pub(crate) type LiveKey = Arc<DekCipher>;
+
+fn prepare(dek: &Dek) -> LiveKey {
+    Arc::from(DekCipher::new(dek))
 }
 
 /// Counters of the key cache (for metrics).
@@ -43,7 +56,7 @@ pub struct KeyCacheStats {
 pub(crate) struct Keyring {
     vault: std::sync::Arc<dyn KeyVault>,
     creator: Coalescer<KeyCreation>,
-    cache: Mutex<LruCache<KeyId, Dek>>,
+    cache: Mutex<LruCache<KeyId, LiveKey>>,
     revoked: Mutex<LruCache<KeyId, ()>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -72,15 +85,19 @@ impl Keyring {
     ///
     /// Concurrent calls are coalesced into one vault call (like group commit for appends), so
     /// that many appends creating new streams do not each wait for a vault transaction.
-    pub(crate) async fn create(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, Dek)>, Error> {
+    pub(crate) async fn create(&self, keys: &[NewKey]) -> Result<Vec<(KeyId, LiveKey)>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let created = self.creator.call(keys.to_vec()).await?;
-        for (id, dek) in &created {
-            self.remember(*id, dek);
-        }
-        Ok(created)
+        Ok(created
+            .into_iter()
+            .map(|(id, dek)| {
+                let live = prepare(&dek);
+                self.remember(id, &live);
+                (id, live)
+            })
+            .collect())
     }
 
     /// Looks keys up: cache first, then one vault call for every miss.
@@ -94,8 +111,8 @@ impl Keyring {
                     continue;
                 }
                 match cache.get(id) {
-                    Some(dek) => {
-                        found.insert(*id, KeyState::Live(dek.clone()));
+                    Some(live) => {
+                        found.insert(*id, KeyState::Live(live.clone()));
                     }
                     None if self.is_revoked(id) => {
                         found.insert(*id, KeyState::Destroyed);
@@ -117,8 +134,9 @@ impl Keyring {
         for (id, lookup) in fetched {
             let state = match lookup {
                 KeyLookup::Live(dek) => {
-                    self.remember(id, &dek);
-                    KeyState::Live(dek)
+                    let live = prepare(&dek);
+                    self.remember(id, &live);
+                    KeyState::Live(live)
                 }
                 KeyLookup::Destroyed => {
                     self.revoke(&[id]);
@@ -166,18 +184,18 @@ impl Keyring {
         self.lock_cache().len()
     }
 
-    fn remember(&self, id: KeyId, dek: &Dek) {
+    fn remember(&self, id: KeyId, key: &LiveKey) {
         if self.is_revoked(&id) {
             return;
         }
-        self.lock_cache().put(id, dek.clone());
+        self.lock_cache().put(id, key.clone());
     }
 
     fn is_revoked(&self, id: &KeyId) -> bool {
         self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, LruCache<KeyId, Dek>> {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, LruCache<KeyId, LiveKey>> {
         // A panic while holding the lock cannot leave the cache inconsistent (each operation is
         // one LruCache call), so a poisoned lock is still usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
@@ -215,25 +233,10 @@ impl Batched for KeyCreation {
     }
 }
 
-/// A DEK prepared to seal, open and digest many events (`envelope::DekCipher`): an append or a
-/// page of reads builds one per key, so the AES key schedule and the digest sub-key are
-/// computed once per key rather than once per event. Wiped on drop, like the `Dek`.
+/// A DEK prepared to seal, open and digest many events (`envelope::DekCipher`): the key cache
+/// holds keys so prepared, so the AES key schedule and the digest sub-key are computed once per
+/// key as it enters the cache, not per event or per page. Wiped on drop, like the `Dek`.
 pub(crate) use lethe_keyvault::envelope::DekCipher;
-
-/// What a page of reads holds for each key it needs.
-pub(crate) enum OpenKey {
-    Live(Box<DekCipher>),
-    Destroyed,
-}
-
-impl OpenKey {
-    pub(crate) fn new(state: &KeyState) -> Self {
-        match state {
-            KeyState::Live(dek) => OpenKey::Live(DekCipher::new(dek)),
-            KeyState::Destroyed => OpenKey::Destroyed,
-        }
-    }
-}
 
 /// Seals an event's serialized data with its stream's DEK.
 pub(crate) fn seal_event(dek: &DekCipher, stream: &str, event_id: &Uuid, plaintext: &[u8]) -> Result<Vec<u8>, Error> {

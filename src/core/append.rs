@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use lethe_keyvault::{Dek, KeyId, NewKey, SUBJECT_KEY_PREFIX};
+use lethe_keyvault::{KeyId, NewKey, SUBJECT_KEY_PREFIX};
 
 use super::Core;
 use super::payload::{self, EventSchemaPart, FieldSeal};
@@ -134,9 +134,9 @@ impl Core {
                 },
                 other => other,
             })?;
-            for ((subject, _), (id, dek)) in unknown.iter().zip(created) {
+            for ((subject, _), (id, live)) in unknown.iter().zip(created) {
                 self.field_index.learn(subject.as_str(), id);
-                keys.insert(subject.to_string(), FieldKey { id, dek });
+                keys.insert(subject.to_string(), FieldKey { id, cipher: live });
             }
         }
         let ids: Vec<KeyId> = known.iter().filter_map(|(_, id)| *id).collect();
@@ -144,8 +144,14 @@ impl Core {
         for (subject, id) in known {
             let Some(id) = id else { continue };
             match found.get(&id) {
-                Some(KeyState::Live(dek)) => {
-                    keys.insert(subject.to_string(), FieldKey { id, dek: dek.clone() });
+                Some(KeyState::Live(live)) => {
+                    keys.insert(
+                        subject.to_string(),
+                        FieldKey {
+                            id,
+                            cipher: live.clone(),
+                        },
+                    );
                 }
                 _ => {
                     let state = self.storage.subject_erasures(&[subject.as_str()]).await?;
@@ -167,7 +173,7 @@ impl Core {
         &self,
         appends: &[StreamAppend],
         states: &HashMap<String, StreamState>,
-    ) -> Result<HashMap<String, (KeyId, Dek)>, Error> {
+    ) -> Result<HashMap<String, (KeyId, Arc<DekCipher>)>, Error> {
         let mut new_streams = Vec::new();
         let mut existing = Vec::new();
         for append in appends {
@@ -223,16 +229,16 @@ impl Core {
             })
             .collect();
         let created = self.keyring.create(&requests).await?;
-        for (request, (id, dek)) in requests.into_iter().zip(created) {
-            keys.insert(request.stream, (id, dek));
+        for (request, (id, live)) in requests.into_iter().zip(created) {
+            keys.insert(request.stream, (id, live));
         }
 
         let ids: Vec<KeyId> = existing.iter().map(|(_, _, id)| *id).collect();
         let found = self.keyring.lookup(&ids).await?;
         for (stream, status, id) in existing {
             match (found.get(&id), status) {
-                (Some(KeyState::Live(dek)), _) => {
-                    keys.insert(stream.to_owned(), (id, dek.clone()));
+                (Some(KeyState::Live(live)), _) => {
+                    keys.insert(stream.to_owned(), (id, live.clone()));
                 }
                 (_, StreamStatus::Deleted) => {
                     return Err(Error::StreamDeleted {
@@ -298,7 +304,7 @@ pub(crate) struct EventSchemaPlan {
 /// A subject's field key, for sealing.
 pub(crate) struct FieldKey {
     id: KeyId,
-    dek: Dek,
+    cipher: Arc<DekCipher>,
 }
 
 /// Encrypts an append's events with their streams' keys (and their personal fields with their
@@ -306,7 +312,7 @@ pub(crate) struct FieldKey {
 /// metadata it counted against the limits.
 fn encode_append(
     appends: Vec<StreamAppend>,
-    keys: &HashMap<String, (KeyId, Dek)>,
+    keys: &HashMap<String, (KeyId, Arc<DekCipher>)>,
     schemas: &[Vec<EventSchemaPlan>],
     field_keys: &HashMap<String, FieldKey>,
     sealed: bool,
@@ -315,9 +321,9 @@ fn encode_append(
     let mut index = 0;
     let mut writes = Vec::with_capacity(appends.len());
     // Each field key prepared once for the whole append.
-    let field_ciphers: HashMap<&str, (KeyId, Box<DekCipher>)> = field_keys
+    let field_ciphers: HashMap<&str, (KeyId, Arc<DekCipher>)> = field_keys
         .iter()
-        .map(|(subject, key)| (subject.as_str(), (key.id, DekCipher::new(&key.dek))))
+        .map(|(subject, key)| (subject.as_str(), (key.id, key.cipher.clone())))
         .collect();
     let no_schemas = Vec::new();
     for (append_index, append) in appends.into_iter().enumerate() {
@@ -329,7 +335,7 @@ fn encode_append(
         let mut field_subjects: Vec<FieldSubject> = Vec::new();
         let mut seen_subjects: HashSet<&str> = HashSet::new();
         // The DEK prepared once for all of this stream's events (not once per event).
-        let cipher = sealed.then(|| DekCipher::new(dek));
+        let cipher = sealed.then(|| dek.clone());
         for (in_stream, event) in append.events.into_iter().enumerate() {
             let mut part = EventSchemaPart::default();
             if let Some(plan) = plans.get(in_stream) {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, DekCipher, OpenKey};
+use crate::crypto::{self, DekCipher, KeyState};
 use crate::error::{Error, ValidationError};
 use crate::limits::EVENT_BYTES_MAX;
 use crate::model::{NewEvent, PersonalField, RecordedEvent, StreamStatus};
@@ -121,7 +121,7 @@ pub(crate) fn encode(
 pub(crate) fn open_fields(
     event: &mut RecordedEvent,
     fields: &[PersonalField],
-    keys: &HashMap<KeyId, OpenKey>,
+    keys: &HashMap<KeyId, KeyState>,
 ) -> Result<(), Error> {
     let (stream, id) = (event.stream.as_str(), event.id);
     let Some(data) = event.data.as_mut() else {
@@ -135,13 +135,13 @@ pub(crate) fn open_fields(
             detail: format!("personal field {:?} of event {id} is not sealed", field.pointer),
         })?;
         match keys.get(&key_id) {
-            Some(OpenKey::Live(key)) => {
+            Some(KeyState::Live(key)) => {
                 let plaintext = crypto::open_field(key, stream, &id, &field.pointer, &sealed)?;
                 *value = serde_json::from_slice(&plaintext).map_err(|_| Error::Corrupt {
                     detail: format!("personal field {:?} of event {id} is not JSON", field.pointer),
                 })?;
             }
-            Some(OpenKey::Destroyed) => {
+            Some(KeyState::Destroyed) => {
                 *value = field.erased.clone();
                 event.erased_fields.push(field.pointer.clone());
             }
@@ -196,7 +196,7 @@ pub(crate) fn is_shredded(stored: &StoredEvent) -> bool {
 
 /// Turns a stored row into what readers see. `key` is the state of the row's key (`None` for
 /// rows that have no key or need none).
-pub(crate) fn decode(stored: StoredEvent, key: Option<&OpenKey>) -> Result<RecordedEvent, Error> {
+pub(crate) fn decode(stored: StoredEvent, key: Option<&KeyState>) -> Result<RecordedEvent, Error> {
     let corrupt = |what: &str| Error::Corrupt {
         detail: format!("event at position {}: {what}", stored.position),
     };
@@ -213,11 +213,11 @@ pub(crate) fn decode(stored: StoredEvent, key: Option<&OpenKey>) -> Result<Recor
         (None, None) => None,
         (Some(clear), None) => Some(serde_json::from_slice(clear).map_err(|_| corrupt("data is not JSON"))?),
         (Some(sealed), Some(_)) => match key {
-            Some(OpenKey::Live(dek)) => {
+            Some(KeyState::Live(dek)) => {
                 let plaintext = crypto::open_event(dek, &stored.stream, &stored.id, sealed)?;
                 Some(serde_json::from_slice(&plaintext).map_err(|_| corrupt("data is not JSON"))?)
             }
-            Some(OpenKey::Destroyed) => None,
+            Some(KeyState::Destroyed) => None,
             None => return Err(corrupt("no key supplied for an encrypted event")),
         },
         (None, Some(_)) => None,

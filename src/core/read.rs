@@ -11,7 +11,7 @@ use lethe_keyvault::KeyId;
 use super::Core;
 use super::payload;
 use super::schemas::CompiledSchema;
-use crate::crypto::{KeyState, OpenKey};
+use crate::crypto::KeyState;
 use crate::error::Error;
 use crate::model::schema::{SubjectSource, remove_at};
 use crate::model::validation::{check_filter, check_page_limit};
@@ -172,7 +172,7 @@ impl Core {
         &self,
         events: &[RecordedEvent],
         check: ForgottenCheck,
-    ) -> Result<(PageSchemas, HashMap<KeyId, OpenKey>), Error> {
+    ) -> Result<(PageSchemas, HashMap<KeyId, KeyState>), Error> {
         let mut schemas = PageSchemas::default();
         let mut needed: HashSet<KeyId> = HashSet::new();
         for event in events {
@@ -212,14 +212,8 @@ impl Core {
             self.keyring.revoke(&forgotten);
         }
         let live: Vec<KeyId> = needed.into_iter().filter(|id| !forgotten.contains(id)).collect();
-        let mut keys: HashMap<KeyId, OpenKey> = self
-            .keyring
-            .lookup(&live)
-            .await?
-            .iter()
-            .map(|(id, state)| (*id, OpenKey::new(state)))
-            .collect();
-        keys.extend(forgotten.into_iter().map(|id| (id, OpenKey::Destroyed)));
+        let mut keys = self.keyring.lookup(&live).await?;
+        keys.extend(forgotten.into_iter().map(|id| (id, KeyState::Destroyed)));
         Ok((schemas, keys))
     }
 
@@ -264,9 +258,8 @@ impl Core {
 
     /// Decrypts the payloads of a page (personal fields still sealed).
     async fn decode_payloads(&self, stored: Vec<StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
+        // Keys come prepared (the cache holds them so), not prepared again for each event.
         let keys = self.page_keys(&stored).await?;
-        // Each key prepared once for the whole page (not once per event).
-        let keys: HashMap<KeyId, OpenKey> = keys.iter().map(|(id, state)| (*id, OpenKey::new(state))).collect();
         let decode_all = |events: Vec<StoredEvent>| -> Result<Vec<RecordedEvent>, Error> {
             events
                 .into_iter()
@@ -344,7 +337,7 @@ impl Core {
 fn open_page_fields(
     events: &mut [RecordedEvent],
     schemas: &PageSchemas,
-    keys: &HashMap<KeyId, OpenKey>,
+    keys: &HashMap<KeyId, KeyState>,
 ) -> Result<(), Error> {
     let open_all = |events: &mut [RecordedEvent]| -> Result<(), Error> {
         for event in events {
