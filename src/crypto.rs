@@ -42,7 +42,7 @@ pub(crate) enum KeyState {
 pub(crate) type LiveKey = Arc<DekCipher>;
 
 fn prepare(dek: &Dek) -> LiveKey {
-    Arc::from(DekCipher::new(dek))
+    DekCipher::new_shared(dek)
 }
 
 /// Counters of the key cache (for metrics).

@@ -123,6 +123,16 @@ impl DekCipher {
         })
     }
 
+    /// [`DekCipher::new`] behind an `Arc`, for a cache that hands the prepared key to many
+    /// readers at once (built in the `Arc`'s own allocation: converting a `Box` would copy the
+    /// key schedule and leave the old allocation unwiped).
+    pub fn new_shared(key: &Dek) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            cipher: cipher(key.expose_secret()),
+            digest_key: Zeroizing::new(hmac_sha256(key.expose_secret(), DIGEST_KEY_LABEL)),
+        })
+    }
+
     /// [`try_seal`] with this key.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
         seal_with(&self.cipher, aad, plaintext)
