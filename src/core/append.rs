@@ -47,24 +47,6 @@ impl Core {
                 }
             }
         }
-        let index_first = !self.storage.indexes_fields_in_group();
-        if index_first && (!new_keys.is_empty() || !new_streams.is_empty()) {
-            // Before the append commits (so an erasure that follows it finds the rows), on a
-            // connection of its own: the group write is left with the events alone.
-            let keys: Vec<(String, uuid::Uuid)> = atomic
-                .writes
-                .iter()
-                .flat_map(|w| w.field_subjects.iter())
-                .filter(|f| !f.key_recorded)
-                .map(|f| (f.subject.to_string(), f.key_id))
-                .collect();
-            self.field_index_writes.call((keys, new_streams.clone())).await?;
-            for field in atomic.writes.iter_mut().flat_map(|w| w.field_subjects.iter_mut()) {
-                (field.key_recorded, field.stream_recorded) = (true, true);
-            }
-            self.field_index
-                .remember(std::mem::take(&mut new_keys), std::mem::take(&mut new_streams));
-        }
         let mut outcome = self.committer.submit(atomic).await?;
         outcome.data_bytes = data_bytes;
         self.field_index.remember(new_keys, new_streams);
@@ -271,35 +253,6 @@ impl Core {
             }
         }
         Ok(keys)
-    }
-}
-
-/// Field index rows of many appends (engines that write them outside the group), in one
-/// statement: `(subjects' key rows, (subject, stream) pairs)`.
-pub(crate) struct FieldIndexWrites {
-    pub(crate) storage: Arc<dyn Storage>,
-}
-
-#[async_trait::async_trait]
-impl Batched for FieldIndexWrites {
-    type Request = (Vec<(String, uuid::Uuid)>, Vec<(String, String)>);
-    type Answer = ();
-    /// Rows per statement.
-    const WEIGHT_MAX: usize = 10_000;
-
-    fn weight((keys, streams): &Self::Request) -> usize {
-        keys.len() + streams.len()
-    }
-
-    async fn call(&self, requests: &[&Self::Request]) -> Result<Vec<()>, Error> {
-        let mut keys = Vec::new();
-        let mut streams = Vec::new();
-        for (k, s) in requests {
-            keys.extend(k.iter().cloned());
-            streams.extend(s.iter().cloned());
-        }
-        self.storage.record_field_index(&keys, &streams).await?;
-        Ok(vec![(); requests.len()])
     }
 }
 

@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::limits::{KEY_CACHE_KEYS_DEFAULT, TOKEN_CACHE_TTL, WEBHOOK_POLL_DEFAULT, WEBHOOK_RETRY_BASE_DEFAULT};
 use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
-use append::{FieldIndexWrites, StateReads};
+use append::StateReads;
 use field_index::FieldIndexCache;
 use group_commit::{GroupCommitter, WriterStats};
 use schemas::Schemas;
@@ -90,9 +90,6 @@ pub(crate) struct Core {
     /// Stream states read before an append (to know which streams need a key), many
     /// appends' in one query.
     state_reads: Coalescer<StateReads>,
-    /// Field index rows written before appends are submitted, many appends' in one statement
-    /// (engines that keep them out of the group write).
-    field_index_writes: Coalescer<FieldIndexWrites>,
     /// API tokens verified lately (`services::access`).
     pub(crate) tokens: Arc<TokenCache>,
     /// The event schemas, compiled ([`schemas`]).
@@ -139,9 +136,6 @@ impl Core {
         let (committer, writer_task) = GroupCommitter::start(storage.clone(), commits_tx, shutdown_rx.clone());
         Ok(Arc::new(Core {
             state_reads: Coalescer::start(StateReads {
-                storage: storage.clone(),
-            }),
-            field_index_writes: Coalescer::start(FieldIndexWrites {
                 storage: storage.clone(),
             }),
             storage,

@@ -61,19 +61,6 @@ pub trait EngineStorage: Send + Sync + 'static {
     /// Which of these subjects have an erasure, unfinished or completed (refused ones do not
     /// count).
     async fn subject_erasures(&self, subjects: &[&str]) -> Result<HashMap<String, plan::SubjectErasure>, StorageError>;
-    /// Whether this engine writes the field index (subjects' key rows, field streams) inside
-    /// the group transaction. If not, the core writes it with [`EngineStorage::record_field_index`]
-    /// before it submits an append — off the serialized write path; an append then committed
-    /// always has its index rows committed before it, which is all an erasure needs (a failed
-    /// append may leave a row naming a stream that holds none of the subject's fields).
-    fn indexes_fields_in_group(&self) -> bool;
-    /// Records subjects' field key rows `(subject, key id)` and field streams
-    /// `(subject, stream)`, ignoring rows that exist.
-    async fn record_field_index(
-        &self,
-        keys: &[(String, Uuid)],
-        streams: &[(String, String)],
-    ) -> Result<(), StorageError>;
     /// Which of these subject field keys belong to a forgotten subject (the erasure's shred
     /// step marks them, in the transaction that shreds the subject's streams).
     async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError>;

@@ -310,33 +310,6 @@ impl EngineStorage for PostgresStorage {
         Ok(plan::subject_erasures(rows))
     }
 
-    /// Outside the group: the field index of a group carrying personal fields of many subjects
-    /// (hundreds of rows) doubled the work of the serialized group write.
-    fn indexes_fields_in_group(&self) -> bool {
-        false
-    }
-
-    async fn record_field_index(
-        &self,
-        keys: &[(String, Uuid)],
-        streams: &[(String, String)],
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "WITH new_keys AS ( \
-               INSERT INTO subject_keys (subject, key_id) SELECT * FROM UNNEST($1::text[], $2::uuid[]) \
-               ON CONFLICT DO NOTHING) \
-             INSERT INTO field_streams (subject, stream) SELECT * FROM UNNEST($3::text[], $4::text[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(keys.iter().map(|(subject, _)| subject.as_str()).collect::<Vec<_>>())
-        .bind(keys.iter().map(|(_, key_id)| *key_id).collect::<Vec<_>>())
-        .bind(streams.iter().map(|(subject, _)| subject.as_str()).collect::<Vec<_>>())
-        .bind(streams.iter().map(|(_, stream)| stream.as_str()).collect::<Vec<_>>())
-        .execute(&self.append_pool)
-        .await?;
-        Ok(())
-    }
-
     async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError> {
         let rows: Vec<Uuid> =
             sqlx::query_scalar("SELECT key_id FROM subject_keys WHERE forgotten_at IS NOT NULL AND key_id = ANY($1)")

@@ -299,34 +299,6 @@ impl EngineStorage for SqliteStorage {
         Ok(plan::subject_erasures(rows))
     }
 
-    /// One writer: the group transaction is the cheapest place (a transaction of its own would
-    /// cost a commit).
-    fn indexes_fields_in_group(&self) -> bool {
-        true
-    }
-
-    async fn record_field_index(
-        &self,
-        keys: &[(String, Uuid)],
-        streams: &[(String, String)],
-    ) -> Result<(), StorageError> {
-        let keys: Vec<(&str, String)> = keys
-            .iter()
-            .map(|(subject, key_id)| (subject.as_str(), hex::encode(key_id.as_bytes())))
-            .collect();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(INSERT_SUBJECT_KEYS)
-            .bind(json(&keys)?)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(INSERT_FIELD_STREAMS)
-            .bind(json(streams)?)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError> {
         let ids: Vec<String> = keys.iter().map(|id| hex::encode(id.as_bytes())).collect();
         let rows: Vec<Uuid> = sqlx::query_scalar(
