@@ -7,6 +7,9 @@
 //! - appends through the library (`EventStore::append`), with encryption on and off (the
 //!   `insecure-noop-cipher` feature, which only this binary enables): single events with 1, 16
 //!   and 64 writers, 100-event batches with 1 and 8, the seed's 2-stream atomic append;
+//! - personal fields (issue 18): the same money transfers appended, and read back by a
+//!   catch-up, with and without a schema that makes two of their fields personal data of two
+//!   subjects (each field sealed with its subject's own key inside the stream-sealed payload);
 //! - the same over HTTP against the real `lethe serve` binary run as a child process
 //!   (`server.rs`), whose peak resident memory (`VmHWM`) is read at the end of every round;
 //! - a catch-up read of the whole global log (1M events by default), decrypted, through the
@@ -17,8 +20,8 @@
 //!   `write_message` with the same number of connections, streams and payloads;
 //! - the Python `eventsourcing` library with its AES cipher (`eventsourcing.rs`), single events
 //!   and 100-event batches, the same writers, streams and payloads;
-//! - the targets of issue 8 as ratios between figures of this run, and comparisons with the
-//!   baselines that have no goal.
+//! - the targets of issues 8 and 18 as ratios between figures of this run, and comparisons with
+//!   the baselines that have no goal.
 //!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 //!
@@ -45,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use lethe::{EventStore, StoreConfig};
+use lethe::{EventStore, SchemaMode, StoreConfig};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -54,7 +57,10 @@ use crate::db::{FreshDatabases, redact};
 use crate::eventsourcing::Eventsourcing;
 use crate::report::{Figures, Goal, Row, Target, median_figures, table, targets_table};
 use crate::server::ServerProcess;
-use crate::workload::{Shape, http_client, http_writer, library_writer, timed};
+use crate::workload::{
+    Shape, TRANSFER_TYPE, http_client, http_writer, library_writer, order_event, timed, transfer_event,
+    transfer_schema, warm_up_subjects,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Lethe against its peers: appends, catch-up, forget, memory; one run, one PostgreSQL")]
@@ -180,6 +186,29 @@ const LIBRARY: &[(&str, usize, Shape)] = &[
     ("multi-stream-2x1", 64, Shape::MultiStream),
 ];
 
+/// Personal-field append scenarios (money transfers, each round with and without the schema):
+/// name, writers, shape.
+const FIELDS: &[(&str, usize, Shape)] = &[
+    ("fields-single-event", 1, Shape::Single),
+    ("fields-single-event", 64, Shape::Single),
+    ("fields-batch-100", 8, Shape::Batch(100)),
+];
+/// The catch-up over transfers written with and without the schema.
+const FIELDS_CATCH_UP: &str = "fields-catch-up";
+/// The `enc` column of transfers appended without a schema (sealed with the stream key only)
+/// and with it (their two personal fields also sealed with their subjects' keys).
+const PLAIN: &str = "on";
+const SEALED_FIELDS: &str = "fields";
+
+/// What a library append round writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Events {
+    /// Orders (`single-event`, `batch-100`, `multi-stream-2x1`).
+    Orders,
+    /// Money transfers; `schema`: with [`transfer_schema`] registered before the round.
+    Transfers { schema: bool },
+}
+
 /// HTTP append scenarios (same payloads; `POST /streams/bench-<n>`): name, clients, shape.
 const HTTP: &[(&str, usize, Shape)] = &[
     ("http-single", 1, Shape::Single),
@@ -240,8 +269,10 @@ async fn main() -> anyhow::Result<()> {
     };
     for &engine in engines {
         bench.library_appends(engine).await?;
+        bench.field_appends(engine).await?;
         bench.http_appends(engine).await?;
         bench.catch_up(engine).await?;
+        bench.fields_catch_up(engine).await?;
         bench.forgets(engine).await?;
     }
     if engines.contains(&Engine::Postgres) {
@@ -250,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
     let load_after = load_average();
 
     let rows = bench.rows;
-    let targets = targets(&rows, bench.args.forget_streams);
+    let targets = targets(&rows, bench.args.forget_streams, engines);
     println!("{}", table(&rows));
     println!();
     println!("{}", targets_table(&targets));
@@ -340,7 +371,9 @@ impl Bench {
             let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); encryption.len()];
             for round in 1..=self.args.rounds {
                 for (&encrypted, rounds) in encryption.iter().zip(&mut rounds) {
-                    let figures = self.library_round(engine, writers, shape, encrypted).await?;
+                    let figures = self
+                        .library_round(engine, writers, shape, encrypted, Events::Orders)
+                        .await?;
                     progress(
                         engine,
                         name,
@@ -373,15 +406,26 @@ impl Bench {
         writers: usize,
         shape: Shape,
         encrypted: bool,
+        events: Events,
     ) -> anyhow::Result<Figures> {
         let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
         let result = async {
             let store = open_store(&db.url, &db.vault_url, encrypted, None).await?;
+            let event = match events {
+                Events::Orders => order_event,
+                Events::Transfers { schema } => {
+                    if schema {
+                        register_transfer_schema(&store).await?;
+                    }
+                    warm_up_subjects(&store).await?;
+                    transfer_event
+                }
+            };
             let before = store.writer_stats();
             let deadline = Instant::now() + self.duration;
             let streams = self.args.streams;
             let figures = timed(writers, shape.events_per_append(), |_, rng| {
-                library_writer(store.clone(), shape, streams, deadline, rng)
+                library_writer(store.clone(), shape, event, streams, deadline, rng)
             })
             .await;
             let after = store.writer_stats();
@@ -395,6 +439,38 @@ impl Bench {
         }
         .await;
         finish(result, db.remove().await)
+    }
+
+    /// The same money transfers appended without a schema and with the one that makes two of
+    /// their fields personal, rounds alternating (as encryption off/on does), encryption on.
+    async fn field_appends(&mut self, engine: Engine) -> anyhow::Result<()> {
+        for &(name, writers, shape) in FIELDS {
+            if !self.wants_writers(name, writers) {
+                continue;
+            }
+            let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+            for round in 1..=self.args.rounds {
+                for (schema, rounds) in [(false, &mut plain), (true, &mut sealed)] {
+                    let figures = self
+                        .library_round(engine, writers, shape, true, Events::Transfers { schema })
+                        .await?;
+                    progress(
+                        engine,
+                        name,
+                        fields_label(schema),
+                        writers,
+                        round,
+                        self.args.rounds,
+                        &figures,
+                    );
+                    rounds.push(figures);
+                }
+            }
+            let events = shape.events_per_append();
+            self.push(name, engine.name(), PLAIN, writers, events, plain);
+            self.push(name, engine.name(), SEALED_FIELDS, writers, events, sealed);
+        }
+        Ok(())
     }
 
     async fn http_appends(&mut self, engine: Engine) -> anyhow::Result<()> {
@@ -461,7 +537,7 @@ impl Bench {
                 let kek_file = kek_dir.0.join("kek.key");
                 let filling = Instant::now();
                 let store = open_store(&db.url, &db.vault_url, true, Some(&kek_file)).await?;
-                reads::fill_log(&store, events).await?;
+                reads::fill_log(&store, events, order_event).await?;
                 store.close().await;
                 drop(store);
                 eprintln!(
@@ -472,7 +548,7 @@ impl Bench {
                 if library {
                     // A fresh store: a new reader, its key cache cold.
                     let store = open_store(&db.url, &db.vault_url, true, Some(&kek_file)).await?;
-                    let figures = reads::catch_up_library(&store, events).await;
+                    let figures = reads::catch_up_library(&store, "catch-up", events).await;
                     store.close().await;
                     let figures = figures?;
                     progress(engine, "catch-up", "on", 1, round, self.args.rounds, &figures);
@@ -501,6 +577,61 @@ impl Bench {
         if http {
             self.push("http-catch-up", engine.name(), "on", 1, 1, http_rounds);
         }
+        Ok(())
+    }
+
+    /// A catch-up (as `catch-up`) over `--catch-up-events` money transfers written without a
+    /// schema, and over as many written with it, whose reader opens two personal fields per
+    /// event besides the payload; rounds alternate.
+    async fn fields_catch_up(&mut self, engine: Engine) -> anyhow::Result<()> {
+        let events = self.args.catch_up_events;
+        if events == 0 || !self.wants(FIELDS_CATCH_UP) {
+            return Ok(());
+        }
+        let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            for (schema, rounds) in [(false, &mut plain), (true, &mut sealed)] {
+                let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
+                let kek_dir = TempDir::new("kek")?;
+                let result = async {
+                    let kek_file = kek_dir.0.join("kek.key");
+                    let filling = Instant::now();
+                    let store = open_store(&db.url, &db.vault_url, true, Some(&kek_file)).await?;
+                    if schema {
+                        register_transfer_schema(&store).await?;
+                    }
+                    reads::fill_log(&store, events, transfer_event).await?;
+                    store.close().await;
+                    drop(store);
+                    eprintln!(
+                        "{:<8} {FIELDS_CATCH_UP} enc={}: {events} events appended in {:.1} s",
+                        engine.name(),
+                        fields_label(schema),
+                        filling.elapsed().as_secs_f64()
+                    );
+                    // A fresh store: a new reader, its key cache (stream and field keys) cold.
+                    let store = open_store(&db.url, &db.vault_url, true, Some(&kek_file)).await?;
+                    let figures = reads::catch_up_library(&store, FIELDS_CATCH_UP, events).await;
+                    store.close().await;
+                    figures
+                }
+                .await;
+                drop(kek_dir);
+                let figures = finish(result, db.remove().await)?;
+                progress(
+                    engine,
+                    FIELDS_CATCH_UP,
+                    fields_label(schema),
+                    1,
+                    round,
+                    self.args.rounds,
+                    &figures,
+                );
+                rounds.push(figures);
+            }
+        }
+        self.push(FIELDS_CATCH_UP, engine.name(), PLAIN, 1, 1, plain);
+        self.push(FIELDS_CATCH_UP, engine.name(), SEALED_FIELDS, 1, 1, sealed);
         Ok(())
     }
 
@@ -704,6 +835,19 @@ fn on_off(flag: bool) -> &'static str {
     if flag { "on" } else { "off" }
 }
 
+fn fields_label(schema: bool) -> &'static str {
+    if schema { SEALED_FIELDS } else { PLAIN }
+}
+
+/// Registers [`transfer_schema`] for [`TRANSFER_TYPE`] (enforced), before a round's appends.
+async fn register_transfer_schema(store: &EventStore) -> anyhow::Result<()> {
+    store
+        .register_schema(TRANSFER_TYPE, &transfer_schema(), SchemaMode::Enforce, "lethe-bench")
+        .await
+        .context("registering the transfer schema")?;
+    Ok(())
+}
+
 /// Opens the event store the bench measures: the one place that builds a [`StoreConfig`].
 ///
 /// The key vault is in-process on its own database (`vault_url`), as in the embedded default
@@ -763,15 +907,15 @@ async fn event_transactions(engine: Engine, url: &str) -> anyhow::Result<u64> {
 }
 
 /// The targets of issue 8, and the comparisons with its optional baselines that have no goal,
-/// from the PostgreSQL rows of this run.
-fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
-    let find = |scenario: &str, encrypted: &str, writers: usize| {
+/// from the PostgreSQL rows of this run; then those of issue 18 (personal fields) for each
+/// engine measured.
+fn targets(rows: &[Row], forget_streams: u64, engines: &[Engine]) -> Vec<Target> {
+    let find_in = |engine: &str, scenario: &str, encrypted: &str, writers: usize| {
         rows.iter()
-            .find(|r| {
-                r.engine == "postgres" && r.scenario == scenario && r.encrypted == encrypted && r.writers == writers
-            })
+            .find(|r| r.engine == engine && r.scenario == scenario && r.encrypted == encrypted && r.writers == writers)
             .map(|r| r.median)
     };
+    let find = |scenario: &str, encrypted: &str, writers: usize| find_in("postgres", scenario, encrypted, writers);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -784,7 +928,7 @@ fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
         .filter(|r| r.engine == "postgres" && (r.scenario == "http-single" || r.scenario == "http-batch-100"))
         .filter_map(|r| r.median.peak_rss_mb)
         .reduce(f64::max);
-    vec![
+    let mut targets = vec![
         Target::new(
             "single-event HTTP appends vs Message DB",
             "http-single@64 / message-db@64 (ops/s)".into(),
@@ -865,7 +1009,41 @@ fn targets(rows: &[Row], forget_streams: u64) -> Vec<Target> {
             Goal::AtMost(150.0),
             "MiB",
         ),
-    ]
+    ];
+    // Issue 18: appends with personal fields within 15% of the same appends without a schema,
+    // their catch-up within 20%.
+    for engine in engines.iter().map(|e| e.name()) {
+        let fields = |scenario: &str, writers: usize, figure: fn(Option<Figures>) -> Option<f64>| {
+            ratio(
+                figure(find_in(engine, scenario, SEALED_FIELDS, writers)),
+                figure(find_in(engine, scenario, PLAIN, writers)),
+            )
+        };
+        targets.extend([
+            Target::new(
+                &format!("personal fields vs none, single events ({engine})"),
+                format!("fields-single-event@64 {SEALED_FIELDS} / {PLAIN} (ops/s)"),
+                fields("fields-single-event", 64, ops),
+                Goal::AtLeast(0.85),
+                "x",
+            ),
+            Target::new(
+                &format!("personal fields vs none, batches ({engine})"),
+                format!("fields-batch-100@8 {SEALED_FIELDS} / {PLAIN} (events/s)"),
+                fields("fields-batch-100", 8, events),
+                Goal::AtLeast(0.85),
+                "x",
+            ),
+            Target::new(
+                &format!("personal fields vs none, catch-up ({engine})"),
+                format!("{FIELDS_CATCH_UP} {SEALED_FIELDS} / {PLAIN} (events/s)"),
+                fields(FIELDS_CATCH_UP, 1, events),
+                Goal::AtLeast(0.80),
+                "x",
+            ),
+        ]);
+    }
+    targets
 }
 
 /// `/proc/loadavg`'s first three figures (Linux), for the record of how busy the machine was.

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{Stream, StreamExt};
 use lethe::model::{ErasureReason, ErasureStatus};
-use lethe::{EventStore, ExpectedVersion, LogFilter, StreamAppend, StreamName, SubjectId};
+use lethe::{EventStore, ExpectedVersion, LogFilter, NewEvent, RecordedEvent, StreamAppend, StreamName, SubjectId};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 
 use crate::report::{Figures, percentile_ms};
-use crate::workload::{Rng, order_event, private_user_event};
+use crate::workload::{Rng, private_user_event, still_sealed};
 
 /// Events per read: the largest page the store serves (`READ_PAGE_EVENTS_MAX`).
 pub const PAGE: usize = 1_000;
@@ -22,9 +22,9 @@ const FILL_BATCH: usize = 1_000;
 /// Concurrent appends while filling.
 const FILL_WRITERS: usize = 4;
 
-/// Appends `events` events (~150-byte JSON each) in 1,000-event batches, each to a stream of
-/// its own (`catchup-<n>`), from a few concurrent writers.
-pub async fn fill_log(store: &EventStore, events: u64) -> anyhow::Result<()> {
+/// Appends `events` events (`event`: ~150-byte JSON each) in 1,000-event batches, each to a
+/// stream of its own (`catchup-<n>`), from a few concurrent writers.
+pub async fn fill_log(store: &EventStore, events: u64, event: fn(&mut Rng) -> NewEvent) -> anyhow::Result<()> {
     let batches = events.div_ceil(FILL_BATCH as u64);
     let mut tasks = JoinSet::new();
     for writer in 0..FILL_WRITERS as u64 {
@@ -34,7 +34,7 @@ pub async fn fill_log(store: &EventStore, events: u64) -> anyhow::Result<()> {
             let mut batch = writer;
             while batch < batches {
                 let size = (events - batch * FILL_BATCH as u64).min(FILL_BATCH as u64);
-                let batch_events = (0..size).map(|_| order_event(&mut rng)).collect();
+                let batch_events = (0..size).map(|_| event(&mut rng)).collect();
                 let stream = StreamName::new(format!("catchup-{batch}"))?;
                 store
                     .append(StreamAppend::new(stream, ExpectedVersion::NoStream, batch_events))
@@ -53,7 +53,8 @@ pub async fn fill_log(store: &EventStore, events: u64) -> anyhow::Result<()> {
 /// One page of a catch-up, as the loop needs it.
 struct PageSummary {
     events: u64,
-    /// The position of an event that came back without data (not decrypted), if any.
+    /// The position of an event that came back without data (not decrypted), or with a
+    /// personal field still sealed, if any.
     undecrypted: Option<u64>,
     next: u64,
     head: u64,
@@ -108,19 +109,24 @@ where
 }
 
 /// Reads the whole log from position 1 through the library (`read_log_pages`: the next page is
-/// read while the current one is checked), and checks that every event came back decrypted.
-/// `ops` = events read; the latencies are per page.
-pub async fn catch_up_library(store: &EventStore, expected: u64) -> anyhow::Result<Figures> {
+/// read while the current one is checked), and checks that every event came back decrypted,
+/// personal fields included. `ops` = events read; the latencies are per page.
+pub async fn catch_up_library(store: &EventStore, what: &str, expected: u64) -> anyhow::Result<Figures> {
     let pages = store.read_log_pages(1, LogFilter::default(), PAGE).map(|page| {
         let page = page?;
         Ok(PageSummary {
             events: page.events.len() as u64,
-            undecrypted: page.events.iter().find(|e| e.data.is_none()).map(|e| e.position),
+            undecrypted: page.events.iter().find(|e| !opened(e)).map(|e| e.position),
             next: page.next,
             head: page.head,
         })
     });
-    catch_up("catch-up", expected, pages).await
+    catch_up(what, expected, pages).await
+}
+
+/// Whether an event came back with its data, every personal field of it opened.
+fn opened(event: &RecordedEvent) -> bool {
+    event.erased_fields.is_empty() && event.data.as_ref().is_some_and(|data| !still_sealed(data))
 }
 
 #[derive(Deserialize)]

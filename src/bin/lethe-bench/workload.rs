@@ -83,10 +83,12 @@ where
 }
 
 /// One library writer: appends back to back until the deadline, one at a time, and returns the
-/// latency of each append (the store call only; building the events is not timed).
+/// latency of each append (the store call only; building the events is not timed). `event`
+/// makes the events of the single-stream shapes ([`order_event`] or [`transfer_event`]).
 pub async fn library_writer(
     store: EventStore,
     shape: Shape,
+    event: fn(&mut Rng) -> NewEvent,
     streams: u64,
     deadline: Instant,
     mut rng: Rng,
@@ -96,7 +98,7 @@ pub async fn library_writer(
         let n = rng.below(streams);
         match shape {
             Shape::Single | Shape::Batch(_) => {
-                let events = (0..shape.events_per_append()).map(|_| order_event(&mut rng)).collect();
+                let events = (0..shape.events_per_append()).map(|_| event(&mut rng)).collect();
                 let append = StreamAppend::new(StreamName::new(format!("bench-{n}"))?, ExpectedVersion::Any, events);
                 let started = Instant::now();
                 store.append(append).await?;
@@ -208,6 +210,85 @@ pub fn order_data(rng: &mut Rng) -> serde_json::Value {
     })
 }
 
+/// The event type of [`transfer_event`], and of the schema [`transfer_schema`] registers for it.
+pub const TRANSFER_TYPE: &str = "MoneyTransferred";
+/// The subjects whose names transfers carry: `p-0` … `p-999`. Bounded, as the people of a real
+/// system are, so that each subject's field key is created once and then cached.
+pub const TRANSFER_SUBJECTS: u64 = 1_000;
+/// The data members of a transfer that [`transfer_schema`] makes personal.
+pub const TRANSFER_PERSONAL: [&str; 2] = ["sender_name", "receiver_name"];
+
+/// A money transfer between two different subjects, about 170 bytes of JSON (an order ~140):
+/// with [`transfer_schema`] registered, `sender_name` is personal data of `sender_id` and
+/// `receiver_name` of `receiver_id`; without it, the same event is ordinary data.
+pub fn transfer_event(rng: &mut Rng) -> NewEvent {
+    let sender = rng.below(TRANSFER_SUBJECTS);
+    let receiver = (sender + 1 + rng.below(TRANSFER_SUBJECTS - 1)) % TRANSFER_SUBJECTS;
+    transfer(rng, sender, receiver)
+}
+
+/// A transfer from subject `p-<sender>` to `p-<receiver>`.
+pub fn transfer(rng: &mut Rng, sender: u64, receiver: u64) -> NewEvent {
+    NewEvent::new(
+        TRANSFER_TYPE,
+        json!({
+            "transfer_id": format!("t-{:09}", rng.below(1_000_000_000)),
+            "sender_id": format!("p-{sender}"),
+            "sender_name": format!("Person {sender:04}"),
+            "receiver_id": format!("p-{receiver}"),
+            "receiver_name": format!("Person {receiver:04}"),
+            "amount_cents": rng.below(1_000_000),
+            "currency": "EUR",
+        }),
+    )
+}
+
+/// The JSON Schema of [`TRANSFER_TYPE`]: every member typed and required, and the two names
+/// personal data of the subjects whose ids stand beside them.
+pub fn transfer_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "transfer_id": {"type": "string"},
+            "sender_id": {"type": "string"},
+            "sender_name": {"type": "string", "x-lethe-personal": {"subject": "/sender_id"}},
+            "receiver_id": {"type": "string"},
+            "receiver_name": {"type": "string", "x-lethe-personal": {"subject": "/receiver_id"}},
+            "amount_cents": {"type": "integer", "minimum": 0},
+            "currency": {"type": "string"},
+        },
+        "required": ["transfer_id", "sender_id", "sender_name", "receiver_id", "receiver_name", "amount_cents", "currency"],
+    })
+}
+
+/// Whether a transfer read back still holds a sealed personal field (one its reader did not
+/// open): sealed fields read as strings of the form `lethe:f1:<key id>:<envelope>`.
+pub fn still_sealed(data: &serde_json::Value) -> bool {
+    TRANSFER_PERSONAL.iter().any(|name| {
+        data.get(name)
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|v| v.starts_with("lethe:f1:"))
+    })
+}
+
+/// Appends one transfer from every subject (to the next one), untimed, in 100-event batches to
+/// streams `warm-up-<k>`: with the schema registered, every subject's field key is created
+/// here, so the timed appends find them cached, as a store that has run a while does. Without
+/// it, the same appends, so that both sides of the comparison start alike.
+pub async fn warm_up_subjects(store: &EventStore) -> anyhow::Result<()> {
+    let mut rng = Rng::new(1);
+    for first in (0..TRANSFER_SUBJECTS).step_by(100) {
+        let events = (first..(first + 100).min(TRANSFER_SUBJECTS))
+            .map(|sender| transfer(&mut rng, sender, (sender + 1) % TRANSFER_SUBJECTS))
+            .collect();
+        let stream = StreamName::new(format!("warm-up-{}", first / 100))?;
+        store
+            .append(StreamAppend::new(stream, ExpectedVersion::NoStream, events))
+            .await?;
+    }
+    Ok(())
+}
+
 fn public_user_event(n: u64, rng: &mut Rng) -> NewEvent {
     NewEvent::new(
         "UserRegistered",
@@ -274,9 +355,29 @@ mod tests {
             order_event(&mut rng),
             public_user_event(12_345, &mut rng),
             private_user_event(12_345, &mut rng),
+            transfer_event(&mut rng),
         ] {
             let len = serde_json::to_vec(&event.data).unwrap().len();
             assert!((120..=180).contains(&len), "{} is {len} bytes", event.event_type);
+        }
+    }
+
+    #[test]
+    fn transfers_name_two_different_subjects_whose_names_the_schema_makes_personal() {
+        use lethe::model::SubjectSource::Pointer;
+        use lethe::model::schema::{field_subjects, personal_fields};
+
+        let fields = personal_fields(&transfer_schema()).unwrap();
+        // By property name.
+        let declared: Vec<_> = fields.iter().map(|f| (f.pointer.as_str(), &f.subject)).collect();
+        let (sender, receiver) = (Pointer("/sender_id".into()), Pointer("/receiver_id".into()));
+        assert_eq!(declared, vec![("/receiver_name", &receiver), ("/sender_name", &sender)]);
+        let mut rng = Rng::new(3);
+        for _ in 0..1_000 {
+            let data = transfer_event(&mut rng).data;
+            assert_ne!(data["sender_id"], data["receiver_id"]);
+            assert_eq!(field_subjects(&fields, &data, None).unwrap().len(), 2);
+            assert!(!still_sealed(&data));
         }
     }
 }
