@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use lethe_keyvault::{KeyId, NewKey, SUBJECT_KEY_PREFIX};
+use lethe_keyvault::{KeyId, NewKey};
 
 use super::Core;
 use super::payload::{self, EventSchemaPart, FieldSeal};
@@ -108,12 +108,13 @@ impl Core {
     /// A subject being forgotten, or forgotten, takes no field (checked again at commit, under
     /// the commit-order lock).
     async fn subject_field_keys(&self, schemas: &[Vec<EventSchemaPlan>]) -> Result<HashMap<String, FieldKey>, Error> {
-        let mut subjects: Vec<&SubjectId> = Vec::new();
-        for (_, subject) in schemas.iter().flatten().flat_map(|e| e.fields.iter()) {
-            if !subjects.contains(&subject) {
-                subjects.push(subject);
-            }
-        }
+        let mut seen: HashSet<&SubjectId> = HashSet::new();
+        let subjects: Vec<&SubjectId> = schemas
+            .iter()
+            .flatten()
+            .flat_map(|e| e.fields.iter().map(|(_, subject)| subject))
+            .filter(|subject| seen.insert(subject))
+            .collect();
         if subjects.is_empty() {
             return Ok(HashMap::new());
         }
@@ -128,12 +129,8 @@ impl Core {
                 return Err(state.error(&subject));
             }
             let requests: Vec<NewKey> = unknown.iter().map(|(s, _)| NewKey::subject_key(s.as_str())).collect();
-            let created = self.keyring.create(&requests).await.map_err(|e| match e {
-                Error::StreamErased { stream } => Error::SubjectForgotten {
-                    subject: stream.trim_start_matches(SUBJECT_KEY_PREFIX).to_owned(),
-                },
-                other => other,
-            })?;
+            // A forgotten subject's key is refused by the vault as `subject_forgotten`.
+            let created = self.keyring.create(&requests).await?;
             for ((subject, _), (id, live)) in unknown.iter().zip(created) {
                 self.field_index.learn(subject.as_str(), id);
                 keys.insert(subject.to_string(), FieldKey { id, cipher: live });
@@ -320,11 +317,6 @@ fn encode_append(
     let mut bytes = 0;
     let mut index = 0;
     let mut writes = Vec::with_capacity(appends.len());
-    // Each field key prepared once for the whole append.
-    let field_ciphers: HashMap<&str, (KeyId, Arc<DekCipher>)> = field_keys
-        .iter()
-        .map(|(subject, key)| (subject.as_str(), (key.id, key.cipher.clone())))
-        .collect();
     let no_schemas = Vec::new();
     for (append_index, append) in appends.into_iter().enumerate() {
         let (key_id, dek) = keys.get(append.stream.as_str()).ok_or_else(|| Error::Corrupt {
@@ -341,34 +333,31 @@ fn encode_append(
             if let Some(plan) = plans.get(in_stream) {
                 part.version = plan.version;
                 for (pointer, subject) in &plan.fields {
-                    let (field_key_id, field_cipher) =
-                        field_ciphers.get(subject.as_str()).ok_or_else(|| Error::Corrupt {
-                            detail: format!("no field key for subject {subject:?}"),
-                        })?;
+                    let field_key = field_keys.get(subject.as_str()).ok_or_else(|| Error::Corrupt {
+                        detail: format!("no field key for subject {subject:?}"),
+                    })?;
                     part.fields.push(FieldSeal {
                         pointer,
-                        key_id: *field_key_id,
-                        key: field_cipher,
+                        key_id: field_key.id,
+                        key: &field_key.cipher,
                     });
                     if seen_subjects.insert(subject.as_str()) {
                         field_subjects.push(FieldSubject {
                             subject: subject.clone(),
-                            key_id: field_key_id.0,
+                            key_id: field_key.id.0,
                             key_recorded: false,
                             stream_recorded: false,
                         });
                     }
                 }
             }
-            let encoded = payload::encode(append.stream.as_str(), event, index, cipher.as_deref(), part).map_err(
-                |e| match e {
+            let (encoded, event_bytes) = payload::encode(append.stream.as_str(), event, index, cipher.as_deref(), part)
+                .map_err(|e| match e {
                     Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
                     other => other,
-                },
-            )?;
-            // Data and metadata as given: the envelope's own bytes do not count.
-            let overhead = if sealed { lethe_keyvault::envelope::OVERHEAD } else { 0 };
-            bytes += encoded.payload.len().saturating_sub(overhead) + encoded.metadata.len();
+                })?;
+            // Data and metadata as given: neither the envelope nor sealed fields count.
+            bytes += event_bytes;
             if bytes > APPEND_BYTES_MAX {
                 return Err(ValidationError::AppendTooLarge {
                     bytes,

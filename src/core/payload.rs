@@ -33,8 +33,8 @@ pub(crate) struct EventSchemaPart<'a> {
     pub(crate) fields: Vec<FieldSeal<'a>>,
 }
 
-/// Serializes (and, given a DEK, encrypts) an event for storage. `index` names the event in
-/// errors. Personal fields are sealed with their subjects' keys first, inside the data that is
+/// Serializes (and, given a DEK, encrypts) an event for storage, and answers the bytes of its
+/// data and metadata as given (what the size limits count). `index` names the event in errors. Personal fields are sealed with their subjects' keys first, inside the data that is
 /// then sealed with the stream's key; the size limits count the data as given, and the retry
 /// digest the data as given with each personal field replaced by a digest under its own key.
 pub(crate) fn encode(
@@ -43,7 +43,7 @@ pub(crate) fn encode(
     index: usize,
     dek: Option<&DekCipher>,
     schema: EventSchemaPart<'_>,
-) -> Result<EncodedEvent, Error> {
+) -> Result<(EncodedEvent, usize), Error> {
     let id_given = event.id.is_some();
     let id = event.id.unwrap_or_else(Uuid::now_v7);
     // serde_json::Value always serializes; the error arm is unreachable in practice.
@@ -104,7 +104,7 @@ pub(crate) fn encode(
         ),
         None => (data.to_vec(), Sha256::digest(&content).into()),
     };
-    Ok(EncodedEvent {
+    let encoded = EncodedEvent {
         id,
         id_given,
         event_type: event.event_type,
@@ -112,7 +112,8 @@ pub(crate) fn encode(
         metadata,
         digest,
         schema_version: schema.version,
-    })
+    };
+    Ok((encoded, bytes))
 }
 
 /// Opens the personal fields of a decoded event, as its schema version declares them: each

@@ -252,7 +252,7 @@ fn system_write(
     data: &serde_json::Value,
 ) -> Result<StreamWrite, Error> {
     let event = NewEvent::new(event_type, data.clone()).with_id(id);
-    let encoded: EncodedEvent = payload::encode(stream.as_str(), event, 0, None, Default::default())?;
+    let (encoded, _): (EncodedEvent, _) = payload::encode(stream.as_str(), event, 0, None, Default::default())?;
     Ok(StreamWrite {
         stream,
         expected: ExpectedVersion::Any,
