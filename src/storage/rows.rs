@@ -41,6 +41,13 @@ macro_rules! select_stream_info {
     };
 }
 
+/// The head of an `event_schemas` query: the columns [`DecodeRow::decode_schema`] reads, in order.
+macro_rules! select_schemas {
+    () => {
+        "SELECT event_type, version, mode, schema, registered_at FROM event_schemas "
+    };
+}
+
 /// The head of an `api_tokens` query: the columns [`DecodeRow::decode_token`] reads, in order.
 macro_rules! select_tokens {
     () => {
@@ -55,7 +62,7 @@ macro_rules! consumer_columns {
     };
 }
 
-pub(crate) use {consumer_columns, select_erasures, select_events, select_stream_info, select_tokens};
+pub(crate) use {consumer_columns, select_erasures, select_events, select_schemas, select_stream_info, select_tokens};
 
 /// Converts a stored (signed) integer to the unsigned one the model uses.
 pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, StorageError> {

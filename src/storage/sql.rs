@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::rows::{
     DecodeRow, attach_dependents, consumer_columns, decode_shredded, encode_shredded, encode_types, hash32, now_us,
-    overdue_cutoff_us, select_erasures, select_events, select_stream_info, select_tokens, target_columns, to_i64,
-    to_u64,
+    overdue_cutoff_us, select_erasures, select_events, select_schemas, select_stream_info, select_tokens,
+    target_columns, to_i64, to_u64,
 };
 use super::{Delivery, EngineStorage, SchemaRegistration, Storage, StoredEvent};
 use crate::error::StorageError;
@@ -32,6 +32,9 @@ use crate::model::{
     HashedFields, LegalHold, LogFilter, NewAuditEntry, SYSTEM_ACTOR, SchemaMode, StreamInfo, StreamName, SubjectId,
     TokenRecord, entry_hash,
 };
+
+/// The streams holding a subject's personal fields (`$1`), by name.
+const SELECT_FIELD_STREAMS: &str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
 
 /// A connection of an engine's database (a transaction derefs to one).
 pub(crate) type Conn<E> = <<E as Engine>::Db as Database>::Connection;
@@ -287,22 +290,18 @@ where
     }
 
     async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream")
-                .bind(subject.as_str())
-                .fetch_all(self.pools().reader)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(SELECT_FIELD_STREAMS)
+            .bind(subject.as_str())
+            .fetch_all(self.pools().reader)
+            .await?)
     }
 
     // Event schemas
 
     async fn schemas(&self) -> Result<Vec<EventSchema>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT event_type, version, mode, schema, registered_at FROM event_schemas ORDER BY event_type, version",
-        )
-        .fetch_all(self.pools().reader)
-        .await?;
+        let rows = sqlx::query(concat!(select_schemas!(), "ORDER BY event_type, version"))
+            .fetch_all(self.pools().reader)
+            .await?;
         rows.iter().map(DecodeRow::decode_schema).collect()
     }
 
@@ -316,10 +315,10 @@ where
         let mut tx = self.begin_write().await?;
         // The audit chain's lock first: registrations of one type then take versions in turn.
         sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *tx).await?;
-        let latest = sqlx::query(
-            "SELECT event_type, version, mode, schema, registered_at FROM event_schemas \
-             WHERE event_type = $1 ORDER BY version DESC LIMIT 1",
-        )
+        let latest = sqlx::query(concat!(
+            select_schemas!(),
+            "WHERE event_type = $1 ORDER BY version DESC LIMIT 1"
+        ))
         .bind(event_type)
         .fetch_optional(&mut *tx)
         .await?
@@ -454,7 +453,7 @@ where
                 .await?;
                 let streams: Vec<String> = match key {
                     Some(_) => {
-                        sqlx::query_scalar("SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream")
+                        sqlx::query_scalar(SELECT_FIELD_STREAMS)
                             .bind(subject.as_str())
                             .fetch_all(&mut *tx)
                             .await?
