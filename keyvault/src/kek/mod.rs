@@ -1,9 +1,14 @@
-//! The key-encryption key: where it comes from, and the two things done with it (wrapping a
-//! DEK, and computing a key-check value so the vault can tell which KEK version it was given).
+//! Key-encryption keys: the [`Kek`] value, and the [`KekProvider`]s that hold a KEK per
+//! *epoch* (the vault's KEK version) and wrap and unwrap DEKs with it.
 //!
-//! Architecture invariant: the KEK is never stored in the vault's database; only its
-//! key-check value `HMAC-SHA256(KEK, "lethe:v1:kek-check")` is, which identifies a KEK without
-//! revealing it.
+//! A provider owns where KEKs live and where wrapping happens: the keys directory (`file`), an
+//! HSM token through PKCS#11 (`pkcs11`: the KEK never leaves the token), or KEKs handed in from
+//! outside (`LETHE_KEK`, `LETHE_KEK_FILE`: the operator manages them, no automatic epochs).
+//!
+//! Architecture invariant: a KEK is never stored in the vault's database; only a check value
+//! per epoch is (a legacy `HMAC-SHA256(KEK, "lethe:v1:kek-check")`, or a DEK-sized block of
+//! zeros wrapped under the epoch's KEK with the nil key id as associated data), which
+//! recognises a KEK without revealing it.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -15,6 +20,45 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::envelope::{self, EnvelopeError};
 use crate::keys::{Dek, KEY_LEN, KeyId, fill_random};
+
+/// A KEK epoch: the vault's KEK version number. Epoch 1 is the first KEK a vault was opened
+/// with; each rotation starts the next one.
+pub type Epoch = u32;
+
+/// Where the KEKs of a vault's epochs live, and where wrapping happens.
+///
+/// Every method is blocking and fast (a file read, an in-process PKCS#11 call); the vault
+/// calls them from its own tasks. Implementations never log, return or `Debug`-print key
+/// bytes or PINs.
+pub trait KekProvider: Send + Sync + fmt::Debug + 'static {
+    /// `"file"`, `"pkcs11"` or `"static"`: for logs, reports and errors.
+    fn kind(&self) -> &'static str;
+    /// Whether [`KekProvider::create_epoch`] and [`KekProvider::destroy_epoch`] work. False for
+    /// KEKs handed in from outside, which the operator rotates by hand (`rotate-kek`).
+    fn manages_epochs(&self) -> bool;
+    /// The epochs this provider holds a KEK for, ascending.
+    fn epochs(&self) -> Result<Vec<Epoch>, KekError>;
+    /// Creates a fresh random KEK for `epoch` inside the provider. Idempotent and safe against
+    /// a concurrent call for the same epoch (another process sharing the provider): if the
+    /// epoch exists it is kept, never replaced.
+    fn create_epoch(&self, epoch: Epoch) -> Result<(), KekError>;
+    /// Destroys the KEK of `epoch` for good (file deleted and its directory synced; HSM object
+    /// destroyed) and drops any copy held in memory. Idempotent.
+    fn destroy_epoch(&self, epoch: Epoch) -> Result<(), KekError>;
+    /// Wraps a DEK under the epoch's KEK, in the envelope format (`0x01 ‖ nonce ‖ ciphertext ‖
+    /// tag`, AES-256-GCM), associated data = the key id's 16 bytes.
+    fn wrap(&self, epoch: Epoch, id: KeyId, dek: &Dek) -> Result<Vec<u8>, KekError>;
+    /// Unwraps what [`KekProvider::wrap`] produced for the same epoch and key id.
+    /// [`KekError::EpochMissing`] if the provider holds no KEK for the epoch.
+    fn unwrap(&self, epoch: Epoch, id: KeyId, wrapped: &[u8]) -> Result<Dek, KekError>;
+    /// The legacy check value `HMAC-SHA256(KEK, "lethe:v1:kek-check")` of an epoch, where the
+    /// provider can compute it (it holds the KEK bytes: `file`, `static`); `None` for an HSM.
+    /// Lets a vault whose versions were recorded by an earlier release recognise its KEKs.
+    fn legacy_check_value(&self, epoch: Epoch) -> Result<Option<[u8; 32]>, KekError> {
+        let _ = epoch;
+        Ok(None)
+    }
+}
 
 /// Environment variable holding a base64 KEK when no KEK file is given.
 pub const KEK_ENV: &str = "LETHE_KEK";
@@ -42,6 +86,18 @@ pub enum KekError {
     Random,
     #[error("{0}")]
     Mismatch(String),
+    /// The provider holds no KEK for this epoch (destroyed, or never present here).
+    #[error("no KEK for epoch {epoch} in the {provider} KEK provider")]
+    EpochMissing { provider: &'static str, epoch: Epoch },
+    /// The provider cannot do this (e.g. create an epoch from a KEK handed in from outside).
+    #[error("the {provider} KEK provider cannot {what}")]
+    Unsupported { provider: &'static str, what: &'static str },
+    /// The HSM (PKCS#11) failed or refused; `setting` names the setting to check.
+    #[error("PKCS#11 ({setting}): {detail}")]
+    Pkcs11 { setting: &'static str, detail: String },
+    /// A wrapped DEK did not unwrap (wrong KEK, or damaged bytes).
+    #[error("a key does not unwrap under KEK epoch {epoch}")]
+    Unwrap { epoch: Epoch },
 }
 
 /// A 256-bit key-encryption key, zeroized on drop. Deliberately not `Clone`: one owner.
