@@ -12,7 +12,9 @@
 //!
 //! Module map (one job each):
 //! - [`envelope`]: the ciphertext format (AES-256-GCM), AAD helper, keyed digests.
-//! - [`kek`]: loading, creating and using the KEK.
+//! - [`kek`]: the KEK value and the [`KekProvider`]s that hold a KEK per epoch: the keys
+//!   directory ([`FileKeks`], `kek/file.rs`) and an HSM token through PKCS#11 ([`Pkcs11Keks`],
+//!   `kek/pkcs11.rs`, where the KEKs never leave the token).
 //! - `keys`: the value types ([`KeyId`], [`Dek`], [`KeyLookup`], ...).
 //! - `storage`: the storage trait and its SQLite and PostgreSQL implementations.
 //! - [`local`]: the in-process vault ([`LocalVault`]), including KEK rotation.
@@ -43,7 +45,7 @@ use std::sync::Arc;
 
 pub use client::HttpVault;
 pub use error::VaultError;
-pub use kek::{Kek, KekError};
+pub use kek::{Epoch, FileKeks, Kek, KekError, KekProvider, Pkcs11Config, Pkcs11Keks};
 pub use keys::{Dek, KEY_LEN, KeyId, KeyLookup, NewKey, SUBJECT_KEY_PREFIX, VaultStats};
 pub use local::{LocalVault, RotateOptions, RotationReport};
 

@@ -21,6 +21,15 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::envelope::{self, EnvelopeError};
 use crate::keys::{Dek, KEY_LEN, KeyId, fill_random};
 
+mod file;
+mod pkcs11;
+
+pub use file::FileKeks;
+pub use pkcs11::{
+    DEFAULT_LABEL_PREFIX, PKCS11_LABEL_PREFIX_SETTING, PKCS11_MODULE_SETTING, PKCS11_PIN_FILE_SETTING,
+    PKCS11_SLOT_SETTING, PKCS11_TOKEN_SETTING, Pkcs11Config, Pkcs11Keks,
+};
+
 /// A KEK epoch: the vault's KEK version number. Epoch 1 is the first KEK a vault was opened
 /// with; each rotation starts the next one.
 pub type Epoch = u32;
@@ -76,6 +85,9 @@ pub enum KekError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("KEK file {path} is not a regular file")]
     NotAFile { path: PathBuf },
+    /// The keys directory is unusable: missing, not a directory, or open to group or others.
+    #[error("keys directory {path}: {detail}")]
+    KeysDir { path: PathBuf, detail: String },
     #[error("KEK from {source_name} has {len} bytes; it must be exactly {KEY_LEN}")]
     WrongLength { source_name: String, len: usize },
     #[error("environment variable {var} is not set")]

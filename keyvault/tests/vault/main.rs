@@ -13,5 +13,7 @@ mod independent;
 mod kek_files;
 mod ops;
 mod physical;
+mod providers;
 mod rotation;
+mod softhsm;
 mod subjects;
