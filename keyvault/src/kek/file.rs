@@ -47,12 +47,18 @@ pub struct FileKeks {
 // Hand-written: shows where the keys are and which epochs are loaded, never key bytes.
 impl fmt::Debug for FileKeks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut loaded: Vec<Epoch> = self.lock().keys().copied().collect();
-        loaded.sort_unstable();
-        f.debug_struct("FileKeks")
-            .field("dir", &self.dir)
-            .field("loaded_epochs", &loaded)
-            .finish()
+        let mut debug = f.debug_struct("FileKeks");
+        debug.field("dir", &self.dir);
+        // `try_lock`: formatting must never wait for (or deadlock on) a file operation.
+        match self.loaded.try_lock() {
+            Ok(loaded) => {
+                let mut epochs: Vec<Epoch> = loaded.keys().copied().collect();
+                epochs.sort_unstable();
+                debug.field("loaded_epochs", &epochs)
+            }
+            Err(_) => debug.field("loaded_epochs", &"<busy>"),
+        };
+        debug.finish()
     }
 }
 

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -28,6 +29,10 @@ const UTIL: &str = "softhsm2-util";
 pub const TOKEN_LABEL: &str = "lethe-test";
 pub const PIN: &str = "lethe-test-user-pin";
 const SO_PIN: &str = "lethe-test-so-pin";
+/// Token directories live in `target/tmp/lethe-softhsm-*`.
+const TOKEN_DIR_PREFIX: &str = "lethe-softhsm-";
+/// A token directory this old is a leftover: a process's lives as long as the process.
+const TOKEN_DIR_AGE_MAX: Duration = Duration::from_secs(3600);
 
 /// The test process's token.
 #[derive(Debug)]
@@ -98,8 +103,9 @@ fn set_up() -> Option<SoftHsm> {
         eprintln!("PKCS#11 tests skipped: {why}");
         return None;
     }
+    remove_old_token_dirs();
     let dir = tempfile::Builder::new()
-        .prefix("lethe-softhsm-")
+        .prefix(TOKEN_DIR_PREFIX)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap_or_else(|e| panic!("temp dir for SoftHSM: {e}"));
     let conf = write_config(dir.path());
@@ -125,6 +131,24 @@ fn set_up() -> Option<SoftHsm> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(SoftHsm { module, _dir: dir })
+}
+
+/// Removes the token directories of earlier test processes (statics are never dropped, so each
+/// process leaves its own behind), sparing any young enough to belong to a run still going.
+fn remove_old_token_dirs() {
+    let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > TOKEN_DIR_AGE_MAX));
+        if old && entry.file_name().to_string_lossy().starts_with(TOKEN_DIR_PREFIX) {
+            // Best effort: a leftover only costs a few kilobytes.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `<dir>/softhsm2.conf`, with the tokens in `<dir>/tokens`.
