@@ -6,10 +6,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use lethe::limits::{BODY_BYTES_DEFAULT, HEADER_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, SUBSCRIBERS_DEFAULT};
 use lethe::model::Role;
-use lethe::server::{self, ConnectionLimits, LISTEN_DEFAULT, ServeConfig};
+use lethe::server::{
+    self, ConnectionLimits, KEYS_DIR_DEFAULT, KekProviderKind, LISTEN_DEFAULT, Pkcs11Settings, ServeConfig,
+};
 use lethe_keyvault::cli::Outcome;
 use tracing_subscriber::EnvFilter;
 
@@ -83,8 +86,34 @@ struct ServeArgs {
     /// http(s)://… (a `lethe keyvault serve`). Default: sqlite://`<data-dir>`/keyvault.db.
     #[arg(long, env = "LETHE_KEYVAULT_URL", hide_env_values = true)]
     keyvault_url: Option<String>,
-    /// The KEK file of an in-process vault (default: `<data-dir>`/kek.key, created on first
-    /// start). Without it and with LETHE_KEK set, the KEK comes from that variable (base64).
+    /// The keys directory: KEK epochs (`file` provider) and the erasure journal. Never inside
+    /// the data directory, never restored from an old backup.
+    #[arg(long, env = "LETHE_KEYS_DIR", default_value = KEYS_DIR_DEFAULT)]
+    keys_dir: PathBuf,
+    /// Where an in-process vault's KEKs live: `file` (the keys directory) or `pkcs11` (an HSM).
+    #[arg(long, env = "LETHE_KEK_PROVIDER", default_value = "file")]
+    kek_provider: KekProviderKind,
+    /// The HSM's PKCS#11 module (`pkcs11` provider), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, env = "LETHE_PKCS11_MODULE")]
+    pkcs11_module: Option<PathBuf>,
+    /// The HSM token, by label (`pkcs11` provider).
+    #[arg(long, env = "LETHE_PKCS11_TOKEN")]
+    pkcs11_token: Option<String>,
+    /// The HSM token, by slot id (`pkcs11` provider; instead of the label).
+    #[arg(long, env = "LETHE_PKCS11_SLOT")]
+    pkcs11_slot: Option<u64>,
+    /// A file (mode 0600) holding the token's user PIN (`pkcs11` provider).
+    #[arg(long, env = "LETHE_PKCS11_PIN_FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// A new KEK epoch this often (every key re-wrapped in the background): `30s`, `12h`, `7d`.
+    #[arg(long, env = "LETHE_KEK_ROTATE_EVERY", default_value = "7d", value_parser = parse_duration)]
+    kek_rotate_every: Duration,
+    /// A superseded KEK epoch is destroyed this long after: backups older than rotation +
+    /// retention become unreadable.
+    #[arg(long, env = "LETHE_KEK_RETAIN", default_value = "30d", value_parser = parse_duration)]
+    kek_retain: Duration,
+    /// A KEK handed in from outside (32 bytes, mode 0600). With it, or with LETHE_KEK (base64)
+    /// set, KEK epochs are not automatic: rotate with `lethe keyvault rotate-kek`.
     #[arg(long, env = "LETHE_KEK_FILE")]
     kek_file: Option<PathBuf>,
     /// Bearer token for a remote vault (http(s)://).
@@ -114,6 +143,16 @@ impl From<ServeArgs> for ServeConfig {
             listen: args.listen,
             database_url: args.database_url,
             keyvault_url: args.keyvault_url,
+            keys_dir: args.keys_dir,
+            kek_provider: args.kek_provider,
+            pkcs11: Pkcs11Settings {
+                module: args.pkcs11_module,
+                token_label: args.pkcs11_token,
+                slot: args.pkcs11_slot,
+                pin_file: args.pkcs11_pin_file,
+            },
+            kek_rotate_every: args.kek_rotate_every,
+            kek_retain: args.kek_retain,
             kek_file: args.kek_file,
             keyvault_token: args.keyvault_token,
             admin_token: args.admin_token,
@@ -122,6 +161,30 @@ impl From<ServeArgs> for ServeConfig {
             header_timeout_secs: args.header_timeout_secs,
             request_timeout_secs: args.request_timeout_secs,
         }
+    }
+}
+
+/// `90`, `90s`, `15m`, `12h`, `7d` or `2w`: a whole number of seconds, minutes, hours, days or
+/// weeks, at least one second.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h, 7d or 2w"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h, d or w")),
+    };
+    match number.checked_mul(unit_secs) {
+        Some(0) => Err("a duration must be at least one second".into()),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => Err(format!("{text:?} is too long")),
     }
 }
 
@@ -230,5 +293,21 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_with_their_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
+        for bad in ["", "d", "0s", "7x", "-1d", "99999999999999999999w", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::kek::KEK_ENV;
-use crate::{Kek, LocalVault, RotateOptions, RotationReport};
+use crate::{FileKeks, Kek, KekProvider as _, KeyVault as _, LocalVault, RotateOptions, RotationReport};
 
 #[derive(clap::Subcommand)]
 pub enum KeyvaultCommand {
@@ -44,6 +44,19 @@ pub enum KeyvaultCommand {
         /// Keys re-wrapped per transaction.
         #[arg(long, default_value_t = crate::limits::ROTATION_BATCH_DEFAULT)]
         batch_size: usize,
+    },
+    /// Move a legacy `kek.key` out of the data directory into the keys directory, as the KEK
+    /// file of its epoch (so backups of the data directory no longer hold it).
+    MoveKeys {
+        /// The data directory holding `kek.key` and (by default) `keyvault.db`.
+        #[arg(long, env = "LETHE_DATA_DIR", default_value = "./lethe-data")]
+        data_dir: PathBuf,
+        /// The keys directory (created 0700 if missing; never inside the data directory).
+        #[arg(long, env = "LETHE_KEYS_DIR", default_value = "./lethe-keys")]
+        keys_dir: PathBuf,
+        /// The vault database (default: sqlite://<data-dir>/keyvault.db).
+        #[arg(long, env = "LETHE_KEYVAULT_URL", hide_env_values = true)]
+        keyvault_url: Option<String>,
     },
     /// Write a new random KEK file with mode 0600 (refuses to overwrite).
     GenerateKek {
@@ -81,6 +94,12 @@ impl std::fmt::Debug for KeyvaultCommand {
                 .field("kek_file", kek_file)
                 .field("new_kek_file", new_kek_file)
                 .field("batch_size", batch_size)
+                .finish(),
+            KeyvaultCommand::MoveKeys { data_dir, keys_dir, .. } => f
+                .debug_struct("MoveKeys")
+                .field("data_dir", data_dir)
+                .field("keys_dir", keys_dir)
+                .field("keyvault_url", &"<redacted>")
                 .finish(),
             KeyvaultCommand::GenerateKek { path } => f.debug_struct("GenerateKek").field("path", path).finish(),
         }
@@ -181,6 +200,21 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
             );
             Ok(Outcome::Rotated(report))
         }
+        KeyvaultCommand::MoveKeys {
+            data_dir,
+            keys_dir,
+            keyvault_url,
+        } => {
+            let url = keyvault_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keyvault.db").display()));
+            let epoch = move_keys(&data_dir, &keys_dir, &url).await?;
+            eprintln!(
+                "moved the KEK of epoch {epoch} to {}. Earlier backups of the data directory still \
+                 hold it; they become unreadable once epoch {epoch} is superseded and destroyed \
+                 (after the next rotation plus the retention period).",
+                keys_dir.display()
+            );
+            Ok(Outcome::Done)
+        }
         KeyvaultCommand::GenerateKek { path } => {
             if path.exists() {
                 anyhow::bail!("{} exists; refusing to overwrite a KEK", path.display());
@@ -190,4 +224,46 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Done)
         }
     }
+}
+
+/// Moves `<data_dir>/kek.key` into the keys directory as the file of the epoch (KEK version)
+/// the vault knows it as, checks the copy, then deletes the original. Returns the epoch.
+async fn move_keys(data_dir: &Path, keys_dir: &Path, vault_url: &str) -> anyhow::Result<u32> {
+    let legacy = data_dir.join("kek.key");
+    if !legacy.exists() {
+        anyhow::bail!("{} does not exist: there is no KEK to move", legacy.display());
+    }
+    let data = std::fs::canonicalize(data_dir).with_context(|| format!("resolving {}", data_dir.display()))?;
+    let keys = FileKeks::create_dir(keys_dir).context("preparing the keys directory")?;
+    let keys_path = std::fs::canonicalize(keys.dir()).with_context(|| format!("resolving {}", keys_dir.display()))?;
+    if keys_path.starts_with(&data) {
+        anyhow::bail!(
+            "the keys directory {} lies inside the data directory {}; choose one outside it",
+            keys_dir.display(),
+            data_dir.display()
+        );
+    }
+    let kek = Kek::from_file(&legacy).context("loading the KEK")?;
+    let check = kek.check_value();
+    let vault = LocalVault::open(vault_url, kek, Vec::new())
+        .await
+        .context("opening the key vault database with this KEK")?;
+    let epoch = vault
+        .stats()
+        .await
+        .context("reading the vault's KEK version")?
+        .kek_version;
+    drop(vault);
+    let kek = Kek::from_file(&legacy).context("loading the KEK")?;
+    keys.import(epoch, &kek)
+        .context("writing the KEK into the keys directory")?;
+    if keys.legacy_check_value(epoch).context("reading the moved KEK back")? != Some(check) {
+        anyhow::bail!("the KEK written to the keys directory does not read back the same; kek.key was kept");
+    }
+    std::fs::remove_file(&legacy).with_context(|| format!("removing {}", legacy.display()))?;
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        dir.sync_all()
+            .with_context(|| format!("syncing {}", data_dir.display()))?;
+    }
+    Ok(epoch)
 }

@@ -19,11 +19,53 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::http::{AppState, HttpLimits, router};
+
+mod dirs;
 use crate::limits::{ACCEPT_RETRY, ADMIN_TOKEN_LEN_MIN, CONNECTIONS_MAX, DRAIN_TIMEOUT, HEADER_TIMEOUT_DEFAULT};
 use crate::store::{EventStore, StoreConfig};
+pub use dirs::{ERASURE_JOURNAL_FILE, KEYS_DIR_DEFAULT, LEGACY_KEK_FILE};
 
 /// Where `lethe serve` listens by default.
 pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 2113));
+
+/// A new KEK epoch this often, by default (`--kek-rotate-every`).
+pub const KEK_ROTATE_EVERY_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A superseded KEK epoch is destroyed this long after, by default (`--kek-retain`).
+pub const KEK_RETAIN_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Where an in-process vault's KEKs live (`LETHE_KEK_PROVIDER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KekProviderKind {
+    /// One file per epoch in the keys directory.
+    #[default]
+    File,
+    /// AES keys inside an HSM token, reached through its PKCS#11 module; they never leave it.
+    Pkcs11,
+}
+
+impl std::str::FromStr for KekProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(KekProviderKind::File),
+            "pkcs11" => Ok(KekProviderKind::Pkcs11),
+            other => Err(format!("unknown KEK provider {other:?}: use file or pkcs11")),
+        }
+    }
+}
+
+/// The HSM settings of the `pkcs11` KEK provider.
+#[derive(Debug, Clone, Default)]
+pub struct Pkcs11Settings {
+    /// The token's PKCS#11 module (`LETHE_PKCS11_MODULE`), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: Option<PathBuf>,
+    /// The token, by label (`LETHE_PKCS11_TOKEN`) …
+    pub token_label: Option<String>,
+    /// … or by slot id (`LETHE_PKCS11_SLOT`).
+    pub slot: Option<u64>,
+    /// A file (mode 0600) holding the user PIN (`LETHE_PKCS11_PIN_FILE`); never the PIN itself.
+    pub pin_file: Option<PathBuf>,
+}
 
 /// Every setting of `lethe serve` (the `lethe` binary reads each from a flag or an environment
 /// variable: see `lethe serve --help` and README.md). [`ServeConfig::embedded`] is the embedded
@@ -39,8 +81,20 @@ pub struct ServeConfig {
     /// The key vault: sqlite://… or postgres://… (in-process, its own database) or
     /// http(s)://… (a `lethe keyvault serve`). Default: sqlite://`<data-dir>`/keyvault.db.
     pub keyvault_url: Option<String>,
-    /// The KEK file of an in-process vault (default: `<data-dir>`/kek.key, created on first
-    /// start). Without it and with LETHE_KEK set, the KEK comes from that variable (base64).
+    /// The keys directory (`LETHE_KEYS_DIR`, default `./lethe-keys`): the `file` provider's KEK
+    /// epochs and the erasure journal. Never inside the data directory.
+    pub keys_dir: PathBuf,
+    /// Where an in-process vault's KEKs live (`LETHE_KEK_PROVIDER`): the keys directory or an
+    /// HSM.
+    pub kek_provider: KekProviderKind,
+    /// The HSM, for `KekProviderKind::Pkcs11`.
+    pub pkcs11: Pkcs11Settings,
+    /// A new KEK epoch this often (`--kek-rotate-every`, default 7 days).
+    pub kek_rotate_every: Duration,
+    /// A superseded KEK epoch is destroyed this long after (`--kek-retain`, default 30 days).
+    pub kek_retain: Duration,
+    /// A KEK handed in from outside (`LETHE_KEK_FILE`); with it, or with `LETHE_KEK` set, KEK
+    /// epochs are the operator's (`lethe keyvault rotate-kek`), not automatic.
     pub kek_file: Option<PathBuf>,
     /// Bearer token for a remote vault (http(s)://).
     pub keyvault_token: Option<String>,
@@ -68,13 +122,21 @@ impl std::fmt::Debug for ServeConfig {
 
 impl ServeConfig {
     /// The embedded default in `data_dir`.
+    /// The keys directory is `lethe-keys` beside the data directory (`./lethe-keys` for the
+    /// default `./lethe-data`).
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         let http = HttpLimits::default();
         Self {
-            data_dir: data_dir.into(),
+            keys_dir: keys_dir_beside(&data_dir),
+            data_dir,
             listen: LISTEN_DEFAULT,
             database_url: None,
             keyvault_url: None,
+            kek_provider: KekProviderKind::File,
+            pkcs11: Pkcs11Settings::default(),
+            kek_rotate_every: KEK_ROTATE_EVERY_DEFAULT,
+            kek_retain: KEK_RETAIN_DEFAULT,
             kek_file: None,
             keyvault_token: None,
             admin_token: None,
@@ -107,10 +169,20 @@ impl ServeConfig {
     }
 }
 
+/// `lethe-keys` in the data directory's parent.
+fn keys_dir_beside(data_dir: &Path) -> PathBuf {
+    match data_dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join("lethe-keys"),
+        _ => PathBuf::from(KEYS_DIR_DEFAULT),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot use the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
+    #[error("the keys directory {path} (LETHE_KEYS_DIR) cannot be used: {problem}")]
+    KeysDir { path: PathBuf, problem: String },
     #[error("key-encryption key: {0}")]
     Kek(#[from] lethe_keyvault::KekError),
     #[error("key vault: {0}")]
@@ -128,7 +200,7 @@ pub enum ServerError {
 }
 
 /// Opens the key vault the configuration names.
-pub async fn open_vault(config: &ServeConfig) -> Result<Arc<dyn KeyVault>, ServerError> {
+pub async fn open_vault(config: &ServeConfig, keys_dir: &Path) -> Result<Arc<dyn KeyVault>, ServerError> {
     let url = config.keyvault_url();
     if url.starts_with("http://") || url.starts_with("https://") {
         let token = config.keyvault_token.clone().ok_or(ServerError::MissingVaultToken)?;
@@ -144,7 +216,19 @@ pub async fn open_vault(config: &ServeConfig) -> Result<Arc<dyn KeyVault>, Serve
     let kek = match (&config.kek_file, std::env::var_os(KEK_ENV)) {
         (Some(path), _) => Kek::from_file(path)?,
         (None, Some(_)) => Kek::from_base64_env(KEK_ENV)?,
-        (None, None) => Kek::load_or_create(config.data_dir.join("kek.key"))?,
+        (None, None) => {
+            let legacy = config.data_dir.join(LEGACY_KEK_FILE);
+            if legacy.exists() {
+                tracing::warn!(
+                    path = %legacy.display(),
+                    "the KEK lies in the data directory, so every backup of it holds the key that unwraps \
+                     its keys; move it into the keys directory with `lethe keyvault move-keys`"
+                );
+                Kek::from_file(legacy)?
+            } else {
+                Kek::load_or_create(keys_dir.join(LEGACY_KEK_FILE))?
+            }
+        }
     };
     Ok(lethe_keyvault::open(
         &url,
@@ -156,13 +240,18 @@ pub async fn open_vault(config: &ServeConfig) -> Result<Arc<dyn KeyVault>, Serve
     .await?)
 }
 
-/// Opens the store (and vault) the configuration names, creating the data directory.
+/// Opens the store (and vault) the configuration names: the data directory (`0700`) and the
+/// keys directory (`0700`, never inside the data directory) are checked and created first,
+/// the embedded default's database files `0600`.
 pub async fn open_store(config: &ServeConfig) -> Result<EventStore, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let vault = open_vault(config).await?;
+    dirs::prepare_data_dir(&config.data_dir)?;
+    let keys_dir = dirs::prepare_keys_dir(&config.keys_dir, &config.data_dir)?;
+    for url in [config.database_url(), config.keyvault_url()] {
+        if let Some(file) = dirs::sqlite_file_in(&url, &config.data_dir) {
+            dirs::precreate_database_file(&file)?;
+        }
+    }
+    let vault = open_vault(config, &keys_dir).await?;
     Ok(EventStore::open(StoreConfig::new(config.database_url(), vault)).await?)
 }
 
