@@ -21,6 +21,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::envelope::{self, EnvelopeError};
 use crate::keys::{Dek, KEY_LEN, KeyId, fill_random};
 
+mod given;
+pub use given::GivenKeks;
+
 /// A KEK epoch: the vault's KEK version number. Epoch 1 is the first KEK a vault was opened
 /// with; each rotation starts the next one.
 pub type Epoch = u32;
