@@ -246,7 +246,8 @@ impl LocalVault {
 
     /// Runs [`LocalVault::tick_epochs`] every `check_every` in the background, for as long as
     /// the vault lives (the task holds only a weak reference, and ends once the vault is
-    /// dropped). A failed tick is logged and tried again at the next check.
+    /// dropped). A failed tick is logged and tried again at the next check. Call it from
+    /// within a Tokio runtime.
     pub fn spawn_epochs(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let vault = Arc::downgrade(self);
         let every = self.policy.check_every.max(EPOCH_CHECK_EVERY_MIN);

@@ -294,7 +294,7 @@ impl LocalVault {
         options: RotateOptions,
     ) -> Result<(RotationReport, bool), VaultError> {
         let batch_size = options.batch_size.clamp(1, BATCH_KEYS_MAX);
-        let sources: Vec<Epoch> = self.keks.epochs()?.into_iter().filter(|e| *e != target).collect();
+        let mut sources: Vec<Epoch> = self.keks.epochs()?.into_iter().filter(|e| *e != target).collect();
         let mut report = RotationReport {
             from_version: active,
             to_version: target,
@@ -327,8 +327,12 @@ impl LocalVault {
             for row in rows {
                 let dek = match self.unwrap_key(row.id, &row.key)? {
                     Ok(dek) => dek,
-                    // Destroyed since `sources` was read: that key stays unreadable.
-                    Err(_) => continue,
+                    // Destroyed since `sources` was read: its keys stay as they are
+                    // (unreadable), and are not asked for again.
+                    Err(epoch) => {
+                        sources.retain(|e| *e != epoch);
+                        continue;
+                    }
                 };
                 batch.push(Rewrap {
                     id: row.id,

@@ -11,7 +11,7 @@ use lethe_keyvault::{
     OpenOptions, VaultError,
 };
 
-use crate::support::{MemoryKeks, TestDb, kek, live, nk, ok};
+use crate::support::{Engine, MemoryKeks, TestDb, kek, live, nk, ok};
 
 both_engines!(
     rotates_only_after_rotate_every_and_rewraps_every_key,
@@ -24,6 +24,7 @@ both_engines!(
     given_keks_rotate_by_hand_and_never_tick,
     kek_epochs_over_http_equal_in_process,
     background_task_rotates_and_ends_with_the_vault,
+    vault_of_the_previous_release_migrates_to_epochs,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -517,4 +518,164 @@ async fn background_task_rotates_and_ends_with_the_vault(db: TestDb) {
     }
     assert!(rotated, "open's background task rotated");
     assert_readable(&*vault, &keys).await;
+}
+
+/// The previous release's schema (migrations 1 to 3), made by sqlx's migrator under the
+/// vault's table name, with a retired and an active KEK version recorded by legacy check
+/// values and one key wrapped with the active KEK.
+async fn previous_release_vault(db: &TestDb) -> (KeyId, Vec<u8>) {
+    use sqlx::{AssertSqlSafe, Connection as _, SqlSafeStr as _};
+    let files: &[(i64, &str, &str)] = match db.engine {
+        Engine::Sqlite => &[
+            (1, "vault", include_str!("../../migrations/sqlite/0001_vault.sql")),
+            (
+                3,
+                "forgotten subjects",
+                include_str!("../../migrations/sqlite/0003_forgotten_subjects.sql"),
+            ),
+        ],
+        Engine::Postgres => &[
+            (1, "vault", include_str!("../../migrations/postgres/0001_vault.sql")),
+            (
+                2,
+                "write path",
+                include_str!("../../migrations/postgres/0002_write_path.sql"),
+            ),
+            (
+                3,
+                "forgotten subjects",
+                include_str!("../../migrations/postgres/0003_forgotten_subjects.sql"),
+            ),
+        ],
+    };
+    let migrations = files
+        .iter()
+        .map(|(version, description, sql)| {
+            sqlx::migrate::Migration::new(
+                *version,
+                (*description).into(),
+                sqlx::migrate::MigrationType::Simple,
+                AssertSqlSafe(*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(migrations);
+    migrator.dangerous_set_table_name("_lethe_keyvault_migrations");
+    let id = KeyId::new_random();
+    let dek = [42u8; 32];
+    let wrapped = kek(1)
+        .wrap_dek(
+            id,
+            &lethe_keyvault::Dek::from_slice(&dek).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let statements: [(&str, Vec<u8>); 2] = [
+        (
+            "INSERT INTO kek_versions (version, check_value, state) VALUES (1, $1, 'retired')",
+            kek(9).check_value().to_vec(),
+        ),
+        (
+            "INSERT INTO kek_versions (version, check_value, state) VALUES (2, $1, 'active')",
+            kek(1).check_value().to_vec(),
+        ),
+    ];
+    let keys = "INSERT INTO vault_keys (id, stream, subject) VALUES ($1, 'legacy', NULL)";
+    let material = "INSERT INTO vault_key_material (id, kek_version, wrapped) VALUES ($1, 2, $2)";
+    match db.engine {
+        Engine::Sqlite => {
+            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .create_if_missing(true);
+            let mut c = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            migrator.run(&mut c).await.unwrap_or_else(|e| panic!("{e}"));
+            for (sql, check) in &statements {
+                sqlx::query(*sql)
+                    .bind(check.as_slice())
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            sqlx::query(keys)
+                .bind(id.0)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sqlx::query(material)
+                .bind(id.0)
+                .bind(wrapped.as_slice())
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = c.close().await;
+        }
+        Engine::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            migrator.run(&mut c).await.unwrap_or_else(|e| panic!("{e}"));
+            for (sql, check) in &statements {
+                sqlx::query(*sql)
+                    .bind(check.as_slice())
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            sqlx::query(keys)
+                .bind(id.0)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sqlx::query(material)
+                .bind(id.0)
+                .bind(wrapped.as_slice())
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = c.close().await;
+        }
+    }
+    (id, dek.to_vec())
+}
+
+async fn vault_of_the_previous_release_migrates_to_epochs(db: TestDb) {
+    let key = previous_release_vault(&db).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| micros(d));
+    let vault = ok(db.open_local(kek(1), vec![])).await;
+    assert_readable(&vault, &vec![key.clone()]).await;
+    // Versions recorded before epochs count from the migration, by the database's clock.
+    let info = ok(vault.kek_epochs()).await;
+    assert_eq!(
+        info.iter().map(|e| (e.epoch, e.state, e.live_keys)).collect::<Vec<_>>(),
+        vec![(1, EpochState::Retired, 0), (2, EpochState::Active, 1)]
+    );
+    let near = |t: Option<i64>| t.is_some_and(|t| (t - before).abs() < micros(Duration::from_secs(120)));
+    assert!(
+        near(info[0].superseded_at) && info[0].activated_at.is_none(),
+        "{info:?}"
+    );
+    assert!(
+        near(info[1].activated_at) && info[1].superseded_at.is_none(),
+        "{info:?}"
+    );
+    drop(vault);
+
+    // A provider holding that KEK as epoch 2 takes the vault over, recognising it by its
+    // legacy check value, and rotates it like any other.
+    let keks = MemoryKeks::with(2, kek(1));
+    // (The migration's clock is the database's, which ran a moment after `before`.)
+    let clock = Arc::new(ManualClock::new(before + micros(Duration::from_secs(60))));
+    let vault = ok(db.open_managed(&keks, policy(10), &clock)).await;
+    assert_readable(&vault, &vec![key.clone()]).await;
+    clock.advance(7 * DAY);
+    assert_eq!(tick(&vault).await.rotated, Some((2, 3)));
+    assert_readable(&vault, &vec![key]).await;
+    assert_eq!(
+        db.stored_kek_versions().await.values().copied().collect::<Vec<_>>(),
+        vec![3]
+    );
 }

@@ -51,6 +51,8 @@ async fn debug_output_never_contains_key_bytes() {
             provider: Some(Arc::new(GivenKeks::new([(1, kek(8))]))),
             ..Default::default()
         };
+        let given = GivenKeks::new([(1, Kek::from_slice(&kek_bytes).unwrap_or_else(|e| panic!("{e}")))]);
+        assert_clean("GivenKeks", &format!("{given:?}"), &[&kek_bytes]);
         let opts_text = format!("{options:?}");
         assert_clean("OpenOptions", &opts_text, &[&kek_bytes, &[9u8; 32], &[8u8; 32]]);
         assert!(!opts_text.contains("tok-SECRET"), "{opts_text}");
