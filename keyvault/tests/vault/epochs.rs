@@ -644,7 +644,7 @@ async fn vault_of_the_previous_release_migrates_to_epochs(db: TestDb) {
     let key = previous_release_vault(&db).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| micros(d));
+        .map_or(0, micros);
     let vault = ok(db.open_local(kek(1), vec![])).await;
     assert_readable(&vault, &vec![key.clone()]).await;
     // Versions recorded before epochs count from the migration, by the database's clock.
