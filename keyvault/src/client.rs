@@ -15,10 +15,10 @@ use zeroize::Zeroizing;
 
 use crate::limits::{CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT};
 use crate::wire::{
-    CreateRequest, CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchRequest, FetchResponse, Problem,
-    StreamRequest, SubjectRequest, WireStatus,
+    CreateRequest, CreateResponse, DestroyStreamResponse, DestroySubjectResponse, EpochsResponse, FetchRequest,
+    FetchResponse, Problem, StreamRequest, SubjectRequest, WireStatus,
 };
-use crate::{Dek, KeyId, KeyLookup, KeyVault, NewKey, VaultError, VaultStats};
+use crate::{Dek, EpochInfo, KeyId, KeyLookup, KeyVault, NewKey, VaultError, VaultStats};
 
 pub struct HttpVault {
     base: reqwest::Url,
@@ -126,6 +126,10 @@ fn error_from(status: StatusCode, body: &[u8]) -> VaultError {
     let stream = p.stream.unwrap_or_default();
     match p.code.as_str() {
         "key_destroyed" => VaultError::KeyDestroyed { stream },
+        "key_unreadable" => match p.epoch {
+            Some(epoch) => VaultError::KeyUnreadable { stream, epoch },
+            None => VaultError::Internal(format!("key vault: {} (key_unreadable without an epoch)", p.detail)),
+        },
         "subject_mismatch" => VaultError::SubjectMismatch { stream },
         "subject_forgotten" => VaultError::SubjectForgotten {
             subject: p.subject.unwrap_or_default(),
@@ -181,6 +185,14 @@ impl KeyVault for HttpVault {
                     }
                     (WireStatus::Destroyed, _) => KeyLookup::Destroyed,
                     (WireStatus::NotFound, _) => KeyLookup::NotFound,
+                    (WireStatus::Unreadable, _) => match k.epoch {
+                        Some(epoch) => KeyLookup::Unreadable { epoch },
+                        None => {
+                            return Err(VaultError::Internal(
+                                "key vault said unreadable but sent no KEK epoch".into(),
+                            ));
+                        }
+                    },
                 };
                 Ok((k.id, lookup))
             })
@@ -208,6 +220,11 @@ impl KeyVault for HttpVault {
 
     async fn stats(&self) -> Result<VaultStats, VaultError> {
         self.get("v1/stats").await
+    }
+
+    async fn kek_epochs(&self) -> Result<Vec<EpochInfo>, VaultError> {
+        let response: EpochsResponse = self.get("v1/kek/epochs").await?;
+        Ok(response.epochs)
     }
 
     async fn health(&self) -> Result<(), VaultError> {

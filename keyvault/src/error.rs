@@ -18,6 +18,13 @@ pub enum VaultError {
     /// The stream already has a key bound to a different subject (or to none).
     #[error("stream {stream:?} is bound to a different subject")]
     SubjectMismatch { stream: String },
+    /// The stream's key exists but the KEK epoch wrapping it was destroyed or is missing (a
+    /// vault database restored from an old backup): its data cannot be read, and the stream
+    /// never gets another key. Met by `create_keys` asking for that stream.
+    #[error(
+        "the key of stream {stream:?} is wrapped by KEK epoch {epoch}, which was destroyed or is missing: its data cannot be read"
+    )]
+    KeyUnreadable { stream: String, epoch: u32 },
     /// The data subject was forgotten (`destroy_subject_keys`): no key bound to it — its
     /// subject key or a stream key — is created again, ever. A `create_keys` batch that asks
     /// for one creates nothing. `subject` is the pseudonymous subject id the request named
@@ -53,6 +60,7 @@ impl VaultError {
     pub fn code(&self) -> &'static str {
         match self {
             VaultError::KeyDestroyed { .. } => "key_destroyed",
+            VaultError::KeyUnreadable { .. } => "key_unreadable",
             VaultError::SubjectMismatch { .. } => "subject_mismatch",
             VaultError::SubjectForgotten { .. } => "subject_forgotten",
             VaultError::Unavailable(_) => "unavailable",

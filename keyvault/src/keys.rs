@@ -134,10 +134,16 @@ pub enum KeyLookup {
     Destroyed,
     /// The vault never had this id.
     NotFound,
+    /// The key exists but the KEK epoch wrapping it was destroyed or is missing: its data
+    /// cannot be read. (A vault database restored from a backup older than rotation plus
+    /// retention answers this for the keys of that time: crypto-shredding reaching backups.)
+    Unreadable {
+        epoch: u32,
+    },
 }
 
 /// Counts for reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultStats {
     /// Every live key, stream keys and subject keys.
     pub live_keys: u64,
@@ -153,6 +159,49 @@ pub struct VaultStats {
     /// `destroyed_keys`). Absent from older vault servers' answers, which then read as 0.
     #[serde(default)]
     pub subject_keys_destroyed: u64,
+    /// Live keys wrapped only by KEK epochs the provider no longer holds (destroyed, or a
+    /// vault database restored from an old backup): their data cannot be read. Included in
+    /// `live_keys`. Absent from older vault servers' answers, which then read as 0.
+    #[serde(default)]
+    pub keys_unreadable: u64,
+    /// The kind of KEK provider: `"file"`, `"pkcs11"` or `"static"` (KEKs handed in). Empty
+    /// from older vault servers.
+    #[serde(default)]
+    pub kek_provider: String,
+}
+
+/// Where a KEK epoch stands, as [`crate::KeyVault::kek_epochs`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochState {
+    /// The target of a rotation in progress: new keys are wrapped with it already.
+    Pending,
+    /// New keys are wrapped with it.
+    Active,
+    /// Superseded; its KEK is kept until the retention period has passed.
+    Retired,
+    /// Its KEK was destroyed by the provider: whatever it wrapped is unreadable for good.
+    Destroyed,
+    /// The provider does not hold its KEK although keys are still wrapped with it (or it is
+    /// the active or pending epoch): destroyed outside the vault, or the vault's database was
+    /// restored from an old backup. Those keys' data cannot be read.
+    Missing,
+}
+
+/// One KEK epoch of a vault: its state, when it changed (unix microseconds of the vault's
+/// clock), and how many live keys it wraps. Lethe audits `kek_rotated` and
+/// `kek_epoch_destroyed` from these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochInfo {
+    pub epoch: u32,
+    pub state: EpochState,
+    #[serde(default)]
+    pub activated_at: Option<i64>,
+    #[serde(default)]
+    pub superseded_at: Option<i64>,
+    #[serde(default)]
+    pub destroyed_at: Option<i64>,
+    pub live_keys: u64,
 }
 
 /// Fills `buf` from the OS RNG (getrandom), never a userspace PRNG: keys and nonces must not
@@ -288,7 +337,27 @@ mod tests {
                 kek_version: 2,
                 subject_keys_live: 0,
                 subject_keys_destroyed: 0,
+                keys_unreadable: 0,
+                kek_provider: String::new(),
             }
         );
+    }
+
+    #[test]
+    fn epoch_states_serialize_in_snake_case() {
+        let info = EpochInfo {
+            epoch: 2,
+            state: EpochState::Destroyed,
+            activated_at: Some(1),
+            superseded_at: Some(2),
+            destroyed_at: Some(3),
+            live_keys: 0,
+        };
+        let text = serde_json::to_string(&info).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains(r#""state":"destroyed""#), "{text}");
+        let back: EpochInfo = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, info);
+        let missing = serde_json::to_string(&EpochState::Missing).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(missing, r#""missing""#);
     }
 }

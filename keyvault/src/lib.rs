@@ -13,11 +13,14 @@
 //! Module map (one job each):
 //! - [`envelope`]: the ciphertext format (AES-256-GCM), AAD helper, keyed digests.
 //! - [`kek`]: the KEK value and the [`KekProvider`]s that hold a KEK per epoch: the keys
-//!   directory ([`FileKeks`], `kek/file.rs`) and an HSM token through PKCS#11 ([`Pkcs11Keks`],
-//!   `kek/pkcs11.rs`, where the KEKs never leave the token).
-//! - `keys`: the value types ([`KeyId`], [`Dek`], [`KeyLookup`], ...).
+//!   directory ([`FileKeks`], `kek/file.rs`), an HSM token through PKCS#11 ([`Pkcs11Keks`],
+//!   `kek/pkcs11.rs`, where the KEKs never leave the token), and KEKs handed in from outside
+//!   ([`GivenKeks`], `kek/given.rs`).
+//! - `keys`: the value types ([`KeyId`], [`Dek`], [`KeyLookup`], [`EpochInfo`], ...).
 //! - `storage`: the storage trait and its SQLite and PostgreSQL implementations.
-//! - [`local`]: the in-process vault ([`LocalVault`]), including KEK rotation.
+//! - [`local`]: the in-process vault ([`LocalVault`]), including manual KEK rotation; its
+//!   `epochs` part rotates and destroys KEK epochs on a schedule ([`EpochPolicy`],
+//!   [`VaultClock`]).
 //! - `wire`: the JSON shapes of the HTTP API, shared by server and client.
 //! - `server` (feature `server`): the HTTP API's router (`lethe keyvault serve`).
 //! - [`client`]: the HTTP client ([`HttpVault`]), the same trait over the network.
@@ -45,9 +48,11 @@ use std::sync::Arc;
 
 pub use client::HttpVault;
 pub use error::VaultError;
-pub use kek::{Epoch, FileKeks, Kek, KekError, KekProvider, Pkcs11Config, Pkcs11Keks};
-pub use keys::{Dek, KEY_LEN, KeyId, KeyLookup, NewKey, SUBJECT_KEY_PREFIX, VaultStats};
-pub use local::{LocalVault, RotateOptions, RotationReport};
+pub use kek::{Epoch, FileKeks, GivenKeks, Kek, KekError, KekProvider, Pkcs11Config, Pkcs11Keks};
+pub use keys::{Dek, EpochInfo, EpochState, KEY_LEN, KeyId, KeyLookup, NewKey, SUBJECT_KEY_PREFIX, VaultStats};
+pub use local::{
+    EpochPolicy, EpochTick, LocalVault, ManualClock, RotateOptions, RotationReport, SystemClock, VaultClock,
+};
 
 /// The vault's operations, implemented in-process ([`LocalVault`]) and over HTTP
 /// ([`HttpVault`]) so Lethe switches between them by URL alone.
@@ -77,33 +82,48 @@ pub trait KeyVault: Send + Sync + 'static {
     /// (`$subject:` name) is refused (`InvalidInput`): it goes only with its subject's forget.
     async fn destroy_stream_key(&self, stream: &str) -> Result<Option<KeyId>, VaultError>;
     async fn stats(&self) -> Result<VaultStats, VaultError>;
+    /// The vault's KEK epochs (versions), ascending: state, when each was activated,
+    /// superseded and destroyed, and the live keys each wraps.
+    async fn kek_epochs(&self) -> Result<Vec<EpochInfo>, VaultError>;
     async fn health(&self) -> Result<(), VaultError>;
 }
 
 /// What [`open`] needs besides the URL.
 #[derive(Default)]
 pub struct OpenOptions {
-    /// The KEK, for `sqlite:` and `postgres://` URLs.
+    /// The KEK handed in, for `sqlite:` and `postgres://` URLs without a `provider`.
     pub kek: Option<Kek>,
     /// The other KEK of an interrupted rotation (see `SECURITY.md`), for local URLs.
     pub other_keks: Vec<Kek>,
     /// The vault server's bearer token, for `http(s)://` URLs.
     pub token: Option<String>,
+    /// Where the KEK epochs live (keys directory, HSM), for local URLs; `kek` is then unused.
+    pub provider: Option<Arc<dyn KekProvider>>,
+    /// When a provider that manages epochs rotates and destroys them.
+    pub epoch_policy: EpochPolicy,
+    /// The clock of the epochs; the system clock when `None`.
+    pub clock: Option<Arc<dyn VaultClock>>,
 }
 
-// Hand-written: the token must not reach logs through `{:?}` (KEKs redact themselves).
+// Hand-written: the token must not reach logs through `{:?}` (KEKs and providers redact
+// themselves).
 impl std::fmt::Debug for OpenOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenOptions")
             .field("kek", &self.kek)
             .field("other_keks", &self.other_keks)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("provider", &self.provider.as_ref().map(|p| p.kind()))
+            .field("epoch_policy", &self.epoch_policy)
+            .field("clock", &self.clock)
             .finish()
     }
 }
 
-/// Opens a vault by URL: `sqlite://path` or `postgres://...` (in-process [`LocalVault`],
-/// needs `kek`), or `http(s)://host:port` ([`HttpVault`], needs `token`).
+/// Opens a vault by URL: `sqlite://path` or `postgres://...` (in-process [`LocalVault`], with
+/// `provider` if given, else the `kek` handed in), or `http(s)://host:port` ([`HttpVault`],
+/// needs `token`). With a provider that manages epochs, the background epoch task
+/// ([`LocalVault::spawn_epochs`]) is started too; it ends when the vault is dropped.
 pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn KeyVault>, VaultError> {
     if url.starts_with("http://") || url.starts_with("https://") {
         let token = options
@@ -112,6 +132,16 @@ pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn KeyVault>, 
         return Ok(Arc::new(HttpVault::new(url, &token)?));
     }
     if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if let Some(provider) = options.provider {
+            let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
+            let manages = provider.manages_epochs();
+            let vault = Arc::new(LocalVault::open_with_provider(url, provider, options.epoch_policy, clock).await?);
+            if manages {
+                // Detached: the task holds only a weak reference and ends with the vault.
+                drop(vault.spawn_epochs());
+            }
+            return Ok(vault);
+        }
         let kek = options
             .kek
             .ok_or_else(|| VaultError::InvalidInput("an in-process key vault needs the KEK".into()))?;

@@ -8,6 +8,17 @@ use std::time::Duration;
 pub const BATCH_KEYS_MAX: usize = 1_000;
 /// Keys one rotation transaction re-wraps, by default (`rotate-kek --batch-size`).
 pub const ROTATION_BATCH_DEFAULT: usize = 500;
+/// A new KEK epoch starts this long after the active one did (`--kek-rotate-every`).
+pub const EPOCH_ROTATE_EVERY_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A superseded KEK epoch is destroyed this long after it was superseded (`--kek-retain`), so
+/// any backup older than rotation plus retention is undecryptable.
+pub const EPOCH_RETAIN_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often the background epoch task looks whether a rotation or a destruction is due.
+pub const EPOCH_CHECK_EVERY_DEFAULT: Duration = Duration::from_secs(60);
+/// Shortest pause of the background epoch task between two looks.
+pub const EPOCH_CHECK_EVERY_MIN: Duration = Duration::from_millis(10);
+/// Tries to settle the KEK versions at open when another process changes them meanwhile.
+pub const EPOCH_OPEN_ATTEMPTS: u32 = 5;
 /// Stream names and subject ids, in bytes (the charset is Lethe's: `[A-Za-z0-9_.:@-]`).
 pub const NAME_LEN_MAX: usize = 200;
 

@@ -26,8 +26,8 @@ use zeroize::Zeroizing;
 
 use crate::limits::{BODY_BYTES_MAX, CONCURRENT_REQUESTS_MAX, TOKEN_LEN_MIN};
 use crate::wire::{
-    CreateRequest, CreateResponse, DestroyStreamResponse, DestroySubjectResponse, FetchRequest, FetchResponse, Problem,
-    StreamRequest, SubjectRequest, WireKey, WireLookup, WireStatus,
+    CreateRequest, CreateResponse, DestroyStreamResponse, DestroySubjectResponse, EpochsResponse, FetchRequest,
+    FetchResponse, Problem, StreamRequest, SubjectRequest, WireKey, WireLookup, WireStatus,
 };
 use crate::{KeyLookup, KeyVault, VaultError};
 
@@ -56,6 +56,7 @@ pub fn router(vault: Arc<dyn KeyVault>, token: &str) -> Result<Router, VaultErro
         .route("/v1/subjects/destroy", post(destroy_subject))
         .route("/v1/streams/destroy", post(destroy_stream))
         .route("/v1/stats", get(stats))
+        .route("/v1/kek/epochs", get(kek_epochs))
         .route("/v1/health", get(health))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Ok(Router::new()
@@ -164,16 +165,25 @@ async fn fetch_keys(
                 id: *id,
                 status: WireStatus::Live,
                 key: Some(encode_key(dek.expose_secret())),
+                epoch: None,
             },
             KeyLookup::Destroyed => WireLookup {
                 id: *id,
                 status: WireStatus::Destroyed,
                 key: None,
+                epoch: None,
             },
             KeyLookup::NotFound => WireLookup {
                 id: *id,
                 status: WireStatus::NotFound,
                 key: None,
+                epoch: None,
+            },
+            KeyLookup::Unreadable { epoch } => WireLookup {
+                id: *id,
+                status: WireStatus::Unreadable,
+                key: None,
+                epoch: Some(*epoch),
             },
         })
         .collect();
@@ -198,6 +208,12 @@ async fn destroy_stream(
 
 async fn stats(State(state): State<AppState>) -> Result<Json<crate::VaultStats>, ApiError> {
     Ok(Json(state.vault.stats().await?))
+}
+
+async fn kek_epochs(State(state): State<AppState>) -> Result<Json<EpochsResponse>, ApiError> {
+    Ok(Json(EpochsResponse {
+        epochs: state.vault.kek_epochs().await?,
+    }))
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -232,7 +248,7 @@ impl From<VaultError> for ApiError {
 /// Status for each error; the stable `code` comes from [`VaultError::code`].
 fn status_of(e: &VaultError) -> StatusCode {
     match e {
-        VaultError::KeyDestroyed { .. } => StatusCode::GONE,
+        VaultError::KeyDestroyed { .. } | VaultError::KeyUnreadable { .. } => StatusCode::GONE,
         VaultError::SubjectMismatch { .. } | VaultError::SubjectForgotten { .. } => StatusCode::CONFLICT,
         VaultError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -254,6 +270,10 @@ impl IntoResponse for ApiError {
             VaultError::KeyDestroyed { stream } | VaultError::SubjectMismatch { stream } => {
                 fields.stream = Some(stream.clone());
             }
+            VaultError::KeyUnreadable { stream, epoch } => {
+                fields.stream = Some(stream.clone());
+                fields.epoch = Some(*epoch);
+            }
             VaultError::SubjectForgotten { subject } => fields.subject = Some(subject.clone()),
             _ => {}
         }
@@ -272,10 +292,19 @@ impl IntoResponse for ApiError {
 struct ProblemFields {
     stream: Option<String>,
     subject: Option<String>,
+    epoch: Option<u32>,
 }
 
 fn problem(status: StatusCode, code: &str, detail: String, stream: Option<String>) -> Response {
-    problem_with(status, code, detail, ProblemFields { stream, subject: None })
+    problem_with(
+        status,
+        code,
+        detail,
+        ProblemFields {
+            stream,
+            ..ProblemFields::default()
+        },
+    )
 }
 
 fn problem_with(status: StatusCode, code: &str, detail: String, fields: ProblemFields) -> Response {
@@ -287,6 +316,7 @@ fn problem_with(status: StatusCode, code: &str, detail: String, fields: ProblemF
         code: code.to_string(),
         stream: fields.stream,
         subject: fields.subject,
+        epoch: fields.epoch,
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = (status, bytes).into_response();

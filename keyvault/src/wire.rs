@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{KeyId, NewKey};
+use crate::{EpochInfo, KeyId, NewKey};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +39,8 @@ pub(crate) enum WireStatus {
     Live,
     Destroyed,
     NotFound,
+    /// The KEK epoch wrapping the key was destroyed or is missing (`epoch` says which).
+    Unreadable,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -47,6 +49,9 @@ pub(crate) struct WireLookup {
     pub status: WireStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Zeroizing<String>>,
+    /// The KEK epoch of an `unreadable` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +82,11 @@ pub(crate) struct DestroyStreamResponse {
 }
 
 #[derive(Serialize, Deserialize)]
+pub(crate) struct EpochsResponse {
+    pub epochs: Vec<EpochInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
 pub(crate) struct Problem {
     #[serde(rename = "type")]
     pub type_: String,
@@ -84,10 +94,13 @@ pub(crate) struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: String,
-    /// The stream a `key_destroyed` or `subject_mismatch` problem is about.
+    /// The stream a `key_destroyed`, `key_unreadable` or `subject_mismatch` problem is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
     /// The (pseudonymous) subject a `subject_forgotten` problem is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The KEK epoch a `key_unreadable` problem is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
 }

@@ -22,6 +22,7 @@ use crate::envelope::{self, EnvelopeError};
 use crate::keys::{Dek, KEY_LEN, KeyId, fill_random};
 
 mod file;
+mod given;
 mod pkcs11;
 
 pub use file::FileKeks;
@@ -29,6 +30,7 @@ pub use pkcs11::{
     DEFAULT_LABEL_PREFIX, PKCS11_LABEL_PREFIX_SETTING, PKCS11_MODULE_SETTING, PKCS11_PIN_FILE_SETTING,
     PKCS11_SLOT_SETTING, PKCS11_TOKEN_SETTING, Pkcs11Config, Pkcs11Keks,
 };
+pub use given::GivenKeks;
 
 /// A KEK epoch: the vault's KEK version number. Epoch 1 is the first KEK a vault was opened
 /// with; each rotation starts the next one.

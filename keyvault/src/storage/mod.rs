@@ -44,11 +44,44 @@ impl KekState {
     }
 }
 
+/// One KEK version (the provider's epoch) as recorded. Times are unix microseconds of the
+/// vault's clock; `destroyed_at` is set (state `retired`) once the provider destroyed its KEK.
 #[derive(Debug, Clone)]
 pub(crate) struct KekVersionRow {
     pub version: u32,
+    /// A legacy 32-byte HMAC check value, or a block of zeros wrapped under the epoch's KEK.
     pub check_value: Vec<u8>,
     pub state: KekState,
+    pub activated_at: Option<i64>,
+    pub superseded_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+/// Makes the next epoch inside the KEK provider while storage holds its lock on the KEK
+/// versions: given the highest version recorded, it returns the new version and its check
+/// value. Storage only calls it; it never sees a KEK.
+pub(crate) type MakeEpoch<'a> = &'a (dyn Fn(u32) -> Result<(u32, Vec<u8>), VaultError> + Send + Sync);
+
+/// What [`Storage::begin_epoch`] found under its lock.
+#[derive(Debug)]
+pub(crate) enum BeginEpoch {
+    /// A new epoch was made and recorded as pending.
+    Started(KekVersionRow),
+    /// A rotation was already pending (another process, or one interrupted): resume it.
+    Pending(KekVersionRow),
+    /// The active version is no longer the one the caller saw: another process rotated.
+    ActiveChanged,
+}
+
+/// What [`Storage::finish_rotation`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// `target` is now active; `from` (the previous active version) retired.
+    Switched { from: u32 },
+    /// Another process finished this rotation first.
+    AlreadyActive,
+    /// Keys are still wrapped with a source version: nothing changed.
+    KeysLeft,
 }
 
 /// A wrapped DEK as stored. Wrapped bytes are ciphertext, but Debug still omits them: they are
@@ -118,11 +151,32 @@ pub(crate) struct MaterialRow {
 #[async_trait]
 pub(crate) trait Storage: Send + Sync + 'static {
     async fn kek_versions(&self) -> Result<Vec<KekVersionRow>, VaultError>;
-    /// Records `check_value` as KEK version 1 (active) if no version exists yet.
-    async fn init_kek(&self, check_value: &[u8]) -> Result<(), VaultError>;
+    /// Records `check_value` as KEK version `version` (active since `now`) if no version
+    /// exists yet.
+    async fn init_kek(&self, version: u32, check_value: &[u8], now: i64) -> Result<(), VaultError>;
     /// Records `check_value` as the pending rotation target (max version + 1) unless a pending
-    /// version exists already; returns the pending version row either way.
+    /// version exists already; returns the pending version row either way. (KEKs handed in.)
     async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError>;
+    /// Under a lock on the KEK versions (so two processes never start two epochs): unless a
+    /// rotation is pending or the active version is no longer `expected_active`, makes the next
+    /// epoch with `make` and records it as pending.
+    async fn begin_epoch(&self, expected_active: u32, make: MakeEpoch<'_>) -> Result<BeginEpoch, VaultError>;
+    /// Under the same lock: if the active and pending versions are still the expected ones,
+    /// retires both (superseded at `now`) and records a new epoch made by `make` as active at
+    /// once. For a vault whose provider no longer holds its active epoch. False if another
+    /// process changed the versions first (nothing written).
+    async fn replace_active(
+        &self,
+        expected_active: Option<u32>,
+        expected_pending: Option<u32>,
+        now: i64,
+        make: MakeEpoch<'_>,
+    ) -> Result<bool, VaultError>;
+    /// Gives up the pending rotation to `version` (retired, superseded at `now`), if still
+    /// pending: its provider no longer holds the KEK.
+    async fn abandon_pending(&self, version: u32, now: i64) -> Result<(), VaultError>;
+    /// Records the retired `version` as destroyed at `now` (its provider destroyed the KEK).
+    async fn mark_destroyed(&self, version: u32, now: i64) -> Result<(), VaultError>;
     /// One transaction: for each row, insert it unless its stream has a key. A row bound to a
     /// forgotten subject fails the whole batch with `SubjectForgotten` (checked first, in the
     /// same transaction, so no key of a subject is created after its forget commits); then
@@ -136,15 +190,20 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// Makes earlier deletions physical (WAL checkpoint / VACUUM). Runs outside any transaction.
     async fn purge(&self) -> Result<(), VaultError>;
     async fn counts(&self) -> Result<KeyCounts, VaultError>;
-    /// Up to `limit` live keys not yet wrapped with `target`.
-    async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError>;
+    /// Up to `limit` live keys wrapped with one of `sources` (the versions whose KEK the
+    /// rotation can read). Keys of other versions stay as they are: unreadable.
+    async fn rotation_batch(&self, sources: &[u32], limit: usize) -> Result<Vec<MaterialRow>, VaultError>;
     /// One transaction; a row is updated only if still live and still at `from_version`.
     async fn rewrap(&self, batch: &[Rewrap]) -> Result<u64, VaultError>;
-    /// One transaction: retire the active version and activate `target`, but only if no live
-    /// key is still wrapped with another version (returns false and changes nothing then).
-    async fn finish_rotation(&self, target: u32) -> Result<bool, VaultError>;
-    /// KEK versions that at least one live key is wrapped with.
-    async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError>;
+    /// One transaction: if `target` is still pending and no live key is wrapped with one of
+    /// `sources`, retires the active version (superseded at `now`) and activates `target`
+    /// (activated at `now`).
+    async fn finish_rotation(&self, target: u32, sources: &[u32], now: i64) -> Result<Finish, VaultError>;
+    /// Live keys per KEK version, for the versions that have any, ascending.
+    async fn keys_per_version(&self) -> Result<Vec<(u32, u64)>, VaultError>;
+    /// One live key wrapped with `version`, if any: recognises a KEK whose provider cannot
+    /// compute a legacy check value.
+    async fn sample_key(&self, version: u32) -> Result<Option<MaterialRow>, VaultError>;
     async fn health(&self) -> Result<(), VaultError>;
 }
 

@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "forgotten subjects",
         include_str!("../../migrations/postgres/0003_forgotten_subjects.sql"),
     ),
+    (
+        4,
+        "kek epochs",
+        include_str!("../../migrations/postgres/0004_kek_epochs.sql"),
+    ),
 ];
 /// A batch of new keys in one statement and one implicit transaction (one round trip: it used
 /// to be four, and two per key before that). It writes only if
@@ -141,8 +146,10 @@ impl Engine for PgStorage {
     type Version = i32;
 
     const NOW: &'static str = "now()";
-    /// Serialises concurrent rotation starts.
+    /// Serialises concurrent rotation and epoch starts (key creation's `FOR SHARE` on a
+    /// version row takes only ROW SHARE, which this lock lets through).
     const LOCK_KEK_VERSIONS: Option<&'static str> = Some("LOCK TABLE kek_versions IN SHARE ROW EXCLUSIVE MODE");
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
     /// Updating the active row first waits for every create holding it FOR SHARE; the count
     /// after it (a fresh snapshot under READ COMMITTED) then sees their rows.
     const SWITCH_BEFORE_COUNT: bool = true;

@@ -15,8 +15,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    CreateResult, Created, KekState, KekVersionRow, KeyCounts, MaterialRow, NewRow, Rewrap, Storage, Stored,
-    WrappedKey, check_existing, count_from_db, version_from_db,
+    BeginEpoch, CreateResult, Created, Finish, KekState, KekVersionRow, KeyCounts, MakeEpoch, MaterialRow, NewRow,
+    Rewrap, Storage, Stored, WrappedKey, check_existing, count_from_db, version_from_db,
 };
 use crate::error::VaultError;
 use crate::keys::{KeyId, SUBJECT_KEY_PREFIX};
@@ -38,9 +38,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// SQL for the current time as `destroyed_at` stores it.
     const NOW: &'static str;
-    /// Run first in `begin_rotation`'s transaction, where beginning it does not already keep
-    /// concurrent rotation starts apart.
+    /// Run first in the transactions that start a rotation or an epoch, where beginning it
+    /// does not already keep two of them apart.
     const LOCK_KEK_VERSIONS: Option<&'static str>;
+    /// Appended to `finish_rotation`'s read of the target version: a row lock where the
+    /// transaction itself does not already serialise writers.
+    const FOR_UPDATE: &'static str;
     /// `finish_rotation` switches the active KEK version before it counts the keys still
     /// wrapped with another version (rolling the switch back if there are any) instead of after.
     const SWITCH_BEFORE_COUNT: bool;
@@ -146,22 +149,113 @@ where
     Ok(Created::Existing(id, material))
 }
 
-/// Retires the active KEK version and activates `target` if it is pending.
-async fn switch_active<DB, V>(tx: &mut Transaction<'static, DB>, target: V) -> Result<(), VaultError>
+/// Retires the active KEK version (superseded at `now`) and activates `target` (activated at
+/// `now`) if it is pending; returns the version retired.
+async fn switch_active<DB, V>(tx: &mut Transaction<'static, DB>, target: V, now: i64) -> Result<Option<V>, VaultError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
-    for<'q> V: Encode<'q, DB> + Type<DB> + Send,
+    for<'q> V: Encode<'q, DB> + Decode<'q, DB> + Type<DB> + Send + Unpin,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
 {
-    sqlx::query("UPDATE kek_versions SET state = 'retired' WHERE state = 'active'")
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE kek_versions SET state = 'active' WHERE version = $1 AND state = 'pending'")
+    let from: Option<V> = sqlx::query_scalar(
+        "UPDATE kek_versions SET state = 'retired', superseded_at = $1 WHERE state = 'active' RETURNING version",
+    )
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE kek_versions SET state = 'active', activated_at = $2 WHERE version = $1 AND state = 'pending'")
         .bind(target)
+        .bind(now)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(from)
+}
+
+/// A row of columns `id`, `kek_version`, `wrapped` of a live key.
+fn material_row<E: Engine>(r: &DbRow<E>) -> Result<MaterialRow, VaultError>
+where
+    for<'r> Uuid: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> E::Version: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> Vec<u8>: Decode<'r, E::Db> + Type<E::Db>,
+    for<'q> &'q str: ColumnIndex<DbRow<E>>,
+{
+    let id = key_id(r)?;
+    let key = wrapped::<E>(r)?.ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
+    Ok(MaterialRow { id, key })
+}
+
+/// `$first, $first+1, …` for `n` bound values: an `IN` list both engines bind by number.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The version row's columns, as [`Storage::kek_versions`] selects them.
+const VERSION_COLUMNS: &str = "version, check_value, state, activated_at, superseded_at, destroyed_at";
+
+fn version_row<E: Engine>(r: &DbRow<E>) -> Result<KekVersionRow, VaultError>
+where
+    for<'r> E::Version: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> Vec<u8>: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> &'r str: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> i64: Decode<'r, E::Db> + Type<E::Db>,
+    for<'q> &'q str: ColumnIndex<DbRow<E>>,
+{
+    Ok(KekVersionRow {
+        version: version_from_db(r.try_get::<E::Version, _>("version")?.into())?,
+        check_value: r.try_get("check_value")?,
+        state: KekState::parse(r.try_get("state")?)?,
+        activated_at: r.try_get("activated_at")?,
+        superseded_at: r.try_get("superseded_at")?,
+        destroyed_at: r.try_get("destroyed_at")?,
+    })
+}
+
+/// The active and pending versions, read inside a locked transaction.
+async fn active_and_pending<E: Engine>(
+    tx: &mut Transaction<'static, E::Db>,
+) -> Result<(Option<u32>, Option<u32>), VaultError>
+where
+    for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+    for<'r> E::Version: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> String: Decode<'r, E::Db> + Type<E::Db>,
+    for<'q> &'q str: ColumnIndex<DbRow<E>>,
+{
+    let rows = sqlx::query("SELECT version, state FROM kek_versions WHERE state IN ('active', 'pending')")
+        .fetch_all(&mut **tx)
+        .await?;
+    let (mut active, mut pending) = (None, None);
+    for r in &rows {
+        let version = version_from_db(r.try_get::<E::Version, _>("version")?.into())?;
+        match r.try_get::<String, _>("state")?.as_str() {
+            "active" => active = Some(version),
+            _ => pending = Some(version),
+        }
+    }
+    Ok((active, pending))
+}
+
+/// The highest version recorded (0 if none), read inside a locked transaction.
+async fn max_version<E: Engine>(tx: &mut Transaction<'static, E::Db>) -> Result<u32, VaultError>
+where
+    for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+    for<'r> E::Version: Decode<'r, E::Db> + Type<E::Db>,
+    usize: ColumnIndex<DbRow<E>>,
+{
+    let max: Option<E::Version> = sqlx::query_scalar("SELECT MAX(version) FROM kek_versions")
+        .fetch_one(&mut **tx)
+        .await?;
+    match max {
+        Some(v) => version_from_db(v.into()),
+        None => Ok(0),
+    }
 }
 
 #[async_trait]
@@ -182,31 +276,29 @@ where
     <E::Db as Database>::QueryResult: RowsAffected,
 {
     async fn kek_versions(&self) -> Result<Vec<KekVersionRow>, VaultError> {
-        let rows = sqlx::query("SELECT version, check_value, state FROM kek_versions ORDER BY version")
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KekVersionRow {
-                    version: version_from_db(r.try_get::<E::Version, _>("version")?.into())?,
-                    check_value: r.try_get("check_value")?,
-                    state: KekState::parse(r.try_get("state")?)?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VERSION_COLUMNS} FROM kek_versions ORDER BY version"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(version_row::<E>).collect()
     }
 
-    async fn init_kek(&self, check_value: &[u8]) -> Result<(), VaultError> {
+    async fn init_kek(&self, version: u32, check_value: &[u8], now: i64) -> Result<(), VaultError> {
         // The primary key makes two processes initialising at once safe on PostgreSQL: one
         // insert wins, the other process then compares its KEK against the winner's check
         // value. (On SQLite the statement runs under the database's write lock, so NOT EXISTS
         // alone decides.)
+        // (Without a conflict target, ON CONFLICT also covers the one-active index, which two
+        // processes inserting different versions would meet.)
         sqlx::query(
-            "INSERT INTO kek_versions (version, check_value, state) \
-             SELECT 1, $1, 'active' WHERE NOT EXISTS (SELECT 1 FROM kek_versions) \
+            "INSERT INTO kek_versions (version, check_value, state, activated_at) \
+             SELECT $1, $2, 'active', $3 WHERE NOT EXISTS (SELECT 1 FROM kek_versions) \
              ON CONFLICT DO NOTHING",
         )
+        .bind(version_to_db::<E::Version>(version)?)
         .bind(check_value)
+        .bind(now)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -217,15 +309,13 @@ where
         if let Some(lock) = E::LOCK_KEK_VERSIONS {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
-        let pending = sqlx::query("SELECT version, check_value FROM kek_versions WHERE state = 'pending'")
-            .fetch_optional(&mut *tx)
-            .await?;
+        let pending = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VERSION_COLUMNS} FROM kek_versions WHERE state = 'pending'"
+        )))
+        .fetch_optional(&mut *tx)
+        .await?;
         let row = match pending {
-            Some(r) => KekVersionRow {
-                version: version_from_db(r.try_get::<E::Version, _>("version")?.into())?,
-                check_value: r.try_get("check_value")?,
-                state: KekState::Pending,
-            },
+            Some(r) => version_row::<E>(&r)?,
             None => {
                 let next: E::Version = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
                     .fetch_one(&mut *tx)
@@ -239,11 +329,104 @@ where
                     version: version_from_db(next.into())?,
                     check_value: check_value.to_vec(),
                     state: KekState::Pending,
+                    activated_at: None,
+                    superseded_at: None,
+                    destroyed_at: None,
                 }
             }
         };
         tx.commit().await?;
         Ok(row)
+    }
+
+    async fn begin_epoch(&self, expected_active: u32, make: MakeEpoch<'_>) -> Result<BeginEpoch, VaultError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(lock) = E::LOCK_KEK_VERSIONS {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        let pending = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VERSION_COLUMNS} FROM kek_versions WHERE state = 'pending'"
+        )))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = pending {
+            return Ok(BeginEpoch::Pending(version_row::<E>(&r)?));
+        }
+        let (active, _) = active_and_pending::<E>(&mut tx).await?;
+        if active != Some(expected_active) {
+            return Ok(BeginEpoch::ActiveChanged);
+        }
+        let (version, check_value) = make(max_version::<E>(&mut tx).await?)?;
+        sqlx::query("INSERT INTO kek_versions (version, check_value, state) VALUES ($1, $2, 'pending')")
+            .bind(version_to_db::<E::Version>(version)?)
+            .bind(check_value.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(BeginEpoch::Started(KekVersionRow {
+            version,
+            check_value,
+            state: KekState::Pending,
+            activated_at: None,
+            superseded_at: None,
+            destroyed_at: None,
+        }))
+    }
+
+    async fn replace_active(
+        &self,
+        expected_active: Option<u32>,
+        expected_pending: Option<u32>,
+        now: i64,
+        make: MakeEpoch<'_>,
+    ) -> Result<bool, VaultError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(lock) = E::LOCK_KEK_VERSIONS {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        if active_and_pending::<E>(&mut tx).await? != (expected_active, expected_pending) {
+            return Ok(false);
+        }
+        let (version, check_value) = make(max_version::<E>(&mut tx).await?)?;
+        sqlx::query(
+            "UPDATE kek_versions SET state = 'retired', superseded_at = $1 WHERE state IN ('active', 'pending')",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO kek_versions (version, check_value, state, activated_at) VALUES ($1, $2, 'active', $3)",
+        )
+        .bind(version_to_db::<E::Version>(version)?)
+        .bind(check_value.as_slice())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn abandon_pending(&self, version: u32, now: i64) -> Result<(), VaultError> {
+        sqlx::query(
+            "UPDATE kek_versions SET state = 'retired', superseded_at = $2 WHERE version = $1 AND state = 'pending'",
+        )
+        .bind(version_to_db::<E::Version>(version)?)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_destroyed(&self, version: u32, now: i64) -> Result<(), VaultError> {
+        sqlx::query(
+            "UPDATE kek_versions SET destroyed_at = $2 \
+             WHERE version = $1 AND state = 'retired' AND destroyed_at IS NULL",
+        )
+        .bind(version_to_db::<E::Version>(version)?)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     async fn create_keys(&self, rows: &[NewRow<'_>], kek_version: u32) -> Result<CreateResult, VaultError> {
@@ -328,22 +511,30 @@ where
         })
     }
 
-    async fn rotation_batch(&self, target: u32, limit: usize) -> Result<Vec<MaterialRow>, VaultError> {
-        let rows = sqlx::query(
+    async fn rotation_batch(&self, sources: &[u32], limit: usize) -> Result<Vec<MaterialRow>, VaultError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only placeholders are interpolated; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, kek_version, wrapped FROM vault_key_material \
-             WHERE kek_version <> $1 ORDER BY id LIMIT $2",
-        )
-        .bind(version_to_db::<E::Version>(target)?)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let id = key_id(r)?;
-                let key = wrapped::<E>(r)?.ok_or_else(|| VaultError::Corrupt(format!("key {id} has no material")))?;
-                Ok(MaterialRow { id, key })
-            })
-            .collect()
+             WHERE kek_version IN ({}) ORDER BY id LIMIT $1",
+            placeholders(2, sources.len())
+        )))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        for v in sources {
+            q = q.bind(version_to_db::<E::Version>(*v)?);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        rows.iter().map(material_row::<E>).collect()
+    }
+
+    async fn sample_key(&self, version: u32) -> Result<Option<MaterialRow>, VaultError> {
+        let row = sqlx::query("SELECT id, kek_version, wrapped FROM vault_key_material WHERE kek_version = $1 LIMIT 1")
+            .bind(version_to_db::<E::Version>(version)?)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(material_row::<E>).transpose()
     }
 
     async fn rewrap(&self, batch: &[Rewrap]) -> Result<u64, VaultError> {
@@ -366,34 +557,72 @@ where
         Ok(updated)
     }
 
-    async fn finish_rotation(&self, target: u32) -> Result<bool, VaultError> {
-        let target = version_to_db::<E::Version>(target)?;
+    async fn finish_rotation(&self, target: u32, sources: &[u32], now: i64) -> Result<Finish, VaultError> {
+        let target_db = version_to_db::<E::Version>(target)?;
         let mut tx = self.begin_write().await?;
-        // See SWITCH_BEFORE_COUNT of each engine for why the order differs.
-        if E::SWITCH_BEFORE_COUNT {
-            switch_active(&mut tx, target).await?;
+        // Locks the target's row (PostgreSQL), so of two processes finishing the same rotation
+        // the second waits and then sees it active, instead of retiring it.
+        let state: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT state FROM kek_versions WHERE version = $1{}",
+            E::FOR_UPDATE
+        )))
+        .bind(target_db)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match state.as_deref() {
+            Some("pending") => {}
+            Some("active") => return Ok(Finish::AlreadyActive),
+            _ => {
+                return Err(VaultError::Unavailable(format!(
+                    "the rotation to KEK version {target} was abandoned meanwhile; retry"
+                )));
+            }
         }
-        let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM vault_key_material WHERE kek_version <> $1")
-            .bind(target)
-            .fetch_one(&mut *tx)
-            .await?;
+        // See SWITCH_BEFORE_COUNT of each engine for why the order differs.
+        let mut from = None;
+        if E::SWITCH_BEFORE_COUNT {
+            from = switch_active(&mut tx, target_db, now).await?;
+        }
+        let remaining: i64 = if sources.is_empty() {
+            0
+        } else {
+            let mut q = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT count(*) FROM vault_key_material WHERE kek_version IN ({})",
+                placeholders(1, sources.len())
+            )));
+            for v in sources {
+                q = q.bind(version_to_db::<E::Version>(*v)?);
+            }
+            q.fetch_one(&mut *tx).await?
+        };
         if remaining > 0 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(Finish::KeysLeft);
         }
         if !E::SWITCH_BEFORE_COUNT {
-            switch_active(&mut tx, target).await?;
+            from = switch_active(&mut tx, target_db, now).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        let from = match from {
+            Some(v) => version_from_db(v.into())?,
+            None => return Err(VaultError::Corrupt("no active KEK version".into())),
+        };
+        Ok(Finish::Switched { from })
     }
 
-    async fn versions_in_use(&self) -> Result<Vec<u32>, VaultError> {
-        let rows: Vec<E::Version> =
-            sqlx::query_scalar("SELECT DISTINCT kek_version FROM vault_key_material ORDER BY 1")
+    async fn keys_per_version(&self) -> Result<Vec<(u32, u64)>, VaultError> {
+        let rows =
+            sqlx::query("SELECT kek_version, count(*) AS n FROM vault_key_material GROUP BY kek_version ORDER BY 1")
                 .fetch_all(self.pool())
                 .await?;
-        rows.into_iter().map(|v| version_from_db(v.into())).collect()
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    version_from_db(r.try_get::<E::Version, _>("kek_version")?.into())?,
+                    count_from_db(r.try_get("n")?),
+                ))
+            })
+            .collect()
     }
 
     async fn health(&self) -> Result<(), VaultError> {

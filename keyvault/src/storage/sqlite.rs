@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "forgotten subjects",
         include_str!("../../migrations/sqlite/0003_forgotten_subjects.sql"),
     ),
+    (
+        4,
+        "kek epochs",
+        include_str!("../../migrations/sqlite/0004_kek_epochs.sql"),
+    ),
 ];
 
 pub(crate) struct SqliteStorage {
@@ -94,6 +99,8 @@ impl Engine for SqliteStorage {
     const NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
     /// `BEGIN IMMEDIATE` already serialises rotation starts, as every write.
     const LOCK_KEK_VERSIONS: Option<&'static str> = None;
+    /// `BEGIN IMMEDIATE` already serialises `finish_rotation`s.
+    const FOR_UPDATE: &'static str = "";
     /// `BEGIN IMMEDIATE` already keeps every create out, so count first and write only when
     /// the rotation can finish.
     const SWITCH_BEFORE_COUNT: bool = false;

@@ -3,7 +3,9 @@
 use base64::Engine as _;
 use clap::Parser;
 use lethe_keyvault::cli::KeyvaultCommand;
-use lethe_keyvault::{HttpVault, Kek, KeyLookup, NewKey, OpenOptions, VaultError};
+use std::sync::Arc;
+
+use lethe_keyvault::{GivenKeks, HttpVault, Kek, KeyLookup, NewKey, OpenOptions, VaultError};
 
 use crate::support::{Engine, kek, nk, ok, run_on};
 
@@ -46,9 +48,13 @@ async fn debug_output_never_contains_key_bytes() {
             kek: Some(k),
             other_keks: vec![kek(9)],
             token: Some("tok-SECRET-0123456789".into()),
+            provider: Some(Arc::new(GivenKeks::new([(1, kek(8))]))),
+            ..Default::default()
         };
+        let given = GivenKeks::new([(1, Kek::from_slice(&kek_bytes).unwrap_or_else(|e| panic!("{e}")))]);
+        assert_clean("GivenKeks", &format!("{given:?}"), &[&kek_bytes]);
         let opts_text = format!("{options:?}");
-        assert_clean("OpenOptions", &opts_text, &[&kek_bytes, &[9u8; 32]]);
+        assert_clean("OpenOptions", &opts_text, &[&kek_bytes, &[9u8; 32], &[8u8; 32]]);
         assert!(!opts_text.contains("tok-SECRET"), "{opts_text}");
 
         let vault = ok(lethe_keyvault::LocalVault::open(

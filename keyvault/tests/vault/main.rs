@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod envelope_props;
+mod epochs;
 mod http;
 mod hygiene;
 mod independent;

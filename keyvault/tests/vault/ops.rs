@@ -47,6 +47,8 @@ async fn create_is_idempotent_per_stream(db: TestDb) {
             kek_version: 1,
             subject_keys_live: 0,
             subject_keys_destroyed: 0,
+            keys_unreadable: 0,
+            kek_provider: "static".into(),
         }
     );
     ok(vault.health()).await;

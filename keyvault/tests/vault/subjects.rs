@@ -79,6 +79,8 @@ async fn subject_key_is_created_once_and_fetched_by_id(db: TestDb) {
             kek_version: 1,
             subject_keys_live: 2,
             subject_keys_destroyed: 0,
+            keys_unreadable: 0,
+            kek_provider: "static".into(),
         }
     );
 }
@@ -120,6 +122,8 @@ async fn forgetting_destroys_the_subject_key_with_the_stream_keys(db: TestDb) {
             kek_version: 1,
             subject_keys_live: 1,
             subject_keys_destroyed: 1,
+            keys_unreadable: 0,
+            kek_provider: "static".into(),
         }
     );
 }
