@@ -5,11 +5,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::kek::KEK_ENV;
-use crate::{FileKeks, Kek, KekProvider as _, KeyVault as _, LocalVault, RotateOptions, RotationReport};
+use crate::{
+    EpochPolicy, FileKeks, Kek, KekProvider, KeyVault as _, LocalVault, Pkcs11Config, Pkcs11Keks, RotateOptions,
+    RotationReport,
+};
 
 #[derive(clap::Subcommand)]
 pub enum KeyvaultCommand {
@@ -20,13 +24,17 @@ pub enum KeyvaultCommand {
         /// The vault's own database: sqlite://path or postgres://... (never the event database).
         #[arg(long, env = "LETHE_KEYVAULT_DATABASE_URL")]
         database_url: String,
-        /// File holding the 32-byte KEK (mode 0600). Without it, LETHE_KEK (base64) is used.
+        /// A KEK handed in from outside (32 bytes, mode 0600). With it, or with LETHE_KEK
+        /// (base64) set, KEK epochs are rotated by hand (`rotate-kek`); without either, the
+        /// KEK provider holds them and they rotate by themselves.
         #[arg(long, env = "LETHE_KEK_FILE")]
         kek_file: Option<PathBuf>,
         /// The other KEK of an interrupted rotation, so every key stays readable until
         /// `rotate-kek` is re-run.
         #[arg(long, env = "LETHE_KEK_FILE_OTHER")]
         other_kek_file: Option<PathBuf>,
+        #[command(flatten)]
+        keks: Box<ProviderArgs>,
         /// Bearer token clients must present (at least 16 characters).
         #[arg(long, env = "LETHE_KEYVAULT_TOKEN", hide_env_values = true)]
         token: String,
@@ -65,6 +73,105 @@ pub enum KeyvaultCommand {
     },
 }
 
+/// Where the vault's KEK epochs live, and how often they turn over (`serve`).
+#[derive(clap::Args, Debug)]
+pub struct ProviderArgs {
+    /// The keys directory (`file` provider): one KEK file per epoch. Never inside a directory
+    /// that is backed up with the vault's database.
+    #[arg(long, env = "LETHE_KEYS_DIR", default_value = "./lethe-keys")]
+    pub keys_dir: PathBuf,
+    /// `file` (the keys directory) or `pkcs11` (an HSM; the KEKs never leave it).
+    #[arg(long, env = "LETHE_KEK_PROVIDER", default_value = "file")]
+    pub kek_provider: String,
+    /// The HSM's PKCS#11 module (`pkcs11`).
+    #[arg(long, env = "LETHE_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The HSM token by label (`pkcs11`).
+    #[arg(long, env = "LETHE_PKCS11_TOKEN")]
+    pub pkcs11_token: Option<String>,
+    /// The HSM token by slot id (`pkcs11`).
+    #[arg(long, env = "LETHE_PKCS11_SLOT")]
+    pub pkcs11_slot: Option<u64>,
+    /// A file (mode 0600) holding the token's user PIN (`pkcs11`).
+    #[arg(long, env = "LETHE_PKCS11_PIN_FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// The KEK objects' label prefix on the token (`pkcs11`).
+    #[arg(long, env = "LETHE_PKCS11_LABEL_PREFIX")]
+    pub pkcs11_label_prefix: Option<String>,
+    /// A new KEK epoch this often; every key is re-wrapped in the background.
+    #[arg(long, env = "LETHE_KEK_ROTATE_EVERY", default_value = "7d", value_parser = parse_duration)]
+    pub kek_rotate_every: Duration,
+    /// A superseded epoch is destroyed this long after.
+    #[arg(long, env = "LETHE_KEK_RETAIN", default_value = "30d", value_parser = parse_duration)]
+    pub kek_retain: Duration,
+    /// How often the vault looks whether an epoch is due.
+    #[arg(long, env = "LETHE_KEK_CHECK_EVERY", default_value = "60s", value_parser = parse_duration, hide = true)]
+    pub kek_check_every: Duration,
+}
+
+impl ProviderArgs {
+    /// The provider these settings name.
+    pub fn provider(&self) -> anyhow::Result<Arc<dyn KekProvider>> {
+        match self.kek_provider.as_str() {
+            "file" => Ok(Arc::new(
+                FileKeks::create_dir(&self.keys_dir).context("the keys directory (LETHE_KEYS_DIR)")?,
+            )),
+            "pkcs11" => {
+                let module = self
+                    .pkcs11_module
+                    .clone()
+                    .context("LETHE_PKCS11_MODULE must be set with LETHE_KEK_PROVIDER=pkcs11")?;
+                let pin_file = self
+                    .pkcs11_pin_file
+                    .as_deref()
+                    .context("LETHE_PKCS11_PIN_FILE must be set with LETHE_KEK_PROVIDER=pkcs11")?;
+                let mut config = Pkcs11Config::new(module, Pkcs11Config::pin_from_file(pin_file)?);
+                config.token_label = self.pkcs11_token.clone();
+                config.slot = self.pkcs11_slot;
+                if let Some(prefix) = &self.pkcs11_label_prefix {
+                    config.label_prefix = prefix.clone();
+                }
+                Ok(Arc::new(Pkcs11Keks::open(config)?))
+            }
+            other => anyhow::bail!("LETHE_KEK_PROVIDER={other:?}: use file or pkcs11"),
+        }
+    }
+
+    /// The rotation and retention these settings name.
+    pub fn policy(&self) -> EpochPolicy {
+        EpochPolicy {
+            rotate_every: self.kek_rotate_every,
+            retain: self.kek_retain,
+            check_every: self.kek_check_every,
+            ..EpochPolicy::default()
+        }
+    }
+}
+
+/// `90`, `90s`, `15m`, `12h`, `7d` or `2w`: a whole number of seconds, minutes, hours, days or
+/// weeks, at least one second. (The duration settings of `lethe serve` and `keyvault serve`.)
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h, 7d or 2w"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h, d or w")),
+    };
+    match number.checked_mul(unit_secs) {
+        Some(0) => Err("a duration must be at least one second".into()),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => Err(format!("{text:?} is too long")),
+    }
+}
+
 // Hand-written so the token never reaches a log through `{:?}`.
 impl std::fmt::Debug for KeyvaultCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,9 +181,11 @@ impl std::fmt::Debug for KeyvaultCommand {
                 database_url: _,
                 kek_file,
                 other_kek_file,
+                keks,
                 token: _,
             } => f
                 .debug_struct("Serve")
+                .field("keks", keks)
                 .field("listen", listen)
                 .field("database_url", &"<redacted>")
                 .field("kek_file", kek_file)
@@ -150,20 +259,40 @@ pub async fn run(cmd: KeyvaultCommand) -> anyhow::Result<Outcome> {
             database_url,
             kek_file,
             other_kek_file,
+            keks,
             token,
         } => {
-            let kek = load_kek(kek_file.as_deref())?;
-            let others = match other_kek_file {
-                Some(p) => vec![Kek::from_file(&p).context("loading the other KEK")?],
-                None => Vec::new(),
+            let given = kek_file.is_some() || std::env::var_os(KEK_ENV).is_some();
+            let vault: Arc<LocalVault> = if given {
+                let kek = load_kek(kek_file.as_deref())?;
+                let others = match other_kek_file {
+                    Some(p) => vec![Kek::from_file(&p).context("loading the other KEK")?],
+                    None => Vec::new(),
+                };
+                Arc::new(
+                    LocalVault::open(&database_url, kek, others)
+                        .await
+                        .context("opening the key vault database")?,
+                )
+            } else {
+                let vault = Arc::new(
+                    LocalVault::open_with_provider(
+                        &database_url,
+                        keks.provider()?,
+                        keks.policy(),
+                        Arc::new(crate::SystemClock),
+                    )
+                    .await
+                    .context("opening the key vault database")?,
+                );
+                // Detached: it holds a weak reference and ends with the vault.
+                drop(vault.spawn_epochs());
+                vault
             };
-            let vault = LocalVault::open(&database_url, kek, others)
-                .await
-                .context("opening the key vault database")?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            let app = crate::server::router(Arc::new(vault), &token)?;
+            let app = crate::server::router(vault, &token)?;
             tracing::info!(addr = %listener.local_addr()?, "key vault listening");
             Ok(Outcome::Serve { listener, app })
         }
@@ -266,4 +395,20 @@ async fn move_keys(data_dir: &Path, keys_dir: &Path, vault_url: &str) -> anyhow:
             .with_context(|| format!("syncing {}", data_dir.display()))?;
     }
     Ok(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_with_their_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
+        for bad in ["", "d", "0s", "7x", "-1d", "99999999999999999999w", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -26,11 +26,11 @@ mod given;
 mod pkcs11;
 
 pub use file::FileKeks;
+pub use given::GivenKeks;
 pub use pkcs11::{
     DEFAULT_LABEL_PREFIX, PKCS11_LABEL_PREFIX_SETTING, PKCS11_MODULE_SETTING, PKCS11_PIN_FILE_SETTING,
     PKCS11_SLOT_SETTING, PKCS11_TOKEN_SETTING, Pkcs11Config, Pkcs11Keks,
 };
-pub use given::GivenKeks;
 
 /// A KEK epoch: the vault's KEK version number. Epoch 1 is the first KEK a vault was opened
 /// with; each rotation starts the next one.

@@ -154,6 +154,8 @@ impl Pkcs11Config {
 /// so an epoch destroyed by another process is seen at once.
 pub struct Pkcs11Keks {
     session: Mutex<Session>,
+    /// The process's entry for the module, shared with every other provider on it.
+    shared: Arc<Module>,
     module: PathBuf,
     slot: u64,
     label_prefix: String,
@@ -200,6 +202,7 @@ impl Pkcs11Keks {
         module.login(&session, slot.id(), &config.pin)?;
         Ok(Pkcs11Keks {
             session: Mutex::new(session),
+            shared: module,
             module: config.module,
             slot: slot.id(),
             label_prefix: config.label_prefix,
@@ -276,6 +279,7 @@ impl KekProvider for Pkcs11Keks {
     /// stay usable, as [`KekProvider::unwrap`] tries every object of an epoch and
     /// [`KekProvider::destroy_epoch`] destroys them all.
     fn create_epoch(&self, epoch: Epoch) -> Result<(), KekError> {
+        let _writing = self.shared.lock_token_writes();
         let session = self.lock();
         if !self.find_epoch(&session, epoch)?.is_empty() {
             return Ok(());
@@ -305,6 +309,7 @@ impl KekProvider for Pkcs11Keks {
     }
 
     fn destroy_epoch(&self, epoch: Epoch) -> Result<(), KekError> {
+        let _writing = self.shared.lock_token_writes();
         let session = self.lock();
         for object in self.find_epoch(&session, epoch)? {
             match session.destroy_object(object) {
@@ -419,6 +424,11 @@ struct Module {
     /// per process, so a later provider's wrong PIN is caught here when the token answers
     /// "already logged in".
     logins: Mutex<HashMap<u64, [u8; 32]>>,
+    /// Held while a provider creates or destroys key objects: SoftHSM2 answers
+    /// `CKR_GENERAL_ERROR` to concurrent object writes from several sessions of one process
+    /// (seen with providers running in parallel threads); one at a time per process is cheap,
+    /// since epochs change rarely.
+    token_writes: Mutex<()>,
 }
 
 /// The modules loaded so far, by path (canonical where it resolves). Never emptied: modules
@@ -450,9 +460,15 @@ impl Module {
         let module = Arc::new(Module {
             ctx,
             logins: Mutex::new(HashMap::new()),
+            token_writes: Mutex::new(()),
         });
         modules.insert(key, Arc::clone(&module));
         Ok(module)
+    }
+
+    /// See `token_writes`. A panic while it was held leaves nothing half-done on the token.
+    fn lock_token_writes(&self) -> MutexGuard<'_, ()> {
+        self.token_writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Logs `session` in as the user (see [`Pkcs11Keks::open`] on login state).

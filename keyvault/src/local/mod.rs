@@ -538,6 +538,21 @@ async fn settle_versions(
                 });
             }
             _ => {
+                // Only a vault database older than the provider (restored from a backup: the
+                // provider moved on to later epochs since) replaces its active epoch. A provider
+                // with nothing newer is the wrong one (another keys directory or token), or lost
+                // its KEKs: starting an epoch would leave every key unreadable, so refuse.
+                let newest_recorded = versions.iter().map(|v| v.version).max().unwrap_or(0);
+                if !held.iter().any(|e| *e > newest_recorded) {
+                    return Err(KekError::Mismatch(format!(
+                        "the {} KEK provider holds none of this vault's live KEK epochs (active: {}) and \
+                         no later one: is it the wrong keys directory or token? Refusing to open, since \
+                         a new epoch would leave every key unreadable",
+                        keks.kind(),
+                        active.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+                    ))
+                    .into());
+                }
                 let now = clock.now_micros();
                 let make = |max_db: u32| epochs::make_epoch(keks, max_db);
                 if storage.replace_active(active, pending, now, &make).await? {
