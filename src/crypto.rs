@@ -35,6 +35,29 @@ pub(crate) enum KeyState {
     Destroyed,
 }
 
+/// What the vault holds for a key (see [`Keyring::vault_states`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VaultKeyState {
+    Live,
+    Destroyed,
+    /// The vault does not know the id.
+    Missing,
+    /// The vault holds the key, wrapped only by a KEK epoch it no longer has (destroyed after
+    /// its retention, or a vault restored from an old backup): its data cannot be read.
+    Unreadable,
+}
+
+impl VaultKeyState {
+    fn of(lookup: KeyLookup) -> Self {
+        match lookup {
+            KeyLookup::Live(_) => VaultKeyState::Live,
+            KeyLookup::Destroyed => VaultKeyState::Destroyed,
+            KeyLookup::NotFound => VaultKeyState::Missing,
+            KeyLookup::Unreadable { .. } => VaultKeyState::Unreadable,
+        }
+    }
+}
+
 /// A live DEK, prepared once (AES key schedule, digest sub-key) when it enters the cache, so
 /// that pages touching many keys — a catch-up over the personal fields of a thousand subjects —
 /// do not prepare each key again for every page. The raw DEK is not kept; the prepared key is
@@ -147,10 +170,50 @@ impl Keyring {
                         detail: format!("key {id} is unknown to the key vault"),
                     });
                 }
+                // Wrapped only by a destroyed KEK epoch: gone for good, like a destroyed key, so
+                // its events read as `data: null`; not revoked, since a vault opened with the
+                // wrong keys directory by mistake answers the same until it is restarted right.
+                // Reported by reconciliation, `/readyz` and the metrics.
+                KeyLookup::Unreadable { epoch } => {
+                    tracing::warn!(key_id = %id, epoch, "key wrapped only by a destroyed KEK epoch: its data cannot be read");
+                    KeyState::Destroyed
+                }
             };
             found.insert(id, state);
         }
         Ok(found)
+    }
+
+    /// What the vault itself holds for each key — never the cache, and nothing is cached: for
+    /// comparing the vault with the event database (the journal's replay, reconciliation), which
+    /// may be about to destroy these keys. One vault call per
+    /// [`BATCH_KEYS_MAX`](lethe_keyvault::limits::BATCH_KEYS_MAX) keys; a live key's bytes are
+    /// dropped (zeroized) at once.
+    pub(crate) async fn vault_states(&self, ids: &[KeyId]) -> Result<Vec<(KeyId, VaultKeyState)>, Error> {
+        let mut states = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(lethe_keyvault::limits::BATCH_KEYS_MAX) {
+            let fetched = self.vault.fetch_keys(chunk).await.map_err(Error::from_vault)?;
+            states.extend(fetched.into_iter().map(|(id, lookup)| (id, VaultKeyState::of(lookup))));
+        }
+        Ok(states)
+    }
+
+    /// Whether the vault has forgotten `subject`, asked with the stream bound to it whose key
+    /// the vault destroyed: asking to create that key again is refused `subject_forgotten` if
+    /// the subject was forgotten (the vault checks that first), and `key_destroyed` if only the
+    /// stream's key was destroyed; either way nothing is created. `None`: the key is live after
+    /// all (its DEK, returned, is dropped at once).
+    pub(crate) async fn vault_forgot_subject(&self, stream: &str, subject: &str) -> Result<Option<bool>, Error> {
+        let probe = NewKey {
+            stream: stream.to_owned(),
+            subject: Some(subject.to_owned()),
+        };
+        match self.vault.create_keys(std::slice::from_ref(&probe)).await {
+            Ok(_) => Ok(None),
+            Err(lethe_keyvault::VaultError::SubjectForgotten { .. }) => Ok(Some(true)),
+            Err(lethe_keyvault::VaultError::KeyDestroyed { .. }) => Ok(Some(false)),
+            Err(e) => Err(Error::from_vault(e)),
+        }
     }
 
     /// Evicts (and so zeroizes) keys of shredded streams, and refuses to cache them again.

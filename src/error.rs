@@ -22,6 +22,39 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+/// A failure of the erasure journal (`<keys-dir>/erasures.journal`, see `crate::journal`). It
+/// names the file and, for a line that breaks the chain, its line number; never a line's
+/// content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The file cannot be opened, read, written, locked or synced.
+    #[error("erasure journal {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line does not parse, or breaks the hash chain: the journal was changed, truncated in
+    /// the middle or reordered. Nothing is skipped; the store does not open.
+    #[error("erasure journal {}, line {line}: {problem}", path.display())]
+    Corrupt {
+        path: std::path::PathBuf,
+        line: u64,
+        problem: String,
+    },
+}
+
+impl JournalError {
+    /// The stable code: `journal_unavailable` (I/O, retrying may help) or `journal_corrupt`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JournalError::Io { .. } => "journal_unavailable",
+            JournalError::Corrupt { .. } => "journal_corrupt",
+        }
+    }
+}
+
 /// An error of the database driver, kept opaque so that the driver is not part of Lethe's
 /// API: its message, its [`source`](std::error::Error::source), and whether it means the
 /// database is unreachable for now ([`DatabaseError::is_unavailable`]).
@@ -105,6 +138,8 @@ pub enum Error {
     Corrupt { detail: String },
     #[error("key vault: {0}")]
     KeyVault(lethe_keyvault::VaultError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// A test-only fault point fired (see `StoreConfig::erasure_fault`).
     #[doc(hidden)]
     #[error("injected fault")]
@@ -155,7 +190,9 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::Corrupt { .. } => "corrupt_data",
             Error::KeyVault(lethe_keyvault::VaultError::Unavailable(_)) => "keyvault_unavailable",
+            Error::KeyVault(lethe_keyvault::VaultError::KeyUnreadable { .. }) => "key_unreadable",
             Error::KeyVault(_) => "keyvault_error",
+            Error::Journal(e) => e.code(),
             Error::InjectedFault => "injected_fault",
         }
     }

@@ -9,7 +9,8 @@
 //! `tests/it/layers.rs` keeps it so):
 //! 1. [`model`] and [`limits`]: the records, no I/O;
 //! 2. [`error`]: the typed errors;
-//! 3. `storage` (the event database) and `crypto` (keys and sealing), beside `coalesce`;
+//! 3. `storage` (the event database), `crypto` (keys and sealing) and `journal` (the erasure
+//!    journal), beside `coalesce`;
 //! 4. `core`: one open store's machinery — the append and read paths;
 //! 5. `services`: erasure, tokens, consumers, audit, webhooks, subscriptions, catch-up,
 //!    export, report;
@@ -26,14 +27,15 @@ pub mod store;
 mod coalesce;
 mod core;
 mod crypto;
+mod journal;
 mod services;
 mod storage;
 
-pub use error::{DatabaseError, Error, StorageError};
+pub use error::{DatabaseError, Error, JournalError, StorageError};
 pub use model::{
     AppendOutcome, AppendResult, Dependent, Direction, Erasure, ErasureFilter, ErasureReason, ErasureStatus,
-    ErasureTarget, EventSchema, ExpectedVersion, LegalHold, LogFilter, LogPage, NewEvent, RecordedEvent, SchemaMode,
-    ShreddedStream, StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId, ValidationError,
-    VersionConflict,
+    ErasureTarget, EventSchema, ExpectedVersion, LegalHold, LogFilter, LogPage, NewEvent, ReappliedErasure,
+    ReconcileReport, RecordedEvent, SchemaMode, ShreddedStream, StreamAppend, StreamInfo, StreamName, StreamSlice,
+    StreamStatus, SubjectId, ValidationError, VersionConflict,
 };
 pub use store::{EventStore, KeyCacheStats, StoreConfig, WriterStats};

@@ -57,6 +57,28 @@ pub const SCHEMA_POINTER_LEN_MAX: usize = 512;
 /// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
 pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
 
+// The erasure journal (`crate::journal`) and reconciliation.
+
+/// Bytes of one line of the erasure journal, its newline excluded. A line lists at most
+/// [`JOURNAL_ENTRY_KEYS_MAX`] streams and keys (about 250 KiB with the longest stream names),
+/// so this is never reached by a line Lethe wrote; a longer one stops the journal's opening.
+pub const JOURNAL_LINE_BYTES_MAX: usize = 1024 * 1024;
+/// Streams (and as many keys) one journal line lists; an erasure that shredded more is written
+/// as several consecutive lines (`part` of `parts`), appended and fsynced together.
+pub const JOURNAL_ENTRY_KEYS_MAX: usize = 1_000;
+/// Journal entries the replay at open handles together: one vault lookup and one
+/// event-database query for them all.
+pub const JOURNAL_REPLAY_BATCH_ENTRIES: usize = 500;
+/// Erasure requests a process remembers as journaled (its own appends, other processes' appends
+/// it read, the replay's), so that a request driven twice is not journaled twice; a request
+/// re-driven after a restart is looked up in the file instead.
+pub const JOURNAL_RECENT_REQUESTS_MAX: usize = 10_000;
+/// Streams (with their keys) one page of reconciliation compares: one event-database query and
+/// one vault lookup each (at most the vault's `BATCH_KEYS_MAX` keys).
+pub const RECONCILE_PAGE_STREAMS: usize = 500;
+/// Ids a reconciliation report lists per list; the counts beside them are always whole.
+pub const RECONCILE_REPORT_IDS_MAX: usize = 1_000;
+
 // The HTTP server (`lethe serve`). The `_DEFAULT`s are settings (`crate::http::HttpLimits`,
 // `ServeConfig`); the others are fixed.
 
@@ -137,6 +159,10 @@ pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 /// How often a store retries unfinished erasures (e.g. after the vault was unreachable) and
 /// audits lapsed legal holds.
 pub const ERASURE_RESUME_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often each store asks the key vault for its KEK epochs, to record rotations and
+/// destroyed epochs in the audit trail.
+pub const KEK_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often an idle subscription reads the log again, in case a commit notification was lost
 /// (another process's `NOTIFY` during a reconnect).
 pub const SUBSCRIPTION_IDLE_POLL: Duration = Duration::from_millis(500);

@@ -105,13 +105,24 @@ struct ServeArgs {
     /// A file (mode 0600) holding the token's user PIN (`pkcs11` provider).
     #[arg(long, env = "LETHE_PKCS11_PIN_FILE")]
     pkcs11_pin_file: Option<PathBuf>,
+    /// The label prefix of the KEK objects on the token (`pkcs11` provider; default
+    /// `lethe-kek-`), for several vaults sharing one token.
+    #[arg(long, env = "LETHE_PKCS11_LABEL_PREFIX")]
+    pkcs11_label_prefix: Option<String>,
     /// A new KEK epoch this often (every key re-wrapped in the background): `30s`, `12h`, `7d`.
-    #[arg(long, env = "LETHE_KEK_ROTATE_EVERY", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "LETHE_KEK_ROTATE_EVERY", default_value = "7d", value_parser = lethe_keyvault::cli::parse_duration)]
     kek_rotate_every: Duration,
     /// A superseded KEK epoch is destroyed this long after: backups older than rotation +
     /// retention become unreadable.
-    #[arg(long, env = "LETHE_KEK_RETAIN", default_value = "30d", value_parser = parse_duration)]
+    #[arg(long, env = "LETHE_KEK_RETAIN", default_value = "30d", value_parser = lethe_keyvault::cli::parse_duration)]
     kek_retain: Duration,
+    /// Compare the event database with the key vault at start and repair what a restored
+    /// backup of either brought back (see `lethe admin reconcile`).
+    #[arg(long, env = "LETHE_RECONCILE_AT_START", default_value_t = true, action = clap::ArgAction::Set)]
+    reconcile_at_start: bool,
+    /// How often the vault looks whether a KEK epoch is due (tests and drills).
+    #[arg(long, env = "LETHE_KEK_CHECK_EVERY", default_value = "60s", value_parser = lethe_keyvault::cli::parse_duration, hide = true)]
+    kek_check_every: Duration,
     /// A KEK handed in from outside (32 bytes, mode 0600). With it, or with LETHE_KEK (base64)
     /// set, KEK epochs are not automatic: rotate with `lethe keyvault rotate-kek`.
     #[arg(long, env = "LETHE_KEK_FILE")]
@@ -150,7 +161,11 @@ impl From<ServeArgs> for ServeConfig {
                 token_label: args.pkcs11_token,
                 slot: args.pkcs11_slot,
                 pin_file: args.pkcs11_pin_file,
+                label_prefix: args.pkcs11_label_prefix,
             },
+            reconcile_at_start: args.reconcile_at_start,
+            kek_check_every: args.kek_check_every,
+            kek_clock: None,
             kek_rotate_every: args.kek_rotate_every,
             kek_retain: args.kek_retain,
             kek_file: args.kek_file,
@@ -161,30 +176,6 @@ impl From<ServeArgs> for ServeConfig {
             header_timeout_secs: args.header_timeout_secs,
             request_timeout_secs: args.request_timeout_secs,
         }
-    }
-}
-
-/// `90`, `90s`, `15m`, `12h`, `7d` or `2w`: a whole number of seconds, minutes, hours, days or
-/// weeks, at least one second.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h, 7d or 2w"))?;
-    let unit_secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h, d or w")),
-    };
-    match number.checked_mul(unit_secs) {
-        Some(0) => Err("a duration must be at least one second".into()),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-        None => Err(format!("{text:?} is too long")),
     }
 }
 
@@ -261,12 +252,12 @@ async fn audit_rotation(database_url: Option<&str>, report: &lethe_keyvault::Rot
         subject: None,
         request_id: None,
         details: serde_json::json!({
-            "from_version": report.from_version,
-            "to_version": report.to_version,
+            "from_epoch": report.from_version,
+            "to_epoch": report.to_version,
             "keys_rewrapped": report.rewrapped,
         }),
     };
-    lethe::store::append_audit_to_database(url, &entry)
+    lethe::store::audit_kek_rotation_in_database(url, report.from_version, &entry)
         .await
         .context("the KEK was rotated, but recording it in the audit trail failed")?;
     Ok(())
@@ -293,21 +284,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_with_their_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
-        for bad in ["", "d", "0s", "7x", "-1d", "99999999999999999999w", "1.5h"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

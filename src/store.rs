@@ -21,10 +21,12 @@ use crate::error::{Error, ValidationError};
 use crate::model::{
     AppendOutcome, AppendResult, AuditEntry, AuditQuery, AuditVerification, Consumer, ConsumerBatch, Direction,
     Erasure, ErasureFilter, ErasureReason, ErasureReport, EventSchema, LegalHold, LogFilter, LogPage, NewAuditEntry,
-    NewToken, RecordedEvent, Role, SchemaMode, StreamAppend, StreamInfo, StreamName, StreamSlice, SubjectId,
-    TokenRecord,
+    NewToken, ReconcileReport, RecordedEvent, Role, SchemaMode, StreamAppend, StreamInfo, StreamName, StreamSlice,
+    SubjectId, TokenRecord,
 };
-use crate::services::{access, audit, catch_up, consumers, erasure, export, report, schemas, subscription, webhooks};
+use crate::services::{
+    access, audit, catch_up, consumers, erasure, export, kek_epochs, report, schemas, subscription, webhooks,
+};
 
 /// An open event store. Cheap to clone; all clones share one writer and one pool.
 #[derive(Clone)]
@@ -36,11 +38,41 @@ impl EventStore {
     /// Opens (and migrates) the event database, starts the writer, and resumes any erasure a
     /// previous run left unfinished (in the background, retrying until it completes); pending
     /// webhook deliveries are tried in the background too.
+    ///
+    /// With an erasure journal ([`StoreConfig::erasure_journal`]) its chain is verified (a
+    /// broken one fails the opening, naming the line) and it is replayed before this returns:
+    /// keys it lists that the vault holds live again are destroyed, requests the event database
+    /// lacks are recorded again and carried out, each step audited `erasure_reapplied`. With
+    /// [`StoreConfig::reconcile_at_open`] the two databases are then reconciled
+    /// ([`EventStore::reconcile`]). Either needs the vault: if it cannot be reached, or a
+    /// re-applied erasure fails, the store does not open (it would otherwise serve what a
+    /// restored database brought back).
     pub async fn open(config: StoreConfig) -> Result<Self, Error> {
         let core = Core::open(config).await?;
+        if let Err(e) = Self::reapply_lost_erasures(&core).await {
+            core.close().await;
+            return Err(e);
+        }
         tokio::spawn(erasure::resume_periodically(Arc::downgrade(&core)));
         tokio::spawn(webhooks::deliver_periodically(Arc::downgrade(&core)));
+        tokio::spawn(kek_epochs::audit_periodically(Arc::downgrade(&core)));
         Ok(Self { core })
+    }
+
+    /// The journal's replay, then reconciliation if configured.
+    async fn reapply_lost_erasures(core: &Core) -> Result<(), Error> {
+        erasure::replay(core).await?;
+        if core.reconcile_at_open {
+            erasure::reconcile(core).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the key vault's finished KEK rotations (`kek_rotated`) and destroyed epochs
+    /// (`kek_epoch_destroyed`) that the audit trail lacks; returns how many entries it
+    /// appended. Runs by itself now and then; each fact is recorded once, across processes.
+    pub async fn audit_kek_epochs(&self) -> Result<u64, Error> {
+        kek_epochs::audit_epochs(&self.core).await
     }
 
     // Appends
@@ -267,6 +299,18 @@ impl EventStore {
         erasure::audit_lapsed_holds(&self.core).await
     }
 
+    /// Compares the event database with the key vault and re-applies the erasures one of them
+    /// lacks — after either was restored from a backup taken before a forget: keys the vault
+    /// holds live for streams the event database shows erased or deleted (or subjects it shows
+    /// forgotten) are destroyed; active streams whose keys the vault destroyed are shredded and
+    /// tombstoned through erasure requests Lethe files itself (the subject's forget if the vault
+    /// forgot the subject, otherwise the stream's deletion). Each step is audited
+    /// `erasure_reapplied`; keys the vault does not know are counted, never an error. Runs at
+    /// open with [`StoreConfig::reconcile_at_open`]; idempotent.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
+        erasure::reconcile(&self.core).await
+    }
+
     /// The erasure report over requests made in `[from, to)` (either end open).
     pub async fn erasure_report(
         &self,
@@ -378,6 +422,14 @@ impl EventStore {
         self.core.vault_health().await
     }
 
+    /// Keys the vault holds wrapped only by KEK epochs it no longer has — destroyed after their
+    /// retention, or a vault database restored from a backup older than rotation + retention:
+    /// their events read as `data: null` for good. Reported by `/readyz`, the metrics and
+    /// reconciliation.
+    pub async fn keys_unreadable(&self) -> Result<u64, Error> {
+        self.core.keys_unreadable().await
+    }
+
     /// Counters of the DEK cache.
     pub fn key_cache_stats(&self) -> KeyCacheStats {
         self.core.key_cache_stats()
@@ -409,4 +461,15 @@ pub async fn verify_audit_database(database_url: &str) -> Result<AuditVerificati
 /// CLI actions that happen outside a running server, such as `lethe keyvault rotate-kek`).
 pub async fn append_audit_to_database(database_url: &str, entry: &NewAuditEntry) -> Result<AuditEntry, Error> {
     audit::append_to_database(database_url, entry).await
+}
+
+/// Records a finished KEK rotation away from `from_epoch` (`kek_rotated`) directly in an event
+/// database's audit trail, unless it is recorded already (a running store records the vault's
+/// rotations by itself, under the same once-key); true if recorded now.
+pub async fn audit_kek_rotation_in_database(
+    database_url: &str,
+    from_epoch: u32,
+    entry: &NewAuditEntry,
+) -> Result<bool, Error> {
+    audit::append_once_to_database(database_url, &kek_epochs::rotated_key(from_epoch), entry).await
 }

@@ -19,8 +19,9 @@ use serde_json::Value;
 use lethe::http::problem::Problem;
 use lethe::http::wire::{
     AuditListResponse, AuditVerifyResponse, ConsumerListResponse, ErasureKind, ErasureListResponse, ErasureReportOut,
-    ErasureResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, SchemaListResponse, SchemaModeWire, SchemaOut,
-    SchemaRequest, SchemaVersionsResponse, SubjectResponse, TokenListResponse, TokenRequest,
+    ErasureResponse, ErasureTargetOut, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, ReconcileReportOut,
+    SchemaListResponse, SchemaModeWire, SchemaOut, SchemaRequest, SchemaVersionsResponse, SubjectResponse,
+    TokenListResponse, TokenRequest,
 };
 use lethe::model::SubjectSource;
 
@@ -107,6 +108,9 @@ pub enum AdminCommand {
         #[arg(long)]
         csv: Option<std::path::PathBuf>,
     },
+    /// Compare the event database with the key vault and re-apply the erasures one of them
+    /// lacks (after a restore from a backup); prints what it did (`--json`: the report).
+    Reconcile,
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -437,6 +441,10 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
         }
         AdminCommand::Export { subject, output } => export(&client, &subject, output).await?,
         AdminCommand::Report { from, to, csv } => report(&client, from, to, csv).await?,
+        AdminCommand::Reconcile => {
+            let report = client.post("/admin/reconcile", &serde_json::json!({})).await?;
+            client.show(&report, print_reconcile)?;
+        }
         AdminCommand::Audit { verify: true, .. } => {
             let verification = client.get("/admin/audit/verify", &[]).await?;
             client.show(&verification, |v: AuditVerifyResponse| {
@@ -651,6 +659,64 @@ async fn export(client: &Client, subject: &str, output: Option<std::path::PathBu
     progress.finish_and_clear();
     if let Some(path) = output {
         eprintln!("exported {subject} to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `lethe admin reconcile`'s summary: what was compared, then what was re-applied, by id.
+fn print_reconcile(report: ReconcileReportOut) -> anyhow::Result<()> {
+    let target = |t: &ErasureTargetOut| match t.kind {
+        ErasureKind::Subject => format!("subject {}", text(t.subject.as_deref())),
+        ErasureKind::Stream => format!("stream {}", text(t.stream.as_deref())),
+    };
+    println!(
+        "compared {} streams and {} subject keys with the key vault",
+        report.streams_checked, report.subject_keys_checked
+    );
+    if report.keys_destroyed == 0 && report.streams_shredded == 0 && report.requests.is_empty() {
+        println!("the event database and the key vault agree: nothing to re-apply");
+    }
+    if report.keys_destroyed > 0 {
+        println!(
+            "destroyed {} keys the vault still held (restored vault?):",
+            report.keys_destroyed
+        );
+        for destroyed in &report.destroyed {
+            println!("  {}", target(destroyed));
+        }
+    }
+    if !report.requests.is_empty() {
+        println!(
+            "shredded {} streams the event database showed active (restored event database?):",
+            report.streams_shredded
+        );
+        let mut t = table(&["request", "target", "streams"]);
+        for request in &report.requests {
+            let of = ErasureTargetOut {
+                kind: request.kind,
+                subject: request.subject.clone(),
+                stream: request.stream.clone(),
+            };
+            t.add_row(vec![
+                request.request_id.to_string(),
+                target(&of),
+                request.streams.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+    if report.truncated {
+        println!("(lists cut short; the counts are whole)");
+    }
+    if report.keys_missing > 0 {
+        println!(
+            "WARNING: {} keys named by the event database are unknown to the key vault (their events cannot be read)",
+            report.keys_missing
+        );
+    }
+    match report.keys_unreadable {
+        Some(0) | None => {}
+        Some(n) => println!("WARNING: {n} keys in the vault cannot be unwrapped (their KEK epochs were destroyed)"),
     }
     Ok(())
 }

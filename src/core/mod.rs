@@ -8,6 +8,9 @@
 //! event schemas that appends are checked against, and whose personal fields are sealed with
 //! their subjects' keys, are held compiled in [`schemas`].
 //!
+//! The erasure journal ([`crate::journal`]), when the store keeps one, is opened (and its chain
+//! verified) first; the erasure service appends to it and the façade replays it at open.
+//!
 //! Architecture invariant: the core knows storage only through the `Storage` trait and keys
 //! only as `Dek` handles it passes from `crypto` to `payload`; it holds no SQL and no key bytes,
 //! and it imports nothing of the services, the façade or HTTP above it.
@@ -20,6 +23,7 @@ pub(crate) mod read;
 pub(crate) mod schemas;
 pub(crate) mod token_cache;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use tokio::task::JoinHandle;
 use crate::coalesce::Coalescer;
 use crate::crypto::{KeyCacheStats, Keyring};
 use crate::error::Error;
+use crate::journal::Journal;
 use crate::limits::{KEY_CACHE_KEYS_DEFAULT, TOKEN_CACHE_TTL, WEBHOOK_POLL_DEFAULT, WEBHOOK_RETRY_BASE_DEFAULT};
 use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
@@ -53,6 +58,15 @@ pub struct StoreConfig {
     /// every process at once anyway; this bounds how long a process that missed the
     /// notification (its listener reconnecting) may still accept it.
     pub token_cache_ttl: Duration,
+    /// The erasure journal (`<keys-dir>/erasures.journal`; its directory must exist): every
+    /// key destruction is appended to it, fsynced, before the vault is asked, and
+    /// `EventStore::open` replays it before it returns, so that restoring either database from
+    /// a backup cannot bring forgotten data back. `None` (the default): no journal — for an
+    /// embedded store whose databases are never restored apart from each other.
+    pub erasure_journal: Option<PathBuf>,
+    /// Whether `EventStore::open` also reconciles the event database with the vault (after the
+    /// journal's replay): `EventStore::reconcile`. Off by default; `lethe serve` turns it on.
+    pub reconcile_at_open: bool,
     /// Makes erasures stop at a step as if the process had crashed (tests only).
     #[doc(hidden)]
     pub erasure_fault: Option<ErasureFault>,
@@ -73,6 +87,8 @@ impl StoreConfig {
             keyvault,
             key_cache_keys_max: KEY_CACHE_KEYS_DEFAULT,
             token_cache_ttl: TOKEN_CACHE_TTL,
+            erasure_journal: None,
+            reconcile_at_open: false,
             erasure_fault: None,
             webhook_poll: WEBHOOK_POLL_DEFAULT,
             webhook_retry_base: WEBHOOK_RETRY_BASE_DEFAULT,
@@ -96,6 +112,10 @@ pub(crate) struct Core {
     pub(crate) schemas: Arc<Schemas>,
     /// Subjects' field key ids and field-index rows already known ([`field_index`]).
     field_index: FieldIndexCache,
+    /// The erasure journal, if the store keeps one.
+    pub(crate) journal: Option<Journal>,
+    /// Whether the façade reconciles at open.
+    pub(crate) reconcile_at_open: bool,
     pub(crate) erasure_fault: Option<ErasureFault>,
     /// Payloads stored in clear (benchmark builds only; always false otherwise).
     noop_cipher: bool,
@@ -114,6 +134,11 @@ impl Core {
     /// Opens (and migrates) the event database, starts the writer and listens for what other
     /// processes do.
     pub(crate) async fn open(config: StoreConfig) -> Result<Arc<Self>, Error> {
+        // The journal first: a broken chain stops the store before it touches a database.
+        let journal = match config.erasure_journal {
+            Some(path) => Some(Journal::open(path).await?),
+            None => None,
+        };
         let storage = storage::open(&config.database_url).await?;
         let keyring = Arc::new(Keyring::new(config.keyvault, config.key_cache_keys_max));
         let head = storage.head().await?;
@@ -144,6 +169,8 @@ impl Core {
             tokens,
             schemas,
             field_index: FieldIndexCache::new(),
+            journal,
+            reconcile_at_open: config.reconcile_at_open,
             erasure_fault: config.erasure_fault,
             #[cfg(feature = "insecure-noop-cipher")]
             noop_cipher: config.insecure_noop_cipher,
@@ -178,6 +205,17 @@ impl Core {
     /// Whether the key vault answers.
     pub(crate) async fn vault_health(&self) -> Result<(), Error> {
         self.keyring.vault().health().await.map_err(Error::KeyVault)
+    }
+
+    /// Keys the vault holds wrapped only by KEK epochs it no longer has.
+    pub(crate) async fn keys_unreadable(&self) -> Result<u64, Error> {
+        Ok(self
+            .keyring
+            .vault()
+            .stats()
+            .await
+            .map_err(Error::KeyVault)?
+            .keys_unreadable)
     }
 
     pub(crate) fn key_cache_stats(&self) -> KeyCacheStats {

@@ -16,7 +16,7 @@ use super::schemas;
 use super::wire::{
     AuditEntryOut, AuditListResponse, AuditQueryParams, AuditVerifyResponse, ErasureListResponse, ErasureReportOut,
     ErasureResponse, ErasuresQuery, EventOut, ExportResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut,
-    ReportQuery, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
+    ReconcileReportOut, ReportQuery, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
 };
 use super::{AppState, Caller, JsonBody, PathParam, audit_entry};
 use crate::limits::{AUDIT_LIMIT_DEFAULT, ERASURES_LIMIT_DEFAULT, ERASURES_LIST_MAX};
@@ -550,4 +550,39 @@ pub async fn erasure_report(
     } else {
         Ok(Json(ErasureReportOut::from(report)).into_response())
     }
+}
+
+/// Reconcile the event database with the key vault
+///
+/// Compares the two databases and re-applies the erasures one of them lacks, as after either
+/// was restored from a backup taken before a forget: keys the vault still holds for streams the
+/// event database shows erased or deleted (or subjects it shows forgotten) are destroyed; active
+/// streams whose keys the vault destroyed are shredded and tombstoned through erasure requests
+/// Lethe files itself (`requests`). Each step is audited `erasure_reapplied`, the run itself
+/// `reconciled`. Idempotent; `lethe serve` also runs it at start. Takes no body.
+#[utoipa::path(
+    post,
+    path = "/admin/reconcile",
+    tag = "admin",
+    operation_id = "reconcile",
+    responses((status = 200, description = "What was compared and re-applied.", body = ReconcileReportOut)),
+)]
+pub async fn reconcile(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ReconcileReportOut>, ApiError> {
+    let report = state.store.reconcile().await?;
+    let details = json!({
+        "streams_checked": report.streams_checked,
+        "subject_keys_checked": report.subject_keys_checked,
+        "keys_destroyed": report.keys_destroyed,
+        "streams_shredded": report.streams_shredded,
+        "requests": report.requests.len(),
+        "keys_missing": report.keys_missing,
+    });
+    state
+        .store
+        .audit_quietly(audit_entry(&caller, "reconciled", None, None, details))
+        .await;
+    Ok(Json(report.into()))
 }

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub keys_cached: Gauge,
     pub subscribers: Gauge,
     pub head_position: Gauge,
+    pub keys_unreadable: Gauge,
     pub writer_transactions: Gauge,
     pub writer_appends: Gauge,
     pub writer_busy_seconds: Gauge<f64, AtomicU64>,
@@ -68,6 +69,7 @@ impl Metrics {
             keys_cached: Gauge::default(),
             subscribers: Gauge::default(),
             head_position: Gauge::default(),
+            keys_unreadable: Gauge::default(),
             writer_transactions: Gauge::default(),
             writer_appends: Gauge::default(),
             writer_busy_seconds: Gauge::default(),
@@ -103,6 +105,11 @@ impl Metrics {
             "head_position",
             "Last committed position",
             metrics.head_position.clone(),
+        );
+        registry.register(
+            "keys_unreadable",
+            "Keys the vault holds wrapped only by KEK epochs it no longer has",
+            metrics.keys_unreadable.clone(),
         );
         // Group commit, for sizing: appends ÷ transactions is the group size, and busy seconds
         // growing as fast as the clock means the writer (one transaction at a time) is the

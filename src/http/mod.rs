@@ -176,6 +176,7 @@ impl Group {
                 .routes(routes!(admin::erasure_report))
                 .routes(routes!(admin::audit))
                 .routes(routes!(admin::verify_audit))
+                .routes(routes!(admin::reconcile))
                 .routes(routes!(admin::erasure))
                 .routes(routes!(admin::create_token, admin::tokens))
                 .routes(routes!(admin::revoke_token))

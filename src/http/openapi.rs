@@ -276,6 +276,9 @@ const SCOPED_CODES: &[(&str, &[&str])] = &[
     ("invalid_subject", &["append", "appendMulti"]),
     ("subject_forgotten", &["append", "appendMulti"]),
     ("invalid_schema", &["putSchema"]),
+    // The operations that append to the erasure journal: an erasure's vault step.
+    ("journal_unavailable", &["deleteStream", "reconcile"]),
+    ("journal_corrupt", &["deleteStream", "reconcile"]),
 ];
 
 /// Whether operation `operation_id` can answer `code` (see [`SCOPED_CODES`]).

@@ -49,10 +49,12 @@ pub async fn healthz() -> Json<HealthResponse> {
 // for up to the pool's acquire timeout (so short outages stay invisible to clients), but a
 // readiness probe must hear "not ready" promptly.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let (database, vault) = tokio::join!(
+    let (database, vault, unreadable) = tokio::join!(
         tokio::time::timeout(READINESS_TIMEOUT, state.store.head()),
         tokio::time::timeout(READINESS_TIMEOUT, state.store.vault_health()),
+        tokio::time::timeout(READINESS_TIMEOUT, state.store.keys_unreadable()),
     );
+    let keys_unreadable = unreadable.ok().and_then(Result::ok);
     let database = matches!(database, Ok(Ok(_)));
     let vault = matches!(vault, Ok(Ok(_)));
     let status = if database && vault {
@@ -75,6 +77,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         } else {
             ReadinessStatus::NotReady
         },
+        keys_unreadable,
     };
     (status, Json(body)).into_response()
 }
@@ -106,6 +109,9 @@ pub async fn metrics_handler(State(state): State<AppState>) -> Response {
     m.writer_busy_seconds.set(writer.busy.as_secs_f64());
     if let Ok(head) = state.store.head().await {
         m.head_position.set(gauge(head));
+    }
+    if let Ok(unreadable) = state.store.keys_unreadable().await {
+        m.keys_unreadable.set(gauge(unreadable));
     }
     (
         [(

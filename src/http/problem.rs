@@ -29,6 +29,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("last_admin_token", 409, "Last admin token"),
     ("stream_erased", 410, "Stream erased"),
     ("stream_deleted", 410, "Stream deleted"),
+    ("key_unreadable", 410, "Key unreadable"),
     ("invalid_request", 400, "Invalid request"),
     ("invalid_stream_name", 400, "Invalid stream name"),
     ("schema_violation", 400, "Schema violation"),
@@ -49,6 +50,8 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("keyvault_error", 500, "Key vault error"),
     ("storage_error", 500, "Storage error"),
     ("corrupt_data", 500, "Corrupt data"),
+    ("journal_unavailable", 503, "Erasure journal unavailable"),
+    ("journal_corrupt", 500, "Erasure journal corrupt"),
 ];
 
 fn entry(code: &str) -> Option<&'static (&'static str, u16, &'static str)> {

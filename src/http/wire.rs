@@ -974,6 +974,112 @@ impl From<crate::model::ErasureReport> for ErasureReportOut {
     }
 }
 
+/// What `POST /admin/reconcile` found and re-applied: the event database and the key vault
+/// compared, after either may have been restored from a backup taken before a forget.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ReconcileReport)]
+pub struct ReconcileReportOut {
+    /// Streams with a key that were compared.
+    pub streams_checked: u64,
+    /// Subject keys (of subjects whose personal fields events carry) that were compared.
+    pub subject_keys_checked: u64,
+    /// Keys the vault still held live although the event database shows their stream erased or
+    /// deleted, or their subject forgotten: destroyed now.
+    pub keys_destroyed: u64,
+    /// Whose keys were destroyed again: forgotten subjects (all their keys) and deleted streams.
+    pub destroyed: Vec<ErasureTargetOut>,
+    /// Streams the event database showed active although the vault had destroyed their key:
+    /// shredded and tombstoned now.
+    pub streams_shredded: u64,
+    /// The erasure requests filed to shred them (`GET /admin/erasures/{id}` follows each).
+    pub requests: Vec<ReappliedErasureOut>,
+    /// Keys the event database names that the vault does not know at all.
+    pub keys_missing: u64,
+    /// Keys the vault holds but cannot unwrap (wrapped only by destroyed KEK epochs); `null`:
+    /// the vault does not report it.
+    #[schema(required = true)]
+    pub keys_unreadable: Option<u64>,
+    /// `destroyed` or `requests` was cut short (the counts are whole).
+    pub truncated: bool,
+}
+
+/// A data subject or one stream.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ErasureTarget)]
+pub struct ErasureTargetOut {
+    #[schema(inline)]
+    pub kind: ErasureKind,
+    /// Set for `kind: subject`.
+    #[schema(required = true)]
+    pub subject: Option<String>,
+    /// Set for `kind: stream`.
+    #[schema(required = true)]
+    pub stream: Option<String>,
+}
+
+/// An erasure request reconciliation filed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = ReappliedErasure)]
+pub struct ReappliedErasureOut {
+    pub request_id: Uuid,
+    #[schema(inline)]
+    pub kind: ErasureKind,
+    /// Set for `kind: subject` (the vault had forgotten the subject).
+    #[schema(required = true)]
+    pub subject: Option<String>,
+    /// Set for `kind: stream` (only this stream's key was destroyed).
+    #[schema(required = true)]
+    pub stream: Option<String>,
+    /// The streams it shredded.
+    pub streams: u64,
+}
+
+impl From<&crate::model::ErasureTarget> for ErasureTargetOut {
+    fn from(target: &crate::model::ErasureTarget) -> Self {
+        match target {
+            crate::model::ErasureTarget::Subject(s) => Self {
+                kind: ErasureKind::Subject,
+                subject: Some(s.to_string()),
+                stream: None,
+            },
+            crate::model::ErasureTarget::Stream(s) => Self {
+                kind: ErasureKind::Stream,
+                subject: None,
+                stream: Some(s.to_string()),
+            },
+        }
+    }
+}
+
+impl From<crate::model::ReconcileReport> for ReconcileReportOut {
+    fn from(r: crate::model::ReconcileReport) -> Self {
+        Self {
+            streams_checked: r.streams_checked,
+            subject_keys_checked: r.subject_keys_checked,
+            keys_destroyed: r.keys_destroyed,
+            destroyed: r.destroyed.iter().map(ErasureTargetOut::from).collect(),
+            streams_shredded: r.streams_shredded,
+            requests: r
+                .requests
+                .into_iter()
+                .map(|request| {
+                    let target = ErasureTargetOut::from(&request.target);
+                    ReappliedErasureOut {
+                        request_id: request.request_id,
+                        kind: target.kind,
+                        subject: target.subject,
+                        stream: target.stream,
+                        streams: request.streams,
+                    }
+                })
+                .collect(),
+            keys_missing: r.keys_missing,
+            keys_unreadable: r.keys_unreadable,
+            truncated: r.truncated,
+        }
+    }
+}
+
 /// Liveness (`GET /healthz`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Health)]
@@ -1000,6 +1106,11 @@ pub struct ReadinessResponse {
     pub keyvault: DependencyStatus,
     #[schema(inline)]
     pub status: ReadinessStatus,
+    /// Keys the vault holds wrapped only by KEK epochs it no longer has (destroyed after their
+    /// retention, or a vault restored from an older backup): their events read as
+    /// `data: null`. Does not make the server unready. Absent when the vault is unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_unreadable: Option<u64>,
 }
 
 /// Whether the server is ready.

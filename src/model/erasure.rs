@@ -18,7 +18,7 @@ pub const SUBJECT_FORGOTTEN_EVENT_TYPE: &str = "SubjectForgotten";
 pub const STREAM_DELETED_EVENT_TYPE: &str = "StreamDeleted";
 
 /// What is being erased.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ErasureTarget {
     /// Every stream bound to this subject (Art. 17).
     Subject(SubjectId),
@@ -204,8 +204,11 @@ impl Erasure {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErasureFault {
-    /// After the streams are marked, before the vault is called.
+    /// After the streams are marked, before the destruction is journaled.
     AfterShred,
+    /// After the destruction is journaled (when the store has a journal), before the vault is
+    /// called.
+    AfterJournal,
     /// After the vault destroyed the keys, before that is recorded.
     AfterVaultDestroy,
     /// After `keys_destroyed` is recorded, before the tombstones.
@@ -216,8 +219,9 @@ pub enum ErasureFault {
 
 impl ErasureFault {
     /// Every fault point, in the order the steps run.
-    pub const ALL: [ErasureFault; 4] = [
+    pub const ALL: [ErasureFault; 5] = [
         ErasureFault::AfterShred,
+        ErasureFault::AfterJournal,
         ErasureFault::AfterVaultDestroy,
         ErasureFault::AfterKeysDestroyed,
         ErasureFault::AfterTombstones,

@@ -2,8 +2,9 @@
 //!
 //! Streams, subjects, events and what appends and reads return ([`stream`], [`event`]);
 //! erasure requests and legal holds ([`erasure`]); tokens and consumers ([`access`]); the audit
-//! chain ([`audit`]); the erasure report ([`report`]); event schemas and their personal fields
-//! ([`schema`]); the webhook signature ([`webhook`]); and
+//! chain ([`audit`]); the erasure report ([`report`]); the reconciliation report
+//! ([`reconcile`]); event schemas and their personal fields ([`schema`]); the webhook signature
+//! ([`webhook`]); and
 //! [`ValidationError`] with the pure checks that raise it ([`validation`]). They are validated
 //! on construction (a `StreamName` is always a legal name), so code further in never re-checks
 //! them.
@@ -15,6 +16,7 @@ pub mod access;
 pub mod audit;
 pub mod erasure;
 pub mod event;
+pub mod reconcile;
 pub mod report;
 pub mod schema;
 pub mod stream;
@@ -30,6 +32,7 @@ pub use erasure::{
 pub use event::{
     AppendOutcome, AppendResult, LogPage, NewEvent, RecordedEvent, StreamAppend, StreamSlice, VersionConflict,
 };
+pub use reconcile::{ReappliedErasure, ReconcileReport};
 pub use report::{DurationStats, ErasureReport, OverdueRequest, WaitingDependent, WeekFigures};
 pub use schema::{EventSchema, PersonalField, SchemaMode, SubjectSource};
 pub use stream::{Direction, ExpectedVersion, LogFilter, StreamInfo, StreamName, StreamStatus, SubjectId};

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lethe_keyvault::kek::KEK_ENV;
-use lethe_keyvault::{Kek, KeyVault, OpenOptions};
+use lethe_keyvault::kek::{KEK_ENV, PKCS11_MODULE_SETTING, PKCS11_PIN_FILE_SETTING};
+use lethe_keyvault::{
+    EpochPolicy, FileKeks, Kek, KekProvider, KeyVault, OpenOptions, Pkcs11Config, Pkcs11Keks, VaultClock,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -29,9 +31,9 @@ pub use dirs::{ERASURE_JOURNAL_FILE, KEYS_DIR_DEFAULT, LEGACY_KEK_FILE};
 pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 2113));
 
 /// A new KEK epoch this often, by default (`--kek-rotate-every`).
-pub const KEK_ROTATE_EVERY_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const KEK_ROTATE_EVERY_DEFAULT: Duration = lethe_keyvault::limits::EPOCH_ROTATE_EVERY_DEFAULT;
 /// A superseded KEK epoch is destroyed this long after, by default (`--kek-retain`).
-pub const KEK_RETAIN_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const KEK_RETAIN_DEFAULT: Duration = lethe_keyvault::limits::EPOCH_RETAIN_DEFAULT;
 
 /// Where an in-process vault's KEKs live (`LETHE_KEK_PROVIDER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,6 +67,9 @@ pub struct Pkcs11Settings {
     pub slot: Option<u64>,
     /// A file (mode 0600) holding the user PIN (`LETHE_PKCS11_PIN_FILE`); never the PIN itself.
     pub pin_file: Option<PathBuf>,
+    /// The KEK objects' label prefix (`LETHE_PKCS11_LABEL_PREFIX`, default `lethe-kek-`), for
+    /// several vaults on one token.
+    pub label_prefix: Option<String>,
 }
 
 /// Every setting of `lethe serve` (the `lethe` binary reads each from a flag or an environment
@@ -93,6 +98,15 @@ pub struct ServeConfig {
     pub kek_rotate_every: Duration,
     /// A superseded KEK epoch is destroyed this long after (`--kek-retain`, default 30 days).
     pub kek_retain: Duration,
+    /// Reconcile the event database with the key vault at start (`--reconcile-at-start`,
+    /// default true): a restored database alone never serves what was forgotten.
+    pub reconcile_at_start: bool,
+    /// How often the vault looks whether an epoch is due (tests: short, with `kek_clock`).
+    #[doc(hidden)]
+    pub kek_check_every: Duration,
+    /// The vault's clock for KEK epochs (tests: a `ManualClock`); the system clock if None.
+    #[doc(hidden)]
+    pub kek_clock: Option<Arc<dyn VaultClock>>,
     /// A KEK handed in from outside (`LETHE_KEK_FILE`); with it, or with `LETHE_KEK` set, KEK
     /// epochs are the operator's (`lethe keyvault rotate-kek`), not automatic.
     pub kek_file: Option<PathBuf>,
@@ -137,6 +151,9 @@ impl ServeConfig {
             pkcs11: Pkcs11Settings::default(),
             kek_rotate_every: KEK_ROTATE_EVERY_DEFAULT,
             kek_retain: KEK_RETAIN_DEFAULT,
+            reconcile_at_start: true,
+            kek_check_every: EpochPolicy::default().check_every,
+            kek_clock: None,
             kek_file: None,
             keyvault_token: None,
             admin_token: None,
@@ -189,6 +206,11 @@ pub enum ServerError {
     Vault(#[from] lethe_keyvault::VaultError),
     #[error("a remote key vault needs LETHE_KEYVAULT_TOKEN")]
     MissingVaultToken,
+    #[error("{setting} must be set with {because}")]
+    Missing {
+        setting: &'static str,
+        because: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] crate::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -213,31 +235,67 @@ pub async fn open_vault(config: &ServeConfig, keys_dir: &Path) -> Result<Arc<dyn
         )
         .await?);
     }
-    let kek = match (&config.kek_file, std::env::var_os(KEK_ENV)) {
-        (Some(path), _) => Kek::from_file(path)?,
-        (None, Some(_)) => Kek::from_base64_env(KEK_ENV)?,
+    let mut options = OpenOptions {
+        epoch_policy: EpochPolicy {
+            rotate_every: config.kek_rotate_every,
+            retain: config.kek_retain,
+            check_every: config.kek_check_every,
+            ..EpochPolicy::default()
+        },
+        clock: config.kek_clock.clone(),
+        ..OpenOptions::default()
+    };
+    // A KEK handed in from outside is the operator's to rotate; otherwise the provider holds
+    // the epochs and the vault rotates and retires them.
+    match (&config.kek_file, std::env::var_os(KEK_ENV)) {
+        (Some(path), _) => options.kek = Some(Kek::from_file(path)?),
+        (None, Some(_)) => options.kek = Some(Kek::from_base64_env(KEK_ENV)?),
         (None, None) => {
             let legacy = config.data_dir.join(LEGACY_KEK_FILE);
             if legacy.exists() {
                 tracing::warn!(
                     path = %legacy.display(),
                     "the KEK lies in the data directory, so every backup of it holds the key that unwraps \
-                     its keys; move it into the keys directory with `lethe keyvault move-keys`"
+                     its keys, and KEK epochs are not automatic; move it into the keys directory with \
+                     `lethe keyvault move-keys`"
                 );
-                Kek::from_file(legacy)?
+                options.kek = Some(Kek::from_file(legacy)?);
             } else {
-                Kek::load_or_create(keys_dir.join(LEGACY_KEK_FILE))?
+                options.provider = Some(kek_provider(config, keys_dir)?);
             }
         }
-    };
-    Ok(lethe_keyvault::open(
-        &url,
-        OpenOptions {
-            kek: Some(kek),
-            ..OpenOptions::default()
-        },
-    )
-    .await?)
+    }
+    if options.kek.is_some() {
+        tracing::info!(
+            "the KEK is handed in from outside: KEK epochs are rotated by hand (`lethe keyvault rotate-kek`)"
+        );
+    }
+    Ok(lethe_keyvault::open(&url, options).await?)
+}
+
+/// The KEK provider the configuration names.
+fn kek_provider(config: &ServeConfig, keys_dir: &Path) -> Result<Arc<dyn KekProvider>, ServerError> {
+    Ok(match config.kek_provider {
+        KekProviderKind::File => Arc::new(FileKeks::open(keys_dir)?),
+        KekProviderKind::Pkcs11 => {
+            let settings = &config.pkcs11;
+            let module = settings.module.clone().ok_or(ServerError::Missing {
+                setting: PKCS11_MODULE_SETTING,
+                because: "LETHE_KEK_PROVIDER=pkcs11",
+            })?;
+            let pin_file = settings.pin_file.as_deref().ok_or(ServerError::Missing {
+                setting: PKCS11_PIN_FILE_SETTING,
+                because: "LETHE_KEK_PROVIDER=pkcs11",
+            })?;
+            let mut pkcs11 = Pkcs11Config::new(module, Pkcs11Config::pin_from_file(pin_file)?);
+            pkcs11.token_label = settings.token_label.clone();
+            pkcs11.slot = settings.slot;
+            if let Some(prefix) = &settings.label_prefix {
+                pkcs11.label_prefix = prefix.clone();
+            }
+            Arc::new(Pkcs11Keks::open(pkcs11)?)
+        }
+    })
 }
 
 /// Opens the store (and vault) the configuration names: the data directory (`0700`) and the
@@ -252,7 +310,12 @@ pub async fn open_store(config: &ServeConfig) -> Result<EventStore, ServerError>
         }
     }
     let vault = open_vault(config, &keys_dir).await?;
-    Ok(EventStore::open(StoreConfig::new(config.database_url(), vault)).await?)
+    let mut store = StoreConfig::new(config.database_url(), vault);
+    // Before serving: the journal's destructions re-applied, then the two databases
+    // reconciled, so a restored backup never serves what was forgotten after it was taken.
+    store.erasure_journal = Some(keys_dir.join(ERASURE_JOURNAL_FILE));
+    store.reconcile_at_open = config.reconcile_at_start;
+    Ok(EventStore::open(store).await?)
 }
 
 /// Makes sure an admin token exists. A generated one is printed once and written to

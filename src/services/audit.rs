@@ -58,6 +58,15 @@ pub async fn append_to_database(database_url: &str, entry: &NewAuditEntry) -> Re
     Ok(appended?)
 }
 
+/// Like [`append_to_database`], at most once per `once_key` (see `Storage::append_audit_once`);
+/// true if appended now.
+pub async fn append_once_to_database(database_url: &str, once_key: &str, entry: &NewAuditEntry) -> Result<bool, Error> {
+    let storage = storage::open(database_url).await?;
+    let appended = storage.append_audit_once(once_key, entry).await;
+    storage.close().await;
+    Ok(appended?)
+}
+
 async fn verify_storage(storage: &dyn Storage) -> Result<AuditVerification, StorageError> {
     let head = storage.audit_head().await?;
     let mut check = ChainCheck::new();

@@ -20,9 +20,22 @@
 //!
 //! Tombstones carry ids only (stream names, key ids, the pseudonymous subject id), stored in
 //! clear with no key, so they stay readable after the keys are gone.
+//!
+//! When the store keeps an erasure journal (`crate::journal`), step 2 first appends the
+//! destruction to it (fsynced). Restoring a database from a backup must not bring forgotten
+//! data back, so what one database lacks is re-applied from the other or from the journal,
+//! audited `erasure_reapplied`: [`replay()`] (the journal, at open) and [`reconcile()`] (the two
+//! databases compared, at open and on demand).
+
+mod reconcile;
+mod replay;
+
+pub(crate) use reconcile::reconcile;
+pub(crate) use replay::replay;
 
 use std::sync::Weak;
 
+use lethe_keyvault::KeyId;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -281,25 +294,22 @@ pub(crate) async fn drive(core: &Core, id: Uuid) -> Result<Erasure, Error> {
         })?;
         match erasure.status {
             ErasureStatus::Pending => {
+                // Lists recorded before this run: the step ran before (a crash, an unreachable
+                // vault, another process), so the destruction may be journaled already.
+                let rerun = erasure.streams.is_some();
                 let erasure = core.storage.shred_streams(id).await?;
                 let keys = erasure.key_ids();
                 core.keyring.revoke(&keys);
                 fail_at(core, ErasureFault::AfterShred)?;
-                let vault = core.keyring.vault();
-                match &erasure.target {
-                    ErasureTarget::Subject(subject) => {
-                        vault
-                            .destroy_subject_keys(subject.as_str())
-                            .await
-                            .map_err(Error::KeyVault)?;
-                    }
-                    ErasureTarget::Stream(stream) => {
-                        vault
-                            .destroy_stream_key(stream.as_str())
-                            .await
-                            .map_err(Error::KeyVault)?;
-                    }
+                // Journaled and fsynced before the vault destroys anything: a destruction that
+                // happened is in the journal, whichever database is later restored.
+                if let Some(journal) = &core.journal
+                    && journal.record(&erasure, rerun).await?
+                {
+                    tracing::info!(request_id = %id, "erasure journaled");
                 }
+                fail_at(core, ErasureFault::AfterJournal)?;
+                destroy_in_vault(core, &erasure.target).await?;
                 fail_at(core, ErasureFault::AfterVaultDestroy)?;
                 // Counted from the event database's record, not from what the vault answered:
                 // after a crash the vault's repeat answer is empty, the record is not.
@@ -348,6 +358,110 @@ pub(crate) async fn drive(core: &Core, id: Uuid) -> Result<Erasure, Error> {
             ErasureStatus::Completed | ErasureStatus::Refused => return Ok(erasure),
         }
     }
+}
+
+/// Destroys a target's keys in the vault (all of a subject's, or one stream's), idempotently;
+/// returns the ids this call destroyed (empty on a repeat).
+async fn destroy_in_vault(core: &Core, target: &ErasureTarget) -> Result<Vec<KeyId>, Error> {
+    let vault = core.keyring.vault();
+    match target {
+        ErasureTarget::Subject(subject) => vault
+            .destroy_subject_keys(subject.as_str())
+            .await
+            .map_err(Error::KeyVault),
+        ErasureTarget::Stream(stream) => Ok(vault
+            .destroy_stream_key(stream.as_str())
+            .await
+            .map_err(Error::KeyVault)?
+            .into_iter()
+            .collect()),
+    }
+}
+
+/// Why Lethe re-applies an erasure by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reapply {
+    /// The erasure journal lists it (`replay`).
+    Journal,
+    /// The two databases disagree (`reconcile`).
+    Reconcile,
+}
+
+impl Reapply {
+    fn source(self) -> &'static str {
+        match self {
+            Reapply::Journal => "journal",
+            Reapply::Reconcile => "reconcile",
+        }
+    }
+
+    /// The reason recorded on a request Lethe files again (ids and words only).
+    fn reason(self) -> ErasureReason {
+        let (reason, requested_by) = match self {
+            Reapply::Journal => (
+                "re-applied at start: the erasure journal lists it, the event database lacked it",
+                "lethe:journal",
+            ),
+            Reapply::Reconcile => (
+                "re-applied by reconciliation: the key vault had destroyed the keys",
+                "lethe:reconcile",
+            ),
+        };
+        ErasureReason {
+            reason: Some(reason.to_owned()),
+            requested_by: Some(requested_by.to_owned()),
+            reference: None,
+        }
+    }
+}
+
+/// Records an erasure that Lethe re-applies (under its own id, unless it exists) and drives it
+/// to completion: the streams are marked and tombstoned like any other request's. No legal
+/// hold is consulted — the keys are gone already, so a refusal would only leave the event
+/// database claiming data nobody can read. Audited `erasure_reapplied` (`request_recorded`).
+async fn reapply(core: &Core, request: Erasure, why: Reapply) -> Result<Erasure, Error> {
+    if core.storage.insert_erasure_if_absent(&request).await? {
+        tracing::info!(request_id = %request.id, source = why.source(), "erasure re-applied");
+        audit_reapplied(
+            core,
+            &request.target,
+            Some(request.id),
+            why,
+            "request_recorded",
+            json!({}),
+        )
+        .await;
+    }
+    drive(core, request.id).await
+}
+
+/// Records a re-applied step (`erasure_reapplied`): ids and counts only.
+async fn audit_reapplied(
+    core: &Core,
+    target: &ErasureTarget,
+    request_id: Option<Uuid>,
+    why: Reapply,
+    step: &str,
+    details: serde_json::Value,
+) {
+    let mut details = details;
+    details["source"] = json!(why.source());
+    details["step"] = json!(step);
+    let subject = match target {
+        ErasureTarget::Subject(subject) => Some(subject.clone()),
+        ErasureTarget::Stream(stream) => {
+            details["stream"] = json!(stream.as_str());
+            None
+        }
+    };
+    let entry = NewAuditEntry {
+        actor: SYSTEM_ACTOR.to_owned(),
+        action: "erasure_reapplied".to_owned(),
+        subject,
+        request_id,
+        details,
+    };
+    core.audit_quietly(&entry).await;
 }
 
 /// Records an erasure step in the audit trail. The step has happened whatever the trail says,

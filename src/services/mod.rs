@@ -5,6 +5,7 @@
 //! - [`access`]: API tokens. [`consumers`]: durable consumers and their acknowledgements.
 //! - [`audit`]: the tamper-evident trail. [`report`]: the erasure report.
 //! - [`webhooks`]: tombstones pushed to dependents.
+//! - [`kek_epochs`]: the key vault's KEK rotations and destroyed epochs, in the audit trail.
 //! - [`subscription`], [`catch_up`], [`export`]: reads that stream, decrypting lazily.
 //!
 //! Architecture invariant: a service imports the layers below it (core, storage, crypto,
@@ -17,6 +18,7 @@ pub(crate) mod catch_up;
 pub(crate) mod consumers;
 pub(crate) mod erasure;
 pub(crate) mod export;
+pub(crate) mod kek_epochs;
 pub(crate) mod report;
 pub(crate) mod schemas;
 pub(crate) mod subscription;

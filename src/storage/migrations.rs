@@ -33,6 +33,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         "personal_fields",
         include_str!("../../migrations/sqlite/0008_personal_fields.sql"),
     ),
+    (
+        9,
+        "audit_once",
+        include_str!("../../migrations/sqlite/0009_audit_once.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -63,6 +68,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         8,
         "personal_fields",
         include_str!("../../migrations/postgres/0008_personal_fields.sql"),
+    ),
+    (
+        9,
+        "audit_once",
+        include_str!("../../migrations/postgres/0009_audit_once.sql"),
     ),
 ];
 

@@ -39,13 +39,14 @@ use lethe_keyvault::KeyId;
 use uuid::Uuid;
 
 pub(crate) use records::{
-    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, StoredEvent, StreamWrite, advance_head,
+    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, KeyedStream, StoredEvent, StreamWrite,
+    SubjectKeyRow, advance_head,
 };
 
 use crate::error::StorageError;
 use crate::model::{
-    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, EventSchema, LegalHold, LogFilter,
-    NewAuditEntry, SchemaMode, StreamInfo, StreamName, SubjectId, TokenRecord,
+    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, EventSchema, LegalHold,
+    LogFilter, NewAuditEntry, SchemaMode, StreamInfo, StreamName, SubjectId, TokenRecord,
 };
 
 /// The part of [`Storage`] each engine writes itself: its append path, its log reads, the
@@ -64,6 +65,9 @@ pub trait EngineStorage: Send + Sync + 'static {
     /// Which of these subject field keys belong to a forgotten subject (the erasure's shred
     /// step marks them, in the transaction that shreds the subject's streams).
     async fn forgotten_field_keys(&self, keys: &[Uuid]) -> Result<HashSet<Uuid>, StorageError>;
+    /// The status of each of these erasure requests that the database holds (absent: it does
+    /// not, e.g. restored from a backup older than the request). One query.
+    async fn erasure_statuses(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, ErasureStatus>, StorageError>;
     /// Up to `limit` events of the global log from position `from` (inclusive), never past the
     /// returned head: every position up to the head is committed, so a reader that continues
     /// from `head + 1` skips nothing.
@@ -119,6 +123,9 @@ pub trait Storage: EngineStorage {
     // Erasure requests and legal holds
     /// Records a new erasure request.
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError>;
+    /// Records an erasure request under its own id unless one with that id exists (a request
+    /// Lethe re-applies, which several processes may do at once); true if it did.
+    async fn insert_erasure_if_absent(&self, erasure: &Erasure) -> Result<bool, StorageError>;
     /// Step 1 of an erasure, in one transaction serialised with appends: marks its target's
     /// active streams erased (subject) or deleted (stream), removes their ciphertext, marks a
     /// subject's field key forgotten, and records the lists (bound streams, field streams, the
@@ -146,6 +153,12 @@ pub trait Storage: EngineStorage {
     async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError>;
     /// Holds active at `now_us` (no `until`, or `until` later).
     async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError>;
+
+    // Reconciliation with the key vault
+    /// Up to `limit` streams that have a key, by name, after `after`.
+    async fn keyed_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<KeyedStream>, StorageError>;
+    /// Up to `limit` subjects' field keys, by subject, after `after`.
+    async fn subject_key_rows(&self, after: Option<&str>, limit: usize) -> Result<Vec<SubjectKeyRow>, StorageError>;
 
     // API tokens
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StorageError>;
@@ -193,6 +206,9 @@ pub trait Storage: EngineStorage {
     // The audit chain
     /// Appends an entry to the audit chain (serialised by the chain head's row lock).
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError>;
+    /// Appends `entry` unless an entry was already appended under `once_key` (by this or any
+    /// other process); true if it was appended now. One transaction.
+    async fn append_audit_once(&self, once_key: &str, entry: &NewAuditEntry) -> Result<bool, StorageError>;
     /// Audits each hold that lapsed by `now_us` and was not audited yet; returns how many.
     async fn audit_lapsed_holds(&self, now_us: i64) -> Result<u64, StorageError>;
     /// Audit entries after `query.after`, oldest first.

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
-use super::rows::{DecodeRow, now_us, parse_status, select_erasures, to_i64, to_u64};
+use super::rows::{DecodeRow, erasure_statuses, now_us, parse_status, select_erasures, to_i64, to_u64};
 use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
 use crate::error::StorageError;
@@ -28,7 +28,7 @@ use crate::limits::{
     LISTEN_RETRY, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_WRITE_CONNECTIONS_MAX,
     REVOKED_KEYS_PER_NOTIFY,
 };
-use crate::model::{LogFilter, StreamStatus};
+use crate::model::{ErasureStatus, LogFilter, StreamStatus};
 
 /// The NOTIFY channel on which every commit announces the new head position.
 const COMMITS_CHANNEL: &str = "lethe_commits";
@@ -317,6 +317,14 @@ impl EngineStorage for PostgresStorage {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().collect())
+    }
+
+    async fn erasure_statuses(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, ErasureStatus>, StorageError> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM erasure_requests WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        erasure_statuses(rows)
     }
 
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError> {

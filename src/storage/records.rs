@@ -70,6 +70,24 @@ impl AtomicAppend {
     }
 }
 
+/// A stream that has a key, as reconciliation compares it with the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedStream {
+    pub name: StreamName,
+    pub subject: Option<SubjectId>,
+    pub status: StreamStatus,
+    pub key_id: Uuid,
+}
+
+/// A subject's field key, as reconciliation compares it with the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectKeyRow {
+    pub subject: SubjectId,
+    pub key_id: Uuid,
+    /// The subject's forget marked it (`subject_keys.forgotten_at`).
+    pub forgotten: bool,
+}
+
 /// Called with keys that must be evicted from the cache.
 pub type KeyRevoker = Arc<dyn Fn(&[KeyId]) + Send + Sync>;
 

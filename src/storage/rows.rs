@@ -75,6 +75,19 @@ pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// `(id, status)` rows of erasure requests, by id.
+pub(crate) fn erasure_statuses(
+    rows: impl IntoIterator<Item = (Uuid, String)>,
+) -> Result<HashMap<Uuid, ErasureStatus>, StorageError> {
+    rows.into_iter()
+        .map(|(id, status)| {
+            let status = ErasureStatus::parse(&status)
+                .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id}: unknown status")))?;
+            Ok((id, status))
+        })
+        .collect()
+}
+
 pub(crate) fn parse_status(s: &str) -> Result<StreamStatus, StorageError> {
     StreamStatus::parse(s).ok_or_else(|| StorageError::Corrupt(format!("unknown stream status {s:?}")))
 }

@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use super::rows::{
     DecodeRow, attach_dependents, consumer_columns, decode_shredded, encode_shredded, encode_types, hash32, now_us,
-    overdue_cutoff_us, select_erasures, select_events, select_schemas, select_stream_info, select_tokens,
+    overdue_cutoff_us, parse_status, select_erasures, select_events, select_schemas, select_stream_info, select_tokens,
     target_columns, to_i64, to_u64,
 };
-use super::{Delivery, EngineStorage, SchemaRegistration, Storage, StoredEvent};
+use super::{Delivery, EngineStorage, KeyedStream, SchemaRegistration, Storage, StoredEvent, SubjectKeyRow};
 use crate::error::StorageError;
 use crate::limits::{SCHEMA_TYPES_MAX, SCHEMA_VERSIONS_MAX};
 use crate::model::{
@@ -116,6 +116,13 @@ trait SharedSteps: Engine {
     ) -> impl Future<Output = Result<AuditEntry, StorageError>> + Send;
     /// Completes every request no dependent is still holding up, each audited.
     fn complete_acknowledged(conn: &mut Conn<Self>, now: i64) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Inserts an erasure request with its dependents (the erasure-dependent consumers of the
+    /// moment, for a pending one); with `if_absent`, nothing if its id exists. True if inserted.
+    fn insert_erasure_in(
+        conn: &mut Conn<Self>,
+        erasure: &Erasure,
+        if_absent: bool,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
 }
 
 impl<E> SharedSteps for E
@@ -190,6 +197,42 @@ where
             prev_hash,
             hash,
         })
+    }
+
+    async fn insert_erasure_in(conn: &mut Conn<E>, erasure: &Erasure, if_absent: bool) -> Result<bool, StorageError> {
+        let (kind, subject, stream) = target_columns(&erasure.target);
+        let sql = if if_absent {
+            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
+             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO NOTHING RETURNING id"
+        } else {
+            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
+             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id"
+        };
+        let inserted: Option<Uuid> = sqlx::query_scalar(sql)
+            .bind(erasure.id)
+            .bind(kind)
+            .bind(subject)
+            .bind(stream)
+            .bind(erasure.status.as_str())
+            .bind(erasure.reason.reason.as_deref())
+            .bind(erasure.reason.requested_by.as_deref())
+            .bind(erasure.reason.reference.as_deref())
+            .bind(erasure.requested_at.timestamp_micros())
+            .bind(erasure.refused_reason.as_deref())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if inserted.is_some() && erasure.status == ErasureStatus::Pending {
+            // The dependents are those registered at the time of the request.
+            sqlx::query(
+                "INSERT INTO erasure_dependents (erasure_id, consumer) \
+                 SELECT $1, name FROM consumers WHERE erasure_dependent",
+            )
+            .bind(erasure.id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(inserted.is_some())
     }
 
     async fn complete_acknowledged(conn: &mut Conn<E>, now: i64) -> Result<(), StorageError> {
@@ -376,36 +419,17 @@ where
     // Erasure requests and legal holds
 
     async fn insert_erasure(&self, erasure: &Erasure) -> Result<(), StorageError> {
-        let (kind, subject, stream) = target_columns(&erasure.target);
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
-             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(erasure.id)
-        .bind(kind)
-        .bind(subject)
-        .bind(stream)
-        .bind(erasure.status.as_str())
-        .bind(erasure.reason.reason.as_deref())
-        .bind(erasure.reason.requested_by.as_deref())
-        .bind(erasure.reason.reference.as_deref())
-        .bind(erasure.requested_at.timestamp_micros())
-        .bind(erasure.refused_reason.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        if erasure.status == ErasureStatus::Pending {
-            // The dependents are those registered at the time of the request.
-            sqlx::query(
-                "INSERT INTO erasure_dependents (erasure_id, consumer) \
-                 SELECT $1, name FROM consumers WHERE erasure_dependent",
-            )
-            .bind(erasure.id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        E::insert_erasure_in(&mut tx, erasure, false).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn insert_erasure_if_absent(&self, erasure: &Erasure) -> Result<bool, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let inserted = E::insert_erasure_in(&mut tx, erasure, true).await?;
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
@@ -631,6 +655,54 @@ where
             .fetch_one(self.pools().reader)
             .await?;
         to_u64(row.try_get(0)?, "holds")
+    }
+
+    // Reconciliation with the key vault
+
+    async fn keyed_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<KeyedStream>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT name, subject, status, key_id FROM streams \
+             WHERE key_id IS NOT NULL AND (CAST($1 AS TEXT) IS NULL OR name > $1) ORDER BY name LIMIT $2",
+        )
+        .bind(after)
+        .bind(to_i64(limit as u64))
+        .fetch_all(self.pools().reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let corrupt = |e: crate::model::ValidationError| StorageError::Corrupt(e.to_string());
+                let name: String = row.try_get(0)?;
+                let subject: Option<String> = row.try_get(1)?;
+                let status: String = row.try_get(2)?;
+                Ok(KeyedStream {
+                    name: StreamName::parse_readable(&name).map_err(corrupt)?,
+                    subject: subject.map(SubjectId::new).transpose().map_err(corrupt)?,
+                    status: parse_status(&status)?,
+                    key_id: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn subject_key_rows(&self, after: Option<&str>, limit: usize) -> Result<Vec<SubjectKeyRow>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT subject, key_id, forgotten_at IS NOT NULL FROM subject_keys \
+             WHERE CAST($1 AS TEXT) IS NULL OR subject > $1 ORDER BY subject LIMIT $2",
+        )
+        .bind(after)
+        .bind(to_i64(limit as u64))
+        .fetch_all(self.pools().reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let subject: String = row.try_get(0)?;
+                Ok(SubjectKeyRow {
+                    subject: SubjectId::new(subject).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                    key_id: row.try_get(1)?,
+                    forgotten: row.try_get(2)?,
+                })
+            })
+            .collect()
     }
 
     // API tokens
@@ -873,6 +945,20 @@ where
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
         let mut tx = self.begin_write().await?;
         let appended = E::audit_in(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    async fn append_audit_once(&self, once_key: &str, entry: &NewAuditEntry) -> Result<bool, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query("INSERT INTO audit_once (key) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(once_key)
+            .execute(&mut *tx)
+            .await?;
+        let appended = claimed.rows_affected() == 1;
+        if appended {
+            E::audit_in(&mut tx, entry).await?;
+        }
         tx.commit().await?;
         Ok(appended)
     }

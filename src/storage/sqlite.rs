@@ -18,12 +18,12 @@ use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
-use super::rows::{DecodeRow, now_us, select_erasures, select_events, to_i64, to_u64};
+use super::rows::{DecodeRow, erasure_statuses, now_us, select_erasures, select_events, to_i64, to_u64};
 use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent};
 use crate::error::StorageError;
 use crate::limits::{SQLITE_BUSY_TIMEOUT, SQLITE_READ_CONNECTIONS_MAX};
-use crate::model::LogFilter;
+use crate::model::{ErasureStatus, LogFilter};
 
 pub struct SqliteStorage {
     writer: SqlitePool,
@@ -309,6 +309,17 @@ impl EngineStorage for SqliteStorage {
         .fetch_all(&self.readers)
         .await?;
         Ok(rows.into_iter().collect())
+    }
+
+    async fn erasure_statuses(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, ErasureStatus>, StorageError> {
+        let ids: Vec<String> = ids.iter().map(|id| hex::encode(id.as_bytes())).collect();
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM erasure_requests WHERE id IN (SELECT unhex(value) FROM json_each(?1))",
+        )
+        .bind(json(&ids)?)
+        .fetch_all(&self.readers)
+        .await?;
+        erasure_statuses(rows)
     }
 
     async fn watch_foreign_changes(&self, _feed: ChangeFeed) -> Result<(), StorageError> {

@@ -251,8 +251,8 @@ async fn a_kek_rotation_is_audited(db: TestDb) {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].actor, "cli");
     assert_eq!(
-        entries[0].details["to_version"],
-        entries[0].details["from_version"].as_u64().unwrap() + 1
+        entries[0].details["to_epoch"],
+        entries[0].details["from_epoch"].as_u64().unwrap() + 1
     );
     assert!(store.verify_audit().await.unwrap().is_intact());
 }

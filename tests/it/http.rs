@@ -1108,7 +1108,7 @@ async fn http_operations_routes(db: TestDb) {
     ready.assert_status(200);
     assert_eq!(
         ready.body,
-        json!({"status": "ready", "database": "ok", "keyvault": "ok"})
+        json!({"status": "ready", "database": "ok", "keyvault": "ok", "keys_unreadable": 0})
     );
 
     server.append("m-1", json!("any"), None, events(2, "M")).await;

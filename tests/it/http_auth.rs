@@ -200,6 +200,13 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
             Admin,
         ),
         route(
+            (M::POST, "/admin/reconcile"),
+            "/admin/reconcile",
+            "/admin/reconcile",
+            None,
+            Admin,
+        ),
+        route(
             (M::POST, "/admin/tokens"),
             "/admin/tokens",
             "/admin/tokens",

@@ -104,7 +104,10 @@ pub fn config_for(db: &TestDb) -> ServeConfig {
     // The KEK file must exist (mode 0600) before the server opens the vault with it.
     let kek_path = db.dir.path().join("kek.key");
     lethe_keyvault::Kek::load_or_create(&kek_path).expect("KEK");
-    let mut config = ServeConfig::embedded(db.dir.path());
+    // The data directory only holds `admin.token` here (both databases are named by URL); the
+    // keys directory (the erasure journal) lies beside it, as it must.
+    let mut config = ServeConfig::embedded(db.dir.path().join("lethe-data"));
+    config.keys_dir = db.dir.path().join("lethe-keys");
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.database_url = Some(db.url.clone());
     config.keyvault_url = Some(db.vault_url.clone());

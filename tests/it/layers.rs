@@ -19,7 +19,7 @@ use syn::visit::Visit;
 const LAYERS: &[&[&str]] = &[
     &["model", "limits"],
     &["error", "coalesce"],
-    &["storage", "crypto"],
+    &["storage", "crypto", "journal"],
     &["core"],
     &["services"],
     &["store"],
@@ -27,8 +27,14 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Modules of one layer that must not name each other: the event database and the keys stay
-/// apart, so that storage never sees key bytes and crypto never builds SQL.
-const SIBLINGS_APART: &[(&str, &str)] = &[("storage", "crypto"), ("crypto", "storage")];
+/// apart, so that storage never sees key bytes and crypto never builds SQL; the erasure journal
+/// (ids only) names neither.
+const SIBLINGS_APART: &[(&str, &str)] = &[
+    ("storage", "crypto"),
+    ("crypto", "storage"),
+    ("journal", "storage"),
+    ("journal", "crypto"),
+];
 
 /// The model layer names nothing but itself and the limits (no errors above it, no I/O).
 const MODEL_MAY_NAME: &[&str] = &["model", "limits"];

@@ -318,6 +318,9 @@ impl Lethe {
         command
             .arg("serve")
             .env("LETHE_DATA_DIR", data_dir)
+            // One keys directory per database, shared by every process on it (their vault's
+            // KEK epochs and the erasure journal), outside each process's data directory.
+            .env("LETHE_KEYS_DIR", db.dir.path().join("lethe-keys"))
             .env("LETHE_LISTEN", format!("127.0.0.1:{port}"))
             .env("LETHE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LETHE_DATABASE_URL", &db.url)

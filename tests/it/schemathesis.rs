@@ -137,11 +137,11 @@ async fn documented_routes_are_the_served_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_server() {
-    // The embedded default (SQLite events database and key vault, KEK file), wired as
+    // The embedded default (SQLite events database and key vault, KEK epochs in the keys
+    // directory beside the data directory), wired as
     // `lethe serve` does.
     let dir = tempfile::tempdir().expect("temp dir");
-    lethe_keyvault::Kek::load_or_create(dir.path().join("kek.key")).expect("KEK");
-    run_schemathesis(ServeConfig::embedded(dir.path()), dir.path()).await;
+    run_schemathesis(ServeConfig::embedded(dir.path().join("lethe-data")), dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

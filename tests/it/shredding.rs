@@ -370,6 +370,9 @@ impl KeyVault for FlakyVault {
     async fn health(&self) -> Result<(), VaultError> {
         self.inner.health().await
     }
+    async fn kek_epochs(&self) -> Result<Vec<lethe_keyvault::EpochInfo>, VaultError> {
+        self.inner.kek_epochs().await
+    }
 }
 
 async fn flaky(db: &TestDb) -> Arc<FlakyVault> {

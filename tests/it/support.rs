@@ -20,6 +20,15 @@ pub enum Engine {
     Postgres,
 }
 
+/// One of a test's two databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The event database.
+    Events,
+    /// The key vault's database.
+    Vault,
+}
+
 /// A fresh, empty event database and key vault (its own database), removed when dropped.
 pub struct TestDb {
     pub engine: Engine,
@@ -88,16 +97,7 @@ impl TestDb {
 
     /// The test's key vault (in-process, on its own database, KEK in the temp dir).
     pub async fn vault(&self) -> Arc<dyn KeyVault> {
-        let kek = Kek::load_or_create(self.dir.path().join("kek.key")).expect("KEK");
-        lethe_keyvault::open(
-            &self.vault_url,
-            OpenOptions {
-                kek: Some(kek),
-                ..OpenOptions::default()
-            },
-        )
-        .await
-        .expect("open vault")
+        self.vault_at(&self.vault_url).await
     }
 
     pub async fn config(&self) -> StoreConfig {
@@ -110,6 +110,89 @@ impl TestDb {
 
     pub async fn open_with(&self, config: StoreConfig) -> EventStore {
         EventStore::open(config).await.expect("open store")
+    }
+
+    /// A vault on `url` (the test's own, or a copy of it: `backup`) with the test's KEK.
+    pub async fn vault_at(&self, url: &str) -> Arc<dyn KeyVault> {
+        let kek = Kek::load_or_create(self.dir.path().join("kek.key")).expect("KEK");
+        lethe_keyvault::open(
+            url,
+            OpenOptions {
+                kek: Some(kek),
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .expect("open vault")
+    }
+
+    /// The erasure journal's path, in a keys directory of the test's own (created `0700`).
+    pub fn journal_path(&self) -> std::path::PathBuf {
+        use std::os::unix::fs::DirBuilderExt;
+        let keys = self.dir.path().join("keys");
+        if !keys.exists() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&keys)
+                .expect("keys directory");
+        }
+        keys.join("erasures.journal")
+    }
+
+    /// A backup of one of the test's databases as it is now, at a URL of its own (restoring it
+    /// is opening a store or vault on that URL). No store may be writing to it: SQLite copies
+    /// it with `VACUUM INTO` (a consistent copy, whatever connections are left); PostgreSQL
+    /// creates a database from it as a template, after ending any connection left over (a
+    /// dropped vault's pool). The copy is dropped with the test.
+    pub async fn backup(&mut self, part: Part) -> String {
+        let source = match part {
+            Part::Events => self.url.clone(),
+            Part::Vault => self.vault_url.clone(),
+        };
+        let copy = format!("lethe_b_{}", uuid::Uuid::new_v4().simple());
+        match self.engine {
+            Engine::Sqlite => {
+                let path = self.dir.path().join(format!("{copy}.db"));
+                let mut c = sqlx::SqliteConnection::connect(&source).await.expect("connect");
+                sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM INTO '{}'", path.display())))
+                    .execute(&mut c)
+                    .await
+                    .expect("VACUUM INTO");
+                format!("sqlite://{}", path.display())
+            }
+            Engine::Postgres => {
+                let (admin_url, names) = self.postgres.as_mut().expect("a PostgreSQL test database");
+                let original = source.rsplit('/').next().unwrap_or_default();
+                let original = original.split('?').next().unwrap_or_default().to_owned();
+                let name = copy;
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("connect");
+                let mut attempts = 0;
+                loop {
+                    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                        .bind(&original)
+                        .execute(&mut admin)
+                        .await
+                        .expect("end connections");
+                    let created = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "CREATE DATABASE {name} TEMPLATE {original}"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                    match created {
+                        Ok(_) => break,
+                        // A connection came back between the two statements: end it again.
+                        Err(_) if attempts < 20 => {
+                            attempts += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("CREATE DATABASE … TEMPLATE: {e}"),
+                    }
+                }
+                let url = with_database(admin_url, &name);
+                names.push(name);
+                url
+            }
+        }
     }
 
     /// Runs raw SQL against the database (for failure injection and inspection).

@@ -204,7 +204,7 @@ async fn silent_connections_are_cut_off_by_the_header_timeout() {
 
 /// The embedded default on a free port, with a one-second header timeout.
 async fn start_with_a_1s_header_timeout(dir: &std::path::Path) -> lethe::server::RunningServer {
-    let mut config = lethe::server::ServeConfig::embedded(dir);
+    let mut config = lethe::server::ServeConfig::embedded(dir.join("lethe-data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_token = Some("an-admin-token-of-32-characters!".into());
     config.header_timeout_secs = 1;

@@ -82,7 +82,8 @@ impl ServerProcess {
             .context("finding a free port")?;
         let child = Command::new(binary)
             .arg("serve")
-            .env("LETHE_DATA_DIR", &dir)
+            .env("LETHE_DATA_DIR", dir.join("data"))
+            .env("LETHE_KEYS_DIR", dir.join("keys"))
             .env("LETHE_LISTEN", addr.to_string())
             .env("LETHE_DATABASE_URL", db_url)
             .env("LETHE_KEYVAULT_URL", vault_url)
