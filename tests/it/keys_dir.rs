@@ -179,3 +179,25 @@ async fn a_legacy_kek_in_the_data_directory_keeps_working_and_move_keys_moves_it
     assert!(!again.status.success(), "nothing left to move");
     assert!(String::from_utf8_lossy(&again.stderr).contains("no KEK to move"));
 }
+
+/// A damaged KEK file in the keys directory (here: one byte short) stops the start with an
+/// error naming the file and what is wrong with it — never a partial start, never the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kek_file_of_the_wrong_length_stops_the_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("lethe-data");
+    let keys = tmp.path().join("lethe-keys");
+    let server = lethe::server::start(config(&data, &keys)).await.expect("start");
+    append(&format!("http://{}", server.addr), "profile-1", Some("p-1"), "Ada").await;
+    server.stop().await.expect("stop");
+
+    let epoch = keys.join("kek-0000000001.key");
+    let bytes = std::fs::read(&epoch).expect("epoch file");
+    std::fs::write(&epoch, &bytes[..31]).expect("truncate");
+    let Err(error) = lethe::server::start(config(&data, &keys)).await else {
+        panic!("a 31-byte KEK was accepted");
+    };
+    let text = error.to_string();
+    assert!(text.contains("kek-0000000001.key") && text.contains("31"), "{text}");
+    assert!(!text.contains(&format!("{:?}", &bytes[..4])), "{text}");
+}

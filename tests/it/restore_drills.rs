@@ -177,3 +177,48 @@ async fn restoring_a_backup_from_before_a_forget_never_brings_the_subject_back(m
         server.stop().await.expect("stop");
     }
 }
+
+/// The embedded default as a new user backs it up: a copy of `./lethe-data` taken while the
+/// server is stopped, restored after a forget, with `./lethe-keys` as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_restored_from_a_copy_of_its_data_directory_forgets_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("lethe-data");
+    let embedded = || {
+        let mut config = ServeConfig::embedded(&data);
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.admin_token = Some(ADMIN.into());
+        config
+    };
+    let server = lethe::server::start(embedded()).await.expect("start");
+    append(&server, "user-private-1", Some("s-1"), json!({ "name": "Ada" })).await;
+    append(&server, "user-private-2", Some("s-2"), json!({ "name": "Grace" })).await;
+    append(&server, "user-public-1", None, json!({ "user_id": "1" })).await;
+    server.stop().await.expect("stop");
+
+    let backup = tmp.path().join("backup");
+    std::fs::create_dir(&backup).expect("mkdir");
+    for entry in std::fs::read_dir(&data).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), backup.join(entry.file_name())).expect("copy");
+    }
+
+    let server = lethe::server::start(embedded()).await.expect("restart");
+    let (status, erasure) = call(
+        &server,
+        reqwest::Method::POST,
+        "/admin/subjects/s-1/forget",
+        Some(json!({ "reason": "drill", "requested_by": "dpo" })),
+    )
+    .await;
+    assert_eq!(status, 202, "{erasure}");
+    server.stop().await.expect("stop");
+
+    std::fs::remove_dir_all(&data).expect("remove");
+    std::fs::rename(&backup, &data).expect("restore");
+    let server = lethe::server::start(embedded())
+        .await
+        .expect("start on the restored copy");
+    assert_forgotten_and_the_rest_intact(&server, "data directory restored").await;
+    server.stop().await.expect("stop");
+}
