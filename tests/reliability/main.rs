@@ -9,7 +9,9 @@
 //!   three kinds of tailing subscribers;
 //! - `hostile`: generated requests against the router (proptest);
 //! - `exhaustion`: huge bodies, 10k-event batches, deep nesting, idle subscriptions,
-//!   slow-loris headers, with the server's memory measured.
+//!   slow-loris headers, with the server's memory measured;
+//! - `kek_drills`: the real `lethe serve` killed during KEK epoch rotations, and during the
+//!   erasure journal's replay against a restored vault backup.
 //!
 //! Quick by default (what CI runs); `LETHE_RELIABILITY=long` runs the long versions
 //! (`scripts/reliability-long`). The tests of this binary run one at a time ([`harness::serial`]):
@@ -33,6 +35,7 @@ mod harness;
 mod crash;
 mod exhaustion;
 mod hostile;
+mod kek_drills;
 mod pg_restart;
 mod soak;
 mod vault_kill;

@@ -94,10 +94,10 @@ async fn replay_batch(core: &Core, batch: &[JournalEntry], replayed: &mut Replay
         if held_keys == 0 || !destroyed.insert(&entry.target) {
             continue;
         }
-        let keys = destroy_in_vault(core, &entry.target).await?;
-        core.keyring.revoke(&entry.keys);
-        replayed.keys_destroyed += keys.len() as u64;
-        let details = json!({ "keys_destroyed": keys.len(), "journal_line": entry.line });
+        // Audited before the vault is asked: a crash between the two then leaves the entry and
+        // a destruction that the next start completes, never a destruction without its entry
+        // (found by the reliability suite's kill -9 during replay).
+        let details = json!({ "keys_held": held_keys, "journal_line": entry.line });
         audit_reapplied(
             core,
             &entry.target,
@@ -107,6 +107,9 @@ async fn replay_batch(core: &Core, batch: &[JournalEntry], replayed: &mut Replay
             details,
         )
         .await;
+        let keys = destroy_in_vault(core, &entry.target).await?;
+        core.keyring.revoke(&entry.keys);
+        replayed.keys_destroyed += keys.len() as u64;
     }
 
     // The event database: requests it lacks, or holds unfinished. A request's parts are all in
