@@ -307,6 +307,14 @@ impl Lethe {
 
     /// With extra environment variables (they override the defaults set here).
     pub async fn start_with(db: &TestDb, data_dir: &Path, env: &[(&str, String)]) -> Lethe {
+        let mut lethe = Self::spawn_with(db, data_dir, env);
+        lethe.wait_ready().await;
+        lethe
+    }
+
+    /// Started as [`Lethe::start_with`] starts it, but not waited for (a start that is to be
+    /// killed before it is ready).
+    pub fn spawn_with(db: &TestDb, data_dir: &Path, env: &[(&str, String)]) -> Lethe {
         let port = free_port();
         let log = data_dir.join("lethe.log");
         let out = std::fs::OpenOptions::new()
@@ -338,13 +346,11 @@ impl Lethe {
             .stderr(out)
             .spawn()
             .expect("spawn lethe");
-        let mut lethe = Lethe {
+        Lethe {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        lethe.wait_ready().await;
-        lethe
+        }
     }
 
     async fn wait_ready(&mut self) {

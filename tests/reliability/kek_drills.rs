@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ use crate::harness::{
     assert_append_refused, assert_shredded, call, client, pick, random_below, random_between, report, serial,
 };
 use crate::http_support::ADMIN_TOKEN;
-use crate::load_support::{Lethe, free_port, read_log};
+use crate::load_support::{Lethe, read_log};
 use crate::support::{Engine, Part, TestDb};
 
 backend_tests!(
@@ -43,61 +42,6 @@ backend_tests!(
 
 // ---------------------------------------------------------------------------------------------
 // Shared
-
-/// `lethe serve` started as `Lethe::start_with` starts it, but not waited for: a start that
-/// is to be killed before it is ready. Killed when dropped.
-struct Starting {
-    child: Child,
-    base: String,
-}
-
-impl Starting {
-    fn spawn(db: &TestDb, data_dir: &Path, env: &[(&str, String)]) -> Starting {
-        let port = free_port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("lethe.log"))
-            .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lethe"));
-        command
-            .arg("serve")
-            .env("LETHE_DATA_DIR", data_dir)
-            .env("LETHE_KEYS_DIR", keys_dir(db))
-            .env("LETHE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("LETHE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("LETHE_DATABASE_URL", &db.url)
-            .env("LETHE_KEYVAULT_URL", &db.vault_url)
-            .env("LETHE_LOG", "warn")
-            .env_remove("LETHE_KEK")
-            .env_remove("LETHE_KEK_FILE")
-            .env_remove("LETHE_KEYVAULT_TOKEN");
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn lethe");
-        Starting {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Starting {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
 
 /// The keys directory `load_support` gives every process on this database.
 fn keys_dir(db: &TestDb) -> PathBuf {
@@ -716,7 +660,7 @@ async fn lethe_killed_during_journal_replay_resumes_it(mut db: TestDb) {
         killed += 1;
         let share = 0.1 + 0.4 * random_below(1000) as f64 / 1000.0;
         let delay = overhead + Duration::from_secs_f64(share * left as f64 / pace);
-        let mut starting = Starting::spawn(&db, &data_dir, &env);
+        let mut starting = Lethe::spawn_with(&db, &data_dir, &env);
         let spawned = Instant::now();
         let mut ready = false;
         while spawned.elapsed() < delay {

@@ -265,7 +265,7 @@ fn parse_epoch_file_name(name: &str) -> Option<Epoch> {
 }
 
 /// Whether [`write_key_file`] created the file or found one there.
-enum Created {
+pub(super) enum Created {
     New,
     AlreadyThere,
 }
@@ -274,7 +274,7 @@ enum Created {
 /// temporary file in `dir`, hard-linked into place (which fails rather than replace an
 /// existing file), then the directory synced. A crash never leaves a short key file, and of
 /// two writers racing for one path exactly one wins; the other gets [`Created::AlreadyThere`].
-fn write_key_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<Created, KekError> {
+pub(super) fn write_key_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<Created, KekError> {
     let mut suffix = [0u8; 8];
     fill_random(&mut suffix).map_err(|_| KekError::Random)?;
     let tmp = dir.join(format!(".kek-{}.tmp", hex::encode(suffix)));

@@ -11,8 +11,8 @@
 //! recognises a KEK without revealing it.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -238,39 +238,15 @@ impl Kek {
                 });
             }
         }
-        let io = |source| KekError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let kek = Kek::generate()?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut suffix = [0u8; 8];
-        fill_random(&mut suffix).map_err(|_| KekError::Random)?;
-        let tmp = dir.join(format!(".kek-{}.tmp", hex::encode(suffix)));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&kek.bytes[..])?;
-            f.sync_all()
-        };
-        let result = write().and_then(|()| std::fs::hard_link(&tmp, path));
-        let _ = std::fs::remove_file(&tmp);
-        match result {
-            Ok(()) => {
-                if let Ok(d) = std::fs::File::open(&dir) {
-                    let _ = d.sync_all();
-                }
-                Ok(kek)
-            }
+        match file::write_key_file(&dir, path, &kek.bytes[..])? {
+            file::Created::New => Ok(kek),
             // Another process won the race: use its key.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Kek::from_file(path),
-            Err(e) => Err(io(e)),
+            file::Created::AlreadyThere => Kek::from_file(path),
         }
     }
 
