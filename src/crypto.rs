@@ -33,6 +33,11 @@ use crate::limits::REVOKED_KEYS_MAX;
 pub(crate) enum KeyState {
     Live(LiveKey),
     Destroyed,
+    /// The vault holds the key wrapped only by a KEK epoch it no longer has: read like a
+    /// destroyed key (`data: null`), refused for appends as `key_unreadable`.
+    Unreadable {
+        epoch: u32,
+    },
 }
 
 /// What the vault holds for a key (see [`Keyring::vault_states`]).
@@ -176,7 +181,7 @@ impl Keyring {
                 // Reported by reconciliation, `/readyz` and the metrics.
                 KeyLookup::Unreadable { epoch } => {
                     tracing::warn!(key_id = %id, epoch, "key wrapped only by a destroyed KEK epoch: its data cannot be read");
-                    KeyState::Destroyed
+                    KeyState::Unreadable { epoch }
                 }
             };
             found.insert(id, state);

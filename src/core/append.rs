@@ -237,6 +237,12 @@ impl Core {
                 (Some(KeyState::Live(live)), _) => {
                     keys.insert(stream.to_owned(), (id, live.clone()));
                 }
+                (Some(KeyState::Unreadable { epoch }), StreamStatus::Active) => {
+                    return Err(Error::KeyVault(lethe_keyvault::VaultError::KeyUnreadable {
+                        stream: stream.to_owned(),
+                        epoch: *epoch,
+                    }));
+                }
                 (_, StreamStatus::Deleted) => {
                     return Err(Error::StreamDeleted {
                         stream: stream.to_owned(),

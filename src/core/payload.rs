@@ -142,7 +142,7 @@ pub(crate) fn open_fields(
                     detail: format!("personal field {:?} of event {id} is not JSON", field.pointer),
                 })?;
             }
-            Some(KeyState::Destroyed) => {
+            Some(KeyState::Destroyed | KeyState::Unreadable { .. }) => {
                 *value = field.erased.clone();
                 event.erased_fields.push(field.pointer.clone());
             }
@@ -218,7 +218,7 @@ pub(crate) fn decode(stored: StoredEvent, key: Option<&KeyState>) -> Result<Reco
                 let plaintext = crypto::open_event(dek, &stored.stream, &stored.id, sealed)?;
                 Some(serde_json::from_slice(&plaintext).map_err(|_| corrupt("data is not JSON"))?)
             }
-            Some(KeyState::Destroyed) => None,
+            Some(KeyState::Destroyed | KeyState::Unreadable { .. }) => None,
             None => return Err(corrupt("no key supplied for an encrypted event")),
         },
         (None, Some(_)) => None,

@@ -162,6 +162,15 @@ async fn kek_epochs_rotate_retire_and_are_audited_once(mut db: TestDb) {
         .expect("an old backup opens");
     assert_eq!(restored.keys_unreadable().await.expect("stats"), 1);
     assert_eq!(name_of(&restored, "profile-1").await, serde_json::Value::Null);
+    let refused = restored
+        .append(StreamAppend::new(
+            stream_name("profile-1"),
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Named", json!({ "name": "Ada" }))],
+        ))
+        .await
+        .expect_err("no event is sealed under a key that cannot be read");
+    assert_eq!(refused.code(), "key_unreadable", "{refused}");
     let epochs = restored_vault.kek_epochs().await.expect("epochs");
     assert!(
         epochs
