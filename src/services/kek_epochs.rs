@@ -41,7 +41,9 @@ pub(crate) async fn audit_epochs(core: &Core) -> Result<u64, Error> {
 fn entries(epochs: &[EpochInfo]) -> Vec<(String, NewAuditEntry)> {
     let mut out = Vec::new();
     for info in epochs {
-        if let Some(superseded_at) = info.superseded_at {
+        // Only an epoch that was ever active was rotated away from (an abandoned pending one,
+        // or one this vault never recorded, was not).
+        if let (Some(superseded_at), Some(_)) = (info.superseded_at, info.activated_at) {
             // The epoch that took over: the first later one that was ever active.
             let to = epochs
                 .iter()

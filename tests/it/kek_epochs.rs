@@ -152,6 +152,9 @@ async fn kek_epochs_rotate_retire_and_are_audited_once(mut db: TestDb) {
     assert_eq!(store.keys_unreadable().await.expect("stats"), 0);
     assert!(store.verify_audit().await.expect("verify").is_intact());
     store.close().await;
+    // The restored copy replaces this timeline (one vault database per keys directory).
+    drop(store);
+    drop(vault);
 
     // The backup taken in epoch 1, older than rotation + retention, restored beside the keys
     // directory as it is now: it opens (a new epoch for new keys), its key is reported
@@ -187,6 +190,15 @@ async fn kek_epochs_rotate_retire_and_are_audited_once(mut db: TestDb) {
         .await
         .expect("new keys still work");
     assert_eq!(name_of(&restored, "profile-2").await, "Grace");
+    // Epoch 2 wrapped the discarded timeline's keys and the restored database never knew it:
+    // it is retired from the restore on, and destroyed after the retention like any other, so
+    // that timeline's backups become unreadable too.
+    wait_for(&restored_vault, 2, EpochState::Retired).await;
+    assert!(keys.join("kek-0000000002.key").exists());
+    clock.advance(HOUR + Duration::from_secs(1));
+    wait_for(&restored_vault, 2, EpochState::Destroyed).await;
+    assert!(!keys.join("kek-0000000002.key").exists());
+    assert_eq!(name_of(&restored, "profile-2").await, "Grace", "its own epoch stays");
     restored.close().await;
 }
 

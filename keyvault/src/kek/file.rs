@@ -34,9 +34,8 @@ const EPOCH_DIGITS: usize = 10;
 /// The KEKs of a keys directory, one file per epoch (see the module docs).
 ///
 /// An epoch's KEK is read from its file once and then kept in memory (zeroized when the epoch
-/// is destroyed or the provider dropped). Another process destroying an epoch's file is
-/// therefore seen by this one only for epochs it has not loaded yet: epoch destruction is the
-/// job of one process, the vault's rotation.
+/// is destroyed or the provider dropped). An epoch whose file another process deleted leaves
+/// this process's memory the next time the epochs are listed (each vault tick lists them).
 pub struct FileKeks {
     dir: PathBuf,
     /// Loaded KEKs. The lock is held while a file is read, written or deleted, so a destroy
@@ -192,6 +191,9 @@ impl KekProvider for FileKeks {
             }
         }
         epochs.sort_unstable();
+        // An epoch another process destroyed (its file deleted) leaves this process's memory
+        // too, the next time the epochs are listed (every vault tick does).
+        self.lock().retain(|epoch, _| epochs.binary_search(epoch).is_ok());
         Ok(epochs)
     }
 

@@ -147,6 +147,19 @@ impl Pkcs11Config {
     }
 }
 
+/// A provider's session, locked, with the module's lock held too.
+struct Locked<'a> {
+    _module: MutexGuard<'a, ()>,
+    session: MutexGuard<'a, Session>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
 /// KEKs held in an HSM token, one AES-256 key object per epoch (see the module docs).
 ///
 /// One logged-in read-write session per provider, behind a mutex: a PKCS#11 session runs one
@@ -189,6 +202,14 @@ impl Pkcs11Keks {
                 detail: "the KEK label prefix must not be empty".into(),
             });
         }
+        // A label is the prefix and the epoch's digits: a prefix ending in a digit would let
+        // one vault take another's epochs (prefix `k-1`, epoch 2, reads as prefix `k-`, epoch 12).
+        if config.label_prefix.ends_with(|c: char| c.is_ascii_digit()) {
+            return Err(KekError::Pkcs11 {
+                setting: PKCS11_LABEL_PREFIX_SETTING,
+                detail: "the KEK label prefix must not end in a digit".into(),
+            });
+        }
         let module = Module::get(&config.module)?;
         let (slot, token_setting) = select_slot(&module.ctx, &config)?;
         let token_error = |what: &str, e: CkError| KekError::Pkcs11 {
@@ -227,10 +248,16 @@ impl Pkcs11Keks {
             .map_err(|e| self.token_error("finding a KEK object", e))
     }
 
-    /// The session. A panic while it was held leaves no half-done state behind (each PKCS#11
-    /// call is complete or failed), so a poisoned lock is still usable.
-    fn lock(&self) -> MutexGuard<'_, Session> {
-        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The session, with the process's lock on the module (see `Module::operations`). A panic
+    /// while they were held leaves no half-done state behind (each PKCS#11 call is complete or
+    /// failed), so poisoned locks are still usable.
+    fn lock(&self) -> Locked<'_> {
+        let module = self.shared.operations.lock().unwrap_or_else(PoisonError::into_inner);
+        let session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        Locked {
+            _module: module,
+            session,
+        }
     }
 
     fn token_error(&self, what: &str, e: CkError) -> KekError {
@@ -279,7 +306,6 @@ impl KekProvider for Pkcs11Keks {
     /// stay usable, as [`KekProvider::unwrap`] tries every object of an epoch and
     /// [`KekProvider::destroy_epoch`] destroys them all.
     fn create_epoch(&self, epoch: Epoch) -> Result<(), KekError> {
-        let _writing = self.shared.lock_token_writes();
         let session = self.lock();
         if !self.find_epoch(&session, epoch)?.is_empty() {
             return Ok(());
@@ -309,7 +335,6 @@ impl KekProvider for Pkcs11Keks {
     }
 
     fn destroy_epoch(&self, epoch: Epoch) -> Result<(), KekError> {
-        let _writing = self.shared.lock_token_writes();
         let session = self.lock();
         for object in self.find_epoch(&session, epoch)? {
             match session.destroy_object(object) {
@@ -424,11 +449,11 @@ struct Module {
     /// per process, so a later provider's wrong PIN is caught here when the token answers
     /// "already logged in".
     logins: Mutex<HashMap<u64, [u8; 32]>>,
-    /// Held while a provider creates or destroys key objects: SoftHSM2 answers
-    /// `CKR_GENERAL_ERROR` to concurrent object writes from several sessions of one process
-    /// (seen with providers running in parallel threads); one at a time per process is cheap,
-    /// since epochs change rarely.
-    token_writes: Mutex<()>,
+    /// Held around every call a provider makes on the module: SoftHSM2 answered
+    /// `CKR_GENERAL_ERROR` to key generation while other sessions of the process used the
+    /// token (providers in parallel threads). A process normally has one provider, whose
+    /// session runs one operation at a time anyway, so this costs nothing there.
+    operations: Mutex<()>,
 }
 
 /// The modules loaded so far, by path (canonical where it resolves). Never emptied: modules
@@ -460,15 +485,10 @@ impl Module {
         let module = Arc::new(Module {
             ctx,
             logins: Mutex::new(HashMap::new()),
-            token_writes: Mutex::new(()),
+            operations: Mutex::new(()),
         });
         modules.insert(key, Arc::clone(&module));
         Ok(module)
-    }
-
-    /// See `token_writes`. A panic while it was held leaves nothing half-done on the token.
-    fn lock_token_writes(&self) -> MutexGuard<'_, ()> {
-        self.token_writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Logs `session` in as the user (see [`Pkcs11Keks::open`] on login state).

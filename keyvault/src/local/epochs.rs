@@ -219,6 +219,23 @@ impl LocalVault {
         let held = self.keks.epochs()?;
         let now = self.clock.now_micros();
         let retain = micros(self.policy.retain);
+        // Epochs the provider holds below the newest recorded one that this database never
+        // recorded wrapped keys of another timeline (this database restored from a backup
+        // while the provider moved on): retired from now, so that retention destroys them and
+        // that timeline's backups become unreadable like any other. (An epoch being created
+        // right now is above the newest recorded one.)
+        let newest = versions.iter().map(|v| v.version).max().unwrap_or(0);
+        for orphan in held
+            .iter()
+            .filter(|e| **e < newest && !versions.iter().any(|v| v.version == **e))
+        {
+            let check = check_value(&*self.keks, *orphan)?;
+            self.storage.record_orphan(*orphan, &check, now).await?;
+            warn!(
+                kek_epoch = orphan,
+                "a KEK epoch this vault never recorded is retired; retention destroys it"
+            );
+        }
         let mut destroyed = Vec::new();
         for v in &versions {
             if v.state != KekState::Retired || in_use.contains(&v.version) {

@@ -177,6 +177,11 @@ pub(crate) trait Storage: Send + Sync + 'static {
     async fn abandon_pending(&self, version: u32, now: i64) -> Result<(), VaultError>;
     /// Records the retired `version` as destroyed at `now` (its provider destroyed the KEK).
     async fn mark_destroyed(&self, version: u32, now: i64) -> Result<(), VaultError>;
+    /// Records an epoch the provider holds but this database never recorded (it wrapped keys
+    /// of another timeline: a database restored from a backup, or a fresh database on an old
+    /// keys directory) as retired, superseded at `now`, so that retention destroys it. Does
+    /// nothing if the version is recorded meanwhile.
+    async fn record_orphan(&self, version: u32, check_value: &[u8], now: i64) -> Result<(), VaultError>;
     /// One transaction: for each row, insert it unless its stream has a key. A row bound to a
     /// forgotten subject fails the whole batch with `SubjectForgotten` (checked first, in the
     /// same transaction, so no key of a subject is created after its forget commits); then

@@ -417,6 +417,19 @@ where
         Ok(())
     }
 
+    async fn record_orphan(&self, version: u32, check_value: &[u8], now: i64) -> Result<(), VaultError> {
+        sqlx::query(
+            "INSERT INTO kek_versions (version, check_value, state, superseded_at) \
+             VALUES ($1, $2, 'retired', $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(version_to_db::<E::Version>(version)?)
+        .bind(check_value)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     async fn mark_destroyed(&self, version: u32, now: i64) -> Result<(), VaultError> {
         sqlx::query(
             "UPDATE kek_versions SET destroyed_at = $2 \

@@ -526,3 +526,33 @@ fn pkcs11_second_provider_shares_epochs_and_wraps() {
     // Another prefix sees none of these epochs.
     assert_eq!(ok(open_pkcs11(hsm, "shared-other").epochs()), Vec::<Epoch>::new());
 }
+
+/// An epoch another process destroyed leaves this process's memory at the next listing (each
+/// vault tick lists the epochs), so a KEK kept in memory does not outlive its file.
+#[test]
+fn file_epoch_destroyed_elsewhere_leaves_memory_at_the_next_listing() {
+    let (_tmp, keks) = keys_dir();
+    ok(keks.create_epoch(1));
+    let id = KeyId::new_random();
+    let wrapped = ok(keks.wrap(1, id, &dek(7)));
+    let elsewhere = ok(FileKeks::open(keks.dir()));
+    ok(elsewhere.destroy_epoch(1));
+    assert_eq!(ok(keks.epochs()), Vec::<Epoch>::new());
+    assert!(matches!(
+        keks.unwrap(1, id, &wrapped),
+        Err(KekError::EpochMissing { epoch: 1, .. })
+    ));
+}
+
+/// A label is the prefix and the epoch's digits, so a prefix ending in a digit (`…-1` with
+/// epoch 2 reads as `…-` with epoch 12) is refused, naming its setting.
+#[test]
+fn pkcs11_label_prefix_ending_in_a_digit_is_refused() {
+    let Some(hsm) = hsm() else { return };
+    let mut config = softhsm::config(hsm, "digit");
+    config.label_prefix = "lethe-kek-digit-1".into();
+    let Err(error) = Pkcs11Keks::open(config) else {
+        panic!("a prefix ending in a digit was accepted");
+    };
+    assert!(error.to_string().contains("LETHE_PKCS11_LABEL_PREFIX"), "{error}");
+}
