@@ -35,7 +35,8 @@ pub use error::{DatabaseError, Error, JournalError, StorageError};
 pub use model::{
     AppendOutcome, AppendResult, Dependent, Direction, Erasure, ErasureFilter, ErasureReason, ErasureStatus,
     ErasureTarget, EventSchema, ExpectedVersion, LegalHold, LogFilter, LogPage, NewEvent, ReappliedErasure,
-    ReconcileReport, RecordedEvent, SchemaMode, ShreddedStream, StreamAppend, StreamInfo, StreamName, StreamSlice,
-    StreamStatus, SubjectId, ValidationError, VersionConflict,
+    ReconcileReport, RecordedEvent, RetentionAnchor, RetentionPolicy, RetentionStatus, RetentionSweep, SchemaMode,
+    ShreddedStream, StreamAppend, StreamInfo, StreamName, StreamSlice, StreamStatus, SubjectId, ValidationError,
+    VersionConflict,
 };
 pub use store::{EventStore, KeyCacheStats, StoreConfig, WriterStats};

@@ -54,6 +54,13 @@ pub const SCHEMA_VERSIONS_MAX: usize = 100;
 pub const SCHEMA_PERSONAL_FIELDS_MAX: usize = 32;
 /// Bytes of a JSON pointer in a schema (a personal field's, or its subject's).
 pub const SCHEMA_POINTER_LEN_MAX: usize = 512;
+/// Retention policies a store may have (`PUT /admin/retention/{name}`).
+pub const RETENTION_POLICIES_MAX: usize = 100;
+/// The longest `keep_for` of a retention policy, in years (a month counts as 1/12 of a year,
+/// a day as 1/365.25).
+pub const RETENTION_KEEP_FOR_YEARS_MAX: u32 = 100;
+/// Characters of a retention policy's `keep_for` (an ISO 8601 duration).
+pub const RETENTION_KEEP_FOR_LEN_MAX: usize = 64;
 /// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
 pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
 
@@ -159,6 +166,14 @@ pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 /// How often a store retries unfinished erasures (e.g. after the vault was unreachable) and
 /// audits lapsed legal holds.
 pub const ERASURE_RESUME_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often each store sweeps its retention policies by default
+/// (`StoreConfig::retention_sweep_every`, `lethe serve --retention-sweep-every`).
+pub const RETENTION_SWEEP_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Subjects one transaction of a retention sweep examines: each batch is its own short
+/// transaction, so the sweep never holds the writer (SQLite) or the audit chain's lock
+/// (PostgreSQL) for its whole run.
+pub const RETENTION_SWEEP_BATCH_SUBJECTS: usize = 500;
 
 /// How often each store asks the key vault for its KEK epochs, to record rotations and
 /// destroyed epochs in the audit trail.

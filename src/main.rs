@@ -120,6 +120,10 @@ struct ServeArgs {
     /// backup of either brought back (see `lethe admin reconcile`).
     #[arg(long, env = "LETHE_RECONCILE_AT_START", default_value_t = true, action = clap::ArgAction::Set)]
     reconcile_at_start: bool,
+    /// How often this process sweeps the retention policies (filing erasure requests for
+    /// subjects past them; each is filed once whichever process sweeps). `0s`: never.
+    #[arg(long, env = "LETHE_RETENTION_SWEEP_EVERY", default_value = "60s", value_parser = parse_duration_or_zero)]
+    retention_sweep_every: Duration,
     /// How often the vault looks whether a KEK epoch is due (tests and drills).
     #[arg(long, env = "LETHE_KEK_CHECK_EVERY", default_value = "60s", value_parser = lethe_keyvault::cli::parse_duration, hide = true)]
     kek_check_every: Duration,
@@ -165,7 +169,8 @@ impl From<ServeArgs> for ServeConfig {
             },
             reconcile_at_start: args.reconcile_at_start,
             kek_check_every: args.kek_check_every,
-            kek_clock: None,
+            clock: None,
+            retention_sweep_every: args.retention_sweep_every,
             kek_rotate_every: args.kek_rotate_every,
             kek_retain: args.kek_retain,
             kek_file: args.kek_file,
@@ -284,5 +289,13 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// A duration setting where `0` (or `0s`) turns the thing off.
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" => Ok(Duration::ZERO),
+        text => lethe_keyvault::cli::parse_duration(text),
     }
 }

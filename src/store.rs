@@ -21,11 +21,11 @@ use crate::error::{Error, ValidationError};
 use crate::model::{
     AppendOutcome, AppendResult, AuditEntry, AuditQuery, AuditVerification, Consumer, ConsumerBatch, Direction,
     Erasure, ErasureFilter, ErasureReason, ErasureReport, EventSchema, LegalHold, LogFilter, LogPage, NewAuditEntry,
-    NewToken, ReconcileReport, RecordedEvent, Role, SchemaMode, StreamAppend, StreamInfo, StreamName, StreamSlice,
-    SubjectId, TokenRecord,
+    NewToken, ReconcileReport, RecordedEvent, RetentionAnchor, RetentionStatus, RetentionSweep, Role, SchemaMode,
+    StreamAppend, StreamInfo, StreamName, StreamSlice, SubjectId, TokenRecord,
 };
 use crate::services::{
-    access, audit, catch_up, consumers, erasure, export, kek_epochs, report, schemas, subscription, webhooks,
+    access, audit, catch_up, consumers, erasure, export, kek_epochs, report, retention, schemas, subscription, webhooks,
 };
 
 /// An open event store. Cheap to clone; all clones share one writer and one pool.
@@ -56,6 +56,7 @@ impl EventStore {
         tokio::spawn(erasure::resume_periodically(Arc::downgrade(&core)));
         tokio::spawn(webhooks::deliver_periodically(Arc::downgrade(&core)));
         tokio::spawn(kek_epochs::audit_periodically(Arc::downgrade(&core)));
+        tokio::spawn(retention::sweep_periodically(Arc::downgrade(&core)));
         Ok(Self { core })
     }
 
@@ -309,6 +310,50 @@ impl EventStore {
     /// open with [`StoreConfig::reconcile_at_open`]; idempotent.
     pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
         erasure::reconcile(&self.core).await
+    }
+
+    // Retention
+
+    /// Creates or replaces the retention policy `name`: a subject whose every active bound
+    /// stream whose name starts with `stream_prefix` is older than `keep_for` (an ISO 8601
+    /// duration, counted from each stream's last or first event) gets an erasure request filed
+    /// by Lethe (`requested_by: "retention:<name>"`). Audited (`retention_policy_set`) as
+    /// `actor`. The answer says whether it was created. At most
+    /// [`crate::limits::RETENTION_POLICIES_MAX`] policies; a malformed field is
+    /// `invalid_retention_policy`, and nothing is stored.
+    pub async fn put_retention_policy(
+        &self,
+        name: &str,
+        stream_prefix: &str,
+        keep_for: &str,
+        after: RetentionAnchor,
+        actor: &str,
+    ) -> Result<(RetentionStatus, bool), Error> {
+        retention::put(&self.core, name, stream_prefix, keep_for, after, actor).await
+    }
+
+    /// Every retention policy, by name, with when it next files a request.
+    pub async fn retention_policies(&self) -> Result<Vec<RetentionStatus>, Error> {
+        retention::list(&self.core).await
+    }
+
+    /// One retention policy with when it next files a request (`not_found` if there is none).
+    pub async fn retention_policy(&self, name: &str) -> Result<RetentionStatus, Error> {
+        retention::get(&self.core, name).await
+    }
+
+    /// Removes a retention policy, audited (`retention_policy_removed`); false if there was
+    /// none. The requests it filed run on; it files no more.
+    pub async fn delete_retention_policy(&self, name: &str, actor: &str) -> Result<bool, Error> {
+        retention::delete(&self.core, name, actor).await
+    }
+
+    /// Sweeps every retention policy once, filing an erasure request (audited
+    /// `retention_erasure_filed`) for each subject due; the erasure workflow then carries them
+    /// out. Runs in the background every [`StoreConfig::retention_sweep_every`]; several
+    /// processes may sweep at once and each request is filed once.
+    pub async fn sweep_retention(&self) -> Result<RetentionSweep, Error> {
+        retention::sweep(&self.core).await
     }
 
     /// The erasure report over requests made in `[from, to)` (either end open).

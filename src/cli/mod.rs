@@ -20,8 +20,8 @@ use lethe::http::problem::Problem;
 use lethe::http::wire::{
     AuditListResponse, AuditVerifyResponse, ConsumerListResponse, ErasureKind, ErasureListResponse, ErasureReportOut,
     ErasureResponse, ErasureTargetOut, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, ReconcileReportOut,
-    SchemaListResponse, SchemaModeWire, SchemaOut, SchemaRequest, SchemaVersionsResponse, SubjectResponse,
-    TokenListResponse, TokenRequest,
+    RetentionPolicyIn, RetentionPolicyListResponse, RetentionPolicyOut, RetentionSweepOut, SchemaListResponse,
+    SchemaModeWire, SchemaOut, SchemaRequest, SchemaVersionsResponse, SubjectResponse, TokenListResponse, TokenRequest,
 };
 use lethe::model::SubjectSource;
 
@@ -117,6 +117,43 @@ pub enum AdminCommand {
     /// Event schemas: what an event type's data must look like, and its personal fields.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+    /// Retention policies: Lethe files erasure requests itself for subjects whose data is past
+    /// its period.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RetentionCommand {
+    /// Every retention policy, with when it next files an erasure request.
+    List,
+    /// One retention policy.
+    Get {
+        /// The policy's name.
+        name: String,
+    },
+    /// Create or replace a retention policy: a subject whose every active bound stream whose
+    /// name starts with PREFIX is older than DURATION gets an erasure request filed by Lethe.
+    Put {
+        /// The policy's name.
+        name: String,
+        /// The streams it covers: those whose names start with this.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: String,
+        /// How long data is kept: an ISO 8601 duration (`P30D`, `P1Y6M`, `PT12H`, `P2W`).
+        #[arg(long, value_name = "DURATION")]
+        keep_for: String,
+        /// What the period counts from, for each stream. Default: last_event.
+        #[arg(long, value_parser = ["last_event", "first_event"])]
+        after: Option<String>,
+    },
+    /// Remove a retention policy (the requests it filed run on).
+    Delete {
+        /// The policy's name.
+        name: String,
+    },
+    /// Sweep the policies now: file an erasure request for every subject found due.
+    Sweep,
 }
 
 #[derive(Subcommand)]
@@ -284,6 +321,11 @@ fn seconds(v: Option<f64>) -> String {
     text(v.map(Value::from))
 }
 
+/// Who filed an erasure request: the retention policy's name, or `request` (a person).
+fn origin(e: &ErasureResponse) -> String {
+    e.retention_policy.clone().unwrap_or_else(|| "request".to_owned())
+}
+
 fn print_erasure(e: &ErasureResponse) {
     let kind = match e.kind {
         ErasureKind::Subject => "subject",
@@ -296,6 +338,7 @@ fn print_erasure(e: &ErasureResponse) {
         ("subject", text(e.subject.as_ref())),
         ("stream", text(e.stream.as_ref())),
         ("status", e.status.clone()),
+        ("origin", origin(e)),
         ("keys_destroyed", e.keys_destroyed.to_string()),
         ("reason", text(e.reason.as_ref())),
         ("requested_by", text(e.requested_by.as_ref())),
@@ -377,15 +420,18 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                     "request",
                     "subject/stream",
                     "status",
+                    "origin",
                     "keys",
                     "requested_at",
                     "completed_at",
                 ]);
                 for e in list.erasures {
+                    let origin = origin(&e);
                     t.add_row(vec![
                         e.request_id.to_string(),
                         text(e.subject.or(e.stream)),
                         e.status,
+                        origin,
                         e.keys_destroyed.to_string(),
                         time(Some(e.requested_at)),
                         time(e.completed_at),
@@ -513,6 +559,7 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             })?;
         }
         AdminCommand::Schemas(command) => schemas(&client, command).await?,
+        AdminCommand::Retention(command) => retention(&client, command).await?,
         AdminCommand::Tokens(TokensCommand::List) => {
             let list = client.get("/admin/tokens", &[]).await?;
             client.show(&list, |list: TokenListResponse| {
@@ -601,6 +648,85 @@ async fn schemas(client: &Client, command: SchemasCommand) -> anyhow::Result<()>
             })
         }
     }
+}
+
+/// `lethe admin retention …`.
+async fn retention(client: &Client, command: RetentionCommand) -> anyhow::Result<()> {
+    match command {
+        RetentionCommand::List => {
+            let list = client.get("/admin/retention", &[]).await?;
+            client.show(&list, |list: RetentionPolicyListResponse| {
+                print_policies(&list.policies);
+                Ok(())
+            })
+        }
+        RetentionCommand::Get { name } => {
+            let policy = client.get(&format!("/admin/retention/{}", segment(&name)), &[]).await?;
+            client.show(&policy, |policy: RetentionPolicyOut| {
+                print_policies(std::slice::from_ref(&policy));
+                Ok(())
+            })
+        }
+        RetentionCommand::Put {
+            name,
+            prefix,
+            keep_for,
+            after,
+        } => {
+            let body = RetentionPolicyIn {
+                stream_prefix: prefix,
+                keep_for,
+                after,
+            };
+            let path = format!("/admin/retention/{}", segment(&name));
+            let (created, policy) = client.put(&path, &body).await?;
+            client.show(&policy, |policy: RetentionPolicyOut| {
+                let what = if created { "created" } else { "replaced" };
+                println!("{what} retention policy {}", policy.name);
+                print_policies(std::slice::from_ref(&policy));
+                Ok(())
+            })
+        }
+        RetentionCommand::Delete { name } => {
+            let path = format!("{}/admin/retention/{}", client.base, segment(&name));
+            client.send(client.http.delete(path)).await?;
+            println!("retention policy {name} removed");
+            Ok(())
+        }
+        RetentionCommand::Sweep => {
+            let sweep = client.post("/admin/retention-sweep", &serde_json::json!({})).await?;
+            client.show(&sweep, |s: RetentionSweepOut| {
+                let mut t = table(&["figure", "value"]);
+                for (figure, value) in [
+                    ("policies swept", s.policies),
+                    ("subjects due", s.due),
+                    ("erasure requests filed", s.filed),
+                    ("of them refused (legal hold)", s.refused),
+                    ("batches", s.batches),
+                ] {
+                    t.add_row(vec![figure.to_owned(), value.to_string()]);
+                }
+                println!("{t}");
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Retention policies as a table, with when each next files an erasure request.
+fn print_policies(policies: &[RetentionPolicyOut]) {
+    let mut t = table(&["name", "prefix", "keep_for", "after", "next_due", "updated_at"]);
+    for p in policies {
+        t.add_row(vec![
+            p.name.clone(),
+            p.stream_prefix.clone(),
+            p.keep_for.clone(),
+            p.after.clone(),
+            time(p.next_due),
+            time(Some(p.updated_at)),
+        ]);
+    }
+    println!("{t}");
 }
 
 fn mode_name(mode: SchemaModeWire) -> &'static str {
@@ -750,6 +876,14 @@ async fn report(
         for (status, count) in &report.by_status {
             t.add_row(vec![format!("  {status}"), count.to_string()]);
         }
+        t.add_row(vec![
+            "of them requested by a person".to_owned(),
+            report.requested.requests.to_string(),
+        ]);
+        t.add_row(vec![
+            "of them filed by retention policies".to_owned(),
+            report.retention.requests.to_string(),
+        ]);
         let ttc = &report.time_to_complete;
         t.add_row(vec![
             "time to complete, median (s)".to_owned(),
@@ -769,6 +903,17 @@ async fn report(
         ]);
         t.add_row(vec!["legal holds active".to_owned(), report.holds_active.to_string()]);
         println!("{t}");
+        if !report.retention_policies.is_empty() {
+            let mut p = table(&["retention policy", "requests", "next_due"]);
+            for policy in &report.retention_policies {
+                p.add_row(vec![
+                    policy.name.clone(),
+                    policy.requests.to_string(),
+                    time(policy.next_due),
+                ]);
+            }
+            println!("{p}");
+        }
         Ok(())
     })
 }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lethe_keyvault::KeyVault;
+use lethe_keyvault::{KeyVault, SystemClock, VaultClock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -35,7 +35,10 @@ use crate::coalesce::Coalescer;
 use crate::crypto::{KeyCacheStats, Keyring};
 use crate::error::Error;
 use crate::journal::Journal;
-use crate::limits::{KEY_CACHE_KEYS_DEFAULT, TOKEN_CACHE_TTL, WEBHOOK_POLL_DEFAULT, WEBHOOK_RETRY_BASE_DEFAULT};
+use crate::limits::{
+    KEY_CACHE_KEYS_DEFAULT, RETENTION_SWEEP_INTERVAL_DEFAULT, TOKEN_CACHE_TTL, WEBHOOK_POLL_DEFAULT,
+    WEBHOOK_RETRY_BASE_DEFAULT,
+};
 use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
 use append::StateReads;
@@ -74,6 +77,14 @@ pub struct StoreConfig {
     pub webhook_poll: Duration,
     /// The first retry delay of a failed webhook delivery (doubling up to 10 minutes).
     pub webhook_retry_base: Duration,
+    /// Where the store reads the time: the time appends record (`recorded_at`), and what it
+    /// decides by the clock — retention (which subjects are due) and whether a legal hold
+    /// refuses a request. [`SystemClock`] by default; tests inject a
+    /// `lethe_keyvault::ManualClock`. Audit entries always carry the system clock's time.
+    pub clock: Arc<dyn VaultClock>,
+    /// How often the store sweeps its retention policies in the background (each process may;
+    /// a request is filed once). `None`: never — `EventStore::sweep_retention` only.
+    pub retention_sweep_every: Option<Duration>,
     /// Stores payloads unencrypted, so benchmarks can measure what encryption costs. Only in
     /// builds with the `insecure-noop-cipher` feature; never in a real deployment.
     #[cfg(feature = "insecure-noop-cipher")]
@@ -92,6 +103,8 @@ impl StoreConfig {
             erasure_fault: None,
             webhook_poll: WEBHOOK_POLL_DEFAULT,
             webhook_retry_base: WEBHOOK_RETRY_BASE_DEFAULT,
+            clock: Arc::new(SystemClock),
+            retention_sweep_every: Some(RETENTION_SWEEP_INTERVAL_DEFAULT),
             #[cfg(feature = "insecure-noop-cipher")]
             insecure_noop_cipher: false,
         }
@@ -128,6 +141,8 @@ pub(crate) struct Core {
     /// The background loops' settings (`crate::store` starts them).
     pub(crate) webhook_poll: Duration,
     pub(crate) webhook_retry_base: Duration,
+    pub(crate) retention_sweep_every: Option<Duration>,
+    clock: Arc<dyn VaultClock>,
 }
 
 impl Core {
@@ -139,7 +154,7 @@ impl Core {
             Some(path) => Some(Journal::open(path).await?),
             None => None,
         };
-        let storage = storage::open(&config.database_url).await?;
+        let storage = storage::open_with_clock(&config.database_url, config.clock.clone()).await?;
         let keyring = Arc::new(Keyring::new(config.keyvault, config.key_cache_keys_max));
         let head = storage.head().await?;
         let (commits_tx, commits) = watch::channel(head);
@@ -182,6 +197,8 @@ impl Core {
             writer_task: Mutex::new(Some(writer_task)),
             webhook_poll: config.webhook_poll,
             webhook_retry_base: config.webhook_retry_base,
+            retention_sweep_every: config.retention_sweep_every,
+            clock: config.clock,
         }))
     }
 
@@ -195,6 +212,11 @@ impl Core {
     /// sent as seen, and a loop that started after `close` would never end.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown_rx.clone()
+    }
+
+    /// The time by the store's clock ([`StoreConfig::clock`]).
+    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_micros(self.clock.now_micros()).unwrap_or_default()
     }
 
     /// The last committed position (0: empty log).

@@ -13,6 +13,7 @@ pub mod openapi;
 mod ops;
 pub mod problem;
 mod registry;
+mod retention;
 mod schemas;
 mod streams;
 mod ui;
@@ -180,7 +181,10 @@ impl Group {
                 .routes(routes!(admin::erasure))
                 .routes(routes!(admin::create_token, admin::tokens))
                 .routes(routes!(admin::revoke_token))
-                .routes(routes!(registry::put_schema)),
+                .routes(routes!(registry::put_schema))
+                .routes(routes!(retention::list))
+                .routes(routes!(retention::put, retention::get, retention::delete))
+                .routes(routes!(retention::sweep)),
             Group::Open => routes
                 .routes(routes!(ops::healthz))
                 .routes(routes!(ops::readyz))

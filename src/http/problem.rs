@@ -35,6 +35,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("schema_violation", 400, "Schema violation"),
     ("invalid_schema", 400, "Invalid schema"),
     ("invalid_subject", 400, "Invalid subject"),
+    ("invalid_retention_policy", 400, "Invalid retention policy"),
     ("payload_too_large", 413, "Payload too large"),
     ("unsupported_media_type", 415, "Unsupported media type"),
     ("unauthorized", 401, "Unauthorized"),

@@ -16,10 +16,14 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::limits::{
     APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, AUDIT_PAGE_MAX, ERASURES_LIST_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX,
-    NAME_LEN_MAX, READ_PAGE_EVENTS_MAX, REASON_LEN_MAX, SCHEMA_BYTES_MAX, SCHEMA_PERSONAL_FIELDS_MAX,
-    TOKEN_NAME_LEN_MAX, WEBHOOK_SECRET_LEN_MAX, WEBHOOK_SECRET_LEN_MIN, WEBHOOK_URL_LEN_MAX,
+    NAME_LEN_MAX, READ_PAGE_EVENTS_MAX, REASON_LEN_MAX, RETENTION_KEEP_FOR_LEN_MAX, RETENTION_KEEP_FOR_YEARS_MAX,
+    SCHEMA_BYTES_MAX, SCHEMA_PERSONAL_FIELDS_MAX, TOKEN_NAME_LEN_MAX, WEBHOOK_SECRET_LEN_MAX, WEBHOOK_SECRET_LEN_MIN,
+    WEBHOOK_URL_LEN_MAX,
 };
-use crate::model::{ErasureStatus as ModelErasureStatus, Role as ModelRole, StreamStatus as ModelStreamStatus};
+use crate::model::{
+    ErasureStatus as ModelErasureStatus, RetentionAnchor as ModelRetentionAnchor, Role as ModelRole,
+    StreamStatus as ModelStreamStatus,
+};
 
 /// Characters `char::is_control` refuses (Unicode category Cc), as a regex class body.
 const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
@@ -105,6 +109,42 @@ schema_type!(
 schema_type!(
     /// A consumer's name (the stream-name charset).
     ConsumerName = string().pattern(Some(name_pattern()))
+);
+
+schema_type!(
+    /// A retention policy's name (the stream-name charset).
+    RetentionPolicyName = string().pattern(Some(name_pattern()))
+);
+
+schema_type!(
+    /// The stream prefix a retention policy covers.
+    RetentionPrefix = string()
+        .description(Some(format!(
+            "1 to {NAME_LEN_MAX} characters of `A-Z a-z 0-9 _ . : @ -` (never a system stream's `$`)."
+        )))
+        .pattern(Some(name_pattern()))
+);
+
+schema_type!(
+    /// How long a retention policy keeps data.
+    RetentionPeriod = string()
+        .description(Some(format!(
+            "An ISO 8601 duration (`P30D`, `P1Y6M`, `PT12H`, `P2W`): longer than zero, at most \
+             {RETENTION_KEEP_FOR_YEARS_MAX} years."
+        )))
+        .examples(["P30D"])
+        .max_length(Some(RETENTION_KEEP_FOR_LEN_MAX))
+        .pattern(Some("^P[0-9YMWDTHS]*$".to_owned()))
+);
+
+schema_type!(
+    /// What a retention policy's period counts from.
+    RetentionAfter = string()
+        .description(Some(
+            "`last_event` (default): each stream's last event, so a stream appended to stays young; \
+             `first_event`: each stream's first event.",
+        ))
+        .enum_values(Some([ModelRetentionAnchor::LastEvent, ModelRetentionAnchor::FirstEvent].map(ModelRetentionAnchor::as_str)))
 );
 
 schema_type!(

@@ -443,6 +443,10 @@ pub struct ErasureResponse {
     pub refused_reason: Option<String>,
     /// The erasure-dependent consumers registered at the time, and their acknowledgements.
     pub dependents: Vec<DependentOut>,
+    /// The retention policy that filed it; `null`: a person asked for it (or Lethe re-applied
+    /// an erasure a restored database had lost).
+    #[schema(required = true)]
+    pub retention_policy: Option<String>,
 }
 
 /// An erasure-dependent consumer of an erasure request.
@@ -502,6 +506,7 @@ impl From<crate::model::Erasure> for ErasureResponse {
                     last_delivery_error: d.last_delivery_error,
                 })
                 .collect(),
+            retention_policy: e.retention_policy,
         }
     }
 }
@@ -865,6 +870,126 @@ pub struct ErasureReportOut {
     pub holds_active: u64,
     /// Requests per week (Monday to Sunday, UTC), oldest first, empty weeks included.
     pub weekly: Vec<WeekFiguresOut>,
+    /// Of `requests`, those a person filed (or Lethe re-applied after a restore).
+    pub requested: OriginFiguresOut,
+    /// Of `requests`, those retention policies filed.
+    pub retention: OriginFiguresOut,
+    /// Every retention policy: its requests in the period and when it next files one.
+    pub retention_policies: Vec<RetentionPolicyFiguresOut>,
+}
+
+/// Erasure requests of one origin in the erasure report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = OriginFigures)]
+pub struct OriginFiguresOut {
+    pub requests: u64,
+    /// Every status, zeroes included.
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// One retention policy in the erasure report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = RetentionPolicyFigures)]
+pub struct RetentionPolicyFiguresOut {
+    pub name: String,
+    /// Requests it filed in the period.
+    pub requests: u64,
+    /// When it next files a request (see `RetentionPolicy.next_due`).
+    #[schema(required = true)]
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+impl From<crate::model::OriginFigures> for OriginFiguresOut {
+    fn from(o: crate::model::OriginFigures) -> Self {
+        Self {
+            requests: o.requests,
+            by_status: o.by_status,
+        }
+    }
+}
+
+/// A retention policy (`PUT /admin/retention/{name}`): a subject whose every active bound
+/// stream whose name starts with `stream_prefix` is older than `keep_for` gets an erasure
+/// request filed by Lethe.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RetentionPolicyRequest)]
+pub struct RetentionPolicyIn {
+    #[schema(value_type = schemas::RetentionPrefix, inline)]
+    pub stream_prefix: String,
+    #[schema(value_type = schemas::RetentionPeriod, inline)]
+    pub keep_for: String,
+    /// Default `last_event`.
+    #[schema(value_type = Option<schemas::RetentionAfter>, inline)]
+    pub after: Option<String>,
+}
+
+/// A retention policy, with when it next files an erasure request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = RetentionPolicy)]
+pub struct RetentionPolicyOut {
+    pub name: String,
+    pub stream_prefix: String,
+    /// An ISO 8601 duration, as given.
+    pub keep_for: String,
+    #[schema(value_type = schemas::RetentionAfter, inline)]
+    pub after: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The earliest time at which a subject it covers, with no erasure request yet, is (or was)
+    /// due: in the past while a legal hold defers that subject or until the next sweep; `null`
+    /// when it covers no such subject.
+    #[schema(required = true)]
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+impl From<crate::model::RetentionStatus> for RetentionPolicyOut {
+    fn from(s: crate::model::RetentionStatus) -> Self {
+        Self {
+            name: s.policy.name,
+            stream_prefix: s.policy.stream_prefix,
+            keep_for: s.policy.keep_for.as_str().to_owned(),
+            after: s.policy.after.as_str().to_owned(),
+            created_at: s.policy.created_at,
+            updated_at: s.policy.updated_at,
+            next_due: s.next_due,
+        }
+    }
+}
+
+/// Every retention policy, by name.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = RetentionPolicyList)]
+pub struct RetentionPolicyListResponse {
+    pub policies: Vec<RetentionPolicyOut>,
+}
+
+/// What one retention sweep did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = RetentionSweep)]
+pub struct RetentionSweepOut {
+    /// Policies swept.
+    pub policies: u64,
+    /// Subjects found due.
+    pub due: u64,
+    /// Erasure requests filed, including those a legal hold refused at once.
+    pub filed: u64,
+    /// Of `filed`, refused by an active legal hold (filed again once the hold lapses).
+    pub refused: u64,
+    /// Transactions the sweep took (one per batch of subjects).
+    pub batches: u64,
+}
+
+impl From<crate::model::RetentionSweep> for RetentionSweepOut {
+    fn from(s: crate::model::RetentionSweep) -> Self {
+        Self {
+            policies: s.policies,
+            due: s.due,
+            filed: s.filed,
+            refused: s.refused,
+            batches: s.batches,
+        }
+    }
 }
 
 /// Time from request to completion of the completed requests.
@@ -968,6 +1093,17 @@ impl From<crate::model::ErasureReport> for ErasureReportOut {
                     requests: w.requests,
                     completed: w.completed,
                     median_secs_to_complete: w.median_secs_to_complete,
+                })
+                .collect(),
+            requested: r.requested.into(),
+            retention: r.retention.into(),
+            retention_policies: r
+                .retention_policies
+                .into_iter()
+                .map(|p| RetentionPolicyFiguresOut {
+                    name: p.name,
+                    requests: p.requests,
+                    next_due: p.next_due,
                 })
                 .collect(),
         }

@@ -151,6 +151,9 @@ pub struct Erasure {
     pub refused_reason: Option<String>,
     /// The erasure-dependent consumers registered when it was requested.
     pub dependents: Vec<Dependent>,
+    /// The retention policy that filed it (`None`: a person asked for it, or Lethe re-applied
+    /// an erasure a restored database had lost).
+    pub retention_policy: Option<String>,
 }
 
 impl Erasure {
@@ -170,6 +173,7 @@ impl Erasure {
             tombstone_position: None,
             refused_reason: None,
             dependents: Vec::new(),
+            retention_policy: None,
         }
     }
 

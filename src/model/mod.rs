@@ -3,7 +3,7 @@
 //! Streams, subjects, events and what appends and reads return ([`stream`], [`event`]);
 //! erasure requests and legal holds ([`erasure`]); tokens and consumers ([`access`]); the audit
 //! chain ([`audit`]); the erasure report ([`report`]); the reconciliation report
-//! ([`reconcile`]); event schemas and their personal fields ([`schema`]); the webhook signature
+//! ([`reconcile`]); retention policies ([`retention`]); event schemas and their personal fields ([`schema`]); the webhook signature
 //! ([`webhook`]); and
 //! [`ValidationError`] with the pure checks that raise it ([`validation`]). They are validated
 //! on construction (a `StreamName` is always a legal name), so code further in never re-checks
@@ -18,6 +18,7 @@ pub mod erasure;
 pub mod event;
 pub mod reconcile;
 pub mod report;
+pub mod retention;
 pub mod schema;
 pub mod stream;
 pub mod validation;
@@ -33,7 +34,10 @@ pub use event::{
     AppendOutcome, AppendResult, LogPage, NewEvent, RecordedEvent, StreamAppend, StreamSlice, VersionConflict,
 };
 pub use reconcile::{ReappliedErasure, ReconcileReport};
-pub use report::{DurationStats, ErasureReport, OverdueRequest, WaitingDependent, WeekFigures};
+pub use report::{
+    DurationStats, ErasureReport, OriginFigures, OverdueRequest, RetentionPolicyFigures, WaitingDependent, WeekFigures,
+};
+pub use retention::{RetentionAnchor, RetentionPeriod, RetentionPolicy, RetentionStatus, RetentionSweep};
 pub use schema::{EventSchema, PersonalField, SchemaMode, SubjectSource};
 pub use stream::{Direction, ExpectedVersion, LogFilter, StreamInfo, StreamName, StreamStatus, SubjectId};
 pub use validation::{ValidationError, check_webhook};

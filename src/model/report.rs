@@ -51,6 +51,30 @@ pub struct ErasureReport {
     /// Requests per week (weeks start on Monday, UTC), oldest first, with the weeks in between
     /// that had none, so a chart of it has no holes.
     pub weekly: Vec<WeekFigures>,
+    /// Of `requests`, those a person (or Lethe re-applying a lost erasure) filed.
+    pub requested: OriginFigures,
+    /// Of `requests`, those retention policies filed.
+    pub retention: OriginFigures,
+    /// Every retention policy: its requests in the period and when it next files one.
+    pub retention_policies: Vec<RetentionPolicyFigures>,
+}
+
+/// Requests of one origin ([`ErasureReport::requested`], [`ErasureReport::retention`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OriginFigures {
+    pub requests: u64,
+    /// Every status, zeroes included.
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// One retention policy in the erasure report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionPolicyFigures {
+    pub name: String,
+    /// Requests it filed in the period.
+    pub requests: u64,
+    /// When it next files a request (see `RetentionStatus::next_due`).
+    pub next_due: Option<DateTime<Utc>>,
 }
 
 /// One week of [`ErasureReport::weekly`].
@@ -80,6 +104,17 @@ impl ErasureReport {
         rows.push(format!("summary,holds_active,{}", self.holds_active));
         for (status, count) in &self.by_status {
             rows.push(format!("by_status,{status},{count}"));
+        }
+        for (origin, figures) in [("requested", &self.requested), ("retention", &self.retention)] {
+            rows.push(format!("{origin},requests,{}", figures.requests));
+            for (status, count) in &figures.by_status {
+                rows.push(format!("{origin}_by_status,{status},{count}"));
+            }
+        }
+        for p in &self.retention_policies {
+            rows.push(format!("retention_policy_requests,{},{}", p.name, p.requests));
+            let next_due = p.next_due.map_or_else(String::new, |t| t.to_rfc3339());
+            rows.push(format!("retention_policy_next_due,{},{next_due}", p.name));
         }
         rows.push(format!("time_to_complete,count,{}", self.time_to_complete.count));
         rows.push(format!(

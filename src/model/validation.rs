@@ -80,6 +80,9 @@ pub enum ValidationError {
     InvalidFieldSubject { field: String, reason: &'static str },
     #[error("too many {what}: at most {max}")]
     TooMany { what: &'static str, max: usize },
+    /// A retention policy field that is malformed (names the field, and why).
+    #[error("invalid retention policy: {field}: {reason}")]
+    InvalidRetentionPolicy { field: &'static str, reason: &'static str },
 }
 
 impl ValidationError {
@@ -102,6 +105,7 @@ impl ValidationError {
             ValidationError::InvalidSchema { .. } => "invalid_schema",
             ValidationError::SchemaViolation { .. } => "schema_violation",
             ValidationError::InvalidFieldSubject { .. } => "invalid_subject",
+            ValidationError::InvalidRetentionPolicy { .. } => "invalid_retention_policy",
             _ => "invalid_request",
         }
     }

@@ -23,7 +23,10 @@ use zeroize::Zeroizing;
 use crate::http::{AppState, HttpLimits, router};
 
 mod dirs;
-use crate::limits::{ACCEPT_RETRY, ADMIN_TOKEN_LEN_MIN, CONNECTIONS_MAX, DRAIN_TIMEOUT, HEADER_TIMEOUT_DEFAULT};
+use crate::limits::{
+    ACCEPT_RETRY, ADMIN_TOKEN_LEN_MIN, CONNECTIONS_MAX, DRAIN_TIMEOUT, HEADER_TIMEOUT_DEFAULT,
+    RETENTION_SWEEP_INTERVAL_DEFAULT,
+};
 use crate::store::{EventStore, StoreConfig};
 pub use dirs::{ERASURE_JOURNAL_FILE, KEYS_DIR_DEFAULT, LEGACY_KEK_FILE};
 
@@ -101,12 +104,16 @@ pub struct ServeConfig {
     /// Reconcile the event database with the key vault at start (`--reconcile-at-start`,
     /// default true): a restored database alone never serves what was forgotten.
     pub reconcile_at_start: bool,
-    /// How often the vault looks whether an epoch is due (tests: short, with `kek_clock`).
+    /// How often the vault looks whether an epoch is due (tests: short, with `clock`).
     #[doc(hidden)]
     pub kek_check_every: Duration,
-    /// The vault's clock for KEK epochs (tests: a `ManualClock`); the system clock if None.
+    /// The clock of KEK epochs, retention and legal holds (tests: a `ManualClock`); the system
+    /// clock if None.
     #[doc(hidden)]
-    pub kek_clock: Option<Arc<dyn VaultClock>>,
+    pub clock: Option<Arc<dyn VaultClock>>,
+    /// How often this process sweeps the retention policies (`--retention-sweep-every`,
+    /// default 60 s; zero: never, other processes or `POST /admin/retention-sweep` do).
+    pub retention_sweep_every: Duration,
     /// A KEK handed in from outside (`LETHE_KEK_FILE`); with it, or with `LETHE_KEK` set, KEK
     /// epochs are the operator's (`lethe keyvault rotate-kek`), not automatic.
     pub kek_file: Option<PathBuf>,
@@ -153,7 +160,8 @@ impl ServeConfig {
             kek_retain: KEK_RETAIN_DEFAULT,
             reconcile_at_start: true,
             kek_check_every: EpochPolicy::default().check_every,
-            kek_clock: None,
+            clock: None,
+            retention_sweep_every: RETENTION_SWEEP_INTERVAL_DEFAULT,
             kek_file: None,
             keyvault_token: None,
             admin_token: None,
@@ -242,7 +250,7 @@ pub async fn open_vault(config: &ServeConfig, keys_dir: &Path) -> Result<Arc<dyn
             check_every: config.kek_check_every,
             ..EpochPolicy::default()
         },
-        clock: config.kek_clock.clone(),
+        clock: config.clock.clone(),
         ..OpenOptions::default()
     };
     // A KEK handed in from outside is the operator's to rotate; otherwise the provider holds
@@ -315,6 +323,10 @@ pub async fn open_store(config: &ServeConfig) -> Result<EventStore, ServerError>
     // reconciled, so a restored backup never serves what was forgotten after it was taken.
     store.erasure_journal = Some(keys_dir.join(ERASURE_JOURNAL_FILE));
     store.reconcile_at_open = config.reconcile_at_start;
+    store.retention_sweep_every = Some(config.retention_sweep_every).filter(|every| !every.is_zero());
+    if let Some(clock) = &config.clock {
+        store.clock = clock.clone();
+    }
     Ok(EventStore::open(store).await?)
 }
 

@@ -58,7 +58,7 @@ pub(crate) async fn request_forget(core: &Core, subject: &SubjectId, reason: Era
     check_reason(&reason)?;
     let mut erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
     if let Some(hold) = core.storage.hold(subject).await?
-        && hold.is_active(chrono::Utc::now())
+        && hold.is_active(core.now())
     {
         erasure.status = ErasureStatus::Refused;
         erasure.refused_reason = Some(hold.reason.clone());
@@ -177,7 +177,7 @@ pub(crate) async fn place_hold(
         subject: subject.clone(),
         reason: reason.to_owned(),
         until,
-        placed_at: chrono::Utc::now(),
+        placed_at: core.now(),
     };
     core.storage.put_hold(&hold).await?;
     tracing::info!(subject = %subject, "legal hold placed");
@@ -196,13 +196,13 @@ pub(crate) async fn lift_hold(core: &Core, subject: &SubjectId) -> Result<bool, 
 /// The subject's active legal hold, if any (a hold past its `until` has lapsed).
 pub(crate) async fn active_hold(core: &Core, subject: &SubjectId) -> Result<Option<LegalHold>, Error> {
     let hold = core.storage.hold(subject).await?;
-    Ok(hold.filter(|h| h.is_active(chrono::Utc::now())))
+    Ok(hold.filter(|h| h.is_active(core.now())))
 }
 
 /// Records `hold_expired` in the audit trail for each hold that has lapsed since the last call
 /// (each once, across processes); returns how many.
 pub(crate) async fn audit_lapsed_holds(core: &Core) -> Result<u64, Error> {
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = core.now().timestamp_micros();
     Ok(core.storage.audit_lapsed_holds(now).await?)
 }
 

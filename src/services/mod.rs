@@ -4,6 +4,7 @@
 //! - [`erasure`]: forget and stream deletion as durable, resumable requests; legal holds.
 //! - [`access`]: API tokens. [`consumers`]: durable consumers and their acknowledgements.
 //! - [`audit`]: the tamper-evident trail. [`report`]: the erasure report.
+//! - [`retention`]: retention policies, and the sweep that files erasure requests on schedule.
 //! - [`webhooks`]: tombstones pushed to dependents.
 //! - [`kek_epochs`]: the key vault's KEK rotations and destroyed epochs, in the audit trail.
 //! - [`subscription`], [`catch_up`], [`export`]: reads that stream, decrypting lazily.
@@ -20,6 +21,7 @@ pub(crate) mod erasure;
 pub(crate) mod export;
 pub(crate) mod kek_epochs;
 pub(crate) mod report;
+pub(crate) mod retention;
 pub(crate) mod schemas;
 pub(crate) mod subscription;
 pub(crate) mod webhooks;

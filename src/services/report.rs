@@ -9,8 +9,8 @@ use crate::core::Core;
 use crate::error::Error;
 use crate::limits::REPORT_ERASURES_MAX;
 use crate::model::{
-    DurationStats, Erasure, ErasureFilter, ErasureReport, ErasureStatus, ErasureTarget, OverdueRequest,
-    WaitingDependent, WeekFigures,
+    DurationStats, Erasure, ErasureFilter, ErasureReport, ErasureStatus, ErasureTarget, OriginFigures, OverdueRequest,
+    RetentionPolicyFigures, WaitingDependent, WeekFigures,
 };
 
 /// The Monday starting the week of `at` (UTC).
@@ -74,8 +74,23 @@ pub(crate) async fn erasure_report(
     let mut keys_destroyed = 0;
     let mut subject_keys_destroyed = 0;
     let mut weeks: BTreeMap<chrono::NaiveDate, (u64, Vec<f64>)> = BTreeMap::new();
+    let mut requested = OriginFigures {
+        requests: 0,
+        by_status: by_status.clone(),
+    };
+    let mut retention = requested.clone();
+    let mut by_policy: BTreeMap<&str, u64> = BTreeMap::new();
     for e in &erasures {
         *by_status.entry(e.status.as_str().to_owned()).or_default() += 1;
+        let origin = match &e.retention_policy {
+            Some(policy) => {
+                *by_policy.entry(policy.as_str()).or_default() += 1;
+                &mut retention
+            }
+            None => &mut requested,
+        };
+        origin.requests += 1;
+        *origin.by_status.entry(e.status.as_str().to_owned()).or_default() += 1;
         keys_destroyed += e.keys_destroyed;
         if e.subject_key.is_some() && e.keys_destroyed_at.is_some() {
             subject_keys_destroyed += 1;
@@ -114,6 +129,15 @@ pub(crate) async fn erasure_report(
         }
     }
     durations.sort_by(f64::total_cmp);
+    let mut retention_policies = Vec::new();
+    for policy in core.storage.retention_policies().await? {
+        let oldest = core.storage.retention_oldest_anchor(&policy).await?;
+        retention_policies.push(RetentionPolicyFigures {
+            requests: by_policy.get(policy.name.as_str()).copied().unwrap_or(0),
+            next_due: policy.next_due(oldest),
+            name: policy.name,
+        });
+    }
     Ok(ErasureReport {
         from,
         to,
@@ -132,6 +156,9 @@ pub(crate) async fn erasure_report(
         subject_keys_destroyed,
         holds_active: core.storage.active_holds(now.timestamp_micros()).await?,
         weekly: weekly_figures(&weeks),
+        requested,
+        retention,
+        retention_policies,
     })
 }
 

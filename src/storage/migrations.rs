@@ -38,6 +38,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         "audit_once",
         include_str!("../../migrations/sqlite/0009_audit_once.sql"),
     ),
+    (
+        10,
+        "retention",
+        include_str!("../../migrations/sqlite/0010_retention.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -73,6 +78,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         9,
         "audit_once",
         include_str!("../../migrations/postgres/0009_audit_once.sql"),
+    ),
+    (
+        10,
+        "retention",
+        include_str!("../../migrations/postgres/0010_retention.sql"),
     ),
 ];
 

@@ -35,18 +35,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lethe_keyvault::KeyId;
+use lethe_keyvault::{KeyId, SystemClock, VaultClock};
 use uuid::Uuid;
 
 pub(crate) use records::{
-    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, KeyedStream, StoredEvent, StreamWrite,
-    SubjectKeyRow, advance_head,
+    AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, KeyedStream, RetentionBatch,
+    StoredEvent, StreamWrite, SubjectKeyRow, advance_head,
 };
 
 use crate::error::StorageError;
 use crate::model::{
     AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, EventSchema, LegalHold,
-    LogFilter, NewAuditEntry, SchemaMode, StreamInfo, StreamName, SubjectId, TokenRecord,
+    LogFilter, NewAuditEntry, RetentionPolicy, SchemaMode, StreamInfo, StreamName, SubjectId, TokenRecord,
 };
 
 /// The part of [`Storage`] each engine writes itself: its append path, its log reads, the
@@ -154,6 +154,40 @@ pub trait Storage: EngineStorage {
     /// Holds active at `now_us` (no `until`, or `until` later).
     async fn active_holds(&self, now_us: i64) -> Result<u64, StorageError>;
 
+    // Retention policies
+    /// Stores a retention policy, creating or replacing it by name (a replaced one keeps its
+    /// `created_at`), audited (`retention_policy_set`) in the same transaction. `None`: it is
+    /// new and [`crate::limits::RETENTION_POLICIES_MAX`] policies exist; nothing stored.
+    /// Otherwise the stored policy, and whether it was created.
+    async fn put_retention_policy(
+        &self,
+        policy: &RetentionPolicy,
+        actor: &str,
+    ) -> Result<Option<(RetentionPolicy, bool)>, StorageError>;
+    /// Removes a retention policy, audited (`retention_policy_removed`); false if there was none.
+    async fn delete_retention_policy(&self, name: &str, actor: &str) -> Result<bool, StorageError>;
+    /// Every retention policy, by name.
+    async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, StorageError>;
+    /// The oldest anchor time (microseconds) among the subjects `policy` covers that have no
+    /// erasure request (a refused one aside): each subject's newest anchor over its matching
+    /// active bound streams. The policy's next due time is this plus its period.
+    async fn retention_oldest_anchor(&self, policy: &RetentionPolicy) -> Result<Option<i64>, StorageError>;
+    /// One batch of a retention sweep, in one transaction under the audit chain's lock (so of
+    /// several processes one files each request): up to `limit` subjects after `after`, by id,
+    /// whose every matching active bound stream's anchor is before `cutoff_us` and which have
+    /// no erasure request but refused ones, each filed as an erasure request of the policy
+    /// (refused at once while a legal hold is active at `now_us`; a subject whose hold refused
+    /// a retention request already is left until the hold lapses), audited
+    /// (`retention_erasure_filed`). Nothing if the policy was removed or changed meanwhile.
+    async fn file_retention_batch(
+        &self,
+        policy: &RetentionPolicy,
+        cutoff_us: i64,
+        now_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RetentionBatch, StorageError>;
+
     // Reconciliation with the key vault
     /// Up to `limit` streams that have a key, by name, after `after`.
     async fn keyed_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<KeyedStream>, StorageError>;
@@ -230,13 +264,20 @@ pub enum SchemaRegistration {
     TooManyTypes,
 }
 
-/// Opens an event database by URL (`sqlite://path` or `postgres://…`), applying migrations.
-pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+/// Opens an event database by URL (`sqlite://path` or `postgres://…`), applying migrations;
+/// appends record the time from `clock`.
+pub async fn open_with_clock(url: &str, clock: Arc<dyn VaultClock>) -> Result<Arc<dyn Storage>, StorageError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStorage::open(url).await?))
+        Ok(Arc::new(sqlite::SqliteStorage::open(url, clock).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(postgres::PostgresStorage::open(url).await?))
+        Ok(Arc::new(postgres::PostgresStorage::open(url, clock).await?))
     } else {
         Err(StorageError::UnsupportedUrl)
     }
+}
+
+/// Opens an event database by URL on the system clock (tools that work on a database
+/// without opening a store).
+pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+    open_with_clock(url, Arc::new(SystemClock)).await
 }

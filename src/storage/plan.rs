@@ -150,6 +150,8 @@ pub struct GroupPlan<'a> {
     pub field_index: FieldIndex<'a>,
     /// The last position after the group (unchanged if nothing is written).
     pub head: u64,
+    /// The time the group is recorded at (its events' `recorded_at`, new streams' `created_at`).
+    pub now_us: i64,
 }
 
 /// Decides a group. `states` holds every stored stream the group names (absent: never
@@ -277,6 +279,7 @@ pub fn plan_group<'a>(
         streams,
         field_index,
         head,
+        now_us,
     }
 }
 

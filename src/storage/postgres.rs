@@ -10,17 +10,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
-use lethe_keyvault::KeyId;
+use lethe_keyvault::{KeyId, VaultClock};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
-use super::rows::{DecodeRow, erasure_statuses, now_us, parse_status, select_erasures, to_i64, to_u64};
+use super::rows::{DecodeRow, erasure_statuses, parse_status, select_erasures, to_i64, to_u64};
 use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
 use crate::error::StorageError;
@@ -65,10 +66,12 @@ pub struct PostgresStorage {
     stop_listening: watch::Sender<bool>,
     /// Groups left to write under the lock after an optimistic write lost (`append_group`).
     optimistic_lost: AtomicU32,
+    /// Where appends read the time they record.
+    clock: Arc<dyn VaultClock>,
 }
 
 impl PostgresStorage {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
+    pub async fn open(url: &str, clock: Arc<dyn VaultClock>) -> Result<Self, StorageError> {
         // The main pool plans every statement for its own parameters, never from a cached
         // generic plan: the tables start empty and grow faster than autovacuum's ANALYZE
         // follows, and a plan cached while `streams` was empty kept scanning it in full for
@@ -95,6 +98,7 @@ impl PostgresStorage {
             append_pool,
             stop_listening: watch::channel(false).0,
             optimistic_lost: AtomicU32::new(0),
+            clock,
         })
     }
 }
@@ -231,7 +235,14 @@ impl EngineStorage for PostgresStorage {
         if lost == 0 {
             let mut conn = self.append_pool.acquire().await?;
             let read = read_for_plan(&mut conn, group, false).await?;
-            let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, read.head, now_us());
+            let plan = plan::plan_group(
+                group,
+                read.states,
+                read.existing,
+                &read.erasing,
+                read.head,
+                self.clock.now_micros(),
+            );
             let ok = write_group(&mut conn, &plan, read.head, read.generation).await?;
             if ok {
                 return Ok(plan.replies);
@@ -243,7 +254,14 @@ impl EngineStorage for PostgresStorage {
 
         let mut tx = self.append_pool.begin().await?;
         let read = read_for_plan(&mut tx, group, true).await?;
-        let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, read.head, now_us());
+        let plan = plan::plan_group(
+            group,
+            read.states,
+            read.existing,
+            &read.erasing,
+            read.head,
+            self.clock.now_micros(),
+        );
         if !write_group(&mut tx, &plan, read.head, read.generation).await? {
             return Err(StorageError::Corrupt(
                 "the log head changed while this transaction held its lock".into(),
@@ -477,7 +495,7 @@ async fn write_group(
         .bind(new.iter().map(|s| s.state.status.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|s| s.state.version.map(to_i64)).collect::<Vec<_>>())
         .bind(new.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
-        .bind(now_us())
+        .bind(plan.now_us)
         .bind(old.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
         .bind(old.iter().map(|s| s.state.version.map(to_i64)).collect::<Vec<_>>())
         .bind(old.iter().map(|s| s.state.key_id).collect::<Vec<_>>())

@@ -88,6 +88,19 @@ pub struct SubjectKeyRow {
     pub forgotten: bool,
 }
 
+/// What one batch of a retention sweep did ([`super::Storage::file_retention_batch`]).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionBatch {
+    /// The last subject the batch examined, where the next batch starts (`None`: none left).
+    pub last_subject: Option<String>,
+    /// Subjects found due.
+    pub due: u64,
+    /// Requests filed: id and whether a legal hold refused it at once.
+    pub filed: Vec<(Uuid, bool)>,
+    /// The policy was removed or changed since the sweep read it: nothing was filed.
+    pub policy_changed: bool,
+}
+
 /// Called with keys that must be evicted from the cache.
 pub type KeyRevoker = Arc<dyn Fn(&[KeyId]) + Send + Sync>;
 

@@ -11,7 +11,8 @@ use super::plan;
 use crate::error::StorageError;
 use crate::model::{
     AuditEntry, Consumer, Dependent, Erasure, ErasureReason, ErasureStatus, ErasureTarget, EventSchema, LegalHold,
-    LogFilter, Role, SchemaMode, ShreddedStream, StreamInfo, StreamName, StreamStatus, SubjectId, TokenRecord,
+    LogFilter, RetentionAnchor, RetentionPeriod, RetentionPolicy, Role, SchemaMode, ShreddedStream, StreamInfo,
+    StreamName, StreamStatus, SubjectId, TokenRecord,
 };
 
 /// The head of every event query (both engines use the same names): the columns
@@ -30,7 +31,7 @@ macro_rules! select_erasures {
     () => {
         "SELECT id, kind, subject, stream, status, streams, keys_destroyed, reason, requested_by, \
          reference, requested_at, keys_destroyed_at, completed_at, tombstone_position, refused_reason, \
-         field_streams, subject_key_id \
+         field_streams, subject_key_id, retention_policy \
          FROM erasure_requests "
     };
 }
@@ -48,6 +49,14 @@ macro_rules! select_schemas {
     };
 }
 
+/// The head of a `retention_policies` query: the columns [`DecodeRow::decode_retention_policy`]
+/// reads, in order.
+macro_rules! select_retention_policies {
+    () => {
+        "SELECT name, stream_prefix, keep_for, after_event, created_at, updated_at FROM retention_policies "
+    };
+}
+
 /// The head of an `api_tokens` query: the columns [`DecodeRow::decode_token`] reads, in order.
 macro_rules! select_tokens {
     () => {
@@ -62,7 +71,10 @@ macro_rules! consumer_columns {
     };
 }
 
-pub(crate) use {consumer_columns, select_erasures, select_events, select_schemas, select_stream_info, select_tokens};
+pub(crate) use {
+    consumer_columns, select_erasures, select_events, select_retention_policies, select_schemas, select_stream_info,
+    select_tokens,
+};
 
 /// Converts a stored (signed) integer to the unsigned one the model uses.
 pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, StorageError> {
@@ -124,6 +136,8 @@ pub(crate) trait DecodeRow: Row {
     fn decode_shredded_stream(&self) -> Result<ShreddedStream, StorageError>;
     /// Decodes an `event_schemas` row selected as `event_type, version, mode, schema, registered_at`.
     fn decode_schema(&self) -> Result<EventSchema, StorageError>;
+    /// Decodes a `retention_policies` row selected with [`select_retention_policies`].
+    fn decode_retention_policy(&self) -> Result<RetentionPolicy, StorageError>;
 }
 
 impl<R> DecodeRow for R
@@ -254,6 +268,7 @@ where
                 .map_err(|_| corrupt("bad field stream list"))?,
             subject_key: self.try_get(16)?,
             dependents: Vec::new(),
+            retention_policy: self.try_get(17)?,
         })
     }
 
@@ -349,6 +364,20 @@ where
             mode: SchemaMode::parse(&mode).ok_or_else(|| corrupt("bad mode"))?,
             schema: serde_json::from_str(&schema).map_err(|_| corrupt("not JSON"))?,
             registered_at: micros(self.try_get(4)?)?,
+        })
+    }
+
+    fn decode_retention_policy(&self) -> Result<RetentionPolicy, StorageError> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("retention policy: {what}"));
+        let keep_for: String = self.try_get(2)?;
+        let after: String = self.try_get(3)?;
+        Ok(RetentionPolicy {
+            name: self.try_get(0)?,
+            stream_prefix: self.try_get(1)?,
+            keep_for: RetentionPeriod::parse(&keep_for).map_err(|_| corrupt("bad keep_for"))?,
+            after: RetentionAnchor::parse(&after).map_err(|_| corrupt("bad after"))?,
+            created_at: micros(self.try_get(4)?)?,
+            updated_at: micros(self.try_get(5)?)?,
         })
     }
 }

@@ -21,20 +21,59 @@ use uuid::Uuid;
 
 use super::rows::{
     DecodeRow, attach_dependents, consumer_columns, decode_shredded, encode_shredded, encode_types, hash32, now_us,
-    overdue_cutoff_us, parse_status, select_erasures, select_events, select_schemas, select_stream_info, select_tokens,
-    target_columns, to_i64, to_u64,
+    overdue_cutoff_us, parse_status, select_erasures, select_events, select_retention_policies, select_schemas,
+    select_stream_info, select_tokens, target_columns, to_i64, to_u64,
 };
-use super::{Delivery, EngineStorage, KeyedStream, SchemaRegistration, Storage, StoredEvent, SubjectKeyRow};
+use super::{
+    Delivery, EngineStorage, KeyedStream, RetentionBatch, SchemaRegistration, Storage, StoredEvent, SubjectKeyRow,
+};
 use crate::error::StorageError;
-use crate::limits::{SCHEMA_TYPES_MAX, SCHEMA_VERSIONS_MAX};
+use crate::limits::{RETENTION_POLICIES_MAX, SCHEMA_TYPES_MAX, SCHEMA_VERSIONS_MAX};
 use crate::model::{
-    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureStatus, ErasureTarget, EventSchema,
-    HashedFields, LegalHold, LogFilter, NewAuditEntry, SYSTEM_ACTOR, SchemaMode, StreamInfo, StreamName, SubjectId,
-    TokenRecord, entry_hash,
+    AuditEntry, AuditQuery, Consumer, Direction, Erasure, ErasureFilter, ErasureReason, ErasureStatus, ErasureTarget,
+    EventSchema, HashedFields, LegalHold, LogFilter, NewAuditEntry, RetentionPolicy, SYSTEM_ACTOR, SchemaMode,
+    StreamInfo, StreamName, SubjectId, TokenRecord, entry_hash,
 };
 
 /// The streams holding a subject's personal fields (`$1`), by name.
 const SELECT_FIELD_STREAMS: &str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
+
+/// The subjects a retention policy covers, one row each: `FROM` … `GROUP BY` of
+/// [`RETENTION_DUE`] and [`RETENTION_OLDEST_ANCHOR`]. `$1` the stream prefix, `$2` the anchor
+/// (`first_event` or `last_event`). A subject counts through its active bound streams whose
+/// names start with the prefix, each by its first or last event (one lookup by stream and
+/// version); subjects with an erasure request other than a refused one are left out (being or
+/// already forgotten, or re-filed after a hold).
+macro_rules! retention_subjects {
+    () => {
+        "FROM streams s \
+         JOIN events e ON e.stream = s.name \
+           AND e.version = CASE WHEN $2 = 'first_event' THEN 0 ELSE s.version END \
+         LEFT JOIN legal_holds h ON h.subject = s.subject \
+         WHERE s.subject IS NOT NULL AND s.status = 'active' AND substr(s.name, 1, length($1)) = $1 \
+           AND NOT EXISTS (SELECT 1 FROM erasure_requests r \
+             WHERE r.subject = s.subject AND r.kind = 'subject' AND r.status <> 'refused') "
+    };
+}
+
+/// One batch of due subjects (see [`retention_subjects`]), after `$3` by id, at most `$5`:
+/// each subject whose newest anchor is before `$4`, with its legal hold (count, until, placed
+/// at, reason) and when a retention request of it was last refused.
+const RETENTION_DUE: &str = concat!(
+    "SELECT s.subject, MAX(e.recorded_at), COUNT(h.subject), MAX(h.until), MAX(h.placed_at), MAX(h.reason), \
+       (SELECT MAX(r.requested_at) FROM erasure_requests r WHERE r.subject = s.subject AND r.kind = 'subject' \
+          AND r.status = 'refused' AND r.retention_policy IS NOT NULL) ",
+    retention_subjects!(),
+    "AND (CAST($3 AS TEXT) IS NULL OR s.subject > $3) \
+     GROUP BY s.subject HAVING MAX(e.recorded_at) < $4 ORDER BY s.subject LIMIT $5"
+);
+
+/// The oldest newest-anchor among a policy's subjects (see [`retention_subjects`]).
+const RETENTION_OLDEST_ANCHOR: &str = concat!(
+    "SELECT MIN(newest) FROM (SELECT MAX(e.recorded_at) AS newest ",
+    retention_subjects!(),
+    "GROUP BY s.subject) t"
+);
 
 /// A connection of an engine's database (a transaction derefs to one).
 pub(crate) type Conn<E> = <<E as Engine>::Db as Database>::Connection;
@@ -203,11 +242,12 @@ where
         let (kind, subject, stream) = target_columns(&erasure.target);
         let sql = if if_absent {
             "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
-             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             requested_at, refused_reason, retention_policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (id) DO NOTHING RETURNING id"
         } else {
             "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
-             requested_at, refused_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id"
+             requested_at, refused_reason, retention_policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             RETURNING id"
         };
         let inserted: Option<Uuid> = sqlx::query_scalar(sql)
             .bind(erasure.id)
@@ -220,6 +260,7 @@ where
             .bind(erasure.reason.reference.as_deref())
             .bind(erasure.requested_at.timestamp_micros())
             .bind(erasure.refused_reason.as_deref())
+            .bind(erasure.retention_policy.as_deref())
             .fetch_optional(&mut *conn)
             .await?;
         if inserted.is_some() && erasure.status == ErasureStatus::Pending {
@@ -655,6 +696,195 @@ where
             .fetch_one(self.pools().reader)
             .await?;
         to_u64(row.try_get(0)?, "holds")
+    }
+
+    // Retention policies
+
+    async fn put_retention_policy(
+        &self,
+        policy: &RetentionPolicy,
+        actor: &str,
+    ) -> Result<Option<(RetentionPolicy, bool)>, StorageError> {
+        let mut tx = self.begin_write().await?;
+        // The audit chain's lock first: it also orders this against sweeps and other writers.
+        sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *tx).await?;
+        let existing = sqlx::query(concat!(select_retention_policies!(), "WHERE name = $1"))
+            .bind(policy.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.decode_retention_policy())
+            .transpose()?;
+        if existing.is_none() {
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM retention_policies")
+                .fetch_one(&mut *tx)
+                .await?;
+            if to_u64(count, "retention policies")? >= RETENTION_POLICIES_MAX as u64 {
+                return Ok(None);
+            }
+        }
+        let created_at = existing.as_ref().map_or(policy.created_at, |e| e.created_at);
+        sqlx::query(
+            "INSERT INTO retention_policies (name, stream_prefix, keep_for, after_event, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (name) DO UPDATE SET stream_prefix = excluded.stream_prefix, \
+               keep_for = excluded.keep_for, after_event = excluded.after_event, updated_at = excluded.updated_at",
+        )
+        .bind(policy.name.as_str())
+        .bind(policy.stream_prefix.as_str())
+        .bind(policy.keep_for.as_str())
+        .bind(policy.after.as_str())
+        .bind(created_at.timestamp_micros())
+        .bind(policy.updated_at.timestamp_micros())
+        .execute(&mut *tx)
+        .await?;
+        let entry = NewAuditEntry {
+            actor: actor.to_owned(),
+            action: "retention_policy_set".to_owned(),
+            subject: None,
+            request_id: None,
+            details: serde_json::json!({
+                "name": policy.name,
+                "stream_prefix": policy.stream_prefix,
+                "keep_for": policy.keep_for.as_str(),
+                "after": policy.after.as_str(),
+                "replaced": existing.is_some(),
+            }),
+        };
+        E::audit_in(&mut tx, &entry).await?;
+        tx.commit().await?;
+        let stored = RetentionPolicy {
+            created_at,
+            ..policy.clone()
+        };
+        Ok(Some((stored, existing.is_none())))
+    }
+
+    async fn delete_retention_policy(&self, name: &str, actor: &str) -> Result<bool, StorageError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *tx).await?;
+        let removed = sqlx::query("DELETE FROM retention_policies WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let entry = NewAuditEntry {
+            actor: actor.to_owned(),
+            action: "retention_policy_removed".to_owned(),
+            subject: None,
+            request_id: None,
+            details: serde_json::json!({ "name": name }),
+        };
+        E::audit_in(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, StorageError> {
+        let rows = sqlx::query(concat!(select_retention_policies!(), "ORDER BY name"))
+            .fetch_all(self.pools().reader)
+            .await?;
+        rows.iter().map(DecodeRow::decode_retention_policy).collect()
+    }
+
+    async fn retention_oldest_anchor(&self, policy: &RetentionPolicy) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::query_scalar(RETENTION_OLDEST_ANCHOR)
+            .bind(policy.stream_prefix.as_str())
+            .bind(policy.after.as_str())
+            .fetch_one(self.pools().reader)
+            .await?)
+    }
+
+    async fn file_retention_batch(
+        &self,
+        policy: &RetentionPolicy,
+        cutoff_us: i64,
+        now_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RetentionBatch, StorageError> {
+        let mut tx = self.begin_write().await?;
+        // The audit chain's lock: of several processes sweeping at once, one files a subject's
+        // request and the others, reading after it, find the request there.
+        sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *tx).await?;
+        let current = sqlx::query(concat!(select_retention_policies!(), "WHERE name = $1"))
+            .bind(policy.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.decode_retention_policy())
+            .transpose()?;
+        if current.as_ref() != Some(policy) {
+            return Ok(RetentionBatch {
+                policy_changed: true,
+                ..RetentionBatch::default()
+            });
+        }
+        let rows = sqlx::query(RETENTION_DUE)
+            .bind(policy.stream_prefix.as_str())
+            .bind(policy.after.as_str())
+            .bind(after)
+            .bind(cutoff_us)
+            .bind(to_i64(limit as u64))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut batch = RetentionBatch {
+            due: rows.len() as u64,
+            ..RetentionBatch::default()
+        };
+        let requested_at = chrono::DateTime::from_timestamp_micros(now_us)
+            .ok_or_else(|| StorageError::Corrupt("clock out of range".into()))?;
+        for row in &rows {
+            let subject: String = row.try_get(0)?;
+            let holds: i64 = row.try_get(2)?;
+            let until: Option<i64> = row.try_get(3)?;
+            let placed_at: Option<i64> = row.try_get(4)?;
+            let hold_reason: Option<String> = row.try_get(5)?;
+            let last_refused: Option<i64> = row.try_get(6)?;
+            batch.last_subject = Some(subject.clone());
+            let held = holds > 0 && until.is_none_or(|until| until > now_us);
+            if held && last_refused.is_some_and(|refused| placed_at.is_some_and(|placed| refused >= placed)) {
+                // Refused under this hold already: filed again once it lapses.
+                continue;
+            }
+            let subject =
+                SubjectId::new(subject).map_err(|_| StorageError::Corrupt("subject of a bound stream".into()))?;
+            let mut erasure = Erasure::new(
+                ErasureTarget::Subject(subject.clone()),
+                ErasureReason {
+                    reason: Some(format!(
+                        "retention: kept for {} after its {}",
+                        policy.keep_for.as_str(),
+                        policy.after.as_str().replace('_', " ")
+                    )),
+                    requested_by: Some(policy.requested_by()),
+                    reference: None,
+                },
+            );
+            erasure.requested_at = requested_at;
+            erasure.retention_policy = Some(policy.name.clone());
+            if held {
+                erasure.status = ErasureStatus::Refused;
+                erasure.refused_reason = hold_reason;
+            }
+            E::insert_erasure_in(&mut tx, &erasure, false).await?;
+            let entry = NewAuditEntry {
+                actor: SYSTEM_ACTOR.to_owned(),
+                action: "retention_erasure_filed".to_owned(),
+                subject: Some(subject),
+                request_id: Some(erasure.id),
+                details: serde_json::json!({
+                    "policy": policy.name,
+                    "keep_for": policy.keep_for.as_str(),
+                    "after": policy.after.as_str(),
+                    "status": erasure.status.as_str(),
+                }),
+            };
+            E::audit_in(&mut tx, &entry).await?;
+            batch.filed.push((erasure.id, held));
+        }
+        tx.commit().await?;
+        Ok(batch)
     }
 
     // Reconciliation with the key vault

@@ -7,9 +7,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use lethe_keyvault::KeyId;
+use lethe_keyvault::{KeyId, VaultClock};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -18,7 +19,7 @@ use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
-use super::rows::{DecodeRow, erasure_statuses, now_us, select_erasures, select_events, to_i64, to_u64};
+use super::rows::{DecodeRow, erasure_statuses, select_erasures, select_events, to_i64, to_u64};
 use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent};
 use crate::error::StorageError;
@@ -28,10 +29,12 @@ use crate::model::{ErasureStatus, LogFilter};
 pub struct SqliteStorage {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Where appends read the time they record.
+    clock: Arc<dyn VaultClock>,
 }
 
 impl SqliteStorage {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
+    pub async fn open(url: &str, clock: Arc<dyn VaultClock>) -> Result<Self, StorageError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -52,7 +55,7 @@ impl SqliteStorage {
             .max_connections(SQLITE_READ_CONNECTIONS_MAX)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self { writer, readers, clock })
     }
 }
 
@@ -175,7 +178,14 @@ impl EngineStorage for SqliteStorage {
             erasing = plan::subject_erasures(rows);
         }
 
-        let plan = plan::plan_group(group, states, existing, &erasing, to_u64(head, "head")?, now_us());
+        let plan = plan::plan_group(
+            group,
+            states,
+            existing,
+            &erasing,
+            to_u64(head, "head")?,
+            self.clock.now_micros(),
+        );
 
         for row in &plan.rows {
             sqlx::query(INSERT_EVENT)
@@ -211,7 +221,7 @@ impl EngineStorage for SqliteStorage {
                 .execute(&mut *tx)
                 .await?;
         }
-        let created_at = now_us();
+        let created_at = plan.now_us;
         for stream in &plan.streams {
             let version = stream.state.version.map(to_i64);
             if stream.is_new {

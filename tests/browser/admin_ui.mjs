@@ -2,8 +2,10 @@
 // playwright-core): sign in, file a forget request, watch it complete once the dependent
 // acknowledges (with the stream holding the subject's personal fields listed), look up a
 // subject's bound streams and streams holding its personal fields, place a hold and see a
-// forget refused, check the audit trail's verification, and see the request in the report.
-// Saves screenshots as test artifacts.
+// forget refused, check the audit trail's verification, and see the request in the report;
+// then set a retention policy (a malformed period refused with the server's reason), see it
+// listed, sweep it, see the request it filed with its origin and the report's retention
+// figures, and remove it. Saves screenshots as test artifacts.
 //
 // Usage: node admin_ui.mjs <base url> <admin token> <screenshot dir>
 // Run by tests/it/admin_ui.rs against a fresh server; exits non-zero on the first failure.
@@ -75,8 +77,9 @@ const page = await browser.newPage({ viewport: { width: 1366, height: 860 } });
 page.setDefaultTimeout(TIMEOUT);
 page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
 page.on("console", (message) => {
-  // A 401/403/409 answer is logged by Chromium as a failed resource load; those are expected.
-  if (message.type() === "error" && !/status of 40[139]/.test(message.text())) {
+  // A 400/401/403/409 answer is logged by Chromium as a failed resource load; those are
+  // expected (400: the malformed retention period the test submits on purpose).
+  if (message.type() === "error" && !/status of 40[0139]/.test(message.text())) {
     problems.push(`console error: ${message.text()}`);
   }
 });
@@ -104,6 +107,12 @@ try {
       },
       required: ["sender_id", "receiver_id", "amount"],
     },
+  });
+  // A subject whose only data is a session stream: what the retention policy will cover.
+  await api("POST", "/streams/session-ui-3", {
+    expected_version: "any",
+    subject: "ui-3",
+    events: [{ type: "SessionStarted", data: { ip: "192.0.2.3" } }],
   });
   await api("POST", "/streams/transfers-ui", {
     expected_version: "any",
@@ -228,6 +237,87 @@ try {
   );
   await page.screenshot({ path: join(outDir, "report.png"), fullPage: true });
   await accessible(page, "report");
+
+  // Retention: a malformed period is refused with the server's reason and nothing is stored.
+  await page.getByRole("button", { name: "Retention", exact: true }).click();
+  await page.locator("#retention-empty:not([hidden])").waitFor();
+  check(true, "no retention policy yet");
+  await page.getByLabel("Policy name").fill("sessions");
+  await page.getByLabel("Stream prefix").fill("session-");
+  await page.getByLabel("Keep for").fill("P-1D");
+  await page.getByRole("button", { name: "Save policy" }).click();
+  await page.locator("#retention-result.error").getByText(/^Not saved: .*keep_for/).waitFor();
+  check(true, "a negative period is refused with the problem's detail");
+  check((await page.locator("#retention-table tbody tr").count()) === 0, "nothing was stored");
+  check((await api("GET", "/admin/retention")).policies.length === 0, "the API lists no policy either");
+
+  // A valid policy is created and listed with its fields and when it is next due (ui-3's
+  // session stream, 30 days after its first event).
+  await page.getByLabel("Keep for").fill("P30D");
+  await page.getByLabel("Counted from").selectOption("first_event");
+  await page.getByRole("button", { name: "Save policy" }).click();
+  await page.locator("#retention-result").getByText("Policy sessions created.").waitFor();
+  const policyRow = page.locator("#retention-table tbody tr[data-policy='sessions']");
+  await policyRow.waitFor();
+  const cells = await policyRow.locator("td").allTextContents();
+  check(
+    cells[0] === "sessions" && cells[1] === "session-" && cells[2] === "P30D" && cells[3] === "first event",
+    `the policy is listed with its fields ${JSON.stringify(cells)}`,
+  );
+  check(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$/.test(cells[4]), `its next due time is shown (${cells[4]})`);
+  check((await api("GET", "/admin/retention/sessions")).after === "first_event", "the API has what the page set");
+  await page.screenshot({ path: join(outDir, "retention.png"), fullPage: true });
+  await accessible(page, "retention");
+
+  // Replaced by one whose period has passed: a sweep files an erasure request for ui-3 (or the
+  // background sweep did already), shown with the policy as its origin.
+  await page.getByLabel("Policy name").fill("sessions");
+  await page.getByLabel("Stream prefix").fill("session-");
+  await page.getByLabel("Keep for").fill("PT1S");
+  await page.getByRole("button", { name: "Save policy" }).click();
+  await page.locator("#retention-result").getByText("Policy sessions replaced.").waitFor();
+  await page.locator("#retention-table tbody tr[data-policy='sessions'] td", { hasText: "PT1S" }).waitFor();
+  check(true, "the policy is replaced");
+  await page.getByRole("button", { name: "Sweep now" }).click();
+  await page.locator("#retention-sweep-result").getByText(/^Swept 1 policy:/).waitFor();
+  check(true, "the sweep ran");
+  await page.getByRole("button", { name: "Erasure requests" }).click();
+  await page.getByLabel("Status").selectOption({ label: "any" });
+  await page.getByRole("button", { name: "Filter" }).click();
+  const retentionRow = page.locator("#erasure-table tbody tr", { hasText: "subject ui-3" });
+  await retentionRow.waitFor();
+  check((await retentionRow.locator("td.origin").textContent()) === "policy sessions", "its origin is the policy");
+  check(
+    (await page.locator("#erasure-table tbody tr", { hasText: "subject ui-1" }).locator("td.origin").textContent()) === "request",
+    "a person's request shows its origin as a request",
+  );
+  await retentionRow.getByRole("button").click();
+  await page.locator("#detail-facts dd", { hasText: "Retention policy sessions" }).waitFor();
+  check(true, "the request's detail names the policy");
+
+  // The report counts requests by origin and lists the policy.
+  await page.getByRole("button", { name: "Report" }).click();
+  await page.locator("#report-retention tbody tr[data-policy='sessions']").waitFor();
+  check((await figure("Requests")) === "3", "the report counts three requests");
+  check((await figure("Filed on request")) === "2", "two filed on request");
+  check((await figure("Filed by retention policies")) === "1", "one filed by a retention policy");
+  const reportCells = await page.locator("#report-retention tbody tr[data-policy='sessions'] td").allTextContents();
+  check(reportCells[1] === "1", `the policy filed one request in the period ${JSON.stringify(reportCells)}`);
+  await page.screenshot({ path: join(outDir, "report-retention.png"), fullPage: true });
+  await accessible(page, "report with retention");
+
+  // Removed through the page.
+  await page.getByRole("button", { name: "Retention", exact: true }).click();
+  await page.getByRole("button", { name: "Remove the retention policy sessions" }).click();
+  await page.locator("#retention-empty:not([hidden])").waitFor();
+  check((await page.locator("#retention-table tbody tr").count()) === 0, "the policy is removed from the list");
+  check((await api("GET", "/admin/retention")).policies.length === 0, "and from the server");
+  await page.getByRole("button", { name: "Audit trail" }).click();
+  await page.locator("#audit-verify.ok").waitFor();
+  const retentionActions = await page.locator("#audit-table tbody td:nth-child(4)").allTextContents();
+  for (const action of ["retention_policy_set", "retention_erasure_filed", "retention_policy_removed"]) {
+    check(retentionActions.includes(action), `the trail records ${action}`);
+  }
 
   check(problems.length === 0, `no script errors on the page ${problems.length ? JSON.stringify(problems) : ""}`);
 } catch (error) {

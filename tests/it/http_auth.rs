@@ -221,6 +221,42 @@ fn routes(erasure_id: &str, token_id: &str) -> Vec<Route> {
             None,
             Admin,
         ),
+        // PUT before GET and DELETE: the admin's allowed PUT stores the policy they then use.
+        route(
+            (M::PUT, "/admin/retention/{name}"),
+            "/admin/retention/matrix",
+            "/admin/retention/missing",
+            Some(json!({"stream_prefix": "x-", "keep_for": "P30D"})),
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/retention"),
+            "/admin/retention",
+            "/admin/retention",
+            None,
+            Admin,
+        ),
+        route(
+            (M::GET, "/admin/retention/{name}"),
+            "/admin/retention/matrix",
+            "/admin/retention/missing",
+            None,
+            Admin,
+        ),
+        route(
+            (M::DELETE, "/admin/retention/{name}"),
+            "/admin/retention/matrix",
+            "/admin/retention/missing",
+            None,
+            Admin,
+        ),
+        route(
+            (M::POST, "/admin/retention-sweep"),
+            "/admin/retention-sweep",
+            "/admin/retention-sweep",
+            None,
+            Admin,
+        ),
         // PUT before GET: the admin's allowed PUT registers the schema the GETs then read.
         route(
             (M::PUT, "/schemas/{type}"),
@@ -288,7 +324,9 @@ async fn snapshot(server: &Server) -> Value {
     let consumers = server.get("/consumers", &server.admin).await.body;
     let tokens = server.get("/admin/tokens", &server.admin).await.body;
     let erasures = server.get("/admin/erasures", &server.admin).await.body;
-    json!({"log": server.log().await, "consumers": consumers, "tokens": tokens, "erasures": erasures})
+    let retention = server.get("/admin/retention", &server.admin).await.body;
+    json!({"log": server.log().await, "consumers": consumers, "tokens": tokens, "erasures": erasures,
+        "retention": retention})
 }
 
 async fn http_role_matrix_covers_every_route(db: TestDb) {

@@ -45,7 +45,10 @@ const LONG_POLL_MAX: Duration = Duration::from_millis(500);
 ///   exceed 1,000; `ackConsumer`: 400 for a position past the head of the log; all three: 400
 ///   for an integer written as a float (`5.0` is an integer to JSON Schema, not to serde);
 ///   `putSchema`: 400 `invalid_schema` for a body whose `schema` is an object the JSON Schema
-///   meta-schema refuses (`{"type": 5}`), which the document cannot rule out.
+///   meta-schema refuses (`{"type": 5}`), which the document cannot rule out;
+///   `putRetentionPolicy`: 400 `invalid_retention_policy` for a `keep_for` of the documented
+///   characters that is not a duration, or is zero or longer than 100 years (`P00D`, `PT`,
+///   `P101Y`), which a pattern cannot state.
 ///
 /// Nothing may revoke the token the run uses (the rest of the run would see nothing but 401s;
 /// `missing_auth` would then fail it): `revokeToken` draws no ids from earlier answers, and
@@ -64,7 +67,7 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "429", "5x
 algorithms = ["location-headers"]
 
 [[operations]]
-include-operation-id = ["append", "appendMulti", "ackConsumer", "putSchema"]
+include-operation-id = ["append", "appendMulti", "ackConsumer", "putSchema", "putRetentionPolicy"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "410", "429", "5xx"]
 
 [[operations]]

@@ -1,5 +1,6 @@
 //! The README's five-minute tour, run verbatim against the real binary: start, register a user
-//! (public + private stream in one call), read, subscribe, forget, read again.
+//! (public + private stream in one call), read, subscribe, forget, read again, set a retention
+//! policy.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -117,6 +118,14 @@ async fn readme_tour_runs_verbatim() {
     assert_eq!(
         public_after["events"][0]["data"]["user_id"], "456",
         "the public stream reads in full"
+    );
+    let policy = &lines[7];
+    assert_eq!(policy["name"], "users-2y");
+    assert_eq!(policy["keep_for"], "P2Y");
+    assert_eq!(
+        policy["next_due"],
+        serde_json::Value::Null,
+        "subject 456 was forgotten already"
     );
     assert_eq!(public_after["events"].as_array().unwrap().len(), 2);
 }

@@ -85,6 +85,11 @@ function duration(secs) {
   return `${(secs / 86400).toFixed(1)} days`;
 }
 
+/** Who filed an erasure request: a retention policy, or a person ("request"). */
+function origin(e) {
+  return e.retention_policy ? `policy ${e.retention_policy}` : "request";
+}
+
 function statusBadge(status) {
   return el("span", { class: `status ${status}`, text: status.replace(/_/g, " ") });
 }
@@ -176,6 +181,7 @@ const tabLoaders = {
   erasures: () => loadErasures(),
   forget: () => $("#forget-subject").focus(),
   subjects: () => {},
+  retention: () => loadRetention(),
   audit: () => loadAudit(),
   report: () => loadReport(),
 };
@@ -218,6 +224,7 @@ async function loadErasures() {
       })),
       el("td", { text: target }),
       el("td", {}, statusBadge(e.status)),
+      el("td", { class: "origin", text: origin(e) }),
       el("td", { class: "num", text: String(e.keys_destroyed) }),
       el("td", { class: "num", text: dependents.length ? `${acknowledged} / ${dependents.length}` : "none" }),
       el("td", { class: e.overdue ? "overdue" : "", text: `${when(e.deadline)}${e.overdue ? " (overdue)" : ""}` }),
@@ -258,6 +265,7 @@ function renderErasure(e) {
   );
   const facts = [
     ["Request id", e.request_id],
+    ["Origin", e.retention_policy ? `Retention policy ${e.retention_policy}` : "Filed on request"],
     ["Reason", e.reason || "—"],
     ["Requested by", e.requested_by || "—"],
     ["Reference", e.reference || "—"],
@@ -366,6 +374,77 @@ async function liftHold() {
   await lookUpSubject(currentSubject);
 }
 
+// ---- retention policies ----
+
+let retentionPolicies = [];
+
+async function loadRetention() {
+  const list = await api("GET", "/admin/retention");
+  retentionPolicies = list.policies;
+  const rows = list.policies.map((p) => el("tr", { "data-policy": p.name },
+    el("td", { text: p.name }),
+    el("td", { text: p.stream_prefix }),
+    el("td", { text: p.keep_for }),
+    el("td", { text: p.after === "first_event" ? "first event" : "last event" }),
+    el("td", { text: when(p.next_due) }),
+    el("td", { text: when(p.updated_at) }),
+    el("td", {}, el("button", {
+      type: "button", class: "secondary", text: "Remove",
+      "aria-label": `Remove the retention policy ${p.name}`,
+      onclick: (event) => removePolicy(p.name, event.currentTarget).catch(fail),
+    })),
+  ));
+  $("#retention-table tbody").replaceChildren(...rows);
+  $("#retention-empty").hidden = rows.length > 0;
+}
+
+async function savePolicy(form) {
+  const name = form.get("name").trim();
+  const body = {
+    stream_prefix: form.get("stream_prefix").trim(),
+    keep_for: form.get("keep_for").trim(),
+    after: form.get("after"),
+  };
+  const existed = retentionPolicies.some((p) => p.name === name);
+  const result = $("#retention-result");
+  try {
+    const p = await api("PUT", `/admin/retention/${encodeURIComponent(name)}`, body);
+    result.className = "";
+    result.textContent = `Policy ${p.name} ${existed ? "replaced" : "created"}.`;
+    $("#retention-form").reset();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    result.className = "error";
+    result.textContent = `Not saved: ${error.message}`;
+  }
+  await loadRetention();
+}
+
+async function removePolicy(name, button) {
+  button.disabled = true;
+  try {
+    await api("DELETE", `/admin/retention/${encodeURIComponent(name)}`);
+    toast(`Retention policy ${name} removed.`);
+  } finally {
+    button.disabled = false;
+  }
+  await loadRetention();
+}
+
+async function sweepRetention() {
+  const button = $("#retention-sweep");
+  button.disabled = true;
+  try {
+    const s = await api("POST", "/admin/retention-sweep", {});
+    $("#retention-sweep-result").textContent =
+      `Swept ${s.policies} polic${s.policies === 1 ? "y" : "ies"}: ${s.due} subject(s) due, ` +
+      `${s.filed} erasure request(s) filed${s.refused ? `, ${s.refused} refused by a legal hold` : ""}.`;
+  } finally {
+    button.disabled = false;
+  }
+  await loadRetention();
+}
+
 // ---- audit trail ----
 
 let auditOldest = null;
@@ -434,6 +513,8 @@ async function loadReport() {
     ["Completed", r.by_status.completed || 0],
     ["In progress", (r.by_status.pending || 0) + (r.by_status.keys_destroyed || 0) + (r.by_status.awaiting_acknowledgements || 0)],
     ["Refused", r.by_status.refused || 0],
+    ["Filed on request", r.requested.requests],
+    ["Filed by retention policies", r.retention.requests],
     ["Overdue", r.overdue.length],
     ["Median time to complete", duration(t.median_secs)],
     ["95th percentile", duration(t.p95_secs)],
@@ -450,6 +531,12 @@ async function loadReport() {
     (w) => `${w.week}: ${w.requests} requested, ${w.completed} completed`, (v) => String(v));
   barChart($("#chart-times"), $("#chart-times-desc"), r.weekly, (w) => w.median_secs_to_complete || 0, null,
     (w) => `${w.week}: median ${duration(w.median_secs_to_complete)}`, duration);
+
+  const policies = r.retention_policies.map((p) => el("tr", { "data-policy": p.name },
+    el("td", { text: p.name }), el("td", { class: "num", text: String(p.requests) }),
+    el("td", { text: when(p.next_due) })));
+  if (!policies.length) policies.push(el("tr", {}, el("td", { colspan: "3", class: "muted", text: "No retention policies." })));
+  $("#report-retention tbody").replaceChildren(...policies);
 
   const overdue = r.overdue.map((o) => el("tr", {},
     el("td", { class: "hash", text: o.request_id }), el("td", { text: o.subject || "—" }),
@@ -537,6 +624,8 @@ document.addEventListener("DOMContentLoaded", () => {
   on("#subject-lookup", "submit", busy($("#subject-lookup"), (form) => lookUpSubject(form.get("subject").trim())));
   on("#hold-form", "submit", busy($("#hold-form"), placeHold));
   on("#lift-hold", "click", () => liftHold().catch(fail));
+  on("#retention-form", "submit", busy($("#retention-form"), savePolicy));
+  on("#retention-sweep", "click", () => sweepRetention().catch(fail));
   on("#audit-filter", "submit", busy($("#audit-filter"), () => loadAudit()));
   on("#audit-reverify", "click", () => verifyAudit().catch(fail));
   on("#audit-older", "click", () => loadOlderAudit().catch(fail));
