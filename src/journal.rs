@@ -20,7 +20,9 @@
 //!
 //! Several processes may share one keys directory: every append reads what others appended
 //! since (verifying it) and writes under an exclusive `flock` of the file, and within a process
-//! under a mutex. The file is created `0600`.
+//! under a mutex that only blocking threads take: what async code asks of the journal (requests
+//! known journaled, the verified length) never waits for another process's lock or an fsync.
+//! The file is created `0600`.
 //!
 //! Architecture invariant: ids only — request ids, subject ids, stream names, key ids and a time;
 //! never key bytes, event data, reasons or who asked. It names the model, the errors and the
@@ -31,6 +33,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -152,15 +155,20 @@ pub(crate) struct Journal {
 
 struct Inner {
     path: PathBuf,
-    state: Mutex<State>,
+    /// The file and the chain verified so far. Locked only on blocking threads (`record`), and
+    /// held while the file's `flock` is awaited and the append is fsynced.
+    appender: Mutex<Appender>,
+    /// Requests known to be journaled whole (bounded, least recently seen dropped first). Never
+    /// held across I/O: async code reads and updates it.
+    recent: Mutex<LruCache<Uuid, ()>>,
+    /// The length of the chain verified so far (`Appender::chain.len`), for `reader`.
+    verified_len: AtomicU64,
 }
 
-struct State {
+struct Appender {
     /// Opened for reading and appending (every write goes to the end, whoever wrote last).
     file: File,
     chain: Chain,
-    /// Requests known to be journaled whole (bounded, least recently seen dropped first).
-    recent: LruCache<Uuid, ()>,
 }
 
 impl Journal {
@@ -185,16 +193,13 @@ impl Journal {
     /// Marks requests as journaled whole (the replay read them), so that driving them again
     /// does not append them twice.
     pub(crate) fn remember(&self, request_ids: impl IntoIterator<Item = Uuid>) {
-        let mut state = self.inner.lock();
-        for id in request_ids {
-            state.recent.put(id, ());
-        }
+        self.inner.remember(request_ids);
     }
 
     /// A reader of the lines verified so far, from the first, for the replay. Lines appended
     /// later (by this or another process) are not part of it: they were carried out already.
     pub(crate) fn reader(&self) -> JournalReader {
-        let end = self.inner.lock().chain.len;
+        let end = self.inner.verified_len.load(Ordering::Acquire);
         JournalReader {
             path: self.inner.path.clone(),
             end,
@@ -251,33 +256,52 @@ impl Inner {
         let mut recent = LruCache::new(capacity);
         {
             let _locked = Locked::new(&file, &path)?;
-            catch_up(&path, &file, &mut chain, &mut recent)?;
+            for id in catch_up(&path, &file, &mut chain)? {
+                recent.put(id, ());
+            }
         }
         tracing::info!(path = %path.display(), lines = chain.seq, "erasure journal verified");
         Ok(Inner {
             path,
-            state: Mutex::new(State { file, chain, recent }),
+            verified_len: AtomicU64::new(chain.len),
+            appender: Mutex::new(Appender { file, chain }),
+            recent: Mutex::new(recent),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every change of the state is made after its I/O succeeded, in plain assignments: a
-        // panic elsewhere while holding the lock leaves it consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    // Every change of the state is made after its I/O succeeded, in plain assignments: a panic
+    // elsewhere while holding a lock leaves it consistent, so a poisoned lock is taken as is.
+    fn appender(&self) -> MutexGuard<'_, Appender> {
+        self.appender.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn recent(&self) -> MutexGuard<'_, LruCache<Uuid, ()>> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remember(&self, request_ids: impl IntoIterator<Item = Uuid>) {
+        let mut recent = self.recent();
+        for id in request_ids {
+            recent.put(id, ());
+        }
+    }
+
+    /// Runs on a blocking thread: it waits for other threads (the appender lock) and other
+    /// processes (the file's `flock`), and fsyncs.
     fn record(&self, destruction: &Destruction, rerun: bool) -> Result<bool, JournalError> {
         let path = &self.path;
-        let mut guard = self.lock();
-        let State { file, chain, recent } = &mut *guard;
+        let mut guard = self.appender();
+        let Appender { file, chain } = &mut *guard;
         let _locked = Locked::new(file, path)?;
         check_same_file(path, file, chain)?;
-        catch_up(path, file, chain, recent)?;
-        if recent.get(&destruction.request_id).is_some() {
+        let journaled = catch_up(path, file, chain)?;
+        self.verified_len.store(chain.len, Ordering::Release);
+        self.remember(journaled);
+        if self.recent().get(&destruction.request_id).is_some() {
             return Ok(false);
         }
         if rerun && journaled_before(path, chain.len, destruction.request_id)? {
-            recent.put(destruction.request_id, ());
+            self.remember([destruction.request_id]);
             return Ok(false);
         }
         let (bytes, next) = destruction
@@ -289,7 +313,8 @@ impl Inner {
             return Err(io_error(path, e));
         }
         *chain = next;
-        recent.put(destruction.request_id, ());
+        self.verified_len.store(chain.len, Ordering::Release);
+        self.remember([destruction.request_id]);
         Ok(true)
     }
 }
@@ -344,16 +369,17 @@ fn check_same_file(path: &Path, file: &File, chain: &Chain) -> Result<(), Journa
 }
 
 /// Reads and verifies what was appended after `chain` (all of it at open; another process's
-/// appends later), remembering the requests journaled whole. A torn last line is cut off.
-fn catch_up(path: &Path, file: &File, chain: &mut Chain, recent: &mut LruCache<Uuid, ()>) -> Result<(), JournalError> {
+/// appends later); returns the requests journaled whole. A torn last line is cut off.
+fn catch_up(path: &Path, file: &File, chain: &mut Chain) -> Result<Vec<Uuid>, JournalError> {
     let mut reader = file;
     reader.seek(SeekFrom::Start(chain.len)).map_err(|e| io_error(path, e))?;
     let mut lines = ChainReader::new(path, BufReader::new(reader), *chain, None);
+    let mut journaled = Vec::new();
     loop {
         match lines.step()? {
             Step::Entry(entry) => {
                 if entry.last_part {
-                    recent.put(entry.request_id, ());
+                    journaled.push(entry.request_id);
                 }
             }
             Step::End => break,
@@ -372,7 +398,7 @@ fn catch_up(path: &Path, file: &File, chain: &mut Chain, recent: &mut LruCache<U
         }
     }
     *chain = lines.chain;
-    Ok(())
+    Ok(journaled)
 }
 
 /// Whether the first `len` bytes of the file hold the last part of `request_id` (they were
@@ -749,10 +775,10 @@ mod tests {
         assert!(!b.record(&Destruction::of(&first), false).unwrap());
         assert!(!a.record(&Destruction::of(&second), true).unwrap());
         let reopened = Inner::open(path.clone()).unwrap();
-        assert_eq!(reopened.lock().chain.seq, 3);
+        assert_eq!(reopened.appender().chain.seq, 3);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         // A re-run after a restart finds the request in the file (not only in memory).
-        let len = reopened.lock().chain.len;
+        let len = reopened.appender().chain.len;
         assert!(journaled_before(&path, len, second.id).unwrap());
         assert!(!journaled_before(&path, len, Uuid::new_v4()).unwrap());
     }
