@@ -216,6 +216,39 @@ where
     })
 }
 
+/// Begins a write transaction that starts a rotation or an epoch: the engine's lock on
+/// `kek_versions` first, where beginning it does not already keep two of them apart.
+async fn begin_versions_write<E: Engine>(engine: &E) -> Result<Transaction<'static, E::Db>, VaultError>
+where
+    for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+{
+    let mut tx = engine.begin_write().await?;
+    if let Some(lock) = E::LOCK_KEK_VERSIONS {
+        sqlx::query(lock).execute(&mut *tx).await?;
+    }
+    Ok(tx)
+}
+
+/// The pending version's row, if there is one, read inside a locked transaction.
+async fn pending_version<E: Engine>(tx: &mut Transaction<'static, E::Db>) -> Result<Option<KekVersionRow>, VaultError>
+where
+    for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+    for<'r> E::Version: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> Vec<u8>: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> &'r str: Decode<'r, E::Db> + Type<E::Db>,
+    for<'r> i64: Decode<'r, E::Db> + Type<E::Db>,
+    for<'q> &'q str: ColumnIndex<DbRow<E>>,
+{
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {VERSION_COLUMNS} FROM kek_versions WHERE state = 'pending'"
+    )))
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(version_row::<E>).transpose()
+}
+
 /// The active and pending versions, read inside a locked transaction.
 async fn active_and_pending<E: Engine>(
     tx: &mut Transaction<'static, E::Db>,
@@ -305,17 +338,9 @@ where
     }
 
     async fn begin_rotation(&self, check_value: &[u8]) -> Result<KekVersionRow, VaultError> {
-        let mut tx = self.begin_write().await?;
-        if let Some(lock) = E::LOCK_KEK_VERSIONS {
-            sqlx::query(lock).execute(&mut *tx).await?;
-        }
-        let pending = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {VERSION_COLUMNS} FROM kek_versions WHERE state = 'pending'"
-        )))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let row = match pending {
-            Some(r) => version_row::<E>(&r)?,
+        let mut tx = begin_versions_write(self).await?;
+        let row = match pending_version::<E>(&mut tx).await? {
+            Some(row) => row,
             None => {
                 let next: E::Version = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM kek_versions")
                     .fetch_one(&mut *tx)
@@ -340,17 +365,9 @@ where
     }
 
     async fn begin_epoch(&self, expected_active: u32, make: MakeEpoch<'_>) -> Result<BeginEpoch, VaultError> {
-        let mut tx = self.begin_write().await?;
-        if let Some(lock) = E::LOCK_KEK_VERSIONS {
-            sqlx::query(lock).execute(&mut *tx).await?;
-        }
-        let pending = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {VERSION_COLUMNS} FROM kek_versions WHERE state = 'pending'"
-        )))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(r) = pending {
-            return Ok(BeginEpoch::Pending(version_row::<E>(&r)?));
+        let mut tx = begin_versions_write(self).await?;
+        if let Some(row) = pending_version::<E>(&mut tx).await? {
+            return Ok(BeginEpoch::Pending(row));
         }
         let (active, _) = active_and_pending::<E>(&mut tx).await?;
         if active != Some(expected_active) {
@@ -380,10 +397,7 @@ where
         now: i64,
         make: MakeEpoch<'_>,
     ) -> Result<bool, VaultError> {
-        let mut tx = self.begin_write().await?;
-        if let Some(lock) = E::LOCK_KEK_VERSIONS {
-            sqlx::query(lock).execute(&mut *tx).await?;
-        }
+        let mut tx = begin_versions_write(self).await?;
         if active_and_pending::<E>(&mut tx).await? != (expected_active, expected_pending) {
             return Ok(false);
         }
