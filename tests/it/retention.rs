@@ -11,8 +11,8 @@ use chrono::Utc;
 use lethe::limits::{RETENTION_POLICIES_MAX, RETENTION_SWEEP_BATCH_SUBJECTS};
 use lethe::model::AuditQuery;
 use lethe::{
-    Direction, ErasureFilter, ErasureStatus, EventStore, ExpectedVersion, NewEvent, RetentionAnchor, StreamAppend,
-    StreamStatus, SubjectId,
+    Direction, ErasureFilter, ErasureStatus, EventStore, ExpectedVersion, LogFilter, NewEvent, RetentionAnchor,
+    StreamAppend, StreamStatus, SubjectId,
 };
 use lethe_keyvault::ManualClock;
 use reqwest::Method;
@@ -108,6 +108,7 @@ async fn a_subject_past_keep_for_is_forgotten_and_one_with_a_younger_stream_is_n
     bind(&store, "customer-b-2", "b").await; // `b` has a younger stream
     bind(&store, "profile-a", "a").await; // young, but not under the policy
     assert!(policy(&store, "customers", "customer-", "P30D", RetentionAnchor::LastEvent).await);
+    store.put_consumer("ledger", LogFilter::default(), true).await.unwrap();
 
     let sweep = store.sweep_retention().await.unwrap();
     assert_eq!((sweep.policies, sweep.filed), (1, 0), "nothing is 30 days old yet");
@@ -123,8 +124,16 @@ async fn a_subject_past_keep_for_is_forgotten_and_one_with_a_younger_stream_is_n
     assert_eq!(filed[0].retention_policy.as_deref(), Some("customers"));
     assert!(erasures_of(&store, "b").await.is_empty(), "b's younger stream keeps it");
 
-    // The workflow carries it out unchanged: every stream of `a` is erased, the prefix or not.
+    // The workflow carries it out unchanged: every stream of `a` is erased, the prefix or not,
+    // and the dependent registered when it was filed acknowledges the tombstone.
+    assert_eq!(filed[0].dependents.len(), 1, "ledger, registered before the sweep");
     store.resume_erasures().await.unwrap();
+    let waiting = store.erasure(filed[0].id).await.unwrap().unwrap();
+    assert_eq!(waiting.status, ErasureStatus::AwaitingAcknowledgements);
+    store
+        .ack_consumer("ledger", waiting.tombstone_position.unwrap())
+        .await
+        .unwrap();
     let done = store.erasure(filed[0].id).await.unwrap().unwrap();
     assert_eq!(done.status, ErasureStatus::Completed);
     assert_eq!(status(&store, "customer-a-1").await, StreamStatus::Erased);
