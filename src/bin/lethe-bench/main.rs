@@ -15,6 +15,8 @@
 //! - a catch-up read of the whole global log (1M events by default), decrypted, through the
 //!   library and over HTTP;
 //! - `forget` of a subject with 1 stream and with 1,000 streams of 10 events;
+//! - a retention sweep (issue 20) that files an erasure request for each of 10,000 subjects
+//!   past a policy's `keep_for`, with single-event appends from a concurrent writer meanwhile;
 //! - baselines on the same PostgreSQL server (`baselines.rs`): raw INSERTs of the same rows into
 //!   a bare events-shaped table (1 and 100 rows per transaction), and Message DB's
 //!   `write_message` with the same number of connections, streams and payloads;
@@ -40,14 +42,17 @@ mod db;
 mod eventsourcing;
 mod reads;
 mod report;
+mod retention;
 mod server;
 mod workload;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use lethe::limits::ERASURE_RESUME_INTERVAL;
 use lethe::{EventStore, SchemaMode, StoreConfig};
 use serde_json::json;
 use sqlx::Connection;
@@ -56,6 +61,7 @@ use crate::baselines::MessageDb;
 use crate::db::{FreshDatabases, redact};
 use crate::eventsourcing::Eventsourcing;
 use crate::report::{Figures, Goal, Row, Target, median_figures, table, targets_table};
+use crate::retention::{CLOCK_ADVANCE, RETENTION_SWEEP, RETENTION_SWEEP_APPENDS};
 use crate::server::ServerProcess;
 use crate::workload::{
     Shape, TRANSFER_TYPE, http_client, http_writer, library_writer, order_event, timed, transfer_event,
@@ -98,8 +104,14 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     forget_streams: u64,
 
+    /// Subjects (one bound stream of one event each) past the retention policy that
+    /// `retention-sweep` sweeps (0: no retention sweep).
+    #[arg(long, default_value_t = 10_000)]
+    retention_subjects: u64,
+
     /// Smoke run for CI: 0.5 s rounds, 1 round each, 10,000 events to catch up, 100 streams to
-    /// forget (overrides those options). It checks that everything runs, not how fast.
+    /// forget, 200 subjects to sweep (overrides those options). It checks that everything runs,
+    /// not how fast.
     #[arg(long)]
     quick: bool,
 
@@ -250,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         args.rounds = 1;
         args.catch_up_events = args.catch_up_events.min(10_000);
         args.forget_streams = args.forget_streams.min(100);
+        args.retention_subjects = args.retention_subjects.min(200);
     }
     if args.seconds.is_nan() || args.seconds <= 0.0 || args.rounds == 0 {
         bail!("--seconds must be positive and --rounds at least 1");
@@ -274,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
         bench.catch_up(engine).await?;
         bench.fields_catch_up(engine).await?;
         bench.forgets(engine).await?;
+        bench.retention_sweep(engine).await?;
     }
     if engines.contains(&Engine::Postgres) {
         bench.baselines().await?;
@@ -300,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
             "streams": bench.args.streams,
             "catch_up_events": bench.args.catch_up_events,
             "forget_streams": bench.args.forget_streams,
+            "retention_subjects": bench.args.retention_subjects,
             "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
             "load_average_before": load_before,
             "load_average_after": load_after,
@@ -679,6 +694,83 @@ impl Bench {
         Ok(())
     }
 
+    /// `retention-sweep`: one `sweep_retention()` over `--retention-subjects` subjects due,
+    /// timed, on a store opened for it; `retention-sweep-appends`: the single-event appends a
+    /// concurrent writer completed while it ran.
+    async fn retention_sweep(&mut self, engine: Engine) -> anyhow::Result<()> {
+        let subjects = self.args.retention_subjects;
+        if subjects == 0 || !(self.wants(RETENTION_SWEEP) || self.wants(RETENTION_SWEEP_APPENDS)) {
+            return Ok(());
+        }
+        let (mut sweeps, mut appends) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            let db = FreshDatabases::create(engine, &self.args.postgres_url).await?;
+            let kek_dir = TempDir::new("kek")?;
+            let result = async {
+                let kek_file = kek_dir.0.join("kek.key");
+                let clock = Arc::new(lethe_keyvault::ManualClock::new(retention::now_micros()?));
+                let filling = Instant::now();
+                let store = open_store_at(&db.url, &db.vault_url, true, Some(&kek_file), clock.clone()).await?;
+                let filled = retention::fill_customers(&store, subjects).await;
+                store.close().await;
+                drop(store);
+                filled?;
+                eprintln!(
+                    "{:<8} {RETENTION_SWEEP}: {subjects} subjects appended in {:.1} s",
+                    engine.name(),
+                    filling.elapsed().as_secs_f64()
+                );
+                clock.advance(CLOCK_ADVANCE);
+                // A store opened for the sweep: its erasure resume loop runs at once (nothing
+                // to do yet) and next after ERASURE_RESUME_INTERVAL, so it does not start
+                // carrying out the requests the sweep files while a shorter sweep runs.
+                let opened = Instant::now();
+                let store = open_store_at(&db.url, &db.vault_url, true, Some(&kek_file), clock).await?;
+                let swept = retention::sweep_with_writer(&store, subjects, self.args.streams).await;
+                store.close().await;
+                anyhow::Ok((opened, swept?))
+            }
+            .await;
+            drop(kek_dir);
+            let (opened, swept) = finish(result, db.remove().await)?;
+            progress(engine, RETENTION_SWEEP, "on", 1, round, self.args.rounds, &swept.sweep);
+            progress(
+                engine,
+                RETENTION_SWEEP_APPENDS,
+                "on",
+                1,
+                round,
+                self.args.rounds,
+                &swept.appends,
+            );
+            let c = &swept.counts;
+            eprintln!(
+                "    sweep: policies {}, due {}, filed {}, refused {}, batches {}, {:.2} s; {} appends completed meanwhile, the longest {:.1} ms",
+                c.policies,
+                c.due,
+                c.filed,
+                c.refused,
+                c.batches,
+                swept.sweep.seconds,
+                swept.appends.ops,
+                swept.appends_max_ms
+            );
+            if swept.ended.duration_since(opened) >= ERASURE_RESUME_INTERVAL {
+                eprintln!(
+                    "    note: the sweep ended {:.1} s after its store opened, so the erasure resume loop's second pass \
+                     ({} s after opening) may have carried out requests during it",
+                    swept.ended.duration_since(opened).as_secs_f64(),
+                    ERASURE_RESUME_INTERVAL.as_secs()
+                );
+            }
+            sweeps.push(swept.sweep);
+            appends.push(swept.appends);
+        }
+        self.push(RETENTION_SWEEP, engine.name(), "on", 1, 1, sweeps);
+        self.push(RETENTION_SWEEP_APPENDS, engine.name(), "on", 1, 1, appends);
+        Ok(())
+    }
+
     async fn baselines(&mut self) -> anyhow::Result<()> {
         let url = self.args.postgres_url.clone();
         for &(name, writers, rows) in RAW_INSERTS {
@@ -848,18 +940,38 @@ async fn register_transfer_schema(store: &EventStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the event store the bench measures, on the system clock (see [`open_store_at`]).
+async fn open_store(
+    db_url: &str,
+    vault_url: &str,
+    encrypted: bool,
+    kek_file: Option<&Path>,
+) -> anyhow::Result<EventStore> {
+    open_store_at(
+        db_url,
+        vault_url,
+        encrypted,
+        kek_file,
+        Arc::new(lethe_keyvault::SystemClock),
+    )
+    .await
+}
+
 /// Opens the event store the bench measures: the one place that builds a [`StoreConfig`].
 ///
 /// The key vault is in-process on its own database (`vault_url`), as in the embedded default
 /// and the production layout. Its KEK is random, or the one in `kek_file` (created if missing)
 /// when a server will open the same databases. `encrypted == false` switches only the cipher
 /// off (`insecure_noop_cipher`): every stream still gets its DEK created in the vault on its
-/// first append, so the on/off difference is the cost of AES-256-GCM itself.
-async fn open_store(
+/// first append, so the on/off difference is the cost of AES-256-GCM itself. `clock` is what
+/// retention reads the time from (`retention-sweep` moves a `ManualClock` forward); no store of
+/// the bench sweeps retention in the background.
+async fn open_store_at(
     db_url: &str,
     vault_url: &str,
     encrypted: bool,
     kek_file: Option<&Path>,
+    clock: Arc<dyn lethe_keyvault::VaultClock>,
 ) -> anyhow::Result<EventStore> {
     let kek = match kek_file {
         Some(path) => reads::kek(path)?,
@@ -876,6 +988,8 @@ async fn open_store(
     .with_context(|| format!("opening the key vault at {}", redact(vault_url)))?;
     let mut config = StoreConfig::new(db_url, vault);
     config.insecure_noop_cipher = !encrypted;
+    config.clock = clock;
+    config.retention_sweep_every = None;
     EventStore::open(config)
         .await
         .with_context(|| format!("opening the event store at {}", redact(db_url)))
