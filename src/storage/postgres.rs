@@ -235,15 +235,9 @@ impl EngineStorage for PostgresStorage {
         if lost == 0 {
             let mut conn = self.append_pool.acquire().await?;
             let read = read_for_plan(&mut conn, group, false).await?;
-            let plan = plan::plan_group(
-                group,
-                read.states,
-                read.existing,
-                &read.erasing,
-                read.head,
-                self.clock.now_micros(),
-            );
-            let ok = write_group(&mut conn, &plan, read.head, read.generation).await?;
+            let (head, generation) = (read.head, read.generation);
+            let plan = read.plan(group, self.clock.now_micros());
+            let ok = write_group(&mut conn, &plan, head, generation).await?;
             if ok {
                 return Ok(plan.replies);
             }
@@ -254,15 +248,9 @@ impl EngineStorage for PostgresStorage {
 
         let mut tx = self.append_pool.begin().await?;
         let read = read_for_plan(&mut tx, group, true).await?;
-        let plan = plan::plan_group(
-            group,
-            read.states,
-            read.existing,
-            &read.erasing,
-            read.head,
-            self.clock.now_micros(),
-        );
-        if !write_group(&mut tx, &plan, read.head, read.generation).await? {
+        let (head, generation) = (read.head, read.generation);
+        let plan = read.plan(group, self.clock.now_micros());
+        if !write_group(&mut tx, &plan, head, generation).await? {
             return Err(StorageError::Corrupt(
                 "the log head changed while this transaction held its lock".into(),
             ));
@@ -404,6 +392,13 @@ struct PlanInputs {
     states: HashMap<String, StreamState>,
     existing: HashMap<Uuid, ExistingEvent>,
     erasing: HashMap<String, SubjectErasure>,
+}
+
+impl PlanInputs {
+    /// The plan of `group` on what was read, recorded at `now_us`.
+    fn plan(self, group: &[AtomicAppend], now_us: i64) -> plan::GroupPlan<'_> {
+        plan::plan_group(group, self.states, self.existing, &self.erasing, self.head, now_us)
+    }
 }
 
 /// Reads what a group's plan needs. `locked`: take the commit-order lock first (inside a
