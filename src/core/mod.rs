@@ -77,10 +77,12 @@ pub struct StoreConfig {
     pub webhook_poll: Duration,
     /// The first retry delay of a failed webhook delivery (doubling up to 10 minutes).
     pub webhook_retry_base: Duration,
-    /// Where the store reads the time: the time appends record (`recorded_at`), and what it
-    /// decides by the clock — retention (which subjects are due) and whether a legal hold
-    /// refuses a request. [`SystemClock`] by default; tests inject a
-    /// `lethe_keyvault::ManualClock`. Audit entries always carry the system clock's time.
+    /// Where the store reads the time for what retention depends on: the time appends record
+    /// (`recorded_at`, a new stream's `created_at`), which subjects are due and when a
+    /// retention request was filed, legal holds (placed, refusing, lapsed), and the erasure
+    /// report's "now". [`SystemClock`] by default; tests inject a
+    /// `lethe_keyvault::ManualClock`. The times of a person's request and of each erasure step,
+    /// the `overdue` flags of listed requests and audit entries use the system clock.
     pub clock: Arc<dyn VaultClock>,
     /// How often the store sweeps its retention policies in the background (each process may;
     /// a request is filed once). `None`: never — `EventStore::sweep_retention` only.

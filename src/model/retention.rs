@@ -62,7 +62,7 @@ impl RetentionPeriod {
             reason,
         };
         let malformed = || invalid("it must be an ISO 8601 duration such as \"P30D\" or \"P1Y6M\"");
-        if text.len() > RETENTION_KEEP_FOR_LEN_MAX {
+        if text.len() > RETENTION_KEEP_FOR_LEN_MAX || !text.is_ascii() {
             return Err(malformed());
         }
         let (months, days, seconds) = parse_iso8601(text).ok_or_else(malformed)?;
@@ -79,13 +79,24 @@ impl RetentionPeriod {
                 reason: "it must not be longer than 100 years",
             });
         }
-        Ok(RetentionPeriod {
+        Ok(Self::of(text, months, days, seconds))
+    }
+
+    /// A period as stored: its grammar checked, not today's limits, so that a stored policy
+    /// stays readable should a later release narrow them. `None`: not a duration at all.
+    pub fn parse_stored(text: &str) -> Option<Self> {
+        let (months, days, seconds) = parse_iso8601(text)?;
+        Some(Self::of(text, months, days, seconds))
+    }
+
+    fn of(text: &str, months: u64, days: u64, seconds: u64) -> Self {
+        RetentionPeriod {
             text: text.to_owned(),
-            // Both fit: the length check bounds them.
+            // The checks before bound it; a stored value past it would only saturate.
             months: u32::try_from(months).unwrap_or(u32::MAX),
             days,
             seconds,
-        })
+        }
     }
 
     /// The duration as given.
@@ -134,7 +145,7 @@ fn parse_iso8601(text: &str) -> Option<(u64, u64, u64)> {
         }
         let n: u64 = rest[..digits].parse().ok()?;
         let unit = rest[digits..].chars().next()?;
-        rest = &rest[digits + 1..];
+        rest = &rest[digits + unit.len_utf8()..];
         let allowed: &[char] = if time { &time_units } else { &date_units };
         let at = next + allowed[next..].iter().position(|u| *u == unit)?;
         next = at + 1;

@@ -57,7 +57,7 @@ pub(crate) async fn erasure_report(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 ) -> Result<ErasureReport, Error> {
-    let now = Utc::now();
+    let now = core.now();
     let erasures = core
         .storage
         .erasures(&ErasureFilter {

@@ -8,12 +8,14 @@
 //! acknowledge; deadlines and reports apply). A legal hold active when the request is filed
 //! refuses it, and the subject is filed again by the first sweep after the hold lapses.
 //!
-//! Every process may sweep (`sweep_periodically`). Each batch of
-//! [`RETENTION_SWEEP_BATCH_SUBJECTS`] subjects is one short transaction that re-reads the
-//! policy and files under the audit chain's lock, so a request is filed once whichever process
-//! gets there first, a policy removed meanwhile files nothing more, and no lock is held for a
-//! whole sweep; the sweep waits as long as a batch took before the next, so on SQLite, where a
-//! batch holds the one writer, appends keep about half of its time.
+//! Every process may sweep (`sweep_periodically`). A policy's due subjects are found page by
+//! page without any lock; each page of [`RETENTION_SWEEP_BATCH_SUBJECTS`] is then one short
+//! transaction that re-reads the policy, looks each subject up again and files it under the
+//! audit chain's lock, so a request is filed once whichever process gets there first, a policy
+//! removed meanwhile files nothing more, and no lock is held for a whole sweep (nor for a scan).
+//! The sweep waits as long as a batch took before the next, so on SQLite, where a batch holds
+//! the one writer, appends keep about half of its time. One policy failing does not stop the
+//! others.
 
 use std::sync::Weak;
 use std::time::Instant;
@@ -106,45 +108,66 @@ async fn status(core: &Core, policy: RetentionPolicy) -> Result<RetentionStatus,
 pub(crate) async fn sweep(core: &Core) -> Result<RetentionSweep, Error> {
     let now = core.now();
     let mut sweep = RetentionSweep::default();
+    let mut first_error = None;
     for policy in core.storage.retention_policies().await? {
         sweep.policies += 1;
-        let Some(cutoff) = policy.keep_for.before(now) else {
-            continue;
-        };
-        let mut after: Option<String> = None;
-        loop {
-            let started = Instant::now();
-            let batch = core
-                .storage
-                .file_retention_batch(
-                    &policy,
-                    cutoff.timestamp_micros(),
-                    now.timestamp_micros(),
-                    after.as_deref(),
-                    RETENTION_SWEEP_BATCH_SUBJECTS,
-                )
-                .await?;
-            sweep.batches += 1;
-            sweep.due += batch.due;
-            for (id, refused) in &batch.filed {
-                sweep.filed += 1;
-                if *refused {
-                    sweep.refused += 1;
-                    tracing::info!(policy = %policy.name, request_id = %id, "retention erasure refused: legal hold");
-                } else {
-                    tracing::info!(policy = %policy.name, request_id = %id, "retention erasure filed");
-                }
-            }
-            if batch.policy_changed || batch.due < RETENTION_SWEEP_BATCH_SUBJECTS as u64 {
-                break;
-            }
-            after = batch.last_subject;
-            // As long again before the next batch: the sweep takes at most about half of the
-            // time of the lock it holds (SQLite's one writer), so appends go on at their pace.
-            tokio::time::sleep(started.elapsed()).await;
+        // One policy failing (say, a row it cannot file) does not hold up the others.
+        if let Err(e) = sweep_policy(core, &policy, now, &mut sweep).await {
+            tracing::warn!(policy = %policy.name, error = %e, "retention sweep of a policy failed; will retry");
+            first_error.get_or_insert(e);
         }
     }
-    Ok(sweep)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(sweep),
+    }
+}
+
+/// One policy's part of a sweep: its candidates found page by page without a lock, each page
+/// confirmed and filed in one short transaction.
+async fn sweep_policy(
+    core: &Core,
+    policy: &RetentionPolicy,
+    now: chrono::DateTime<chrono::Utc>,
+    sweep: &mut RetentionSweep,
+) -> Result<(), Error> {
+    let Some(cutoff) = policy.keep_for.before(now) else {
+        return Ok(());
+    };
+    let (cutoff_us, now_us) = (cutoff.timestamp_micros(), now.timestamp_micros());
+    let mut after: Option<String> = None;
+    loop {
+        let candidates = core
+            .storage
+            .retention_candidates(policy, cutoff_us, after.as_deref(), RETENTION_SWEEP_BATCH_SUBJECTS)
+            .await?;
+        let Some(last) = candidates.last().cloned() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let batch = core
+            .storage
+            .file_retention_batch(policy, cutoff_us, now_us, &candidates)
+            .await?;
+        sweep.batches += 1;
+        sweep.due += batch.due;
+        for (id, refused) in &batch.filed {
+            sweep.filed += 1;
+            if *refused {
+                sweep.refused += 1;
+                tracing::info!(policy = %policy.name, request_id = %id, "retention erasure refused: legal hold");
+            } else {
+                tracing::info!(policy = %policy.name, request_id = %id, "retention erasure filed");
+            }
+        }
+        if batch.policy_changed || candidates.len() < RETENTION_SWEEP_BATCH_SUBJECTS {
+            return Ok(());
+        }
+        after = Some(last);
+        // As long again before the next batch: the sweep holds the lock of its transactions
+        // (SQLite's one writer) at most about half of the time, so appends go on at their pace.
+        tokio::time::sleep(started.elapsed()).await;
+    }
 }
 
 /// Sweeps now and then every [`crate::core::StoreConfig::retention_sweep_every`], until the

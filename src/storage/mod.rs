@@ -129,8 +129,10 @@ pub trait Storage: EngineStorage {
     /// Step 1 of an erasure, in one transaction serialised with appends: marks its target's
     /// active streams erased (subject) or deleted (stream), removes their ciphertext, marks a
     /// subject's field key forgotten, and records the lists (bound streams, field streams, the
-    /// field key) on the request. Once: a repeat returns the recorded lists unchanged.
-    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError>;
+    /// field key) on the request. Once: a repeat returns the recorded lists unchanged. A
+    /// retention request whose subject has a legal hold active at `clock_us` (the store's
+    /// clock) is refused instead (returned `refused`, nothing shredded).
+    async fn shred_streams(&self, id: Uuid, clock_us: i64) -> Result<Erasure, StorageError>;
     /// Step 2 done: the vault destroyed `keys`. Other processes are told to evict them.
     async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError>;
     /// Tombstones written at `position`: now waiting for acknowledgements.
@@ -172,20 +174,29 @@ pub trait Storage: EngineStorage {
     /// erasure request (a refused one aside): each subject's newest anchor over its matching
     /// active bound streams. The policy's next due time is this plus its period.
     async fn retention_oldest_anchor(&self, policy: &RetentionPolicy) -> Result<Option<i64>, StorageError>;
+    /// Up to `limit` subjects after `after`, by id, that `policy` finds due: every matching
+    /// active bound stream's anchor is before `cutoff_us`, and they have no erasure request but
+    /// refused ones. Read without a lock (a sweep's scan never holds one); the candidates are
+    /// confirmed by [`Storage::file_retention_batch`].
+    async fn retention_candidates(
+        &self,
+        policy: &RetentionPolicy,
+        cutoff_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
     /// One batch of a retention sweep, in one transaction under the audit chain's lock (so of
-    /// several processes one files each request): up to `limit` subjects after `after`, by id,
-    /// whose every matching active bound stream's anchor is before `cutoff_us` and which have
-    /// no erasure request but refused ones, each filed as an erasure request of the policy
-    /// (refused at once while a legal hold is active at `now_us`; a subject whose hold refused
-    /// a retention request already is left until the hold lapses), audited
-    /// (`retention_erasure_filed`). Nothing if the policy was removed or changed meanwhile.
+    /// several processes one files each request): each of `subjects` still due (looked up again,
+    /// one by one) is filed as an erasure request of the policy (refused at once while a legal
+    /// hold is active at `now_us`; a subject whose hold refused a retention request already is
+    /// left until the hold lapses), audited (`retention_erasure_filed`). Nothing if the policy
+    /// was removed or changed meanwhile.
     async fn file_retention_batch(
         &self,
         policy: &RetentionPolicy,
         cutoff_us: i64,
         now_us: i64,
-        after: Option<&str>,
-        limit: usize,
+        subjects: &[String],
     ) -> Result<RetentionBatch, StorageError>;
 
     // Reconciliation with the key vault

@@ -91,9 +91,7 @@ pub struct SubjectKeyRow {
 /// What one batch of a retention sweep did ([`super::Storage::file_retention_batch`]).
 #[derive(Debug, Clone, Default)]
 pub struct RetentionBatch {
-    /// The last subject the batch examined, where the next batch starts (`None`: none left).
-    pub last_subject: Option<String>,
-    /// Subjects found due.
+    /// Of the candidates, subjects still due under the lock.
     pub due: u64,
     /// Requests filed: id and whether a legal hold refused it at once.
     pub filed: Vec<(Uuid, bool)>,

@@ -374,7 +374,7 @@ where
         Ok(RetentionPolicy {
             name: self.try_get(0)?,
             stream_prefix: self.try_get(1)?,
-            keep_for: RetentionPeriod::parse(&keep_for).map_err(|_| corrupt("bad keep_for"))?,
+            keep_for: RetentionPeriod::parse_stored(&keep_for).ok_or_else(|| corrupt("bad keep_for"))?,
             after: RetentionAnchor::parse(&after).map_err(|_| corrupt("bad after"))?,
             created_at: micros(self.try_get(4)?)?,
             updated_at: micros(self.try_get(5)?)?,

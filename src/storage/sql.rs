@@ -38,8 +38,8 @@ use crate::model::{
 /// The streams holding a subject's personal fields (`$1`), by name.
 const SELECT_FIELD_STREAMS: &str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
 
-/// The subjects a retention policy covers, one row each: `FROM` … `GROUP BY` of
-/// [`RETENTION_DUE`] and [`RETENTION_OLDEST_ANCHOR`]. `$1` the stream prefix, `$2` the anchor
+/// The subjects a retention policy covers, one row each: `FROM` … `WHERE` of the retention
+/// queries below, grouped by subject after it. `$1` the stream prefix, `$2` the anchor
 /// (`first_event` or `last_event`). A subject counts through its active bound streams whose
 /// names start with the prefix, each by its first or last event (one lookup by stream and
 /// version); subjects with an erasure request other than a refused one are left out (being or
@@ -56,16 +56,24 @@ macro_rules! retention_subjects {
     };
 }
 
-/// One batch of due subjects (see [`retention_subjects`]), after `$3` by id, at most `$5`:
-/// each subject whose newest anchor is before `$4`, with its legal hold (count, until, placed
-/// at, reason) and when a retention request of it was last refused.
-const RETENTION_DUE: &str = concat!(
+/// Up to `$5` subjects due (see [`retention_subjects`]) after `$3` by id: each subject whose
+/// newest anchor is before `$4`. Read without a lock; [`RETENTION_DUE_ONE`] confirms each.
+const RETENTION_CANDIDATES: &str = concat!(
+    "SELECT s.subject ",
+    retention_subjects!(),
+    "AND (CAST($3 AS TEXT) IS NULL OR s.subject > $3) \
+     GROUP BY s.subject HAVING MAX(e.recorded_at) < $4 ORDER BY s.subject LIMIT $5"
+);
+
+/// Subject `$3` if it is due (see [`retention_subjects`]; its newest anchor before `$4`), with
+/// its legal hold (count, until, placed at, reason) and when a retention request of it was last
+/// refused: no row if it is not due (any more).
+const RETENTION_DUE_ONE: &str = concat!(
     "SELECT s.subject, MAX(e.recorded_at), COUNT(h.subject), MAX(h.until), MAX(h.placed_at), MAX(h.reason), \
        (SELECT MAX(r.requested_at) FROM erasure_requests r WHERE r.subject = s.subject AND r.kind = 'subject' \
           AND r.status = 'refused' AND r.retention_policy IS NOT NULL) ",
     retention_subjects!(),
-    "AND (CAST($3 AS TEXT) IS NULL OR s.subject > $3) \
-     GROUP BY s.subject HAVING MAX(e.recorded_at) < $4 ORDER BY s.subject LIMIT $5"
+    "AND s.subject = $3 GROUP BY s.subject HAVING MAX(e.recorded_at) < $4"
 );
 
 /// The oldest newest-anchor among a policy's subjects (see [`retention_subjects`]).
@@ -473,7 +481,7 @@ where
         Ok(inserted)
     }
 
-    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
+    async fn shred_streams(&self, id: Uuid, clock_us: i64) -> Result<Erasure, StorageError> {
         let mut tx = self.begin_write().await?;
         // An append either committed before this (its events are shredded with the rest) or
         // runs after it and finds the stream closed.
@@ -484,9 +492,33 @@ where
             .await?
             .ok_or_else(|| StorageError::Corrupt(format!("erasure request {id} not found")))?;
         let mut erasure = row.decode_erasure()?;
-        if erasure.streams.is_some() {
+        if erasure.streams.is_some() || erasure.status == ErasureStatus::Refused {
             tx.commit().await?;
             return Ok(erasure);
+        }
+        // A retention request waits for the resume loop: a legal hold placed since it was filed
+        // refuses it now, before anything is shredded (the next sweep after the hold files it
+        // again). A person's request was checked when filed; a re-applied one never is.
+        if let (Some(_), ErasureTarget::Subject(subject)) = (&erasure.retention_policy, &erasure.target) {
+            let hold = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
+                .bind(subject.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .as_ref()
+                .map(DecodeRow::decode_hold)
+                .transpose()?;
+            let now = chrono::DateTime::from_timestamp_micros(clock_us).unwrap_or_default();
+            if let Some(hold) = hold.filter(|h| h.is_active(now)) {
+                sqlx::query("UPDATE erasure_requests SET status = 'refused', refused_reason = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(hold.reason.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                erasure.status = ErasureStatus::Refused;
+                erasure.refused_reason = Some(hold.reason);
+                return Ok(erasure);
+            }
         }
         let (sql, target) = match &erasure.target {
             ErasureTarget::Subject(subject) => (
@@ -796,13 +828,29 @@ where
             .await?)
     }
 
+    async fn retention_candidates(
+        &self,
+        policy: &RetentionPolicy,
+        cutoff_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(RETENTION_CANDIDATES)
+            .bind(policy.stream_prefix.as_str())
+            .bind(policy.after.as_str())
+            .bind(after)
+            .bind(cutoff_us)
+            .bind(to_i64(limit as u64))
+            .fetch_all(self.pools().reader)
+            .await?)
+    }
+
     async fn file_retention_batch(
         &self,
         policy: &RetentionPolicy,
         cutoff_us: i64,
         now_us: i64,
-        after: Option<&str>,
-        limit: usize,
+        subjects: &[String],
     ) -> Result<RetentionBatch, StorageError> {
         let mut tx = self.begin_write().await?;
         // The audit chain's lock: of several processes sweeping at once, one files a subject's
@@ -820,14 +868,18 @@ where
                 ..RetentionBatch::default()
             });
         }
-        let rows = sqlx::query(RETENTION_DUE)
-            .bind(policy.stream_prefix.as_str())
-            .bind(policy.after.as_str())
-            .bind(after)
-            .bind(cutoff_us)
-            .bind(to_i64(limit as u64))
-            .fetch_all(&mut *tx)
-            .await?;
+        // Each candidate again, under the lock: one indexed lookup by subject each.
+        let mut rows = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let row = sqlx::query(RETENTION_DUE_ONE)
+                .bind(policy.stream_prefix.as_str())
+                .bind(policy.after.as_str())
+                .bind(subject.as_str())
+                .bind(cutoff_us)
+                .fetch_optional(&mut *tx)
+                .await?;
+            rows.extend(row);
+        }
         let mut batch = RetentionBatch {
             due: rows.len() as u64,
             ..RetentionBatch::default()
@@ -841,7 +893,6 @@ where
             let placed_at: Option<i64> = row.try_get(4)?;
             let hold_reason: Option<String> = row.try_get(5)?;
             let last_refused: Option<i64> = row.try_get(6)?;
-            batch.last_subject = Some(subject.clone());
             let held = holds > 0 && until.is_none_or(|until| until > now_us);
             if held && last_refused.is_some_and(|refused| placed_at.is_some_and(|placed| refused >= placed)) {
                 // Refused under this hold already: filed again once it lapses.
