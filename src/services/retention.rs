@@ -13,8 +13,8 @@
 //! transaction that re-reads the policy, looks each subject up again and files it under the
 //! audit chain's lock, so a request is filed once whichever process gets there first, a policy
 //! removed meanwhile files nothing more, and no lock is held for a whole sweep (nor for a scan).
-//! The sweep waits as long as a batch took before the next, so on SQLite, where a batch holds
-//! the one writer, appends keep about half of its time. One policy failing does not stop the
+//! On SQLite, where a batch holds the one writer, the sweep waits as long as a batch took
+//! before the next, so appends keep about half of its time. One policy failing does not stop the
 //! others.
 
 use std::sync::Weak;
@@ -164,9 +164,11 @@ async fn sweep_policy(
             return Ok(());
         }
         after = Some(last);
-        // As long again before the next batch: the sweep holds the lock of its transactions
-        // (SQLite's one writer) at most about half of the time, so appends go on at their pace.
-        tokio::time::sleep(started.elapsed()).await;
+        // Where a batch holds the one writer (SQLite), as long again before the next: the sweep
+        // holds it at most about half of the time, so appends go on at their pace.
+        if core.storage.single_writer() {
+            tokio::time::sleep(started.elapsed()).await;
+        }
     }
 }
 

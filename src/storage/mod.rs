@@ -80,6 +80,9 @@ pub trait EngineStorage: Send + Sync + 'static {
     /// Starts forwarding what *other* processes do — new commits, revoked keys and tokens — into `feed`
     /// (PostgreSQL LISTEN/NOTIFY). Engines without other writers do nothing.
     async fn watch_foreign_changes(&self, feed: ChangeFeed) -> Result<(), StorageError>;
+    /// Whether every write transaction waits for every other one (SQLite's one writer), so
+    /// that long background writes hold up appends.
+    fn single_writer(&self) -> bool;
     /// Closes the connection pools.
     async fn close(&self);
 }

@@ -377,6 +377,10 @@ impl EngineStorage for PostgresStorage {
         Ok(())
     }
 
+    fn single_writer(&self) -> bool {
+        false
+    }
+
     async fn close(&self) {
         let _ = self.stop_listening.send(true);
         self.append_pool.close().await;

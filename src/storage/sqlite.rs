@@ -337,6 +337,10 @@ impl EngineStorage for SqliteStorage {
         Ok(())
     }
 
+    fn single_writer(&self) -> bool {
+        true
+    }
+
     async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;
