@@ -170,9 +170,9 @@ pub const ERASURE_RESUME_INTERVAL: Duration = Duration::from_secs(10);
 /// How often each store sweeps its retention policies by default
 /// (`StoreConfig::retention_sweep_every`, `lethe serve --retention-sweep-every`).
 pub const RETENTION_SWEEP_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
-/// Subjects one transaction of a retention sweep examines: each batch is its own short
-/// transaction (and the sweep pauses as long as it took before the next), so the sweep never
-/// holds the writer (SQLite) or the audit chain's lock (PostgreSQL) for long.
+/// Subjects one transaction of a retention sweep files: they are found without a lock, each
+/// batch is its own short transaction (on SQLite followed by a pause as long), so the sweep
+/// never holds the writer (SQLite) or the audit chain's lock (PostgreSQL) for long.
 pub const RETENTION_SWEEP_BATCH_SUBJECTS: usize = 100;
 
 /// How often each store asks the key vault for its KEK epochs, to record rotations and
