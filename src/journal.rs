@@ -699,6 +699,7 @@ mod tests {
         let mut erasure = Erasure::new(
             ErasureTarget::Subject(SubjectId::new("456").unwrap()),
             ErasureReason::default(),
+            Utc::now(),
         );
         erasure.streams = Some(
             (0..streams)

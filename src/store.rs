@@ -159,6 +159,12 @@ impl EventStore {
         subscription::subscribe(self.core.clone(), from, filter)
     }
 
+    /// The time on the store's clock ([`StoreConfig::clock`]): what deadlines, retention and
+    /// holds are measured against, and what appends record.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.core.now()
+    }
+
     /// The last committed position (0: empty log).
     pub async fn head(&self) -> Result<u64, Error> {
         self.core.head().await

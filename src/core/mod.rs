@@ -77,12 +77,13 @@ pub struct StoreConfig {
     pub webhook_poll: Duration,
     /// The first retry delay of a failed webhook delivery (doubling up to 10 minutes).
     pub webhook_retry_base: Duration,
-    /// Where the store reads the time for what retention depends on: the time appends record
-    /// (`recorded_at`, a new stream's `created_at`), which subjects are due and when a
-    /// retention request was filed, legal holds (placed, refusing, lapsed), and the erasure
-    /// report's "now". [`SystemClock`] by default; tests inject a
-    /// `lethe_keyvault::ManualClock`. The times of a person's request and of each erasure step,
-    /// the `overdue` flags of listed requests and audit entries use the system clock.
+    /// Where the store reads the time: what appends record (`recorded_at`, a new stream's
+    /// `created_at`), which subjects are due for retention, when every erasure request was
+    /// filed and each of its steps happened (so its one-month deadline, the `overdue` filter
+    /// and flags, and the report's "now"), legal holds (placed, refusing, lapsed), consumers'
+    /// checkpoints and deliveries, token revocations. [`SystemClock`] by default; tests inject
+    /// a `lethe_keyvault::ManualClock`. The audit trail's entry times, a token's creation time
+    /// and webhook retry scheduling read the system clock.
     pub clock: Arc<dyn VaultClock>,
     /// How often the store sweeps its retention policies in the background (each process may;
     /// a request is filed once). `None`: never — `EventStore::sweep_retention` only.

@@ -102,7 +102,11 @@ pub async fn forget(
             state.store.erasure(request.id).await?.unwrap_or(request)
         }
     };
-    Ok((StatusCode::ACCEPTED, Json(ErasureResponse::from(erasure))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ErasureResponse::new(erasure, state.store.now())),
+    )
+        .into_response())
 }
 
 /// Show an erasure request
@@ -129,7 +133,7 @@ pub async fn erasure(
 ) -> Result<Json<ErasureResponse>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("the erasure id must be a UUID"))?;
     let erasure = state.store.erasure(id).await?.ok_or_else(ApiError::not_found)?;
-    Ok(Json(erasure.into()))
+    Ok(Json(ErasureResponse::new(erasure, state.store.now())))
 }
 
 /// List erasure requests
@@ -175,12 +179,13 @@ pub async fn erasures(
         overdue: query.overdue,
         limit,
     };
+    let now = state.store.now();
     let erasures = state
         .store
         .list_erasures(&filter)
         .await?
         .into_iter()
-        .map(ErasureResponse::from)
+        .map(|e| ErasureResponse::new(e, now))
         .collect();
     Ok(Json(ErasureListResponse { erasures }))
 }
@@ -218,12 +223,13 @@ pub async fn subject(
             version: s.version,
         })
         .collect();
+    let now = state.store.now();
     let erasures = state
         .store
         .erasures(Some(&subject), ERASURES_LIST_MAX)
         .await?
         .into_iter()
-        .map(ErasureResponse::from)
+        .map(|e| ErasureResponse::new(e, now))
         .collect();
     let field_streams = state.store.subject_field_streams(&subject).await?;
     let hold = state.store.active_hold(&subject).await?.map(HoldOut::from);

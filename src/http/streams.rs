@@ -394,7 +394,7 @@ pub async fn delete(
         .erasures
         .get_or_create(&super::metrics::KindLabel { kind: "stream".into() })
         .inc();
-    Ok(Json(erasure.into()))
+    Ok(Json(ErasureResponse::new(erasure, state.store.now())))
 }
 
 fn filter_of(stream_prefix: Option<&str>, types: Option<&str>) -> LogFilter {

@@ -467,13 +467,14 @@ pub struct DependentOut {
     pub last_delivery_error: Option<String>,
 }
 
-impl From<crate::model::Erasure> for ErasureResponse {
-    fn from(e: crate::model::Erasure) -> Self {
+impl ErasureResponse {
+    /// The request as answered at `now` (the store's clock: whether it is overdue).
+    pub fn new(e: crate::model::Erasure, now: DateTime<Utc>) -> Self {
         let (kind, subject, stream) = match &e.target {
             crate::model::ErasureTarget::Subject(s) => (ErasureKind::Subject, Some(s.to_string()), None),
             crate::model::ErasureTarget::Stream(s) => (ErasureKind::Stream, None, Some(s.to_string())),
         };
-        let (deadline, overdue) = (e.deadline(), e.is_overdue(Utc::now()));
+        let (deadline, overdue) = (e.deadline(), e.is_overdue(now));
         Self {
             request_id: e.id,
             kind,

@@ -157,7 +157,8 @@ pub struct Erasure {
 }
 
 impl Erasure {
-    pub(crate) fn new(target: ErasureTarget, reason: ErasureReason) -> Self {
+    /// A new pending request, filed at `requested_at` (the store's clock: deadlines follow it).
+    pub(crate) fn new(target: ErasureTarget, reason: ErasureReason, requested_at: DateTime<Utc>) -> Self {
         Erasure {
             id: Uuid::now_v7(),
             target,
@@ -167,7 +168,7 @@ impl Erasure {
             subject_key: None,
             keys_destroyed: 0,
             reason,
-            requested_at: Utc::now(),
+            requested_at,
             keys_destroyed_at: None,
             completed_at: None,
             tombstone_position: None,

@@ -56,7 +56,7 @@ use crate::storage::{AtomicAppend, EncodedEvent, StreamWrite};
 /// reason) and `Error::LegalHold` names it.
 pub(crate) async fn request_forget(core: &Core, subject: &SubjectId, reason: ErasureReason) -> Result<Erasure, Error> {
     check_reason(&reason)?;
-    let mut erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason);
+    let mut erasure = Erasure::new(ErasureTarget::Subject(subject.clone()), reason, core.now());
     if let Some(hold) = core.storage.hold(subject).await?
         && hold.is_active(core.now())
     {
@@ -96,7 +96,7 @@ pub(crate) async fn delete_stream(core: &Core, stream: &StreamName, reason: Eras
         }
         .into());
     }
-    let erasure = Erasure::new(ErasureTarget::Stream(stream.clone()), reason);
+    let erasure = Erasure::new(ErasureTarget::Stream(stream.clone()), reason, core.now());
     core.storage.insert_erasure(&erasure).await?;
     drive(core, erasure.id).await
 }

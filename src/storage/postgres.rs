@@ -157,6 +157,10 @@ const OPTIMISTIC_PAUSE_GROUPS: u32 = 16;
 impl Engine for PostgresStorage {
     type Db = Postgres;
 
+    fn now_us(&self) -> i64 {
+        self.clock.now_micros()
+    }
+
     fn pools(&self) -> Pools<'_, Postgres> {
         // One pool for both: the append path has its own (`append_pool`), used by the
         // engine's own methods.

@@ -442,9 +442,9 @@ pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StorageError> {
         .map_err(|_| StorageError::Corrupt("audit hash is not 32 bytes".into()))
 }
 
-/// Requests made before this (unix microseconds) are past their one-month deadline now.
-pub(crate) fn overdue_cutoff_us() -> i64 {
-    let now = chrono::Utc::now();
+/// Requests made before this (unix microseconds) are past their one-month deadline at `now_us`.
+pub(crate) fn overdue_cutoff_us(now_us: i64) -> i64 {
+    let now = chrono::DateTime::from_timestamp_micros(now_us).unwrap_or_default();
     now.checked_sub_months(chrono::Months::new(1))
         .unwrap_or(now)
         .timestamp_micros()

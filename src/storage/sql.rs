@@ -92,6 +92,8 @@ pub(crate) trait Engine: EngineStorage {
 
     /// Where reads and single-statement writes go.
     fn pools(&self) -> Pools<'_, Self::Db>;
+    /// The store's clock now, in unix microseconds (what deadlines are measured against).
+    fn now_us(&self) -> i64;
     /// Begins a write transaction, on the writer pool.
     fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StorageError>> + Send {
         async move { Ok(self.pools().writer.begin().await?) }
@@ -434,7 +436,7 @@ where
         if version as usize > SCHEMA_VERSIONS_MAX {
             return Ok(SchemaRegistration::TooManyVersions);
         }
-        let registered_at = now_us();
+        let registered_at = self.now_us();
         sqlx::query(
             "INSERT INTO event_schemas (event_type, version, mode, schema, registered_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -545,7 +547,7 @@ where
                      RETURNING key_id",
                 )
                 .bind(subject.as_str())
-                .bind(now_us())
+                .bind(self.now_us())
                 .fetch_optional(&mut *tx)
                 .await?;
                 let streams: Vec<String> = match key {
@@ -587,7 +589,7 @@ where
         )
         .bind(id)
         .bind(to_i64(count))
-        .bind(now_us())
+        .bind(self.now_us())
         .execute(&mut *tx)
         .await?;
         // Again: a process that fetched a key between the shred and the destruction drops it.
@@ -614,7 +616,7 @@ where
              WHERE id = $1 AND status = 'keys_destroyed'",
         )
         .bind(id)
-        .bind(now_us())
+        .bind(self.now_us())
         .bind(tombstone_position.map(to_i64))
         .execute(self.pools().writer)
         .await?;
@@ -623,7 +625,7 @@ where
 
     async fn settle_acknowledgements(&self, id: Uuid) -> Result<(), StorageError> {
         let mut tx = self.begin_write().await?;
-        let now = now_us();
+        let now = self.now_us();
         sqlx::query(
             "UPDATE erasure_dependents SET acknowledged_at = $2 \
              WHERE erasure_id = $1 AND acknowledged_at IS NULL AND removed_at IS NULL \
@@ -670,7 +672,7 @@ where
         .bind(filter.to.map(|t| t.timestamp_micros()))
         .bind(to_i64(filter.limit as u64))
         .bind(filter.overdue)
-        .bind(overdue_cutoff_us())
+        .bind(overdue_cutoff_us(self.now_us()))
         .fetch_all(self.pools().reader)
         .await?;
         let mut erasures = rows
@@ -911,8 +913,8 @@ where
                     requested_by: Some(policy.requested_by()),
                     reference: None,
                 },
+                requested_at,
             );
-            erasure.requested_at = requested_at;
             erasure.retention_policy = Some(policy.name.clone());
             if held {
                 erasure.status = ErasureStatus::Refused;
@@ -1019,7 +1021,7 @@ where
         let mut tx = self.begin_write().await?;
         let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
-            .bind(now_us())
+            .bind(self.now_us())
             .execute(&mut *tx)
             .await?;
         let revoked = done.rows_affected() == 1;
@@ -1039,7 +1041,7 @@ where
         filter: &LogFilter,
         erasure_dependent: bool,
     ) -> Result<Consumer, StorageError> {
-        let now = now_us();
+        let now = self.now_us();
         let row = sqlx::query(concat!(
             "INSERT INTO consumers (name, stream_prefix, types, erasure_dependent, checkpoint, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, 0, $5, $5) \
@@ -1079,7 +1081,7 @@ where
 
     async fn ack_consumer(&self, name: &str, position: u64) -> Result<Option<Consumer>, StorageError> {
         let mut tx = self.begin_write().await?;
-        let now = now_us();
+        let now = self.now_us();
         let row = sqlx::query(concat!(
             "UPDATE consumers SET checkpoint = CASE WHEN checkpoint < $2 THEN $2 ELSE checkpoint END, \
                updated_at = $3 WHERE name = $1 RETURNING ",
@@ -1112,7 +1114,7 @@ where
 
     async fn delete_consumer(&self, name: &str) -> Result<bool, StorageError> {
         let mut tx = self.begin_write().await?;
-        let now = now_us();
+        let now = self.now_us();
         let deleted = sqlx::query("DELETE FROM consumers WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -1136,7 +1138,7 @@ where
                 .bind(name)
                 .bind(webhook.map(|(url, _)| url))
                 .bind(webhook.map(|(_, secret)| secret))
-                .bind(now_us())
+                .bind(self.now_us())
                 .execute(self.pools().writer)
                 .await?;
         Ok(done.rows_affected() == 1)
@@ -1197,7 +1199,7 @@ where
         next_attempt_us: i64,
     ) -> Result<(), StorageError> {
         let mut tx = self.begin_write().await?;
-        let now = now_us();
+        let now = self.now_us();
         let (acknowledged, error) = match &outcome {
             Ok(()) => (Some(now), None),
             Err(e) => (None, Some(e.as_str())),

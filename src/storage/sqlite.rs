@@ -83,6 +83,10 @@ const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE 
 impl Engine for SqliteStorage {
     type Db = Sqlite;
 
+    fn now_us(&self) -> i64 {
+        self.clock.now_micros()
+    }
+
     fn pools(&self) -> Pools<'_, Sqlite> {
         Pools {
             reader: &self.readers,

@@ -42,6 +42,7 @@ backend_tests!(
     removing_a_dependent_releases_the_erasure,
     legal_hold_refuses_until_lifted_or_lapsed,
     erasures_can_be_listed_by_subject_status_and_time,
+    deadlines_follow_the_store_clock,
 );
 
 async fn erasure_waits_for_every_dependent_registered_at_the_time(db: TestDb) {
@@ -341,4 +342,61 @@ async fn a_webhook_that_fails_twice_then_succeeds_acknowledges_the_erasure(db: T
     assert_eq!(body["request_id"], serde_json::json!(erasure.id));
     assert_eq!(body["event"]["type"], "SubjectForgotten");
     assert_eq!(body["event"]["data"]["subject"], "456");
+}
+
+/// Deadlines, the overdue filter, the report and the HTTP answer all read the store's clock
+/// (here a `ManualClock` a year ahead of the real one), and so do the request's lifecycle times.
+async fn deadlines_follow_the_store_clock(db: TestDb) {
+    use std::sync::Arc;
+
+    use lethe_keyvault::ManualClock;
+
+    let start =
+        chrono::DateTime::from_timestamp_micros((Utc::now() + chrono::Duration::days(365)).timestamp_micros()).unwrap();
+    let clock = Arc::new(ManualClock::new(start.timestamp_micros()));
+    let mut config = db.config().await;
+    config.clock = clock.clone();
+    config.retention_sweep_every = None;
+    let store = db.open_with(config).await;
+    private_stream(&store, "456").await;
+    store.put_consumer("ledger", LogFilter::default(), true).await.unwrap();
+
+    let erasure = store.forget(&subject("456"), reason()).await.unwrap();
+    assert_eq!(erasure.status, ErasureStatus::AwaitingAcknowledgements);
+    assert_eq!(erasure.requested_at.timestamp_micros(), start.timestamp_micros());
+    assert_eq!(
+        erasure.keys_destroyed_at.map(|t| t.timestamp_micros()),
+        Some(start.timestamp_micros()),
+        "the lifecycle times come from the same clock"
+    );
+    assert_eq!(
+        erasure.deadline(),
+        start.checked_add_months(chrono::Months::new(1)).unwrap()
+    );
+    let overdue = |store: &EventStore| {
+        let store = store.clone();
+        async move {
+            store
+                .list_erasures(&ErasureFilter {
+                    overdue: Some(true),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(overdue(&store).await, 0);
+    assert_eq!(store.erasure_report(None, None).await.unwrap().overdue.len(), 0);
+
+    // A month and a day later on the store's clock (the real clock has not moved).
+    clock.advance(Duration::from_secs(32 * 24 * 3600));
+    assert_eq!(overdue(&store).await, 1, "the filter reads the store's clock");
+    let report = store.erasure_report(None, None).await.unwrap();
+    assert_eq!(report.overdue.len(), 1, "so does the report");
+    assert_eq!(report.overdue[0].request_id, erasure.id);
+    let answer =
+        lethe::http::wire::ErasureResponse::new(store.erasure(erasure.id).await.unwrap().unwrap(), store.now());
+    assert!(answer.overdue, "and the HTTP answer");
 }

@@ -124,7 +124,7 @@ async fn shred_again(core: &Core, run: &mut Run, target: ErasureTarget) -> Resul
     {
         return Ok(());
     }
-    let request = Erasure::new(target, Reapply::Reconcile.reason());
+    let request = Erasure::new(target, Reapply::Reconcile.reason(), core.now());
     let erasure = reapply(core, request, Reapply::Reconcile).await?;
     run.list_request(&erasure);
     Ok(())

@@ -134,9 +134,8 @@ async fn replay_batch(core: &Core, batch: &[JournalEntry], replayed: &mut Replay
     for entry in firsts {
         match statuses.get(&entry.request_id) {
             None => {
-                let mut request = Erasure::new(entry.target.clone(), Reapply::Journal.reason());
+                let mut request = Erasure::new(entry.target.clone(), Reapply::Journal.reason(), entry.at);
                 request.id = entry.request_id;
-                request.requested_at = entry.at;
                 reapply(core, request, Reapply::Journal).await?;
                 replayed.requests_recorded += 1;
             }
