@@ -295,3 +295,89 @@ pub async fn open_with_clock(url: &str, clock: Arc<dyn VaultClock>) -> Result<Ar
 pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
     open_with_clock(url, Arc::new(SystemClock)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RetentionAnchor, RetentionPeriod};
+
+    fn policy(keep_for: &str) -> RetentionPolicy {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        RetentionPolicy {
+            name: "users-2y".to_owned(),
+            stream_prefix: "user-".to_owned(),
+            keep_for: RetentionPeriod::parse(keep_for).unwrap_or_else(|e| panic!("{e}")),
+            after: RetentionAnchor::LastEvent,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// A sweep reads its policy, then files in batches; a batch whose policy was changed (or
+    /// removed) in between files nothing and says so, so that no request is filed under a
+    /// period its policy no longer has.
+    async fn a_batch_of_a_changed_policy_files_nothing(storage: Arc<dyn Storage>) {
+        let read = policy("P2Y");
+        storage.put_retention_policy(&read, "test").await.unwrap();
+        let now = 1_900_000_000_000_000;
+        let unchanged = storage
+            .file_retention_batch(&read, now, now, &["456".to_owned()])
+            .await
+            .unwrap();
+        assert!(!unchanged.policy_changed);
+
+        storage.put_retention_policy(&policy("P3Y"), "test").await.unwrap();
+        let changed = storage
+            .file_retention_batch(&read, now, now, &["456".to_owned()])
+            .await
+            .unwrap();
+        assert!(changed.policy_changed, "changed since the sweep read it");
+        assert!(changed.filed.is_empty());
+
+        storage.delete_retention_policy("users-2y", "test").await.unwrap();
+        let removed = storage
+            .file_retention_batch(&read, now, now, &["456".to_owned()])
+            .await
+            .unwrap();
+        assert!(removed.policy_changed, "removed since the sweep read it");
+        let erasures = storage
+            .erasures(&crate::model::ErasureFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(erasures.is_empty(), "nothing was filed");
+        storage.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_a_changed_policy_files_nothing_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("events.db").display());
+        a_batch_of_a_changed_policy_files_nothing(open(&url).await.unwrap()).await;
+    }
+
+    /// On PostgreSQL when `LETHE_TEST_POSTGRES_URL` is set (in its own database, dropped after).
+    #[tokio::test]
+    async fn a_batch_of_a_changed_policy_files_nothing_postgres() {
+        let Ok(server) = std::env::var("LETHE_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let name = format!("lethe_u_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&server).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let base = server.split('?').next().unwrap_or(&server);
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+        let url = format!("{}/{name}", &base[..host_end]);
+        a_batch_of_a_changed_policy_files_nothing(open(&url).await.unwrap()).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}
