@@ -36,6 +36,8 @@ use crate::model::{
 };
 
 /// The streams holding a subject's personal fields (`$1`), by name.
+/// A subject's legal hold (`$1`), as [`DecodeRow::decode_hold`] reads it.
+const SELECT_HOLD: &str = "SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1";
 const SELECT_FIELD_STREAMS: &str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
 
 /// The subjects a retention policy covers, one row each: `FROM` … `WHERE` of the retention
@@ -502,7 +504,7 @@ where
         // refuses it now, before anything is shredded (the next sweep after the hold files it
         // again). A person's request was checked when filed; a re-applied one never is.
         if let (Some(_), ErasureTarget::Subject(subject)) = (&erasure.retention_policy, &erasure.target) {
-            let hold = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
+            let hold = sqlx::query(SELECT_HOLD)
                 .bind(subject.as_str())
                 .fetch_optional(&mut *tx)
                 .await?
@@ -717,7 +719,7 @@ where
     }
 
     async fn hold(&self, subject: &SubjectId) -> Result<Option<LegalHold>, StorageError> {
-        let row = sqlx::query("SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1")
+        let row = sqlx::query(SELECT_HOLD)
             .bind(subject.as_str())
             .fetch_optional(self.pools().reader)
             .await?;
