@@ -189,11 +189,11 @@ pub trait Storage: EngineStorage {
         limit: usize,
     ) -> Result<Vec<String>, StorageError>;
     /// One batch of a retention sweep, in one transaction under the audit chain's lock (so of
-    /// several processes one files each request): each of `subjects` still due (looked up again,
-    /// one by one) is filed as an erasure request of the policy (refused at once while a legal
-    /// hold is active at `now_us`; a subject whose hold refused a retention request already is
-    /// left until the hold lapses), audited (`retention_erasure_filed`). Nothing if the policy
-    /// was removed or changed meanwhile.
+    /// several processes one files each request): each of `subjects` still due (looked up
+    /// again, a hundred per statement) is filed as an erasure request of the policy (refused at
+    /// once while a legal hold is active at `now_us`; a subject whose hold refused a retention
+    /// request already is left until the hold lapses), audited (`retention_erasure_filed`).
+    /// Nothing if the policy was removed or changed meanwhile.
     async fn file_retention_batch(
         &self,
         policy: &RetentionPolicy,

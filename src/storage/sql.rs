@@ -36,6 +36,26 @@ use crate::model::{
 };
 
 /// The streams holding a subject's personal fields (`$1`), by name.
+/// Rows per multi-row statement: the batched writes' statements stay well under both engines'
+/// limits on bound parameters (11 per row at most here).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `($1, …, $n), ($n+1, …)`: `rows` groups of `columns` numbered placeholders.
+fn values_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", list_placeholders(r * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `$first, …`: `count` numbered placeholders.
+fn list_placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A subject's legal hold (`$1`), as [`DecodeRow::decode_hold`] reads it.
 const SELECT_HOLD: &str = "SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1";
 const SELECT_FIELD_STREAMS: &str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
@@ -59,7 +79,7 @@ macro_rules! retention_subjects {
 }
 
 /// Up to `$5` subjects due (see [`retention_subjects`]) after `$3` by id: each subject whose
-/// newest anchor is before `$4`. Read without a lock; [`RETENTION_DUE_ONE`] confirms each.
+/// newest anchor is before `$4`. Read without a lock; [`retention_due`] confirms them.
 const RETENTION_CANDIDATES: &str = concat!(
     "SELECT s.subject ",
     retention_subjects!(),
@@ -67,16 +87,20 @@ const RETENTION_CANDIDATES: &str = concat!(
      GROUP BY s.subject HAVING MAX(e.recorded_at) < $4 ORDER BY s.subject LIMIT $5"
 );
 
-/// Subject `$3` if it is due (see [`retention_subjects`]; its newest anchor before `$4`), with
-/// its legal hold (count, until, placed at, reason) and when a retention request of it was last
-/// refused: no row if it is not due (any more).
-const RETENTION_DUE_ONE: &str = concat!(
-    "SELECT s.subject, MAX(e.recorded_at), COUNT(h.subject), MAX(h.until), MAX(h.placed_at), MAX(h.reason), \
-       (SELECT MAX(r.requested_at) FROM erasure_requests r WHERE r.subject = s.subject AND r.kind = 'subject' \
-          AND r.status = 'refused' AND r.retention_policy IS NOT NULL) ",
-    retention_subjects!(),
-    "AND s.subject = $3 GROUP BY s.subject HAVING MAX(e.recorded_at) < $4"
-);
+/// Which of the subjects `$4, …` are due (see [`retention_subjects`]) with newest anchor before
+/// `$3`, each with its legal hold (count, until, placed_at, reason) and its last retention
+/// request refused: the candidates confirmed under the lock, one statement per hundred.
+macro_rules! retention_due {
+    () => {
+        concat!(
+            "SELECT s.subject, MAX(e.recorded_at), COUNT(h.subject), MAX(h.until), MAX(h.placed_at), MAX(h.reason), \
+               (SELECT MAX(r.requested_at) FROM erasure_requests r WHERE r.subject = s.subject AND r.kind = 'subject' \
+                  AND r.status = 'refused' AND r.retention_policy IS NOT NULL) ",
+            retention_subjects!(),
+            "AND s.subject IN ({}) GROUP BY s.subject HAVING MAX(e.recorded_at) < $3"
+        )
+    };
+}
 
 /// The oldest newest-anchor among a policy's subjects (see [`retention_subjects`]).
 const RETENTION_OLDEST_ANCHOR: &str = concat!(
@@ -165,6 +189,12 @@ trait SharedSteps: Engine {
         conn: &mut Conn<Self>,
         entry: &NewAuditEntry,
     ) -> impl Future<Output = Result<AuditEntry, StorageError>> + Send;
+    /// Appends audit entries in this order: the head read once, the rows inserted by the
+    /// hundred, the head written once.
+    fn audit_all_in(
+        conn: &mut Conn<Self>,
+        entries: &[NewAuditEntry],
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, StorageError>> + Send;
     /// Completes every request no dependent is still holding up, each audited.
     fn complete_acknowledged(conn: &mut Conn<Self>, now: i64) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Inserts an erasure request with its dependents (the erasure-dependent consumers of the
@@ -174,6 +204,13 @@ trait SharedSteps: Engine {
         erasure: &Erasure,
         if_absent: bool,
     ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+    /// [`insert_erasure_in`](SharedSteps::insert_erasure_in) for many requests, in statements
+    /// of a hundred; the ids inserted.
+    fn insert_erasures_in(
+        conn: &mut Conn<Self>,
+        erasures: &[Erasure],
+        if_absent: bool,
+    ) -> impl Future<Output = Result<Vec<Uuid>, StorageError>> + Send;
 }
 
 impl<E> SharedSteps for E
@@ -202,90 +239,136 @@ where
     }
 
     async fn audit_in(conn: &mut Conn<E>, entry: &NewAuditEntry) -> Result<AuditEntry, StorageError> {
+        let mut written = Self::audit_all_in(conn, std::slice::from_ref(entry)).await?;
+        written
+            .pop()
+            .ok_or_else(|| StorageError::Corrupt("an audit entry was not written".into()))
+    }
+
+    async fn audit_all_in(conn: &mut Conn<E>, entries: &[NewAuditEntry]) -> Result<Vec<AuditEntry>, StorageError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
         let head = sqlx::query(E::SELECT_AUDIT_HEAD_LOCKED).fetch_one(&mut *conn).await?;
-        let prev_hash = hash32(head.try_get(1)?)?;
-        let seq = to_u64(head.try_get(0)?, "audit seq")? + 1;
+        let mut prev_hash = hash32(head.try_get(1)?)?;
+        let mut seq = to_u64(head.try_get(0)?, "audit seq")?;
         let at = now_us();
-        let subject = entry.subject.as_ref().map(|s| s.as_str());
-        let fields = HashedFields {
-            seq,
-            at_us: at,
-            actor: &entry.actor,
-            action: &entry.action,
-            subject,
-            request_id: entry.request_id,
-            details: &entry.details,
-        };
-        let hash = entry_hash(&prev_hash, &fields);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, action, subject, request_id, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(to_i64(seq))
-        .bind(at)
-        .bind(entry.actor.as_str())
-        .bind(entry.action.as_str())
-        .bind(subject)
-        .bind(entry.request_id)
-        .bind(entry.details.to_string().as_str())
-        .bind(prev_hash.as_slice())
-        .bind(hash.as_slice())
-        .execute(&mut *conn)
-        .await?;
+        let mut written = Vec::with_capacity(entries.len());
+        for entry in entries {
+            seq += 1;
+            let subject = entry.subject.as_ref().map(|s| s.as_str());
+            let fields = HashedFields {
+                seq,
+                at_us: at,
+                actor: &entry.actor,
+                action: &entry.action,
+                subject,
+                request_id: entry.request_id,
+                details: &entry.details,
+            };
+            let hash = entry_hash(&prev_hash, &fields);
+            written.push(AuditEntry {
+                seq,
+                at: chrono::DateTime::from_timestamp_micros(at).unwrap_or_default(),
+                actor: entry.actor.clone(),
+                action: entry.action.clone(),
+                subject: subject.map(str::to_owned),
+                request_id: entry.request_id,
+                details: entry.details.clone(),
+                prev_hash,
+                hash,
+            });
+            prev_hash = hash;
+        }
+        for chunk in written.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO audit_log (seq, at, actor, action, subject, request_id, details, prev_hash, hash) VALUES {}",
+                values_placeholders(chunk.len(), 9)
+            );
+            let details: Vec<String> = chunk.iter().map(|entry| entry.details.to_string()).collect();
+            // Only placeholders are interpolated; every value is bound.
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (entry, details) in chunk.iter().zip(&details) {
+                insert = insert
+                    .bind(to_i64(entry.seq))
+                    .bind(at)
+                    .bind(entry.actor.as_str())
+                    .bind(entry.action.as_str())
+                    .bind(entry.subject.as_deref())
+                    .bind(entry.request_id)
+                    .bind(details.as_str())
+                    .bind(entry.prev_hash.as_slice())
+                    .bind(entry.hash.as_slice());
+            }
+            insert.execute(&mut *conn).await?;
+        }
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(to_i64(seq))
-            .bind(hash.as_slice())
+            .bind(prev_hash.as_slice())
             .execute(&mut *conn)
             .await?;
-        Ok(AuditEntry {
-            seq,
-            at: chrono::DateTime::from_timestamp_micros(at).unwrap_or_default(),
-            actor: entry.actor.clone(),
-            action: entry.action.clone(),
-            subject: subject.map(str::to_owned),
-            request_id: entry.request_id,
-            details: entry.details.clone(),
-            prev_hash,
-            hash,
-        })
+        Ok(written)
     }
 
     async fn insert_erasure_in(conn: &mut Conn<E>, erasure: &Erasure, if_absent: bool) -> Result<bool, StorageError> {
-        let (kind, subject, stream) = target_columns(&erasure.target);
-        let sql = if if_absent {
-            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
-             requested_at, refused_reason, retention_policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (id) DO NOTHING RETURNING id"
-        } else {
-            "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
-             requested_at, refused_reason, retention_policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             RETURNING id"
-        };
-        let inserted: Option<Uuid> = sqlx::query_scalar(sql)
-            .bind(erasure.id)
-            .bind(kind)
-            .bind(subject)
-            .bind(stream)
-            .bind(erasure.status.as_str())
-            .bind(erasure.reason.reason.as_deref())
-            .bind(erasure.reason.requested_by.as_deref())
-            .bind(erasure.reason.reference.as_deref())
-            .bind(erasure.requested_at.timestamp_micros())
-            .bind(erasure.refused_reason.as_deref())
-            .bind(erasure.retention_policy.as_deref())
-            .fetch_optional(&mut *conn)
-            .await?;
-        if inserted.is_some() && erasure.status == ErasureStatus::Pending {
+        let inserted = Self::insert_erasures_in(conn, std::slice::from_ref(erasure), if_absent).await?;
+        Ok(!inserted.is_empty())
+    }
+
+    async fn insert_erasures_in(
+        conn: &mut Conn<E>,
+        erasures: &[Erasure],
+        if_absent: bool,
+    ) -> Result<Vec<Uuid>, StorageError> {
+        let mut inserted = Vec::with_capacity(erasures.len());
+        for chunk in erasures.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO erasure_requests (id, kind, subject, stream, status, reason, requested_by, reference, \
+                 requested_at, refused_reason, retention_policy) VALUES {} {} RETURNING id",
+                values_placeholders(chunk.len(), 11),
+                if if_absent { "ON CONFLICT (id) DO NOTHING" } else { "" }
+            );
+            // Only placeholders are interpolated; every value is bound.
+            let mut insert = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for erasure in chunk {
+                let (kind, subject, stream) = target_columns(&erasure.target);
+                insert = insert
+                    .bind(erasure.id)
+                    .bind(kind)
+                    .bind(subject)
+                    .bind(stream)
+                    .bind(erasure.status.as_str())
+                    .bind(erasure.reason.reason.as_deref())
+                    .bind(erasure.reason.requested_by.as_deref())
+                    .bind(erasure.reason.reference.as_deref())
+                    .bind(erasure.requested_at.timestamp_micros())
+                    .bind(erasure.refused_reason.as_deref())
+                    .bind(erasure.retention_policy.as_deref());
+            }
+            let ids: Vec<Uuid> = insert.fetch_all(&mut *conn).await?;
             // The dependents are those registered at the time of the request.
-            sqlx::query(
-                "INSERT INTO erasure_dependents (erasure_id, consumer) \
-                 SELECT $1, name FROM consumers WHERE erasure_dependent",
-            )
-            .bind(erasure.id)
-            .execute(&mut *conn)
-            .await?;
+            let pending: Vec<Uuid> = chunk
+                .iter()
+                .filter(|e| e.status == ErasureStatus::Pending && ids.contains(&e.id))
+                .map(|e| e.id)
+                .collect();
+            if !pending.is_empty() {
+                let sql = format!(
+                    "INSERT INTO erasure_dependents (erasure_id, consumer) \
+                     SELECT r.id, c.name FROM erasure_requests r JOIN consumers c ON c.erasure_dependent \
+                     WHERE r.id IN ({})",
+                    list_placeholders(1, pending.len())
+                );
+                // Only placeholders are interpolated; every value is bound.
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in &pending {
+                    insert = insert.bind(*id);
+                }
+                insert.execute(&mut *conn).await?;
+            }
+            inserted.extend(ids);
         }
-        Ok(inserted.is_some())
+        Ok(inserted)
     }
 
     async fn complete_acknowledged(conn: &mut Conn<E>, now: i64) -> Result<(), StorageError> {
@@ -872,17 +955,19 @@ where
                 ..RetentionBatch::default()
             });
         }
-        // Each candidate again, under the lock: one indexed lookup by subject each.
+        // The candidates again, under the lock.
         let mut rows = Vec::with_capacity(subjects.len());
-        for subject in subjects {
-            let row = sqlx::query(RETENTION_DUE_ONE)
+        for chunk in subjects.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(retention_due!(), list_placeholders(4, chunk.len()));
+            // Only placeholders are interpolated; every value is bound.
+            let mut due = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(policy.stream_prefix.as_str())
                 .bind(policy.after.as_str())
-                .bind(subject.as_str())
-                .bind(cutoff_us)
-                .fetch_optional(&mut *tx)
-                .await?;
-            rows.extend(row);
+                .bind(cutoff_us);
+            for subject in chunk {
+                due = due.bind(subject.as_str());
+            }
+            rows.extend(due.fetch_all(&mut *tx).await?);
         }
         let mut batch = RetentionBatch {
             due: rows.len() as u64,
@@ -890,6 +975,8 @@ where
         };
         let requested_at = chrono::DateTime::from_timestamp_micros(now_us)
             .ok_or_else(|| StorageError::Corrupt("clock out of range".into()))?;
+        let mut erasures = Vec::with_capacity(rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
             let subject: String = row.try_get(0)?;
             let holds: i64 = row.try_get(2)?;
@@ -922,8 +1009,7 @@ where
                 erasure.status = ErasureStatus::Refused;
                 erasure.refused_reason = hold_reason;
             }
-            E::insert_erasure_in(&mut tx, &erasure, false).await?;
-            let entry = NewAuditEntry {
+            entries.push(NewAuditEntry {
                 actor: SYSTEM_ACTOR.to_owned(),
                 action: "retention_erasure_filed".to_owned(),
                 subject: Some(subject),
@@ -934,10 +1020,12 @@ where
                     "after": policy.after.as_str(),
                     "status": erasure.status.as_str(),
                 }),
-            };
-            E::audit_in(&mut tx, &entry).await?;
+            });
             batch.filed.push((erasure.id, held));
+            erasures.push(erasure);
         }
+        E::insert_erasures_in(&mut tx, &erasures, false).await?;
+        E::audit_all_in(&mut tx, &entries).await?;
         tx.commit().await?;
         Ok(batch)
     }
