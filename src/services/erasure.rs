@@ -297,7 +297,7 @@ pub(crate) async fn drive(core: &Core, id: Uuid) -> Result<Erasure, Error> {
                 // Lists recorded before this run: the step ran before (a crash, an unreachable
                 // vault, another process), so the destruction may be journaled already.
                 let rerun = erasure.streams.is_some();
-                let erasure = core.storage.shred_streams(id, core.now().timestamp_micros()).await?;
+                let erasure = core.storage.shred_streams(id).await?;
                 if erasure.status == ErasureStatus::Refused {
                     tracing::info!(request_id = %id, "retention erasure refused: legal hold placed since it was filed");
                     audit_step(core, &erasure, "erasure_refused", json!({ "reason": "legal_hold" })).await;

@@ -133,9 +133,9 @@ pub trait Storage: EngineStorage {
     /// active streams erased (subject) or deleted (stream), removes their ciphertext, marks a
     /// subject's field key forgotten, and records the lists (bound streams, field streams, the
     /// field key) on the request. Once: a repeat returns the recorded lists unchanged. A
-    /// retention request whose subject has a legal hold active at `clock_us` (the store's
-    /// clock) is refused instead (returned `refused`, nothing shredded).
-    async fn shred_streams(&self, id: Uuid, clock_us: i64) -> Result<Erasure, StorageError>;
+    /// retention request whose subject has a legal hold active now (the store's clock) is
+    /// refused instead (returned `refused`, nothing shredded).
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError>;
     /// Step 2 done: the vault destroyed `keys`. Other processes are told to evict them.
     async fn mark_keys_destroyed(&self, id: Uuid, count: u64, keys: &[KeyId]) -> Result<(), StorageError>;
     /// Tombstones written at `position`: now waiting for acknowledgements.

@@ -568,7 +568,8 @@ where
         Ok(inserted)
     }
 
-    async fn shred_streams(&self, id: Uuid, clock_us: i64) -> Result<Erasure, StorageError> {
+    async fn shred_streams(&self, id: Uuid) -> Result<Erasure, StorageError> {
+        let now_us = self.now_us();
         let mut tx = self.begin_write().await?;
         // An append either committed before this (its events are shredded with the rest) or
         // runs after it and finds the stream closed.
@@ -594,7 +595,7 @@ where
                 .as_ref()
                 .map(DecodeRow::decode_hold)
                 .transpose()?;
-            let now = chrono::DateTime::from_timestamp_micros(clock_us).unwrap_or_default();
+            let now = chrono::DateTime::from_timestamp_micros(now_us).unwrap_or_default();
             if let Some(hold) = hold.filter(|h| h.is_active(now)) {
                 sqlx::query("UPDATE erasure_requests SET status = 'refused', refused_reason = $2 WHERE id = $1")
                     .bind(id)
@@ -632,7 +633,7 @@ where
                      RETURNING key_id",
                 )
                 .bind(subject.as_str())
-                .bind(self.now_us())
+                .bind(now_us)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let streams: Vec<String> = match key {
