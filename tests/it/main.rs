@@ -17,6 +17,7 @@ mod layers;
 mod multi_stream;
 mod ordering;
 mod personal_fields;
+mod python_client;
 mod reads;
 mod reconcile;
 mod report;
