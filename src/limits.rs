@@ -7,60 +7,31 @@
 
 use std::time::Duration;
 
-/// Stream names and subject ids: 1..=200 characters of `[A-Za-z0-9_.:@-]`.
-pub const NAME_LEN_MAX: usize = 200;
-/// Event types: 1..=200 characters, no control characters.
-pub const EVENT_TYPE_LEN_MAX: usize = 200;
-/// Events in one append (over all streams of a multi-stream append).
-pub const APPEND_EVENTS_MAX: usize = 1_000;
-/// Streams in one multi-stream append.
-pub const APPEND_STREAMS_MAX: usize = 100;
-/// Bytes of one event: its `data` and `metadata` serialized as JSON, added up.
-pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
-/// Bytes of one append: every event's `data` and `metadata`, added up.
-pub const APPEND_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Events one read (stream read, log page) returns at most.
-pub const READ_PAGE_EVENTS_MAX: usize = 1_000;
-/// Event types one log filter may name.
-pub const FILTER_TYPES_MAX: usize = 100;
+/// The limits a client sees — input sizes, page sizes, defaults — are defined with the wire types
+/// (`lethe_wire::limits`), so that the server, its OpenAPI document and the client share them.
+pub use lethe_wire::limits::{
+    APPEND_BYTES_MAX, APPEND_EVENTS_MAX, APPEND_STREAMS_MAX, AUDIT_LIMIT_DEFAULT, AUDIT_PAGE_MAX,
+    ERASURES_LIMIT_DEFAULT, ERASURES_LIST_MAX, EVENT_BYTES_MAX, EVENT_TYPE_LEN_MAX, FILTER_TYPES_MAX, LONG_POLL_MAX,
+    NAME_LEN_MAX, READ_LIMIT_DEFAULT, READ_PAGE_EVENTS_MAX, REASON_LEN_MAX, RETENTION_KEEP_FOR_LEN_MAX,
+    RETENTION_KEEP_FOR_YEARS_MAX, SCHEMA_BYTES_MAX, SCHEMA_PERSONAL_FIELDS_MAX, TOKEN_NAME_LEN_MAX,
+    WEBHOOK_SECRET_LEN_MAX, WEBHOOK_SECRET_LEN_MIN, WEBHOOK_URL_LEN_MAX,
+};
+
 /// Appends the group committer puts into one database transaction.
 pub const GROUP_APPENDS_MAX: usize = 512;
 /// Events the group committer puts into one database transaction (a single append larger than
 /// this still goes alone).
 pub const GROUP_EVENTS_MAX: usize = 4_000;
-/// Free-text fields of erasure requests and legal holds (reason, requested_by, reference).
-pub const REASON_LEN_MAX: usize = 1_000;
-/// Token names: free text for humans.
-pub const TOKEN_NAME_LEN_MAX: usize = 100;
-/// Webhook URLs, in bytes.
-pub const WEBHOOK_URL_LEN_MAX: usize = 2_000;
-/// Webhook signing secrets, in characters.
-pub const WEBHOOK_SECRET_LEN_MIN: usize = 16;
-pub const WEBHOOK_SECRET_LEN_MAX: usize = 200;
-/// Erasure requests one listing returns at most (`GET /admin/erasures?limit=`, and the
-/// requests `GET /admin/subjects/{subject}` shows).
-pub const ERASURES_LIST_MAX: usize = 1_000;
-/// Audit entries one page returns at most.
-pub const AUDIT_PAGE_MAX: usize = 1_000;
 /// Erasure requests one report covers at most.
 pub const REPORT_ERASURES_MAX: usize = 100_000;
-/// Bytes of one event schema (its JSON Schema document, serialized).
-pub const SCHEMA_BYTES_MAX: usize = 64 * 1024;
 /// Event types that may have a schema.
 pub const SCHEMA_TYPES_MAX: usize = 1_000;
 /// Versions one event type's schema may have.
 pub const SCHEMA_VERSIONS_MAX: usize = 100;
-/// Personal fields (`x-lethe-personal`) one schema may declare.
-pub const SCHEMA_PERSONAL_FIELDS_MAX: usize = 32;
 /// Bytes of a JSON pointer in a schema (a personal field's, or its subject's).
 pub const SCHEMA_POINTER_LEN_MAX: usize = 512;
 /// Retention policies a store may have (`PUT /admin/retention/{name}`).
 pub const RETENTION_POLICIES_MAX: usize = 100;
-/// The longest `keep_for` of a retention policy, in years (a month counts as 1/12 of a year,
-/// a day as 1/365.25).
-pub const RETENTION_KEEP_FOR_YEARS_MAX: u32 = 100;
-/// Characters of a retention policy's `keep_for` (an ISO 8601 duration).
-pub const RETENTION_KEEP_FOR_LEN_MAX: usize = 64;
 /// Shortest admin token accepted from `LETHE_ADMIN_TOKEN`.
 pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
 
@@ -96,16 +67,8 @@ pub const SUBSCRIBERS_DEFAULT: usize = 1_024;
 /// Whole-request timeout for everything but SSE and consumer long polls
 /// (`LETHE_REQUEST_TIMEOUT_SECS`).
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// Longest consumer long poll (`wait_ms` is capped to it).
-pub const LONG_POLL_MAX: Duration = Duration::from_secs(25);
 /// SSE keep-alive comment interval.
 pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Events a read returns when no `limit` is given (stream reads, the log, consumer reads).
-pub const READ_LIMIT_DEFAULT: usize = 100;
-/// Erasure requests a listing looks at when no `limit` is given.
-pub const ERASURES_LIMIT_DEFAULT: usize = 100;
-/// Audit entries a page holds when no `limit` is given.
-pub const AUDIT_LIMIT_DEFAULT: usize = 100;
 
 /// Open connections at most (each holds a task and a socket); more wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 4_096;

@@ -17,6 +17,7 @@ use super::wire::{
     AuditEntryOut, AuditListResponse, AuditQueryParams, AuditVerifyResponse, ErasureListResponse, ErasureReportOut,
     ErasureResponse, ErasuresQuery, EventOut, ExportResponse, ForgetRequest, HoldOut, HoldRequest, NewTokenOut,
     ReconcileReportOut, ReportQuery, SubjectResponse, SubjectStreamOut, TokenListResponse, TokenOut, TokenRequest,
+    erasure_response,
 };
 use super::{AppState, Caller, JsonBody, PathParam, audit_entry};
 use crate::limits::{AUDIT_LIMIT_DEFAULT, ERASURES_LIMIT_DEFAULT, ERASURES_LIST_MAX};
@@ -102,11 +103,7 @@ pub async fn forget(
             state.store.erasure(request.id).await?.unwrap_or(request)
         }
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ErasureResponse::new(erasure, state.store.now())),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(erasure_response(erasure, state.store.now()))).into_response())
 }
 
 /// Show an erasure request
@@ -133,7 +130,7 @@ pub async fn erasure(
 ) -> Result<Json<ErasureResponse>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("the erasure id must be a UUID"))?;
     let erasure = state.store.erasure(id).await?.ok_or_else(ApiError::not_found)?;
-    Ok(Json(ErasureResponse::new(erasure, state.store.now())))
+    Ok(Json(erasure_response(erasure, state.store.now())))
 }
 
 /// List erasure requests
@@ -185,7 +182,7 @@ pub async fn erasures(
         .list_erasures(&filter)
         .await?
         .into_iter()
-        .map(|e| ErasureResponse::new(e, now))
+        .map(|e| erasure_response(e, now))
         .collect();
     Ok(Json(ErasureListResponse { erasures }))
 }
@@ -229,7 +226,7 @@ pub async fn subject(
         .erasures(Some(&subject), ERASURES_LIST_MAX)
         .await?
         .into_iter()
-        .map(|e| ErasureResponse::new(e, now))
+        .map(|e| erasure_response(e, now))
         .collect();
     let field_streams = state.store.subject_field_streams(&subject).await?;
     let hold = state.store.active_hold(&subject).await?.map(HoldOut::from);

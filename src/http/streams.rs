@@ -16,7 +16,7 @@ use super::schemas;
 use super::wire::{
     AppendRequest, AppendResponse, DeleteStreamRequest, DirectionWire, ErasureResponse, EventIn, EventOut,
     ExpectedVersionWire, LogQuery, LogResponse, MultiAppendRequest, MultiAppendResponse, StreamQuery, StreamResponse,
-    SubscribeQuery,
+    SubscribeQuery, erasure_response, wire_expectation,
 };
 use super::{AppState, JsonBody, PathParam, split_types};
 use crate::limits::READ_LIMIT_DEFAULT;
@@ -43,7 +43,7 @@ fn stream_append(
 ) -> Result<StreamAppend, ApiError> {
     let mut append = StreamAppend::new(
         StreamName::new(stream).map_err(crate::Error::from)?,
-        expected.map_or(ExpectedVersion::Any, |e| e.0),
+        expected.map_or(ExpectedVersion::Any, ExpectedVersion::from),
         to_events(events),
     );
     if let Some(subject) = subject {
@@ -183,11 +183,11 @@ pub async fn append(
 ) -> Result<Response, ApiError> {
     let header_expectation = if_match(&headers)?;
     let expected = match (body.expected_version, header_expectation) {
-        (Some(b), Some(h)) if b.0 != h => {
+        (Some(b), Some(h)) if ExpectedVersion::from(b) != h => {
             return Err(ApiError::bad_request("expected_version and If-Match disagree"));
         }
         (Some(b), _) => Some(b),
-        (None, h) => h.map(ExpectedVersionWire),
+        (None, h) => h.map(wire_expectation),
     };
     let append = stream_append(&stream, expected, body.subject, body.events)?;
     let events = append.events.len();
@@ -394,7 +394,7 @@ pub async fn delete(
         .erasures
         .get_or_create(&super::metrics::KindLabel { kind: "stream".into() })
         .inc();
-    Ok(Json(ErasureResponse::new(erasure, state.store.now())))
+    Ok(Json(erasure_response(erasure, state.store.now())))
 }
 
 fn filter_of(stream_prefix: Option<&str>, types: Option<&str>) -> LogFilter {

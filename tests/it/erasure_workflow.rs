@@ -396,7 +396,6 @@ async fn deadlines_follow_the_store_clock(db: TestDb) {
     let report = store.erasure_report(None, None).await.unwrap();
     assert_eq!(report.overdue.len(), 1, "so does the report");
     assert_eq!(report.overdue[0].request_id, erasure.id);
-    let answer =
-        lethe::http::wire::ErasureResponse::new(store.erasure(erasure.id).await.unwrap().unwrap(), store.now());
+    let answer = lethe::http::wire::erasure_response(store.erasure(erasure.id).await.unwrap().unwrap(), store.now());
     assert!(answer.overdue, "and the HTTP answer");
 }
