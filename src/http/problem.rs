@@ -14,43 +14,7 @@ use crate::error::{Error, ValidationError};
 /// Where problem `type` URIs point (documentation anchors by code).
 const TYPE_BASE: &str = "https://lethe.dev/problems/";
 
-/// Every stable code with its HTTP status and title. A code not listed (`storage_error`,
-/// `internal_error`, …) is a 500 titled "Internal error".
-pub const CODES: &[(&str, u16, &str)] = &[
-    ("wrong_expected_version", 409, "Wrong expected version"),
-    ("subject_mismatch", 409, "Subject mismatch"),
-    ("duplicate_event_id", 409, "Duplicate event id"),
-    ("legal_hold", 409, "Legal hold"),
-    ("erasure_in_progress", 409, "Erasure in progress"),
-    ("subject_forgotten", 409, "Subject forgotten"),
-    ("last_admin_token", 409, "Last admin token"),
-    ("stream_erased", 410, "Stream erased"),
-    ("stream_deleted", 410, "Stream deleted"),
-    ("key_unreadable", 410, "Key unreadable"),
-    ("invalid_request", 400, "Invalid request"),
-    ("invalid_stream_name", 400, "Invalid stream name"),
-    ("schema_violation", 400, "Schema violation"),
-    ("invalid_schema", 400, "Invalid schema"),
-    ("invalid_subject", 400, "Invalid subject"),
-    ("invalid_retention_policy", 400, "Invalid retention policy"),
-    ("payload_too_large", 413, "Payload too large"),
-    ("unsupported_media_type", 415, "Unsupported media type"),
-    ("unauthorized", 401, "Unauthorized"),
-    ("forbidden", 403, "Forbidden"),
-    ("not_found", 404, "Not found"),
-    ("method_not_allowed", 405, "Method not allowed"),
-    ("precondition_failed", 412, "Precondition failed"),
-    ("request_timeout", 408, "Request timeout"),
-    ("too_many_subscribers", 503, "Too many subscribers"),
-    ("storage_unavailable", 503, "Storage unavailable"),
-    ("keyvault_unavailable", 503, "Key vault unavailable"),
-    ("shutting_down", 503, "Shutting down"),
-    ("keyvault_error", 500, "Key vault error"),
-    ("storage_error", 500, "Storage error"),
-    ("corrupt_data", 500, "Corrupt data"),
-    ("journal_unavailable", 503, "Erasure journal unavailable"),
-    ("journal_corrupt", 500, "Erasure journal corrupt"),
-];
+pub use lethe_wire::CODES;
 
 fn entry(code: &str) -> Option<&'static (&'static str, u16, &'static str)> {
     CODES.iter().find(|(c, ..)| *c == code)

@@ -9,6 +9,7 @@ mod appends;
 mod audit;
 mod cascade;
 mod cli_retention;
+mod client;
 mod erasure_workflow;
 mod journal;
 mod kek_epochs;

@@ -5,7 +5,8 @@
 //! - The request and answer types, named as the server's OpenAPI document names them
 //!   (`AppendRequest`, `EventOut` — `Event` in the document —, `ErasureResponse`, …). Request
 //!   bodies refuse unknown fields.
-//! - [`Problem`]: every error answer, an RFC 9457 problem document with a stable `code`.
+//! - [`Problem`]: every error answer, an RFC 9457 problem document with a stable `code`;
+//!   [`CODES`]: every code with its HTTP status.
 //! - [`limits`]: the limits a client sees (sizes, page sizes, defaults).
 //! - [`schemas`]: the JSON Schemas of constrained strings and numbers (names, types, texts) the
 //!   types refer to with `value_type`, built from [`limits`].
@@ -19,5 +20,5 @@ mod problem;
 pub mod schemas;
 mod types;
 
-pub use problem::{Problem, ProblemExtra, StreamVersion};
+pub use problem::{CODES, Problem, ProblemExtra, StreamVersion};
 pub use types::*;

@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for ExpectedVersionWire {
 }
 
 /// An event to append.
-#[derive(Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
     /// Makes retries idempotent; generated when absent.
@@ -85,7 +85,7 @@ impl std::fmt::Debug for EventIn {
 }
 
 /// An append to one stream (`POST /streams/{stream}`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     pub expected_version: Option<ExpectedVersionWire>,
@@ -96,7 +96,7 @@ pub struct AppendRequest {
 }
 
 /// One stream of `POST /streams`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 #[schema(as = StreamAppend)]
 pub struct StreamAppendIn {
@@ -195,7 +195,7 @@ pub struct LogResponse {
 }
 
 /// Query of `GET /streams/{stream}`.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Serialize, Deserialize, IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
@@ -217,7 +217,7 @@ pub enum DirectionWire {
 }
 
 /// Query of `GET /log`. `types` is comma-separated.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Serialize, Deserialize, IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct LogQuery {
@@ -255,7 +255,7 @@ pub struct SubscribeQuery {
 }
 
 /// A durable consumer's filter and webhook (`PUT /consumers/{name}`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerRequest {
     /// Only streams whose name starts with this (empty or null: all).
@@ -320,7 +320,7 @@ pub struct ConsumerListResponse {
 }
 
 /// Query of `GET /consumers/{name}/events`.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Serialize, Deserialize, IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ConsumerEventsQuery {
@@ -351,7 +351,7 @@ pub struct AckRequest {
 
 /// `POST /admin/subjects/{subject}/forget`: why and for whom (kept in the erasure request; no
 /// personal data).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetRequest {
     #[schema(value_type = schemas::Text, inline)]
@@ -461,7 +461,7 @@ pub struct ErasureListResponse {
 }
 
 /// Query of `GET /admin/erasures`.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Serialize, Deserialize, IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ErasuresQuery {
@@ -511,7 +511,7 @@ pub struct SubjectResponse {
 }
 
 /// A legal hold to place (`PUT /admin/subjects/{subject}/hold`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
     #[schema(value_type = schemas::HoldReason, inline)]
@@ -680,7 +680,7 @@ pub struct AuditListResponse {
 }
 
 /// Query of `GET /admin/audit`.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Serialize, Deserialize, IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQueryParams {
@@ -709,7 +709,7 @@ pub struct AuditVerifyResponse {
 }
 
 /// Query of `GET /admin/reports/erasures`.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Serialize, Deserialize, IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
