@@ -1,4 +1,5 @@
-//! Every limit Lethe enforces, in one place, with its unit in its name: input limits first,
+//! Every limit Lethe enforces, in one place, with its unit in its name (those a client sees are
+//! defined with the wire types, in `lethe_wire::limits`, and re-exported here): input limits first,
 //! then the HTTP server's (the `_DEFAULT`s are settings of `lethe serve`), the bounds of what
 //! the store holds in memory, database connections, and the timeouts, intervals and retries of
 //! the background work. The key vault's are in `lethe_keyvault::limits`.

@@ -1,11 +1,11 @@
 //! `lethe admin …`: the data-protection officer's client for a running server's admin API.
 //!
-//! Part of the binary only (anyhow is fine here). It talks HTTP to `LETHE_URL` with the bearer
-//! token in `LETHE_TOKEN`, prints human-readable tables by default and the server's JSON with
-//! `--json`, and never touches a database itself.
+//! Part of the binary only (anyhow is fine here). It talks to `LETHE_URL` through the Rust
+//! client (`lethe-client`) with the bearer token in `LETHE_TOKEN`, prints human-readable tables
+//! by default and the server's answer as JSON with `--json`, and never touches a database
+//! itself.
 
 use std::io::Write as _;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -13,17 +13,15 @@ use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use futures::StreamExt;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
+use uuid::Uuid;
 
-use lethe::http::problem::Problem;
-use lethe::http::wire::{
-    AuditListResponse, AuditVerifyResponse, ConsumerListResponse, ErasureKind, ErasureListResponse, ErasureReportOut,
-    ErasureResponse, ErasureTargetOut, ForgetRequest, HoldOut, HoldRequest, NewTokenOut, ReconcileReportOut,
-    RetentionPolicyIn, RetentionPolicyListResponse, RetentionPolicyOut, RetentionSweepOut, SchemaListResponse,
-    SchemaModeWire, SchemaOut, SchemaRequest, SchemaVersionsResponse, SubjectResponse, TokenListResponse, TokenRequest,
-};
 use lethe::model::SubjectSource;
+use lethe_client::wire::{
+    AuditQueryParams, ErasureKind, ErasureReportOut, ErasureResponse, ErasureTargetOut, ErasuresQuery, ForgetRequest,
+    HoldRequest, ReconcileReportOut, ReportQuery, RetentionPolicyIn, RetentionPolicyOut, SchemaModeWire, SchemaOut,
+    SchemaRequest, TokenRequest,
+};
 
 /// Where the server is and who we are.
 #[derive(Args, Clone)]
@@ -100,10 +98,10 @@ pub enum AdminCommand {
     Report {
         /// Requests made at or after (RFC 3339).
         #[arg(long)]
-        from: Option<String>,
+        from: Option<DateTime<Utc>>,
         /// Requests made before (RFC 3339).
         #[arg(long)]
-        to: Option<String>,
+        to: Option<DateTime<Utc>>,
         /// Write CSV to this file.
         #[arg(long)]
         csv: Option<std::path::PathBuf>,
@@ -197,10 +195,8 @@ pub enum TokensCommand {
 }
 
 struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    /// Print the server's JSON as it came instead of tables.
+    api: lethe_client::Client,
+    /// Print the server's answers as JSON instead of tables.
     json: bool,
 }
 
@@ -210,85 +206,32 @@ impl Client {
             .token
             .clone()
             .context("an admin token is needed: set LETHE_TOKEN or pass --token")?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+        let api = lethe_client::Client::builder(connection.url.clone())
+            .token(token)
             .build()
-            .context("building the HTTP client")?;
+            .map_err(explain)?;
         Ok(Self {
-            http,
-            base: connection.url.trim_end_matches('/').to_owned(),
-            token,
+            api,
             json: connection.json,
         })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let problem: Option<Problem> = response.json().await.ok();
-        bail!(
-            "{} ({}): {}",
-            problem.as_ref().map_or("request failed", |p| p.title.as_str()),
-            status.as_u16(),
-            problem.as_ref().map_or("", |p| p.detail.as_str())
-        )
-    }
-
-    /// The answer's body, read whole.
-    async fn body(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
-        Ok(self.send(request).await?.bytes().await?.to_vec())
-    }
-
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<u8>> {
-        self.body(self.http.get(format!("{}{path}", self.base)).query(query))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: &impl Serialize) -> anyhow::Result<Vec<u8>> {
-        self.body(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
-    }
-
-    /// A PUT, with whether the server created something (201) rather than found it (200).
-    async fn put(&self, path: &str, body: &impl Serialize) -> anyhow::Result<(bool, Vec<u8>)> {
-        let response = self
-            .send(self.http.put(format!("{}{path}", self.base)).json(body))
-            .await?;
-        let created = response.status() == reqwest::StatusCode::CREATED;
-        Ok((created, response.bytes().await?.to_vec()))
-    }
-
-    /// Prints an answer: with `--json` the server's JSON as it came, otherwise `render` of the
-    /// answer read as its wire type.
-    fn show<T: DeserializeOwned>(
-        &self,
-        body: &[u8],
-        render: impl FnOnce(T) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
+    /// Prints an answer: with `--json` as JSON, otherwise as `render` draws it.
+    fn show<T: Serialize>(&self, answer: T, render: impl FnOnce(T) -> anyhow::Result<()>) -> anyhow::Result<()> {
         if self.json {
-            let value: Value = serde_json::from_slice(body).context("the server's answer is not JSON")?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(());
         }
-        render(serde_json::from_slice(body).context("an answer this client does not understand")?)
+        render(answer)
     }
 }
 
-/// Path segments are names and ids from the contract's charset; encode anything else anyway.
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' | b'@' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A client error as the command reports it: the problem's title, status and detail.
+fn explain(e: lethe_client::Error) -> anyhow::Error {
+    match e.problem() {
+        Some(problem) => anyhow::anyhow!("{} ({}): {}", problem.title, problem.status, problem.detail),
+        None => anyhow::Error::new(e),
+    }
 }
 
 fn table(header: &[&str]) -> Table {
@@ -375,6 +318,7 @@ fn print_erasure(e: &ErasureResponse) {
 /// Runs one `lethe admin` command.
 pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Result<()> {
     let client = Client::new(&connection)?;
+    let api = &client.api;
     match command {
         AdminCommand::Forget {
             subject,
@@ -387,17 +331,16 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
                 requested_by,
                 reference,
             };
-            let erasure = client
-                .post(&format!("/admin/subjects/{}/forget", segment(&subject)), &body)
-                .await?;
-            client.show(&erasure, |e: ErasureResponse| {
+            let erasure = api.forget(&subject, &body).await.map_err(explain)?;
+            client.show(erasure, |e| {
                 print_erasure(&e);
                 Ok(())
             })?;
         }
         AdminCommand::Erasures { id: Some(id), .. } => {
-            let erasure = client.get(&format!("/admin/erasures/{}", segment(&id)), &[]).await?;
-            client.show(&erasure, |e: ErasureResponse| {
+            let id = Uuid::parse_str(&id).context("an erasure request id is a UUID")?;
+            let erasure = api.erasure(id).await.map_err(explain)?;
+            client.show(erasure, |e| {
                 print_erasure(&e);
                 Ok(())
             })?;
@@ -407,15 +350,13 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             status,
             subject,
         } => {
-            let mut query = Vec::new();
-            if let Some(status) = status {
-                query.push(("status", status));
-            }
-            if let Some(subject) = subject {
-                query.push(("subject", subject));
-            }
-            let list = client.get("/admin/erasures", &query).await?;
-            client.show(&list, |list: ErasureListResponse| {
+            let query = ErasuresQuery {
+                status,
+                subject,
+                ..ErasuresQuery::default()
+            };
+            let list = api.erasures(&query).await.map_err(explain)?;
+            client.show(list, |list| {
                 let mut t = table(&[
                     "request",
                     "subject/stream",
@@ -447,27 +388,24 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             until,
             lift,
         } => {
-            let path = format!("{}/admin/subjects/{}/hold", client.base, segment(&subject));
             if lift {
-                client.send(client.http.delete(path)).await?;
+                api.lift_hold(&subject).await.map_err(explain)?;
                 println!("hold on {subject} lifted");
             } else {
                 let body = HoldRequest {
                     reason: reason.context("--reason is needed to place a hold")?,
                     until,
                 };
-                let hold = client.body(client.http.put(path).json(&body)).await?;
-                client.show(&hold, |hold: HoldOut| {
+                let hold = api.place_hold(&subject, &body).await.map_err(explain)?;
+                client.show(hold, |hold| {
                     println!("hold on {subject} placed (until {})", time(hold.until));
                     Ok(())
                 })?;
             }
         }
         AdminCommand::Subject { subject } => {
-            let view = client
-                .get(&format!("/admin/subjects/{}", segment(&subject)), &[])
-                .await?;
-            client.show(&view, |view: SubjectResponse| {
+            let view = api.subject(&subject).await.map_err(explain)?;
+            client.show(view, |view| {
                 let mut t = table(&["bound stream", "status", "version"]);
                 for s in view.streams {
                     t.add_row(vec![s.stream, s.status, text(s.version)]);
@@ -488,12 +426,12 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
         AdminCommand::Export { subject, output } => export(&client, &subject, output).await?,
         AdminCommand::Report { from, to, csv } => report(&client, from, to, csv).await?,
         AdminCommand::Reconcile => {
-            let report = client.post("/admin/reconcile", &serde_json::json!({})).await?;
-            client.show(&report, print_reconcile)?;
+            let report = api.reconcile().await.map_err(explain)?;
+            client.show(report, print_reconcile)?;
         }
         AdminCommand::Audit { verify: true, .. } => {
-            let verification = client.get("/admin/audit/verify", &[]).await?;
-            client.show(&verification, |v: AuditVerifyResponse| {
+            let verification = api.verify_audit().await.map_err(explain)?;
+            client.show(verification, |v| {
                 if v.intact {
                     println!("audit trail intact: {} entries", v.entries);
                     Ok(())
@@ -507,15 +445,14 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             action,
             subject,
         } => {
-            let mut query = vec![("limit", "1000".to_owned())];
-            if let Some(action) = action {
-                query.push(("action", action));
-            }
-            if let Some(subject) = subject {
-                query.push(("subject", subject));
-            }
-            let page = client.get("/admin/audit", &query).await?;
-            client.show(&page, |page: AuditListResponse| {
+            let query = AuditQueryParams {
+                limit: Some(lethe_client::wire::limits::AUDIT_PAGE_MAX),
+                action,
+                subject,
+                ..AuditQueryParams::default()
+            };
+            let page = api.audit(&query).await.map_err(explain)?;
+            client.show(page, |page| {
                 let mut t = table(&["seq", "at", "actor", "action", "subject", "request"]);
                 for e in page.entries {
                     t.add_row(vec![
@@ -532,18 +469,12 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             })?;
         }
         AdminCommand::Consumers { remove: Some(name) } => {
-            client
-                .send(
-                    client
-                        .http
-                        .delete(format!("{}/consumers/{}", client.base, segment(&name))),
-                )
-                .await?;
+            api.delete_consumer(&name).await.map_err(explain)?;
             println!("consumer {name} removed");
         }
         AdminCommand::Consumers { remove: None } => {
-            let list = client.get("/consumers", &[]).await?;
-            client.show(&list, |list: ConsumerListResponse| {
+            let list = api.consumers().await.map_err(explain)?;
+            client.show(list, |list| {
                 let mut t = table(&["consumer", "erasure_dependent", "checkpoint", "lag", "webhook"]);
                 for c in list.consumers {
                     t.add_row(vec![
@@ -561,8 +492,8 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
         AdminCommand::Schemas(command) => schemas(&client, command).await?,
         AdminCommand::Retention(command) => retention(&client, command).await?,
         AdminCommand::Tokens(TokensCommand::List) => {
-            let list = client.get("/admin/tokens", &[]).await?;
-            client.show(&list, |list: TokenListResponse| {
+            let list = api.tokens().await.map_err(explain)?;
+            client.show(list, |list| {
                 let mut t = table(&["id", "name", "role", "created_at", "revoked_at"]);
                 for tok in list.tokens {
                     t.add_row(vec![
@@ -578,20 +509,15 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             })?;
         }
         AdminCommand::Tokens(TokensCommand::Create { name, role }) => {
-            let token = client.post("/admin/tokens", &TokenRequest { name, role }).await?;
-            client.show(&token, |token: NewTokenOut| {
+            let token = api.create_token(&TokenRequest { name, role }).await.map_err(explain)?;
+            client.show(token, |token| {
                 println!("{}", token.token);
                 Ok(())
             })?;
         }
         AdminCommand::Tokens(TokensCommand::Revoke { id }) => {
-            client
-                .send(
-                    client
-                        .http
-                        .delete(format!("{}/admin/tokens/{}", client.base, segment(&id))),
-                )
-                .await?;
+            let parsed = Uuid::parse_str(&id).context("a token id is a UUID")?;
+            api.revoke_token(parsed).await.map_err(explain)?;
             println!("token {id} revoked");
         }
     }
@@ -600,10 +526,11 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
 
 /// `lethe admin schemas …`.
 async fn schemas(client: &Client, command: SchemasCommand) -> anyhow::Result<()> {
+    let api = &client.api;
     match command {
         SchemasCommand::List => {
-            let list = client.get("/schemas", &[]).await?;
-            client.show(&list, |list: SchemaListResponse| {
+            let list = api.schemas().await.map_err(explain)?;
+            client.show(list, |list| {
                 let mut t = table(&["type", "version", "mode", "registered_at", "personal fields"]);
                 for s in list.schemas {
                     t.add_row(schema_row(s));
@@ -613,8 +540,8 @@ async fn schemas(client: &Client, command: SchemasCommand) -> anyhow::Result<()>
             })
         }
         SchemasCommand::Get { event_type } => {
-            let versions = client.get(&format!("/schemas/{}", segment(&event_type)), &[]).await?;
-            client.show(&versions, |versions: SchemaVersionsResponse| {
+            let versions = api.schema_versions(&event_type).await.map_err(explain)?;
+            client.show(versions, |versions| {
                 let mut t = table(&["type", "version", "mode", "registered_at", "personal fields"]);
                 let latest = versions.versions.last().map(|v| v.schema.clone());
                 for s in versions.versions {
@@ -639,9 +566,12 @@ async fn schemas(client: &Client, command: SchemasCommand) -> anyhow::Result<()>
                 Some("warn") => Some(SchemaModeWire::Warn),
                 Some(_) => Some(SchemaModeWire::Enforce),
             };
-            let path = format!("/schemas/{}", segment(&event_type));
-            let (created, registered) = client.put(&path, &SchemaRequest { schema, mode }).await?;
-            client.show(&registered, |s: SchemaOut| {
+            let put = api
+                .put_schema(&event_type, &SchemaRequest { schema, mode })
+                .await
+                .map_err(explain)?;
+            let created = put.created;
+            client.show(put.value, |s| {
                 let what = if created { "registered" } else { "unchanged: already" };
                 println!("{what} {} version {} ({})", s.event_type, s.version, mode_name(s.mode));
                 Ok(())
@@ -652,17 +582,18 @@ async fn schemas(client: &Client, command: SchemasCommand) -> anyhow::Result<()>
 
 /// `lethe admin retention …`.
 async fn retention(client: &Client, command: RetentionCommand) -> anyhow::Result<()> {
+    let api = &client.api;
     match command {
         RetentionCommand::List => {
-            let list = client.get("/admin/retention", &[]).await?;
-            client.show(&list, |list: RetentionPolicyListResponse| {
+            let list = api.retention_policies().await.map_err(explain)?;
+            client.show(list, |list| {
                 print_policies(&list.policies);
                 Ok(())
             })
         }
         RetentionCommand::Get { name } => {
-            let policy = client.get(&format!("/admin/retention/{}", segment(&name)), &[]).await?;
-            client.show(&policy, |policy: RetentionPolicyOut| {
+            let policy = api.retention_policy(&name).await.map_err(explain)?;
+            client.show(policy, |policy| {
                 print_policies(std::slice::from_ref(&policy));
                 Ok(())
             })
@@ -678,9 +609,9 @@ async fn retention(client: &Client, command: RetentionCommand) -> anyhow::Result
                 keep_for,
                 after,
             };
-            let path = format!("/admin/retention/{}", segment(&name));
-            let (created, policy) = client.put(&path, &body).await?;
-            client.show(&policy, |policy: RetentionPolicyOut| {
+            let put = api.put_retention_policy(&name, &body).await.map_err(explain)?;
+            let created = put.created;
+            client.show(put.value, |policy| {
                 let what = if created { "created" } else { "replaced" };
                 println!("{what} retention policy {}", policy.name);
                 print_policies(std::slice::from_ref(&policy));
@@ -688,14 +619,13 @@ async fn retention(client: &Client, command: RetentionCommand) -> anyhow::Result
             })
         }
         RetentionCommand::Delete { name } => {
-            let path = format!("{}/admin/retention/{}", client.base, segment(&name));
-            client.send(client.http.delete(path)).await?;
+            api.delete_retention_policy(&name).await.map_err(explain)?;
             println!("retention policy {name} removed");
             Ok(())
         }
         RetentionCommand::Sweep => {
-            let sweep = client.post("/admin/retention-sweep", &serde_json::json!({})).await?;
-            client.show(&sweep, |s: RetentionSweepOut| {
+            let sweep = api.sweep_retention().await.map_err(explain)?;
+            client.show(sweep, |s| {
                 let mut t = table(&["figure", "value"]);
                 for (figure, value) in [
                     ("policies swept", s.policies),
@@ -761,8 +691,7 @@ fn schema_row(s: SchemaOut) -> Vec<String> {
 
 /// Streams an export to a file or stdout, with a progress spinner on stderr.
 async fn export(client: &Client, subject: &str, output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let url = format!("{}/admin/subjects/{}/export", client.base, segment(subject));
-    let response = client.send(client.http.get(url)).await?;
+    let mut body = client.api.export_bytes(subject).await.map_err(explain)?;
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_style(
         indicatif::ProgressStyle::with_template("{spinner} exporting {msg}: {bytes} ({bytes_per_sec})")
@@ -775,7 +704,6 @@ async fn export(client: &Client, subject: &str, output: Option<std::path::PathBu
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("the export was cut off")?;
         sink.write_all(&chunk)?;
@@ -850,27 +778,19 @@ fn print_reconcile(report: ReconcileReportOut) -> anyhow::Result<()> {
 /// `lethe admin report`: a table, the JSON, or CSV written to a file.
 async fn report(
     client: &Client,
-    from: Option<String>,
-    to: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
     csv: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut query: Vec<(&str, String)> = Vec::new();
-    if let Some(from) = from {
-        query.push(("from", from));
-    }
-    if let Some(to) = to {
-        query.push(("to", to));
-    }
+    let query = ReportQuery { from, to, format: None };
     if let Some(path) = csv {
-        query.push(("format", "csv".to_owned()));
-        let url = format!("{}/admin/reports/erasures", client.base);
-        let body = client.send(client.http.get(url).query(&query)).await?.text().await?;
+        let body = client.api.erasure_report_csv(&query).await.map_err(explain)?;
         std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
         println!("report written to {}", path.display());
         return Ok(());
     }
-    let report = client.get("/admin/reports/erasures", &query).await?;
-    client.show(&report, |report: ErasureReportOut| {
+    let report = client.api.erasure_report(&query).await.map_err(explain)?;
+    client.show(report, |report: ErasureReportOut| {
         let mut t = table(&["figure", "value"]);
         t.add_row(vec!["requests".to_owned(), report.requests.to_string()]);
         for (status, count) in &report.by_status {

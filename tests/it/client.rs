@@ -401,3 +401,23 @@ async fn a_subscription_outlives_a_restart(db: TestDb) {
     drop(subscription);
     server.stop().await;
 }
+
+#[path = "../../client/examples/register/flow.rs"]
+mod register_example;
+
+crate::backend_tests!(the_example_program_runs);
+
+/// `cargo run -p lethe-client --example register`, its steps against a fresh server.
+async fn the_example_program_runs(db: TestDb) {
+    let server = Server::start(&db).await;
+    let outcome = register_example::run(&admin(&server), "456").await.unwrap();
+    assert_eq!(outcome.followed.len(), 2, "{outcome:?}");
+    assert!(
+        outcome.followed[0].ends_with("user-public-456 UserRegistered"),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.erasure_status, "completed");
+    assert!(outcome.private_erased);
+    assert_eq!(outcome.public_data, json!({"user_id": "456", "newsletter": true}));
+    server.stop().await;
+}
