@@ -6,8 +6,8 @@
 #   bench/install-eventsourcing.sh
 #
 # The venv is target/bench-venv-eventsourcing (gitignored; EVENTSOURCING_VENV overrides it),
-# created once with `python3` (PYTHON overrides it) and reused: pip runs only when the pins
-# below changed, so later runs need no network. On success the venv's interpreter is the one
+# made by scripts/pinned-venv.sh: created once with `python3` (PYTHON overrides it) and reused,
+# pip running only when the pins below changed. On success the venv's interpreter is the one
 # line on stdout; everything else goes to stderr.
 # Exit status 3 means Python, venv or the packages are unavailable (the bench then skips the
 # baseline).
@@ -15,7 +15,6 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${EVENTSOURCING_VENV:-$(dirname "$here")/target/bench-venv-eventsourcing}"
-python="${PYTHON:-python3}"
 # Every package pinned (the whole resolved set), so every run measures the same code.
 # psycopg[binary] is the C implementation, which a user who cares about speed installs.
 pins=(
@@ -28,24 +27,4 @@ pins=(
   "pycparser==3.12"
   "typing_extensions==4.16.0"
 )
-stamp="$venv/.lethe-bench-pins"
-
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${pins[*]}" ]; then
-  echo "$venv/bin/python"
-  exit 0
-fi
-if ! command -v "$python" >/dev/null; then
-  echo "install-eventsourcing: $python not found" >&2
-  exit 3
-fi
-if [ ! -x "$venv/bin/python" ] && ! "$python" -m venv "$venv" >&2; then
-  echo "install-eventsourcing: $python -m venv $venv failed (python3-venv missing?)" >&2
-  rm -rf "$venv"
-  exit 3
-fi
-if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${pins[@]}" >&2; then
-  echo "install-eventsourcing: pip install ${pins[*]} failed (offline?)" >&2
-  exit 3
-fi
-echo "${pins[*]}" >"$stamp"
-echo "$venv/bin/python"
+exec "$(dirname "$here")/scripts/pinned-venv.sh" "$venv" "${pins[@]}"

@@ -338,6 +338,21 @@ async fn admin_operations(db: TestDb) {
     server.stop().await;
 }
 
+/// One event in each of the streams `tick-<i>`.
+async fn append_ticks(lethe: &Client, range: std::ops::Range<usize>) {
+    for i in range {
+        lethe
+            .append(
+                &format!("tick-{i}"),
+                ExpectedVersionWire::NoStream,
+                None,
+                events(1, "Tick"),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 async fn a_subscription_outlives_a_restart(db: TestDb) {
     let mut config = config_for(&db);
     let server = Server::start_config(config.clone()).await;
@@ -353,17 +368,7 @@ async fn a_subscription_outlives_a_restart(db: TestDb) {
         types: Vec::new(),
     };
     let mut subscription = lethe.subscribe(1, filter);
-    for i in 0..5 {
-        lethe
-            .append(
-                &format!("tick-{i}"),
-                ExpectedVersionWire::NoStream,
-                None,
-                events(1, "Tick"),
-            )
-            .await
-            .unwrap();
-    }
+    append_ticks(&lethe, 0..5).await;
     let mut seen = Vec::new();
     while seen.len() < 5 {
         seen.push(subscription.next().await.unwrap().unwrap().position);
@@ -371,17 +376,7 @@ async fn a_subscription_outlives_a_restart(db: TestDb) {
 
     server.stop().await;
     let server = Server::start_config(config).await;
-    for i in 5..10 {
-        lethe
-            .append(
-                &format!("tick-{i}"),
-                ExpectedVersionWire::NoStream,
-                None,
-                events(1, "Tick"),
-            )
-            .await
-            .unwrap();
-    }
+    append_ticks(&lethe, 5..10).await;
     while seen.len() < 10 {
         let next = tokio::time::timeout(Duration::from_secs(30), subscription.next())
             .await

@@ -197,11 +197,7 @@ async fn the_embedded_default_restored_from_a_copy_of_its_data_directory_forgets
     server.stop().await.expect("stop");
 
     let backup = tmp.path().join("backup");
-    std::fs::create_dir(&backup).expect("mkdir");
-    for entry in std::fs::read_dir(&data).expect("list") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), backup.join(entry.file_name())).expect("copy");
-    }
+    copy_stopped_directory(&data, &backup);
 
     let server = lethe::server::start(embedded()).await.expect("restart");
     let (status, erasure) = call(
@@ -221,4 +217,29 @@ async fn the_embedded_default_restored_from_a_copy_of_its_data_directory_forgets
         .expect("start on the restored copy");
     assert_forgotten_and_the_rest_intact(&server, "data directory restored").await;
     server.stop().await.expect("stop");
+}
+
+/// Copies `from` (a stopped server's data directory) into a new directory `to`, as a user's
+/// `cp -r` would. SQLite may still be removing its `-wal`/`-shm` files right after the server
+/// stopped (the last connection's close checkpoints and deletes them): a copy that meets a file
+/// vanishing starts over, so that it never pairs a database file from before that checkpoint
+/// with a missing WAL.
+fn copy_stopped_directory(from: &std::path::Path, to: &std::path::Path) {
+    for _ in 0..50 {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir(to).expect("mkdir");
+        let copied = std::fs::read_dir(from).expect("list").all(|entry| {
+            let entry = entry.expect("entry");
+            match std::fs::copy(entry.path(), to.join(entry.file_name())) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => panic!("copy: {e}"),
+            }
+        });
+        if copied {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} kept changing", from.display());
 }

@@ -14,9 +14,12 @@ from eventsourcing.tests.persistence import (
     ApplicationRecorderTestCase,
 )
 
+from eventsourcing.persistence import OperationalError
+
 from lethe_eventsourcing import (
     LetheAggregateRecorder,
     LetheApplicationRecorder,
+    LetheOperationalError,
     LetheProgrammingError,
     StreamErasedError,
 )
@@ -156,6 +159,40 @@ class TestLetheSpecifics(FreshServer):
             recorder.insert_events([self.event(uuid4(), 1)])
         self.assertEqual(bad.exception.code, "invalid_stream_name")
         self.assertEqual(bad.exception.status, 400)
+
+
+    def test_text_originator_ids(self) -> None:
+        recorder = LetheApplicationRecorder(self.transport, "orders-", originator_id_type="text")
+        recorder.insert_events([self.event("order-7", 1)])
+        self.assertEqual(recorder.select_events("order-7")[0].originator_id, "order-7")
+        self.assertEqual(recorder.select_notifications(None, 10)[0].originator_id, "order-7")
+
+    def test_a_refused_token_is_an_operational_error(self) -> None:
+        from uuid import uuid4
+
+        transport = Transport(self.server.url, "not-a-token")
+        self.addCleanup(transport.close)
+        with self.assertRaises(OperationalError) as refused:
+            LetheApplicationRecorder(transport, "app-").insert_events([self.event(uuid4(), 1)])
+        self.assertEqual(refused.exception.code, "unauthorized")
+        self.assertEqual(refused.exception.status, 401)
+
+    def test_an_unreachable_server_is_an_operational_error_after_the_retries(self) -> None:
+        import socket
+        from uuid import uuid4
+
+        from lethe_eventsourcing import _http
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        transport = Transport(f"http://127.0.0.1:{port}", "t")
+        self.addCleanup(transport.close)
+        first, _http.BACKOFF_FIRST = _http.BACKOFF_FIRST, 0.001
+        self.addCleanup(setattr, _http, "BACKOFF_FIRST", first)
+        with self.assertRaises(LetheOperationalError) as unreachable:
+            LetheApplicationRecorder(transport, "app-").select_events(uuid4())
+        self.assertEqual(unreachable.exception.code, "unreachable")
 
 
 # The library's abstract cases are not tests of their own.
