@@ -247,6 +247,15 @@ async fn admin_operations(db: TestDb) {
         .await
         .unwrap_err();
     assert_eq!(revoked.code(), Some("unauthorized"));
+    // A subscription the server refuses ends with the refusal instead of reconnecting forever.
+    let mut refused = service.subscribe(1, LogFilter::default());
+    let first = tokio::time::timeout(Duration::from_secs(30), refused.next())
+        .await
+        .expect("an answer")
+        .expect("an item")
+        .unwrap_err();
+    assert_eq!(first.code(), Some("unauthorized"));
+    assert!(refused.next().await.is_none());
 
     // Schemas: the same schema twice is found, not registered again.
     let schema = SchemaRequest {
