@@ -54,15 +54,16 @@ pub struct LogFilter {
 }
 
 impl LogFilter {
+    /// `types` as the API takes it: comma-separated, absent for all.
+    fn types_param(&self) -> Option<String> {
+        (!self.types.is_empty()).then(|| self.types.join(","))
+    }
+
+    /// The filter as query parameters (`/subscribe`).
     pub(crate) fn query(&self) -> Vec<(&'static str, String)> {
-        let mut query = Vec::new();
-        if let Some(prefix) = &self.stream_prefix {
-            query.push(("stream_prefix", prefix.clone()));
-        }
-        if !self.types.is_empty() {
-            query.push(("types", self.types.join(",")));
-        }
-        query
+        let prefix = self.stream_prefix.clone().map(|p| ("stream_prefix", p));
+        let types = self.types_param().map(|t| ("types", t));
+        prefix.into_iter().chain(types).collect()
     }
 }
 
@@ -155,7 +156,7 @@ impl Client {
                     from,
                     limit: Some(READ_PAGE_EVENTS_MAX),
                     stream_prefix: filter.stream_prefix.clone(),
-                    types: (!filter.types.is_empty()).then(|| filter.types.join(",")),
+                    types: filter.types_param(),
                 };
                 let page = client.read_log(&query).await?;
                 let next = (page.next <= page.head).then_some(page.next);

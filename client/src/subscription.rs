@@ -60,7 +60,8 @@ enum Ended {
 }
 
 async fn run(client: Client, from: u64, filter: LogFilter, tx: mpsc::Sender<Result<EventOut, Error>>) {
-    let mut last: Option<u64> = from.checked_sub(1).filter(|p| *p > 0);
+    // The last position received: a reconnect resumes after it (`from` until there is one).
+    let mut last: Option<u64> = None;
     let mut pause = RECONNECT_FIRST;
     loop {
         match connect(&client, from, &filter, last, &tx).await {

@@ -84,10 +84,10 @@ def declare_schemas(shop: Shop, admin_token: str | None = None) -> None:
 def forget(shop: Shop, subject: str, admin_token: str | None = None) -> None:
     """Files an erasure request for `subject` and waits until its keys are destroyed (an admin
     operation; a data-protection officer would use `lethe admin forget` or the admin page)."""
-    from lethe_eventsourcing._http import Transport, path
+    from lethe_eventsourcing._http import path
 
     base = shop.factory.transport
-    transport = Transport(f"http://{base.host}:{base.port}{base.base}", admin_token or base.token)
+    transport = base.with_token(admin_token or base.token)
     request = transport.request(
         "POST",
         path("admin", "subjects", subject, "forget"),

@@ -121,6 +121,11 @@ class Transport:
         self._connections: set[http.client.HTTPConnection] = set()
         self._connections_lock = threading.Lock()
 
+    def with_token(self, token: str | None) -> Transport:
+        """A transport to the same server with another token (an admin's, say)."""
+        scheme = "https" if self.https else "http"
+        return Transport(f"{scheme}://{self.host}:{self.port}{self.base}", token, self.timeout)
+
     def connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout)

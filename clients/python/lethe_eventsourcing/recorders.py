@@ -173,29 +173,28 @@ class LetheAggregateRecorder(AggregateRecorder):
             return self._tails.get(stream)
 
     def _read_tail(self, stream: str) -> _Tail:
-        """Reads the stream's last event (one request)."""
+        """Reads the stream's last event (one request; more only if that event was not written
+        by a recorder). A shredded or deleted stream has no tail to append after."""
         page = self._read_page(stream, None, 1, backward=True)
         if page is None:
             tail = _Tail(None, None, None)
+        elif page.get("status") != "active":
+            tail = _Tail(None, None, page.get("subject"))
         else:
             last = None
-            for event in page["events"]:
-                version = event["metadata"].get(VERSION_KEY) if isinstance(event["metadata"], dict) else None
-                if isinstance(version, int):
-                    last = version
-            if last is None and page["events"]:
-                # The last event is Lethe's own (a tombstone): find the aggregate's last.
-                last = self._last_originator_version(stream)
+            if page["events"]:
+                metadata = page["events"][-1].get("metadata")
+                last = metadata.get(VERSION_KEY) if isinstance(metadata, dict) else None
+                if not isinstance(last, int):
+                    last = self._last_originator_version(stream)
             tail = _Tail(page.get("version"), last, page.get("subject"))
-            if page.get("status") != "active":
-                tail.lethe_version = None
-                tail.originator_version = None
         self._remember(stream, tail)
         return tail
 
     def _last_originator_version(self, stream: str) -> int | None:
         for event in self._events(stream, backward=True):
-            version = event["metadata"].get(VERSION_KEY)
+            metadata = event.get("metadata")
+            version = metadata.get(VERSION_KEY) if isinstance(metadata, dict) else None
             if isinstance(version, int):
                 return version
         return None

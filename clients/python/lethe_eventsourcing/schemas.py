@@ -60,11 +60,7 @@ def declare_personal_fields(
     topic = event_class if isinstance(event_class, str) else get_topic(event_class)
     transport: Transport = app.factory.transport
     if token is not None:
-        transport = Transport(
-            f"{'https' if transport.https else 'http'}://{transport.host}:{transport.port}{transport.base}",
-            token,
-            transport.timeout,
-        )
+        transport = transport.with_token(token)
     body = {"schema": personal_fields_schema(fields, erased), "mode": mode}
     # Registering twice makes two versions, so this request is never repeated blindly.
     answer = transport.request("PUT", path("schemas", topic), body=body, ok=(200, 201), retry=False)
