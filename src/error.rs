@@ -20,6 +20,12 @@ pub enum StorageError {
     UnsupportedUrl,
     #[error("corrupt row in the event database: {0}")]
     Corrupt(String),
+    #[error("invalid storage setting: {0}")]
+    InvalidConfig(String),
+    /// Parallel group writers only: an append kept meeting concurrent writes to its streams.
+    /// Nothing of it was stored; retrying is safe.
+    #[error("contended: {0}; nothing was stored, retry")]
+    Contended(String),
 }
 
 /// A failure of the erasure journal (`<keys-dir>/erasures.journal`, see `crate::journal`). It

@@ -113,6 +113,20 @@ pub const POSTGRES_CONNECTIONS_MAX: u32 = 16;
 /// PostgreSQL: the append path's own pool — one writer task and one stream-state reader at a
 /// time, plus the locked retry of a lost optimistic write.
 pub const POSTGRES_WRITE_CONNECTIONS_MAX: u32 = 4;
+/// PostgreSQL: parallel group writers per process at most (`StoreConfig::postgres_group_writers`).
+pub const POSTGRES_GROUP_WRITERS_MAX: usize = 16;
+/// PostgreSQL, parallel group writers: how often each process looks for reservations left by
+/// a session that ended (a crashed process) and removes them, so readers move past their gap.
+pub const RESERVATION_REAP_EVERY: Duration = Duration::from_secs(1);
+/// PostgreSQL, parallel group writers: a reservation this old is reaped even though its session
+/// is alive (a writer that hung between reserving and writing). Groups write in milliseconds.
+pub const RESERVATION_ABANDONED_AFTER: Duration = Duration::from_secs(60);
+/// PostgreSQL, parallel group writers: how often a committed group, or a shred, waiting for
+/// older reservations to settle looks again when no commit woke it.
+pub const RESERVATION_WAIT_POLL: Duration = Duration::from_millis(2);
+/// PostgreSQL, parallel group writers: how often one group is planned and written again after
+/// losing a race to another group before it fails.
+pub const RESERVED_GROUP_ATTEMPTS: u32 = 8;
 /// PostgreSQL: how long a request waits for a free connection.
 pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// PostgreSQL: destroyed key ids per `NOTIFY` (200 uuids of 36 characters and commas stay under

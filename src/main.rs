@@ -124,6 +124,11 @@ struct ServeArgs {
     /// subjects past them; each is filed once whichever process sweeps). `0s`: never.
     #[arg(long, env = "LETHE_RETENTION_SWEEP_EVERY", default_value = "60s", value_parser = parse_duration_or_zero)]
     retention_sweep_every: Duration,
+    /// PostgreSQL: group writers in this process, 1 to 16. 1 writes each group under the
+    /// commit-order lock; more write groups concurrently on reserved positions, for machines
+    /// with many cores (ARCHITECTURE.md, "Parallel group writers"). Ignored on SQLite.
+    #[arg(long, env = "LETHE_PG_GROUP_WRITERS", default_value_t = 1)]
+    pg_group_writers: usize,
     /// How often the vault looks whether a KEK epoch is due (tests and drills).
     #[arg(long, env = "LETHE_KEK_CHECK_EVERY", default_value = "60s", value_parser = lethe_keyvault::cli::parse_duration, hide = true)]
     kek_check_every: Duration,
@@ -171,6 +176,7 @@ impl From<ServeArgs> for ServeConfig {
             kek_check_every: args.kek_check_every,
             clock: None,
             retention_sweep_every: args.retention_sweep_every,
+            postgres_group_writers: args.pg_group_writers,
             kek_rotate_every: args.kek_rotate_every,
             kek_retain: args.kek_retain,
             kek_file: args.kek_file,

@@ -9,6 +9,10 @@
 //!
 //! Why: a commit costs an fsync (and, on PostgreSQL, the commit-order lock). Sharing it is what
 //! lets throughput grow with the number of writers instead of being one commit per append.
+//!
+//! PostgreSQL's parallel group writers (`StoreConfig::postgres_group_writers` > 1) run that
+//! many writer tasks on the one queue: each gathers a group while it holds the queue, then
+//! writes it while the next task gathers the next group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +64,23 @@ impl GroupCommitter {
     ) -> (Self, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(WRITER_QUEUE_APPENDS_MAX);
         let stats = Arc::new(WriterCounters::default());
-        let task = tokio::spawn(run(storage, queue, commits, shutdown, stats.clone()));
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let writers: Vec<JoinHandle<()>> = (0..storage.group_writers().max(1))
+            .map(|_| {
+                tokio::spawn(run(
+                    storage.clone(),
+                    queue.clone(),
+                    commits.clone(),
+                    shutdown.clone(),
+                    stats.clone(),
+                ))
+            })
+            .collect();
+        let task = tokio::spawn(async move {
+            for writer in writers {
+                let _ = writer.await;
+            }
+        });
         (Self { jobs, stats }, task)
     }
 
@@ -83,43 +103,56 @@ impl GroupCommitter {
     }
 }
 
+/// One writer task: takes the next group off the queue and writes it, until the queue is
+/// closed and empty.
 async fn run(
     storage: Arc<dyn Storage>,
-    mut queue: mpsc::Receiver<Job>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     commits: watch::Sender<u64>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<WriterCounters>,
 ) {
     loop {
-        let first = tokio::select! {
-            biased;
-            job = queue.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
-            _ = shutdown.changed() => {
-                // Refuse new appends, but finish every one already queued.
-                queue.close();
-                continue;
-            }
+        let Some(jobs) = next_group(&queue, &mut shutdown).await else {
+            return;
         };
-        let mut events = first.append.event_count();
-        let mut jobs = vec![first];
-        while jobs.len() < GROUP_APPENDS_MAX && events < GROUP_EVENTS_MAX {
-            match queue.try_recv() {
-                Ok(job) => {
-                    events += job.append.event_count();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
         stats.appends.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         let started = std::time::Instant::now();
         commit_group(storage.as_ref(), jobs, &commits, &stats).await;
         let busy = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         stats.busy_micros.fetch_add(busy, Ordering::Relaxed);
     }
+}
+
+/// The next group: the first queued append and whatever else is queued behind it, within the
+/// group limits. `None`: the queue is closed and empty.
+async fn next_group(
+    queue: &tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Vec<Job>> {
+    let mut queue = queue.lock().await;
+    let first = loop {
+        tokio::select! {
+            biased;
+            job = queue.recv() => break job?,
+            _ = shutdown.changed() => {
+                // Refuse new appends, but finish every one already queued.
+                queue.close();
+            }
+        }
+    };
+    let mut events = first.append.event_count();
+    let mut jobs = vec![first];
+    while jobs.len() < GROUP_APPENDS_MAX && events < GROUP_EVENTS_MAX {
+        match queue.try_recv() {
+            Ok(job) => {
+                events += job.append.event_count();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
 }
 
 async fn commit_group(storage: &dyn Storage, jobs: Vec<Job>, commits: &watch::Sender<u64>, stats: &WriterCounters) {

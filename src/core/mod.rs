@@ -88,6 +88,12 @@ pub struct StoreConfig {
     /// How often the store sweeps its retention policies in the background (each process may;
     /// a request is filed once). `None`: never — `EventStore::sweep_retention` only.
     pub retention_sweep_every: Option<Duration>,
+    /// PostgreSQL: group writers in this process (1 to
+    /// [`crate::limits::POSTGRES_GROUP_WRITERS_MAX`]; ignored on SQLite, which has one writer).
+    /// 1 (the default) writes each group under the commit-order lock; more write groups
+    /// concurrently on positions each reserves first, so that only the position assignment is
+    /// serialised — for machines with many cores (ARCHITECTURE.md, "Parallel group writers").
+    pub postgres_group_writers: usize,
     /// Stores payloads unencrypted, so benchmarks can measure what encryption costs. Only in
     /// builds with the `insecure-noop-cipher` feature; never in a real deployment.
     #[cfg(feature = "insecure-noop-cipher")]
@@ -108,6 +114,7 @@ impl StoreConfig {
             webhook_retry_base: WEBHOOK_RETRY_BASE_DEFAULT,
             clock: Arc::new(SystemClock),
             retention_sweep_every: Some(RETENTION_SWEEP_INTERVAL_DEFAULT),
+            postgres_group_writers: 1,
             #[cfg(feature = "insecure-noop-cipher")]
             insecure_noop_cipher: false,
         }
@@ -157,7 +164,12 @@ impl Core {
             Some(path) => Some(Journal::open(path).await?),
             None => None,
         };
-        let storage = storage::open_with_clock(&config.database_url, config.clock.clone()).await?;
+        let storage = storage::open_with(
+            &config.database_url,
+            config.clock.clone(),
+            config.postgres_group_writers,
+        )
+        .await?;
         let keyring = Arc::new(Keyring::new(config.keyvault, config.key_cache_keys_max));
         let head = storage.head().await?;
         let (commits_tx, commits) = watch::channel(head);

@@ -114,6 +114,8 @@ pub struct ServeConfig {
     /// How often this process sweeps the retention policies (`--retention-sweep-every`,
     /// default 60 s; zero: never, other processes or `POST /admin/retention-sweep` do).
     pub retention_sweep_every: Duration,
+    /// PostgreSQL: group writers in this process (`--pg-group-writers`, default 1).
+    pub postgres_group_writers: usize,
     /// A KEK handed in from outside (`LETHE_KEK_FILE`); with it, or with `LETHE_KEK` set, KEK
     /// epochs are the operator's (`lethe keyvault rotate-kek`), not automatic.
     pub kek_file: Option<PathBuf>,
@@ -162,6 +164,7 @@ impl ServeConfig {
             kek_check_every: EpochPolicy::default().check_every,
             clock: None,
             retention_sweep_every: RETENTION_SWEEP_INTERVAL_DEFAULT,
+            postgres_group_writers: 1,
             kek_file: None,
             keyvault_token: None,
             admin_token: None,
@@ -324,6 +327,7 @@ pub async fn open_store(config: &ServeConfig) -> Result<EventStore, ServerError>
     store.erasure_journal = Some(keys_dir.join(ERASURE_JOURNAL_FILE));
     store.reconcile_at_open = config.reconcile_at_start;
     store.retention_sweep_every = Some(config.retention_sweep_every).filter(|every| !every.is_zero());
+    store.postgres_group_writers = config.postgres_group_writers;
     if let Some(clock) = &config.clock {
         store.clock = clock.clone();
     }

@@ -84,6 +84,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         "retention",
         include_str!("../../migrations/postgres/0010_retention.sql"),
     ),
+    (
+        11,
+        "log_reservations",
+        include_str!("../../migrations/postgres/0011_log_reservations.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -83,6 +83,11 @@ pub trait EngineStorage: Send + Sync + 'static {
     /// Whether every write transaction waits for every other one (SQLite's one writer), so
     /// that long background writes hold up appends.
     fn single_writer(&self) -> bool;
+    /// How many group writers may call [`EngineStorage::append_group`] at once (PostgreSQL's
+    /// parallel group writers; 1 elsewhere).
+    fn group_writers(&self) -> usize {
+        1
+    }
     /// Closes the connection pools.
     async fn close(&self);
 }
@@ -281,10 +286,22 @@ pub enum SchemaRegistration {
 /// Opens an event database by URL (`sqlite://path` or `postgres://…`), applying migrations;
 /// appends record the time from `clock`.
 pub async fn open_with_clock(url: &str, clock: Arc<dyn VaultClock>) -> Result<Arc<dyn Storage>, StorageError> {
+    open_with(url, clock, 1).await
+}
+
+/// [`open_with_clock`], with `postgres_group_writers` group writers on PostgreSQL (ignored on
+/// SQLite, which has one writer).
+pub async fn open_with(
+    url: &str,
+    clock: Arc<dyn VaultClock>,
+    postgres_group_writers: usize,
+) -> Result<Arc<dyn Storage>, StorageError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStorage::open(url, clock).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(postgres::PostgresStorage::open(url, clock).await?))
+        Ok(Arc::new(
+            postgres::PostgresStorage::open(url, clock, postgres_group_writers).await?,
+        ))
     } else {
         Err(StorageError::UnsupportedUrl)
     }

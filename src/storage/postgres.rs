@@ -7,6 +7,14 @@
 //! A plain `bigserial` would hand out positions at INSERT time and let a later position commit
 //! first, which a tailing reader would skip forever. Group commit (many appends per transaction)
 //! is what keeps this serialisation from costing throughput; see ARCHITECTURE.md.
+//!
+//! With several group writers per process (`StoreConfig::postgres_group_writers` > 1) only
+//! the position assignment is serialised: each group *reserves* its positions in a tiny
+//! transaction of its own (`log_head` advanced, a `log_reservations` row inserted, committed
+//! without waiting for the flush), then writes its rows in its own transaction, concurrently
+//! with other groups, and deletes its reservation there. Readers read only below the oldest
+//! reservation (`HORIZON`), so what a reader has passed is never filled in later; a group is
+//! acknowledged once that horizon has passed it. ARCHITECTURE.md, "Parallel group writers".
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -26,8 +34,9 @@ use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
 use crate::error::StorageError;
 use crate::limits::{
-    LISTEN_RETRY, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_WRITE_CONNECTIONS_MAX,
-    REVOKED_KEYS_PER_NOTIFY,
+    LISTEN_RETRY, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_GROUP_WRITERS_MAX,
+    POSTGRES_WRITE_CONNECTIONS_MAX, RESERVATION_ABANDONED_AFTER, RESERVATION_REAP_EVERY, RESERVATION_WAIT_POLL,
+    RESERVED_GROUP_ATTEMPTS, REVOKED_KEYS_PER_NOTIFY,
 };
 use crate::model::{ErasureStatus, LogFilter, StreamStatus};
 
@@ -62,6 +71,14 @@ pub struct PostgresStorage {
     pool: PgPool,
     /// The append path's connections (group writes, stream-state reads): see [`WRITE_PATH_PLANS`].
     append_pool: PgPool,
+    /// Group writers of this process: 1 writes each group under the commit-order lock; more
+    /// write concurrently on reserved positions (module comment).
+    group_writers: usize,
+    /// Parallel group writers' reservations: these connections commit without waiting for the
+    /// WAL flush (`synchronous_commit = off`), so the commit-order lock is held for no flush.
+    /// Nothing is lost by it: a reservation protects nothing durable, and the group's own
+    /// commit, which waits for the flush, comes later in the WAL. `None` with one writer.
+    reserve_pool: Option<PgPool>,
     /// Tells the LISTEN task to stop (it holds a pool connection that `close` waits for).
     stop_listening: watch::Sender<bool>,
     /// Groups left to write under the lock after an optimistic write lost (`append_group`).
@@ -71,7 +88,14 @@ pub struct PostgresStorage {
 }
 
 impl PostgresStorage {
-    pub async fn open(url: &str, clock: Arc<dyn VaultClock>) -> Result<Self, StorageError> {
+    /// Opens the database with `group_writers` group writers (1 to
+    /// [`POSTGRES_GROUP_WRITERS_MAX`]).
+    pub async fn open(url: &str, clock: Arc<dyn VaultClock>, group_writers: usize) -> Result<Self, StorageError> {
+        if !(1..=POSTGRES_GROUP_WRITERS_MAX).contains(&group_writers) {
+            return Err(StorageError::InvalidConfig(format!(
+                "postgres_group_writers must be 1 to {POSTGRES_GROUP_WRITERS_MAX}, not {group_writers}"
+            )));
+        }
         // The main pool plans every statement for its own parameters, never from a cached
         // generic plan: the tables start empty and grow faster than autovacuum's ANALYZE
         // follows, and a plan cached while `streams` was empty kept scanning it in full for
@@ -83,23 +107,207 @@ impl PostgresStorage {
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.clone().options([("plan_cache_mode", "force_custom_plan")]))
             .await?;
+        // One connection per group writer, and the stream-state readers and locked retries
+        // beside them.
+        let writers = u32::try_from(group_writers).unwrap_or(u32::MAX);
         let append_pool = PgPoolOptions::new()
-            .max_connections(POSTGRES_WRITE_CONNECTIONS_MAX)
+            .max_connections(POSTGRES_WRITE_CONNECTIONS_MAX.max(writers.saturating_add(2)))
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
-            .connect_with(options.options(WRITE_PATH_PLANS))
+            .connect_with(options.clone().options(WRITE_PATH_PLANS))
             .await?;
+        let reserve_pool = if group_writers > 1 {
+            Some(
+                PgPoolOptions::new()
+                    .max_connections(writers)
+                    .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+                    .connect_with(options.options([("synchronous_commit", "off")]))
+                    .await?,
+            )
+        } else {
+            None
+        };
         // The migrator takes an advisory lock, so processes starting together migrate once.
         super::migrations::migrator(super::migrations::POSTGRES)
             .await?
             .run(&pool)
             .await?;
+        // What a crashed process left is gone before this one serves.
+        reap_reservations(&pool).await?;
+        let stop_listening = watch::channel(false).0;
+        // Every process reaps, whatever its own number of writers: a crashed process's
+        // reservation holds back the readers of all of them.
+        tokio::spawn(reap_reservations_every(pool.clone(), stop_listening.subscribe()));
         Ok(Self {
             pool,
             append_pool,
-            stop_listening: watch::channel(false).0,
+            group_writers,
+            reserve_pool,
+            stop_listening,
             optimistic_lost: AtomicU32::new(0),
             clock,
         })
+    }
+
+    /// A group on positions of its own (`group_writers` > 1): plan it on what is stored,
+    /// reserve exactly the positions its events take, write it concurrently with other groups
+    /// (only if nothing it read changed meanwhile: [`WRITE_RESERVED_GROUP`]), and reply once
+    /// readers can read every position up to the group's. A group with nothing to write (every
+    /// append refused or a repeat) reserves nothing; one that loses a race to another group
+    /// gives its positions up (a gap) and is planned again.
+    async fn append_group_reserved(
+        &self,
+        reserve_pool: &PgPool,
+        group: &[AtomicAppend],
+    ) -> Result<Vec<AppendReply>, StorageError> {
+        let mut conn = self.append_pool.acquire().await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let read = read_for_plan(&mut conn, group, false).await?;
+            let now_us = self.clock.now_micros();
+            // Decided once to count the rows, then again on the reserved positions: the plan is
+            // a pure function of what was read, so both decide alike.
+            let counted = plan::plan_group(
+                group,
+                read.states.clone(),
+                read.existing.clone(),
+                &read.erasing,
+                0,
+                now_us,
+            );
+            if counted.rows.is_empty() {
+                // Nothing to write. A repeat's events may lie behind an open reservation.
+                if let Some(last) = last_position(&counted.replies) {
+                    self.wait_readable(last).await;
+                }
+                return Ok(counted.replies);
+            }
+            let count =
+                i64::try_from(counted.rows.len()).map_err(|_| StorageError::Corrupt("group too large".into()))?;
+            drop(counted);
+            let first: i64 = sqlx::query_scalar(RESERVE_POSITIONS)
+                .bind(count)
+                .fetch_one(reserve_pool)
+                .await?;
+            let first = to_u64(first, "reservation")?;
+            let guard = WriteGuard::of(group, &read);
+            let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, first - 1, now_us);
+            match write_reserved_group(&mut conn, &plan, first, &guard).await {
+                Ok(older_open) => {
+                    // Committed: from here on nothing may fail the group, or it would be
+                    // written again.
+                    if older_open {
+                        self.wait_readable(plan.head).await;
+                        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(COMMITS_CHANNEL)
+                            .bind(plan.head.to_string())
+                            .execute(&mut *conn)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "announcing a commit failed; listeners poll");
+                        }
+                    }
+                    return Ok(plan.replies);
+                }
+                Err(Lost::Race(why)) => {
+                    if why != LostRace::Reservation {
+                        release_reservation(&self.pool, first).await;
+                    }
+                    if attempt >= RESERVED_GROUP_ATTEMPTS {
+                        return Err(StorageError::Contended(format!(
+                            "a parallel group lost {attempt} races in a row ({why})"
+                        )));
+                    }
+                    tracing::debug!(reason = %why, attempt, "parallel group lost a race; planning it again");
+                }
+                Err(Lost::Failed(e)) => {
+                    release_reservation(&self.pool, first).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits until readers read up to `last`: every older reservation was written or released
+    /// (the reaper removes one whose writer died). If the database cannot say, it stops
+    /// waiting: the group is committed, and its reply must not turn into a failure.
+    async fn wait_readable(&self, last: u64) {
+        loop {
+            match sqlx::query_scalar::<_, i64>(SELECT_HORIZON)
+                .fetch_one(&self.append_pool)
+                .await
+            {
+                Ok(horizon) if horizon >= to_i64(last) => return,
+                Ok(_) => tokio::time::sleep(RESERVATION_WAIT_POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for older groups failed; replying without");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reserves `$1` positions: advances the head under the commit-order lock and records the
+/// reservation, in one statement (its own transaction). Raising the generation makes an
+/// optimistic group write of a one-writer process, planned before this, lose (`WRITE_GROUP`).
+const RESERVE_POSITIONS: &str = "WITH h AS ( \
+       UPDATE log_head SET position = position + $1, generation = generation + 1 WHERE id = 1 \
+       RETURNING position) \
+     INSERT INTO log_reservations (first, last, backend_pid) \
+     SELECT position - $1 + 1, position, pg_backend_pid() FROM h RETURNING first";
+
+/// What readers may read up to: the head, or just below the oldest reservation if one is open.
+/// (LEAST ignores a NULL: no reservation.)
+const SELECT_HORIZON: &str =
+    "SELECT LEAST(h.position, (SELECT min(first) - 1 FROM log_reservations)) FROM log_head h WHERE h.id = 1";
+
+/// Removes reservations whose session ended (a crashed process, or a connection closed after a
+/// failure) or that were abandoned, unless a group is writing them right now (locked).
+const REAP_RESERVATIONS: &str = "DELETE FROM log_reservations WHERE first IN ( \
+       SELECT r.first FROM log_reservations r \
+       WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.backend_pid) \
+          OR r.reserved_at < now() - make_interval(secs => $1) \
+       FOR UPDATE OF r SKIP LOCKED) \
+     RETURNING first, last";
+
+/// Removes reservations left behind, now; the positions they held stay a gap in the log.
+pub(crate) async fn reap_reservations(pool: &PgPool) -> Result<usize, StorageError> {
+    let reaped: Vec<(i64, i64)> = sqlx::query_as(REAP_RESERVATIONS)
+        .bind(RESERVATION_ABANDONED_AFTER.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+    for (first, last) in &reaped {
+        tracing::warn!(
+            first,
+            last,
+            "reaped positions reserved by a group that never wrote them"
+        );
+    }
+    Ok(reaped.len())
+}
+
+async fn reap_reservations_every(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(RESERVATION_REAP_EVERY) => {}
+        }
+        if let Err(e) = reap_reservations(&pool).await {
+            tracing::debug!(error = %e, "reaping reservations failed; trying again later");
+        }
+    }
+}
+
+/// Gives up a reservation after a failed group: its positions stay a gap. If this fails too,
+/// the reaper removes it once its connection is gone or it is abandoned.
+async fn release_reservation(pool: &PgPool, first: u64) {
+    if let Err(e) = sqlx::query("DELETE FROM log_reservations WHERE first = $1")
+        .bind(to_i64(first))
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(error = %e, first, "releasing a reservation failed; the reaper will");
     }
 }
 
@@ -183,12 +391,24 @@ impl Engine for PostgresStorage {
         .await?)
     }
 
+    const SELECT_HEAD: &'static str = SELECT_HORIZON;
+
     async fn lock_commit_order(conn: &mut PgConnection) -> Result<(), StorageError> {
         // The commit-order lock, held until COMMIT. Raising the generation makes an optimistic
         // group write planned before this commit lose (see `WRITE_GROUP`).
         sqlx::query("UPDATE log_head SET generation = generation + 1 WHERE id = 1")
             .execute(&mut *conn)
             .await?;
+        // Parallel group writers reserve under this lock but write outside it: wait until every
+        // group that reserved before it has written (or given up), so that an append either
+        // committed before this transaction or plans after it. No reservation can be made
+        // meanwhile. Each check is a statement of its own, so it sees what committed since.
+        while sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM log_reservations)")
+            .fetch_one(&mut *conn)
+            .await?
+        {
+            tokio::time::sleep(RESERVATION_WAIT_POLL).await;
+        }
         Ok(())
     }
 
@@ -235,6 +455,9 @@ impl EngineStorage for PostgresStorage {
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
         // The optimistic way first, unless it lost lately: then other lock holders are busy
         // (another process appending) and the lock is the cheaper way for a while.
+        if let Some(reserve_pool) = &self.reserve_pool {
+            return self.append_group_reserved(reserve_pool, group).await;
+        }
         let lost = self.optimistic_lost.load(Ordering::Relaxed);
         if lost == 0 {
             let mut conn = self.append_pool.acquire().await?;
@@ -385,9 +608,16 @@ impl EngineStorage for PostgresStorage {
         false
     }
 
+    fn group_writers(&self) -> usize {
+        self.group_writers
+    }
+
     async fn close(&self) {
         let _ = self.stop_listening.send(true);
         self.append_pool.close().await;
+        if let Some(reserve_pool) = &self.reserve_pool {
+            reserve_pool.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -480,9 +710,191 @@ async fn write_group(
     head: u64,
     generation: i64,
 ) -> Result<bool, StorageError> {
+    let (new, old) = split_streams(plan);
+    let query = bind_rows_and_streams(sqlx::query(WRITE_GROUP), plan, &new, &old)
+        .bind(to_i64(plan.head))
+        .bind(!plan.rows.is_empty())
+        .bind(COMMITS_CHANNEL)
+        .bind(to_i64(head))
+        .bind(generation);
+    let written = bind_schemas_and_fields(query, plan).fetch_optional(&mut *conn).await?;
+    Ok(written.is_some())
+}
+
+/// A parallel writer's group, on the positions reserved from `first`, in one statement: its
+/// events, new streams (absent when read), its streams' new versions, and its reservation
+/// deleted. If anything its plan read changed meanwhile — a stream's version or status, a new
+/// stream created by another group, an erasure request filed for one of its subjects — or the
+/// reservation was reaped, the statement fails as a whole (`lethe_group_lost`) and writes
+/// nothing; so do the unique indexes if another group stored the same stream version or event
+/// id first. (Its snapshot is taken after the reservation, so after any shred that held the
+/// commit-order lock before it: see `lock_commit_order`.) Answers whether an older reservation was still open when it
+/// started: then readers may not reach this group yet, so the caller waits before replying, and
+/// announces the commit to other processes only then (the `NOTIFY` payload is never past what
+/// readers can read, or a listener would take it as seen and sleep through the commit that
+/// makes it readable).
+const WRITE_RESERVED_GROUP: &str = "WITH res AS ( \
+       DELETE FROM log_reservations WHERE first = $20 RETURNING first), \
+     new_events AS ( \
+       INSERT INTO events \
+         (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
+          schema_version) \
+       SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
+                            $6::bytea[], $7::text[], $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[])), \
+     new_subject_keys AS ( \
+       INSERT INTO subject_keys (subject, key_id) \
+       SELECT * FROM UNNEST($26::text[], $27::uuid[]) ON CONFLICT DO NOTHING), \
+     new_field_streams AS ( \
+       INSERT INTO field_streams (subject, stream) \
+       SELECT * FROM UNNEST($28::text[], $29::text[]) ON CONFLICT DO NOTHING), \
+     new_streams AS ( \
+       INSERT INTO streams (name, subject, status, version, key_id, created_at) \
+       SELECT u.name, u.subject, u.status, u.version, u.key_id, $16 \
+       FROM UNNEST($11::text[], $12::text[], $13::text[], $14::bigint[], $15::uuid[]) \
+            AS u(name, subject, status, version, key_id) \
+       ON CONFLICT (name) DO NOTHING RETURNING 1), \
+     old_streams AS ( \
+       UPDATE streams s SET version = u.version, key_id = u.key_id \
+       FROM UNNEST($17::text[], $18::bigint[], $19::uuid[], $23::bigint[], $31::text[]) \
+            AS u(name, version, key_id, read_version, read_status) \
+       WHERE s.name = u.name AND s.version IS NOT DISTINCT FROM u.read_version AND s.status = u.read_status \
+       RETURNING 1), \
+     erasing AS ( \
+       SELECT 1 FROM erasure_requests \
+       WHERE kind = 'subject' AND status <> 'refused' AND subject = ANY($30::text[]) LIMIT 1), \
+     older AS (SELECT 1 FROM log_reservations WHERE first < $20 LIMIT 1), \
+     notified AS (SELECT pg_notify($22, $24::text) WHERE $21 AND NOT EXISTS (SELECT 1 FROM older)) \
+SELECT CASE \
+         WHEN NOT EXISTS (SELECT 1 FROM res) THEN lethe_group_lost('reservation') \
+         WHEN (SELECT count(*) FROM new_streams) <> cardinality($11::text[]) \
+           OR (SELECT count(*) FROM old_streams) <> cardinality($17::text[]) THEN lethe_group_lost('streams') \
+         WHEN EXISTS (SELECT 1 FROM erasing) THEN lethe_group_lost('erasure') \
+         ELSE (SELECT count(*) FROM notified) END, \
+       EXISTS (SELECT 1 FROM older)";
+
+/// Why a parallel group's write did not apply.
+enum Lost {
+    /// Another group got in first; planning again may succeed.
+    Race(LostRace),
+    /// Anything else.
+    Failed(StorageError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LostRace {
+    /// The reservation was reaped before the group wrote.
+    Reservation,
+    /// A stream changed since the plan read it.
+    Streams,
+    /// An erasure request was filed for one of its subjects since the plan read them.
+    Erasure,
+    /// Another group stored the same stream version or event id first.
+    Unique,
+    /// PostgreSQL broke a lock cycle between two groups.
+    Deadlock,
+}
+
+impl std::fmt::Display for LostRace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LostRace::Reservation => "its reservation was reaped",
+            LostRace::Streams => "a stream changed since it was read",
+            LostRace::Erasure => "one of its subjects is being erased since it was read",
+            LostRace::Unique => "an event version or id was stored first by another group",
+            LostRace::Deadlock => "a lock cycle with another group",
+        })
+    }
+}
+
+/// What a parallel group's plan read that must still hold when it writes: each stream's
+/// version and status, and which of its subjects had no erasure request.
+struct WriteGuard {
+    streams: HashMap<String, (Option<u64>, StreamStatus)>,
+    unerased_subjects: Vec<String>,
+}
+
+impl WriteGuard {
+    fn of(group: &[AtomicAppend], read: &PlanInputs) -> WriteGuard {
+        let mut unerased_subjects: Vec<String> = plan::lookups(group)
+            .subjects
+            .into_iter()
+            .filter(|subject| !read.erasing.contains_key(*subject))
+            .map(str::to_owned)
+            .collect();
+        unerased_subjects.sort_unstable();
+        unerased_subjects.dedup();
+        WriteGuard {
+            streams: read
+                .states
+                .iter()
+                .map(|(name, state)| (name.clone(), (state.version, state.status)))
+                .collect(),
+            unerased_subjects,
+        }
+    }
+}
+
+/// The last position of the appends that succeeded, if any did.
+fn last_position(replies: &[AppendReply]) -> Option<u64> {
+    replies
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|o| o.streams.iter().map(|s| s.last_position))
+        .max()
+}
+
+async fn write_reserved_group(
+    conn: &mut sqlx::PgConnection,
+    plan: &plan::GroupPlan<'_>,
+    first: u64,
+    guard: &WriteGuard,
+) -> Result<bool, Lost> {
+    let (new, old) = split_streams(plan);
+    let read = |s: &&plan::StreamRow| guard.streams.get(&s.name).copied();
+    let read_versions: Vec<Option<i64>> = old.iter().map(|s| read(s).and_then(|r| r.0).map(to_i64)).collect();
+    let read_statuses: Vec<Option<&str>> = old.iter().map(|s| read(s).map(|r| r.1.as_str())).collect();
+    let query = bind_rows_and_streams(sqlx::query(WRITE_RESERVED_GROUP), plan, &new, &old)
+        .bind(to_i64(first))
+        .bind(!plan.rows.is_empty())
+        .bind(COMMITS_CHANNEL)
+        .bind(read_versions)
+        .bind(to_i64(plan.head));
+    let query = bind_schemas_and_fields(query, plan)
+        .bind(&guard.unerased_subjects)
+        .bind(read_statuses);
+    match query.fetch_one(&mut *conn).await {
+        Ok(row) => row
+            .try_get::<bool, _>(1)
+            .map_err(|e| Lost::Failed(StorageError::from(e))),
+        Err(sqlx::Error::Database(e)) => match e.code().as_deref() {
+            Some("LT001") if e.message().ends_with("reservation") => Err(Lost::Race(LostRace::Reservation)),
+            Some("LT001") if e.message().ends_with("erasure") => Err(Lost::Race(LostRace::Erasure)),
+            Some("LT001") => Err(Lost::Race(LostRace::Streams)),
+            Some("23505") => Err(Lost::Race(LostRace::Unique)),
+            Some("40P01") => Err(Lost::Race(LostRace::Deadlock)),
+            _ => Err(Lost::Failed(StorageError::from(sqlx::Error::Database(e)))),
+        },
+        Err(e) => Err(Lost::Failed(StorageError::from(e))),
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// A plan's streams: those it creates, and those it updates.
+fn split_streams<'p>(plan: &'p plan::GroupPlan<'_>) -> (Vec<&'p plan::StreamRow>, Vec<&'p plan::StreamRow>) {
+    plan.streams.iter().partition(|s| s.is_new)
+}
+
+/// Binds `$1`–`$19` of a group write: the event rows, the new streams, the time, the updated
+/// streams.
+fn bind_rows_and_streams<'q>(
+    query: PgQuery<'q>,
+    plan: &'q plan::GroupPlan<'_>,
+    new: &[&'q plan::StreamRow],
+    old: &[&'q plan::StreamRow],
+) -> PgQuery<'q> {
     let rows = &plan.rows;
-    let (new, old): (Vec<_>, Vec<_>) = plan.streams.iter().partition(|s| s.is_new);
-    let written = sqlx::query(WRITE_GROUP)
+    query
         .bind(rows.iter().map(|r| to_i64(r.position)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.stream).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| to_i64(r.version)).collect::<Vec<_>>())
@@ -502,47 +914,22 @@ async fn write_group(
         .bind(old.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
         .bind(old.iter().map(|s| s.state.version.map(to_i64)).collect::<Vec<_>>())
         .bind(old.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
-        .bind(to_i64(plan.head))
-        .bind(!rows.is_empty())
-        .bind(COMMITS_CHANNEL)
-        .bind(to_i64(head))
-        .bind(generation)
+}
+
+/// Binds `$25`–`$29` of a group write: the events' schema versions and the field index rows.
+fn bind_schemas_and_fields<'q>(query: PgQuery<'q>, plan: &'q plan::GroupPlan<'_>) -> PgQuery<'q> {
+    let index = &plan.field_index;
+    query
         .bind(
-            rows.iter()
+            plan.rows
+                .iter()
                 .map(|r| r.event.schema_version.map(i64::from))
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            plan.field_index
-                .keys
-                .iter()
-                .map(|(subject, _)| *subject)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.field_index
-                .keys
-                .iter()
-                .map(|(_, key_id)| *key_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.field_index
-                .streams
-                .iter()
-                .map(|(subject, _)| *subject)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.field_index
-                .streams
-                .iter()
-                .map(|(_, stream)| *stream)
-                .collect::<Vec<_>>(),
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(written.is_some())
+        .bind(index.keys.iter().map(|(subject, _)| *subject).collect::<Vec<_>>())
+        .bind(index.keys.iter().map(|(_, key_id)| *key_id).collect::<Vec<_>>())
+        .bind(index.streams.iter().map(|(subject, _)| *subject).collect::<Vec<_>>())
+        .bind(index.streams.iter().map(|(_, stream)| *stream).collect::<Vec<_>>())
 }
 
 /// Up to `$5` events of the log from position `$1` to `$2` (never past the head), filtered by
@@ -559,7 +946,8 @@ async fn write_group(
 /// NULL), and one row with the head (all else NULL), always there, even for an empty page.
 /// Both CTEs are referenced twice, so PostgreSQL evaluates each once.
 const READ_LOG_PAGE: &str = "\
-    WITH h AS (SELECT position FROM log_head WHERE id = 1), \
+    WITH h AS (SELECT LEAST(position, (SELECT min(first) - 1 FROM log_reservations)) AS position \
+               FROM log_head WHERE id = 1), \
     page AS ( \
         SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.payload, e.metadata, e.key_id, \
                e.recorded_at, e.schema_version \

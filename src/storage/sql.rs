@@ -128,6 +128,8 @@ pub(crate) trait Engine: EngineStorage {
     /// `seq, hash` of the audit chain's head, locked until COMMIT where the engine locks rows,
     /// so that entries chain in one order across processes.
     const SELECT_AUDIT_HEAD_LOCKED: &'static str;
+    /// The position readers may read up to (`Storage::head`).
+    const SELECT_HEAD: &'static str = "SELECT position FROM log_head WHERE id = 1";
     /// An erasure request by id (`$1`), [`select_erasures`]'s columns, locked likewise.
     const SELECT_ERASURE_LOCKED: &'static str;
 
@@ -454,9 +456,7 @@ where
     }
 
     async fn head(&self) -> Result<u64, StorageError> {
-        let row = sqlx::query("SELECT position FROM log_head WHERE id = 1")
-            .fetch_one(self.pools().reader)
-            .await?;
+        let row = sqlx::query(E::SELECT_HEAD).fetch_one(self.pools().reader).await?;
         to_u64(row.try_get(0)?, "head")
     }
 

@@ -23,7 +23,7 @@ pub fn append(name: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> S
     StreamAppend::new(stream(name), expected, events)
 }
 
-async fn all_events(store: &EventStore) -> Vec<lethe::RecordedEvent> {
+pub(crate) async fn all_events(store: &EventStore) -> Vec<lethe::RecordedEvent> {
     let mut out = Vec::new();
     let mut from = 1;
     loop {
@@ -178,13 +178,21 @@ async fn batch_is_stored_whole_or_not_at_all(db: TestDb) {
         .unwrap();
     assert_eq!(slice.events.len(), 2, "none of the failed batch is stored");
     assert_eq!(slice.info.version, Some(1));
-    assert_eq!(store.head().await.unwrap(), 2);
-    // And the store carries on where it was.
+    if db.gapless() {
+        assert_eq!(store.head().await.unwrap(), 2);
+    }
+    // And the store carries on where it was (past the failed group's positions, with parallel
+    // group writers).
     let next = store
         .append(append("s", ExpectedVersion::Exact(1), events(5, "ok")))
         .await
         .unwrap();
-    assert_eq!((next.first_version, next.first_position), (2, 3));
+    assert_eq!(next.first_version, 2);
+    if db.gapless() {
+        assert_eq!(next.first_position, 3);
+    } else {
+        assert!(next.first_position > 2);
+    }
 }
 
 async fn failed_append_does_not_fail_its_group_neighbours(db: TestDb) {
@@ -219,11 +227,15 @@ async fn failed_append_does_not_fail_its_group_neighbours(db: TestDb) {
     let stored = all_events(&store).await;
     assert_eq!(stored.len(), 32 * 2);
     let positions: Vec<u64> = stored.iter().map(|e| e.position).collect();
-    assert_eq!(
-        positions,
-        (1..=64).collect::<Vec<_>>(),
-        "no gaps left by the failed appends"
-    );
+    if db.gapless() {
+        assert_eq!(
+            positions,
+            (1..=64).collect::<Vec<_>>(),
+            "no gaps left by the failed appends"
+        );
+    } else {
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
 }
 
 async fn retry_with_same_ids_returns_original_result_and_stores_nothing(db: TestDb) {

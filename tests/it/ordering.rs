@@ -61,12 +61,40 @@ fn assert_exactly_once_in_order(seen: &[u64], committed: &BTreeSet<u64>) {
 }
 
 async fn tailing_reader_sees_every_commit_once_in_order(db: TestDb) {
+    tail_two_processes(db, 1, 1).await;
+}
+
+/// The same with parallel group writers in both processes: groups reserve positions and commit
+/// in any order, and the reader still sees every committed event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_parallel_writers_tailing_reader_sees_every_commit_once_in_order() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    tail_two_processes(db, 4, 4).await;
+}
+
+/// And with one process of each kind on one database (a rolling change of the setting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_one_locked_and_one_parallel_process_keep_the_order() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    tail_two_processes(db, 1, 4).await;
+}
+
+/// Two stores on one database (PostgreSQL) with these group writers each, or one (SQLite).
+async fn tail_two_processes(db: TestDb, writers_first: usize, writers_second: usize) {
     let two_processes = db.engine == Engine::Postgres;
-    let first = db.open().await;
+    let first = db.open_parallel(writers_first).await;
     if two_processes {
         slow_inserts(&db, 0).await;
     }
-    let second = if two_processes { db.open().await } else { first.clone() };
+    let second = if two_processes {
+        db.open_parallel(writers_second).await
+    } else {
+        first.clone()
+    };
     const WRITERS: usize = 16;
     const APPENDS: usize = 15;
     let total = 2 * WRITERS * APPENDS;
@@ -104,12 +132,24 @@ async fn tailing_reader_sees_every_commit_once_in_order(db: TestDb) {
 /// higher position first and a reader past it would never see A.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_slow_commit_is_not_skipped_by_a_reader() {
+    slow_commit_is_not_skipped_by_a_reader(1).await;
+}
+
+/// With parallel group writers B does not wait for A's lock: it reserves the positions after
+/// A's and commits first. Readers stop below A's reservation until A commits, and B is
+/// acknowledged only once A's commit made both readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_parallel_slow_commit_is_not_skipped_by_a_reader() {
+    slow_commit_is_not_skipped_by_a_reader(4).await;
+}
+
+async fn slow_commit_is_not_skipped_by_a_reader(writers: usize) {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let process_a = db.open().await;
+    let process_a = db.open_parallel(writers).await;
     slow_inserts(&db, 700).await;
-    let process_b = db.open().await;
+    let process_b = db.open_parallel(writers).await;
     let reader = db.open().await;
 
     let a = tokio::spawn({
@@ -128,13 +168,16 @@ async fn postgres_slow_commit_is_not_skipped_by_a_reader() {
     let b = tokio::spawn({
         let store = process_b.clone();
         async move {
-            store
+            let appended = store
                 .append(append(
                     "b",
                     ExpectedVersion::Any,
                     vec![NewEvent::new("fast", json!({}))],
                 ))
-                .await
+                .await;
+            // Acknowledged means readable, with everything before it.
+            let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+            (appended, page.events.len())
         }
     });
 
@@ -149,7 +192,9 @@ async fn postgres_slow_commit_is_not_skipped_by_a_reader() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let a = a.await.unwrap().unwrap();
-    let b = b.await.unwrap().unwrap();
+    let (b, readable_at_ack) = b.await.unwrap();
+    let b = b.unwrap();
+    assert_eq!(readable_at_ack, 2, "B acknowledged before the log could show it and A");
     assert!(a.first_position < b.first_position, "positions follow commit order");
     assert_eq!(
         seen,
@@ -164,12 +209,23 @@ async fn postgres_slow_commit_is_not_skipped_by_a_reader() {
 /// it: B's write must not apply that stale plan but decide again, and report the conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_group_planned_before_another_commit_is_decided_again() {
+    group_planned_before_another_commit_is_decided_again(1).await;
+}
+
+/// With parallel group writers B's write does not wait for a lock but meets A's new stream in
+/// the unique index, and is planned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_parallel_a_group_planned_before_another_commit_is_decided_again() {
+    group_planned_before_another_commit_is_decided_again(4).await;
+}
+
+async fn group_planned_before_another_commit_is_decided_again(writers: usize) {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let process_a = db.open().await;
+    let process_a = db.open_parallel(writers).await;
     slow_inserts(&db, 700).await;
-    let process_b = db.open().await;
+    let process_b = db.open_parallel(writers).await;
 
     let a = tokio::spawn({
         let store = process_a.clone();
@@ -213,11 +269,22 @@ async fn postgres_a_group_planned_before_another_commit_is_decided_again() {
 /// Without that, the append would land in a stream whose key is being destroyed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_group_planned_before_a_shred_is_decided_again() {
+    group_planned_before_a_shred_is_decided_again(1).await;
+}
+
+/// With parallel group writers the append's reservation waits for the shred's lock, and it
+/// plans after the shred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_parallel_a_group_planned_before_a_shred_is_decided_again() {
+    group_planned_before_a_shred_is_decided_again(4).await;
+}
+
+async fn group_planned_before_a_shred_is_decided_again(writers: usize) {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let process_a = db.open().await;
-    let process_b = db.open().await;
+    let process_a = db.open_parallel(writers).await;
+    let process_b = db.open_parallel(writers).await;
     let subject = lethe::SubjectId::new("456").unwrap();
     process_b
         .append(
@@ -268,4 +335,184 @@ async fn postgres_a_group_planned_before_a_shred_is_decided_again() {
         .unwrap();
     let types: Vec<&str> = stream.events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["Given", "$erased"], "nothing was appended after the shred");
+}
+
+/// A crash between a parallel group's reservation and its commit (Guarantee 4 with parallel
+/// group writers): a session reserves three positions as a group writer does and starts writing
+/// an event at the first, then dies before committing. Meanwhile readers stop below the
+/// reservation, and a later append, though committed, is not acknowledged. Once the dead
+/// session's reservation is reaped, readers go on past it: the later append is delivered
+/// right after what was read before, the reserved positions stay a gap for good, and the
+/// crashed write is nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_group_that_dies_between_reservation_and_commit_leaves_a_gap() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.open_parallel(4).await;
+    let before = store
+        .append(append(
+            "before",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("e", json!({}))],
+        ))
+        .await
+        .unwrap();
+    let mut reader_from = {
+        let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+        assert_eq!(page.events.len(), 1);
+        page.next
+    };
+
+    // The dying writer: its reservation commits, its group's transaction never does.
+    let mut dying = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let first: i64 = sqlx::query_scalar(
+        "WITH h AS (UPDATE log_head SET position = position + 3, generation = generation + 1 \
+           WHERE id = 1 RETURNING position) \
+         INSERT INTO log_reservations (first, last, backend_pid) \
+         SELECT position - 2, position, pg_backend_pid() FROM h RETURNING first",
+    )
+    .fetch_one(&mut dying)
+    .await
+    .unwrap();
+    assert_eq!(first as u64, before.last_position + 1);
+    sqlx::query("BEGIN").execute(&mut dying).await.unwrap();
+    sqlx::query(
+        "INSERT INTO streams (name, status, version, created_at) VALUES ('crashed', 'active', 0, 0); \
+         ",
+    )
+    .execute(&mut dying)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (position, stream, version, event_id, event_type, payload, metadata, digest, recorded_at) \
+         VALUES ($1, 'crashed', 0, gen_random_uuid(), 'lost', NULL, '{}', '\\x00', 0)",
+    )
+    .bind(first)
+    .execute(&mut dying)
+    .await
+    .unwrap();
+
+    let later = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .append(append(
+                    "later",
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("e", json!({}))],
+                ))
+                .await
+        }
+    });
+    // While the dying session lives, nothing past the reservation is readable or acknowledged.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let page = store.read_log(reader_from, &LogFilter::default(), 10).await.unwrap();
+        assert!(
+            page.events.is_empty(),
+            "read past an open reservation: {:?}",
+            page.events
+        );
+        assert_eq!(page.next, reader_from);
+        assert_eq!(store.head().await.unwrap(), before.last_position);
+    }
+    assert!(!later.is_finished(), "acknowledged while an older reservation was open");
+
+    // The crash: the session ends without committing.
+    db.execute(&format!(
+        "SELECT pg_terminate_backend(backend_pid) FROM log_reservations WHERE first = {first}"
+    ))
+    .await;
+    drop(dying);
+    let later = tokio::time::timeout(Duration::from_secs(20), later)
+        .await
+        .expect("acknowledged once the dead session's reservation is reaped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(later.first_position, first as u64 + 3, "after the reserved positions");
+
+    let page = store.read_log(reader_from, &LogFilter::default(), 10).await.unwrap();
+    let seen: Vec<(u64, &str)> = page.events.iter().map(|e| (e.position, e.stream.as_str())).collect();
+    assert_eq!(
+        seen,
+        [(later.first_position, "later")],
+        "the gap is skipped, nothing else"
+    );
+    reader_from = page.next;
+    assert_eq!(reader_from, later.first_position + 1);
+    let all = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+    let positions: Vec<u64> = all.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, [before.first_position, later.first_position]);
+    let crashed = store
+        .read_stream(
+            &lethe::StreamName::new("crashed").unwrap(),
+            0,
+            lethe::Direction::Forward,
+            10,
+        )
+        .await;
+    assert!(
+        matches!(crashed, Err(lethe::Error::StreamNotFound { .. })),
+        "the crashed group wrote nothing: {crashed:?}"
+    );
+
+    // The next append continues after it; the gap is never filled.
+    let next = store
+        .append(append(
+            "next",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("e", json!({}))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, later.last_position + 1);
+    let all = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+    assert_eq!(all.events.len(), 3);
+}
+
+/// A parallel group that fails (here a database error raised for one event type) gives its
+/// reservation back before it answers, so readers are not held up until the reaper comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_failed_parallel_group_releases_its_reservation() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.open_parallel(4).await;
+    db.execute(
+        "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+           IF NEW.event_type = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END \
+         $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .await;
+    let failed = store
+        .append(append(
+            "p",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("poison", json!({}))],
+        ))
+        .await;
+    assert!(matches!(failed, Err(lethe::Error::Storage(_))), "{failed:?}");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM log_reservations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "the failed group's reservation is released");
+    let ok = store
+        .append(append("q", ExpectedVersion::Any, vec![NewEvent::new("e", json!({}))]))
+        .await
+        .unwrap();
+    assert_eq!(store.head().await.unwrap(), ok.last_position);
+    let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(
+        page.events[0].position, ok.first_position,
+        "after the failed group's gap"
+    );
 }

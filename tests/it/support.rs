@@ -100,8 +100,35 @@ impl TestDb {
         self.vault_at(&self.vault_url).await
     }
 
+    /// The store's settings. `LETHE_TEST_PG_GROUP_WRITERS` runs every PostgreSQL store with
+    /// that many parallel group writers (to run the whole suite on that design).
     pub async fn config(&self) -> StoreConfig {
-        StoreConfig::new(&self.url, self.vault().await)
+        let mut config = StoreConfig::new(&self.url, self.vault().await);
+        if let Some(writers) = std::env::var("LETHE_TEST_PG_GROUP_WRITERS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+        {
+            config.postgres_group_writers = writers;
+        }
+        config
+    }
+
+    /// Whether the stores [`TestDb::open`] makes leave no gaps in the log's positions: not so
+    /// with parallel group writers, where a failed group or one that lost a race leaves its
+    /// reserved positions unused.
+    pub fn gapless(&self) -> bool {
+        self.engine == Engine::Sqlite
+            || std::env::var("LETHE_TEST_PG_GROUP_WRITERS")
+                .ok()
+                .and_then(|w| w.parse::<usize>().ok())
+                .is_none_or(|w| w <= 1)
+    }
+
+    /// A store with `writers` parallel group writers (PostgreSQL; SQLite ignores it).
+    pub async fn open_parallel(&self, writers: usize) -> EventStore {
+        let mut config = self.config().await;
+        config.postgres_group_writers = writers;
+        self.open_with(config).await
     }
 
     pub async fn open(&self) -> EventStore {

@@ -143,6 +143,11 @@ struct Args {
     #[arg(long)]
     no_eventsourcing: bool,
 
+    /// PostgreSQL: group writers of the stores and servers measured (`StoreConfig::postgres_group_writers`,
+    /// `lethe serve --pg-group-writers`). 1 writes each group under the commit-order lock.
+    #[arg(long, env = "LETHE_PG_GROUP_WRITERS", default_value_t = 1)]
+    pg_group_writers: usize,
+
     /// The `lethe` binary for the HTTP scenarios. Default: the one next to this executable,
     /// built with `cargo build --bin lethe` (same profile) if it is missing.
     #[arg(long)]
@@ -254,6 +259,13 @@ struct Bench {
     rows: Vec<Row>,
 }
 
+/// `--pg-group-writers`, for every store and server the bench opens (set once, in `main`).
+static PG_GROUP_WRITERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+pub(crate) fn pg_group_writers() -> usize {
+    PG_GROUP_WRITERS.get().copied().unwrap_or(1)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
@@ -267,6 +279,9 @@ async fn main() -> anyhow::Result<()> {
     if args.seconds.is_nan() || args.seconds <= 0.0 || args.rounds == 0 {
         bail!("--seconds must be positive and --rounds at least 1");
     }
+    PG_GROUP_WRITERS
+        .set(args.pg_group_writers)
+        .map_err(|_| anyhow::anyhow!("group writers set twice"))?;
     let engines: &[Engine] = match args.engine {
         EngineChoice::Sqlite => &[Engine::Sqlite],
         EngineChoice::Postgres => &[Engine::Postgres],
@@ -990,6 +1005,7 @@ async fn open_store_at(
     config.insecure_noop_cipher = !encrypted;
     config.clock = clock;
     config.retention_sweep_every = None;
+    config.postgres_group_writers = pg_group_writers();
     EventStore::open(config)
         .await
         .with_context(|| format!("opening the event store at {}", redact(db_url)))

@@ -90,6 +90,7 @@ impl ServerProcess {
             .env("LETHE_KEK_FILE", kek_file)
             .env("LETHE_ADMIN_TOKEN", TOKEN)
             .env("LETHE_LOG", "error")
+            .env("LETHE_PG_GROUP_WRITERS", crate::pg_group_writers().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)
