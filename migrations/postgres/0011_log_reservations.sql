@@ -4,11 +4,13 @@
 -- inserts this row; the group's own transaction writes its events at those positions and
 -- deletes the row, or a failed group deletes it without writing (its positions stay a gap).
 -- Readers read only below the oldest reservation, so a position a reader has passed is never
--- filled in later. A reservation whose session ended (a crashed process) is reaped.
+-- filled in later. `owner_pid` is the backend of a connection its process keeps open, idle,
+-- for as long as it lives: once that session is gone (the process died), the reservation is
+-- reaped.
 CREATE TABLE log_reservations (
     first       BIGINT PRIMARY KEY,
     last        BIGINT NOT NULL,
-    backend_pid INTEGER NOT NULL,
+    owner_pid   INTEGER NOT NULL,
     reserved_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use lethe_keyvault::{KeyId, VaultClock};
@@ -79,6 +79,9 @@ pub struct PostgresStorage {
     /// Nothing is lost by it: a reservation protects nothing durable, and the group's own
     /// commit, which waits for the flush, comes later in the WAL. `None` with one writer.
     reserve_pool: Option<PgPool>,
+    /// Parallel group writers: the session whose life stands for this process's (see
+    /// [`ReservationOwner`]). `None` with one writer.
+    owner: Option<Arc<ReservationOwner>>,
     /// Tells the LISTEN task to stop (it holds a pool connection that `close` waits for).
     stop_listening: watch::Sender<bool>,
     /// Groups left to write under the lock after an optimistic write lost (`append_group`).
@@ -115,16 +118,16 @@ impl PostgresStorage {
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.clone().options(WRITE_PATH_PLANS))
             .await?;
-        let reserve_pool = if group_writers > 1 {
-            Some(
-                PgPoolOptions::new()
-                    .max_connections(writers)
-                    .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
-                    .connect_with(options.options([("synchronous_commit", "off")]))
-                    .await?,
-            )
+        let (reserve_pool, owner) = if group_writers > 1 {
+            let owner = Arc::new(ReservationOwner::connect(options.clone()).await?);
+            let pool = PgPoolOptions::new()
+                .max_connections(writers)
+                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+                .connect_with(options.options([("synchronous_commit", "off")]))
+                .await?;
+            (Some(pool), Some(owner))
         } else {
-            None
+            (None, None)
         };
         // The migrator takes an advisory lock, so processes starting together migrate once.
         super::migrations::migrator(super::migrations::POSTGRES)
@@ -136,12 +139,17 @@ impl PostgresStorage {
         let stop_listening = watch::channel(false).0;
         // Every process reaps, whatever its own number of writers: a crashed process's
         // reservation holds back the readers of all of them.
-        tokio::spawn(reap_reservations_every(pool.clone(), stop_listening.subscribe()));
+        tokio::spawn(reap_reservations_every(
+            pool.clone(),
+            owner.clone(),
+            stop_listening.subscribe(),
+        ));
         Ok(Self {
             pool,
             append_pool,
             group_writers,
             reserve_pool,
+            owner,
             stop_listening,
             optimistic_lost: AtomicU32::new(0),
             clock,
@@ -178,17 +186,24 @@ impl PostgresStorage {
             if counted.rows.is_empty() {
                 // Nothing to write. A repeat's events may lie behind an open reservation.
                 if let Some(last) = last_position(&counted.replies) {
-                    self.wait_readable(last).await;
+                    Self::wait_readable(&mut conn, last).await;
                 }
                 return Ok(counted.replies);
             }
             let count =
                 i64::try_from(counted.rows.len()).map_err(|_| StorageError::Corrupt("group too large".into()))?;
             drop(counted);
+            let owner = self
+                .owner
+                .as_ref()
+                .ok_or_else(|| StorageError::Corrupt("parallel group writers without an owner".into()))?;
             let first: i64 = sqlx::query_scalar(RESERVE_POSITIONS)
                 .bind(count)
+                .bind(owner.pid.load(Ordering::Relaxed))
                 .fetch_one(reserve_pool)
                 .await?;
+            // Until this group has written or released it (also if it panics or returns early).
+            let _held = owner.hold(first);
             let first = to_u64(first, "reservation")?;
             let guard = WriteGuard::of(group, &read);
             let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, first - 1, now_us);
@@ -197,7 +212,7 @@ impl PostgresStorage {
                     // Committed: from here on nothing may fail the group, or it would be
                     // written again.
                     if older_open {
-                        self.wait_readable(plan.head).await;
+                        Self::wait_readable(&mut conn, plan.head).await;
                         if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                             .bind(COMMITS_CHANNEL)
                             .bind(plan.head.to_string())
@@ -228,15 +243,28 @@ impl PostgresStorage {
         }
     }
 
+    /// A group under the commit-order lock, held from its first read to its commit (and after
+    /// every parallel group writer that reserved before it has written).
+    async fn append_group_locked(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
+        let mut tx = self.append_pool.begin().await?;
+        let read = read_for_plan(&mut tx, group, true).await?;
+        let (head, generation) = (read.head, read.generation);
+        let plan = read.plan(group, self.clock.now_micros());
+        if !write_group(&mut tx, &plan, head, generation).await? {
+            return Err(StorageError::Corrupt(
+                "the log head changed while this transaction held its lock".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(plan.replies)
+    }
+
     /// Waits until readers read up to `last`: every older reservation was written or released
     /// (the reaper removes one whose writer died). If the database cannot say, it stops
     /// waiting: the group is committed, and its reply must not turn into a failure.
-    async fn wait_readable(&self, last: u64) {
+    async fn wait_readable(conn: &mut PgConnection, last: u64) {
         loop {
-            match sqlx::query_scalar::<_, i64>(SELECT_HORIZON)
-                .fetch_one(&self.append_pool)
-                .await
-            {
+            match sqlx::query_scalar::<_, i64>(SELECT_HORIZON).fetch_one(&mut *conn).await {
                 Ok(horizon) if horizon >= to_i64(last) => return,
                 Ok(_) => tokio::time::sleep(RESERVATION_WAIT_POLL).await,
                 Err(e) => {
@@ -248,25 +276,39 @@ impl PostgresStorage {
     }
 }
 
+/// Called holding the commit-order lock: waits until every parallel group that reserved before
+/// it has written (or given up), so that whatever the lock holder reads next is final until it
+/// commits — no reservation can be made meanwhile. Each check is a statement of its own, so it
+/// sees what committed since. (The reaper removes a dead writer's reservation.)
+async fn wait_out_reservations(conn: &mut PgConnection) -> Result<(), StorageError> {
+    while sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM log_reservations)")
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        tokio::time::sleep(RESERVATION_WAIT_POLL).await;
+    }
+    Ok(())
+}
+
 /// Reserves `$1` positions: advances the head under the commit-order lock and records the
 /// reservation, in one statement (its own transaction). Raising the generation makes an
 /// optimistic group write of a one-writer process, planned before this, lose (`WRITE_GROUP`).
 const RESERVE_POSITIONS: &str = "WITH h AS ( \
        UPDATE log_head SET position = position + $1, generation = generation + 1 WHERE id = 1 \
        RETURNING position) \
-     INSERT INTO log_reservations (first, last, backend_pid) \
-     SELECT position - $1 + 1, position, pg_backend_pid() FROM h RETURNING first";
+     INSERT INTO log_reservations (first, last, owner_pid) \
+     SELECT position - $1 + 1, position, $2 FROM h RETURNING first";
 
 /// What readers may read up to: the head, or just below the oldest reservation if one is open.
 /// (LEAST ignores a NULL: no reservation.)
 const SELECT_HORIZON: &str =
     "SELECT LEAST(h.position, (SELECT min(first) - 1 FROM log_reservations)) FROM log_head h WHERE h.id = 1";
 
-/// Removes reservations whose session ended (a crashed process, or a connection closed after a
-/// failure) or that were abandoned, unless a group is writing them right now (locked).
+/// Removes reservations whose owner's session ended (a crashed process) or that were
+/// abandoned, unless a group is writing them right now (locked).
 const REAP_RESERVATIONS: &str = "DELETE FROM log_reservations WHERE first IN ( \
        SELECT r.first FROM log_reservations r \
-       WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.backend_pid) \
+       WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.owner_pid) \
           OR r.reserved_at < now() - make_interval(secs => $1) \
        FOR UPDATE OF r SKIP LOCKED) \
      RETURNING first, last";
@@ -287,14 +329,121 @@ pub(crate) async fn reap_reservations(pool: &PgPool) -> Result<usize, StorageErr
     Ok(reaped.len())
 }
 
-async fn reap_reservations_every(pool: PgPool, mut stop: watch::Receiver<bool>) {
+async fn reap_reservations_every(pool: PgPool, owner: Option<Arc<ReservationOwner>>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(RESERVATION_REAP_EVERY) => {}
         }
+        if let Some(owner) = &owner {
+            owner.keep_alive().await;
+            if let Err(e) = owner.reap_strays(&pool).await {
+                tracing::debug!(error = %e, "reaping stray reservations failed; trying again later");
+            }
+        }
         if let Err(e) = reap_reservations(&pool).await {
             tracing::debug!(error = %e, "reaping reservations failed; trying again later");
+        }
+    }
+}
+
+/// A connection a process with parallel group writers keeps open and idle for as long as it
+/// lives; its reservations name its backend (`owner_pid`). An idle session ends as soon as its
+/// process dies, which is what the reaper looks for. (The backend that made a reservation would
+/// not do: one blocked on a lock outlives its dead client until the lock is granted, and the
+/// lock may be the shred's, which waits for that very reservation.)
+struct ReservationOwner {
+    options: PgConnectOptions,
+    connection: tokio::sync::Mutex<PgConnection>,
+    pid: AtomicI32,
+    /// The reservations this process's groups are working on (by first position). Any other
+    /// reservation it owns was lost track of — its reply lost after it committed, its release
+    /// failed — and is reaped here once older than [`RESERVATION_REAP_EVERY`], not after
+    /// [`RESERVATION_ABANDONED_AFTER`].
+    held: std::sync::Mutex<HashSet<i64>>,
+}
+
+/// A reservation a group is working on; dropping it lets the owner reap it if it is left.
+struct Held<'a> {
+    owner: &'a ReservationOwner,
+    first: i64,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.owner.held.lock() {
+            held.remove(&self.first);
+        }
+    }
+}
+
+/// Reservations of this process that none of its groups holds, older than `$3` seconds.
+const REAP_STRAY_RESERVATIONS: &str = "DELETE FROM log_reservations WHERE first IN ( \
+       SELECT first FROM log_reservations \
+       WHERE owner_pid = $1 AND first <> ALL($2) AND reserved_at < now() - make_interval(secs => $3) \
+       FOR UPDATE SKIP LOCKED) \
+     RETURNING first, last";
+
+impl ReservationOwner {
+    async fn connect(options: PgConnectOptions) -> Result<ReservationOwner, StorageError> {
+        let (connection, pid) = Self::open(&options).await?;
+        Ok(ReservationOwner {
+            options,
+            connection: tokio::sync::Mutex::new(connection),
+            pid: AtomicI32::new(pid),
+            held: std::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn hold(&self, first: i64) -> Held<'_> {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(first);
+        }
+        Held { owner: self, first }
+    }
+
+    /// Removes this process's reservations that no group of it holds any more.
+    async fn reap_strays(&self, pool: &PgPool) -> Result<(), StorageError> {
+        let held: Vec<i64> = match self.held.lock() {
+            Ok(held) => held.iter().copied().collect(),
+            Err(_) => return Ok(()),
+        };
+        let reaped: Vec<(i64, i64)> = sqlx::query_as(REAP_STRAY_RESERVATIONS)
+            .bind(self.pid.load(Ordering::Relaxed))
+            .bind(held)
+            .bind(RESERVATION_REAP_EVERY.as_secs_f64())
+            .fetch_all(pool)
+            .await?;
+        for (first, last) in &reaped {
+            tracing::warn!(first, last, "reaped positions this process reserved and lost track of");
+        }
+        Ok(())
+    }
+
+    async fn open(options: &PgConnectOptions) -> Result<(PgConnection, i32), StorageError> {
+        use sqlx::Connection;
+        let mut connection = PgConnection::connect_with(options).await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut connection)
+            .await?;
+        Ok((connection, pid))
+    }
+
+    /// Checks the session, and opens a new one if it was lost (new reservations name it; the
+    /// lost one's are reaped, and their groups, if still writing, reserve again).
+    async fn keep_alive(&self) {
+        use sqlx::Connection;
+        let mut connection = self.connection.lock().await;
+        if connection.ping().await.is_ok() {
+            return;
+        }
+        match Self::open(&self.options).await {
+            Ok((fresh, pid)) => {
+                *connection = fresh;
+                self.pid.store(pid, Ordering::Relaxed);
+                tracing::warn!("the reservation owner's connection was lost; opened a new one");
+            }
+            Err(e) => tracing::warn!(error = %e, "the reservation owner's connection is lost; retrying"),
         }
     }
 }
@@ -311,9 +460,11 @@ async fn release_reservation(pool: &PgPool, first: u64) {
     }
 }
 
-/// The log head (position and generation) and the stored states of the named streams: one
-/// row per stream found, or one row of NULL stream columns if none is.
-const SELECT_HEAD_AND_STATES: &str = "SELECT s.name, s.version, s.status, s.subject, s.key_id, h.position, h.generation \
+/// The log head (position and generation), whether a parallel group writer holds a
+/// reservation, and the stored states of the named streams: one row per stream found, or one
+/// row of NULL stream columns if none is.
+const SELECT_HEAD_AND_STATES: &str = "SELECT s.name, s.version, s.status, s.subject, s.key_id, h.position, h.generation, \
+       EXISTS (SELECT 1 FROM log_reservations) \
      FROM log_head h LEFT JOIN streams s ON s.name = ANY($1) WHERE h.id = 1";
 
 /// A group's writes — its events, its new streams, its streams' new versions, the new head
@@ -399,17 +550,7 @@ impl Engine for PostgresStorage {
         sqlx::query("UPDATE log_head SET generation = generation + 1 WHERE id = 1")
             .execute(&mut *conn)
             .await?;
-        // Parallel group writers reserve under this lock but write outside it: wait until every
-        // group that reserved before it has written (or given up), so that an append either
-        // committed before this transaction or plans after it. No reservation can be made
-        // meanwhile. Each check is a statement of its own, so it sees what committed since.
-        while sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM log_reservations)")
-            .fetch_one(&mut *conn)
-            .await?
-        {
-            tokio::time::sleep(RESERVATION_WAIT_POLL).await;
-        }
-        Ok(())
+        wait_out_reservations(conn).await
     }
 
     async fn remove_payloads(conn: &mut PgConnection, streams: &[&str]) -> Result<(), StorageError> {
@@ -462,6 +603,13 @@ impl EngineStorage for PostgresStorage {
         if lost == 0 {
             let mut conn = self.append_pool.acquire().await?;
             let read = read_for_plan(&mut conn, group, false).await?;
+            // A parallel group writer (another process) may be writing what was read, without
+            // the lock, so the head's check below would not see it: take the lock, which waits
+            // for it. (None can reserve after this read without moving the head.)
+            if read.reservations_open {
+                drop(conn);
+                return self.append_group_locked(group).await;
+            }
             let (head, generation) = (read.head, read.generation);
             let plan = read.plan(group, self.clock.now_micros());
             let ok = write_group(&mut conn, &plan, head, generation).await?;
@@ -472,18 +620,7 @@ impl EngineStorage for PostgresStorage {
         } else {
             self.optimistic_lost.store(lost - 1, Ordering::Relaxed);
         }
-
-        let mut tx = self.append_pool.begin().await?;
-        let read = read_for_plan(&mut tx, group, true).await?;
-        let (head, generation) = (read.head, read.generation);
-        let plan = read.plan(group, self.clock.now_micros());
-        if !write_group(&mut tx, &plan, head, generation).await? {
-            return Err(StorageError::Corrupt(
-                "the log head changed while this transaction held its lock".into(),
-            ));
-        }
-        tx.commit().await?;
-        Ok(plan.replies)
+        self.append_group_locked(group).await
     }
 
     async fn read_log(
@@ -627,6 +764,8 @@ impl EngineStorage for PostgresStorage {
 struct PlanInputs {
     head: u64,
     generation: i64,
+    /// A parallel group writer held a reservation: it may be writing what was read.
+    reservations_open: bool,
     states: HashMap<String, StreamState>,
     existing: HashMap<Uuid, ExistingEvent>,
     erasing: HashMap<String, SubjectErasure>,
@@ -655,8 +794,9 @@ async fn read_for_plan(
         sqlx::query("SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE")
             .execute(&mut *conn)
             .await?;
+        wait_out_reservations(conn).await?;
     }
-    let (mut head, mut generation) = (None, 0);
+    let (mut head, mut generation, mut reservations_open) = (None, 0, false);
     let mut states: HashMap<String, StreamState> = HashMap::new();
     for row in sqlx::query(SELECT_HEAD_AND_STATES)
         .bind(&lookups.streams)
@@ -665,6 +805,7 @@ async fn read_for_plan(
     {
         head = Some(row.try_get::<i64, _>(5)?);
         generation = row.try_get(6)?;
+        reservations_open = row.try_get(7)?;
         if row.try_get::<Option<String>, _>(0)?.is_some() {
             let (name, state) = row.decode_stream_state()?;
             states.insert(name, state);
@@ -696,6 +837,7 @@ async fn read_for_plan(
     Ok(PlanInputs {
         head: to_u64(head, "head")?,
         generation,
+        reservations_open,
         states,
         existing,
         erasing,

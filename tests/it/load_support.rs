@@ -337,6 +337,10 @@ impl Lethe {
             .env_remove("LETHE_KEK")
             .env_remove("LETHE_KEK_FILE")
             .env_remove("LETHE_KEYVAULT_TOKEN");
+        // The suite's switch for parallel group writers reaches the real binary too.
+        if let Ok(writers) = std::env::var("LETHE_TEST_PG_GROUP_WRITERS") {
+            command.env("LETHE_PG_GROUP_WRITERS", writers);
+        }
         for (name, value) in env {
             command.env(name, value);
         }

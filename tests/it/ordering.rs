@@ -371,7 +371,7 @@ async fn postgres_a_group_that_dies_between_reservation_and_commit_leaves_a_gap(
     let first: i64 = sqlx::query_scalar(
         "WITH h AS (UPDATE log_head SET position = position + 3, generation = generation + 1 \
            WHERE id = 1 RETURNING position) \
-         INSERT INTO log_reservations (first, last, backend_pid) \
+         INSERT INTO log_reservations (first, last, owner_pid) \
          SELECT position - 2, position, pg_backend_pid() FROM h RETURNING first",
     )
     .fetch_one(&mut dying)
@@ -423,7 +423,7 @@ async fn postgres_a_group_that_dies_between_reservation_and_commit_leaves_a_gap(
 
     // The crash: the session ends without committing.
     db.execute(&format!(
-        "SELECT pg_terminate_backend(backend_pid) FROM log_reservations WHERE first = {first}"
+        "SELECT pg_terminate_backend(owner_pid) FROM log_reservations WHERE first = {first}"
     ))
     .await;
     drop(dying);

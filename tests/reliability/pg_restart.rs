@@ -105,6 +105,17 @@ fn parse_refusal(refusal: &str) -> (u16, String, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_under_load_loses_nothing_acknowledged() {
+    restart_under_load(&[]).await;
+}
+
+/// The same with parallel group writers: the restart cuts groups between their reservations
+/// and their commits, and the owner's connection (see `ReservationOwner`) is reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_under_load_with_parallel_writers_loses_nothing_acknowledged() {
+    restart_under_load(&[("LETHE_PG_GROUP_WRITERS", "4".to_owned())]).await;
+}
+
+async fn restart_under_load(env: &[(&str, String)]) {
     let _serial = serial().await;
     let Some(db) = TestDb::postgres().await else {
         return;
@@ -116,7 +127,7 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
     let admin_url = std::env::var(crate::support::POSTGRES_URL_VAR).unwrap();
     let data_dir = db.dir.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
-    let mut lethe = Lethe::start(&db, &data_dir).await;
+    let mut lethe = Lethe::start_with(&db, &data_dir, env).await;
 
     let load = Arc::new(Load::tolerant());
     let forgets = Arc::new(Forgets {
@@ -205,7 +216,7 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
     let acks = load.acks.lock().unwrap().clone();
     verify(&read_log(&lethe.base, ADMIN_TOKEN).await, &acks);
     lethe.kill_9();
-    let lethe = Lethe::start(&db, &data_dir).await;
+    let lethe = Lethe::start_with(&db, &data_dir, env).await;
     verify(&read_log(&lethe.base, ADMIN_TOKEN).await, &acks);
     let sent = forgets.sent.lock().unwrap().clone();
     let erasures = wait_erasures_completed(&lethe.base, ADMIN_TOKEN, &sent).await;

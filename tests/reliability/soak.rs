@@ -308,7 +308,9 @@ async fn two_processes_concurrent_writers_and_three_subscribers() {
     verify(&log, &acks);
     let positions: Vec<u64> = log.iter().map(|e| e["position"].as_u64().unwrap()).collect();
     let head = *positions.last().unwrap();
-    assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "the log has gaps");
+    if db.gapless() {
+        assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "the log has gaps");
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     for (name, seen) in [("sse", &sse), ("consumer", &consumer), ("library", &lib)] {
         while seen.last() < head {
