@@ -516,3 +516,50 @@ async fn postgres_a_failed_parallel_group_releases_its_reservation() {
         "after the failed group's gap"
     );
 }
+
+/// A reservation whose owner's session is alive but which nobody writes (a writer that hung
+/// between reserving and writing) is reaped once it is older than `RESERVATION_ABANDONED_AFTER`
+/// (its age is set back here rather than waited for): readers and acknowledgements go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_abandoned_reservation_of_a_live_session_is_reaped() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.open_parallel(4).await;
+    let mut hung = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let abandoned_for = lethe::limits::RESERVATION_ABANDONED_AFTER.as_secs() + 1;
+    let first: i64 = sqlx::query_scalar(
+        "WITH h AS (UPDATE log_head SET position = position + 2, generation = generation + 1 \
+           WHERE id = 1 RETURNING position) \
+         INSERT INTO log_reservations (first, last, owner_pid, reserved_at) \
+         SELECT position - 1, position, pg_backend_pid(), now() - make_interval(secs => $1) FROM h \
+         RETURNING first",
+    )
+    .bind(abandoned_for as f64)
+    .fetch_one(&mut hung)
+    .await
+    .unwrap();
+    let appended = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.append(append(
+            "after",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("e", json!({}))],
+        )),
+    )
+    .await
+    .expect("acknowledged once the abandoned reservation is reaped")
+    .unwrap();
+    assert_eq!(appended.first_position, first as u64 + 2);
+    let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+    let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, [appended.first_position]);
+    // The session that made it is still there, and still holds nothing.
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM log_reservations")
+        .fetch_one(&mut hung)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+}
