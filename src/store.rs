@@ -165,7 +165,8 @@ impl EventStore {
         self.core.now()
     }
 
-    /// The last committed position (0: empty log).
+    /// The last position of the log that readers can read up to (0: empty log): every position
+    /// up to it is committed or, with parallel group writers, a gap that stays empty.
     pub async fn head(&self) -> Result<u64, Error> {
         self.core.head().await
     }

@@ -234,7 +234,7 @@ impl Core {
         chrono::DateTime::from_timestamp_micros(self.clock.now_micros()).unwrap_or_default()
     }
 
-    /// The last committed position (0: empty log).
+    /// The last readable position (0: empty log; see `Storage::head`).
     pub(crate) async fn head(&self) -> Result<u64, Error> {
         Ok(self.storage.head().await?)
     }

@@ -408,7 +408,8 @@ fn filter_of(stream_prefix: Option<&str>, types: Option<&str>) -> LogFilter {
 ///
 /// Up to `limit` events of every stream in commit order, from position `from` (inclusive),
 /// optionally only streams whose name starts with `stream_prefix` and only the event types in
-/// `types`. Continue with `from=next`; `head` is the last committed position.
+/// `types`. Continue with `from=next`; `head` is the last readable position. Positions only
+/// increase; with parallel group writers they may have gaps.
 #[utoipa::path(
     get,
     path = "/log",

@@ -159,7 +159,8 @@ pub struct LogPage {
     pub events: Vec<RecordedEvent>,
     /// Where the next page starts (inclusive).
     pub next: u64,
-    /// The last committed position when the page was read (0: empty log).
+    /// The last position readable when the page was read (0: empty log): every position up to
+    /// it is committed, or a gap that stays empty (PostgreSQL's parallel group writers).
     pub head: u64,
 }
 

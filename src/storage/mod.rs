@@ -107,7 +107,8 @@ pub trait Storage: EngineStorage {
     ) -> Result<Vec<StoredEvent>, StorageError>;
     /// A stream's metadata, or `None` if it was never written.
     async fn stream_info(&self, stream: &StreamName) -> Result<Option<StreamInfo>, StorageError>;
-    /// The last committed position (0 for an empty log).
+    /// The position readers may read up to (0 for an empty log): everything up to it is
+    /// committed or a gap that stays empty (PostgreSQL's parallel group writers).
     async fn head(&self) -> Result<u64, StorageError>;
     /// Streams bound to a subject.
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;

@@ -190,7 +190,8 @@ pub struct LogResponse {
     /// Where the next page starts (`from`).
     #[schema(minimum = 1)]
     pub next: u64,
-    /// The last committed position (0: empty log).
+    /// The last readable position (0: empty log): every position up to it is committed, or a
+    /// gap that stays empty (positions may have gaps with parallel group writers).
     pub head: u64,
 }
 
