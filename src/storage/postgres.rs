@@ -74,20 +74,25 @@ pub struct PostgresStorage {
     /// Group writers of this process: 1 writes each group under the commit-order lock; more
     /// write concurrently on reserved positions (module comment).
     group_writers: usize,
-    /// Parallel group writers' reservations: these connections commit without waiting for the
-    /// WAL flush (`synchronous_commit = off`), so the commit-order lock is held for no flush.
-    /// Nothing is lost by it: a reservation protects nothing durable, and the group's own
-    /// commit, which waits for the flush, comes later in the WAL. `None` with one writer.
-    reserve_pool: Option<PgPool>,
-    /// Parallel group writers: the session whose life stands for this process's (see
-    /// [`ReservationOwner`]). `None` with one writer.
-    owner: Option<Arc<ReservationOwner>>,
+    /// What parallel group writers reserve with; `None` with one writer.
+    reserving: Option<Reserving>,
     /// Tells the LISTEN task to stop (it holds a pool connection that `close` waits for).
     stop_listening: watch::Sender<bool>,
     /// Groups left to write under the lock after an optimistic write lost (`append_group`).
     optimistic_lost: AtomicU32,
     /// Where appends read the time they record.
     clock: Arc<dyn VaultClock>,
+}
+
+/// Parallel group writers' connections for their reservations.
+struct Reserving {
+    /// Reservations commit on these without waiting for the WAL flush (`synchronous_commit =
+    /// off`), so the commit-order lock is held for no flush. Nothing is lost by it: a
+    /// reservation protects nothing durable, and the group's own commit, which waits for the
+    /// flush, comes later in the WAL.
+    pool: PgPool,
+    /// The session whose life stands for this process's (see [`ReservationOwner`]).
+    owner: Arc<ReservationOwner>,
 }
 
 impl PostgresStorage {
@@ -118,16 +123,17 @@ impl PostgresStorage {
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
             .connect_with(options.clone().options(WRITE_PATH_PLANS))
             .await?;
-        let (reserve_pool, owner) = if group_writers > 1 {
-            let owner = Arc::new(ReservationOwner::connect(options.clone()).await?);
-            let pool = PgPoolOptions::new()
-                .max_connections(writers)
-                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
-                .connect_with(options.options([("synchronous_commit", "off")]))
-                .await?;
-            (Some(pool), Some(owner))
+        let reserving = if group_writers > 1 {
+            Some(Reserving {
+                owner: Arc::new(ReservationOwner::connect(options.clone()).await?),
+                pool: PgPoolOptions::new()
+                    .max_connections(writers)
+                    .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+                    .connect_with(options.options([("synchronous_commit", "off")]))
+                    .await?,
+            })
         } else {
-            (None, None)
+            None
         };
         // The migrator takes an advisory lock, so processes starting together migrate once.
         super::migrations::migrator(super::migrations::POSTGRES)
@@ -141,15 +147,14 @@ impl PostgresStorage {
         // reservation holds back the readers of all of them.
         tokio::spawn(reap_reservations_every(
             pool.clone(),
-            owner.clone(),
+            reserving.as_ref().map(|r| r.owner.clone()),
             stop_listening.subscribe(),
         ));
         Ok(Self {
             pool,
             append_pool,
             group_writers,
-            reserve_pool,
-            owner,
+            reserving,
             stop_listening,
             optimistic_lost: AtomicU32::new(0),
             clock,
@@ -164,7 +169,7 @@ impl PostgresStorage {
     /// gives its positions up (a gap) and is planned again.
     async fn append_group_reserved(
         &self,
-        reserve_pool: &PgPool,
+        reserving: &Reserving,
         group: &[AtomicAppend],
     ) -> Result<Vec<AppendReply>, StorageError> {
         let mut conn = self.append_pool.acquire().await?;
@@ -193,17 +198,13 @@ impl PostgresStorage {
             let count =
                 i64::try_from(counted.rows.len()).map_err(|_| StorageError::Corrupt("group too large".into()))?;
             drop(counted);
-            let owner = self
-                .owner
-                .as_ref()
-                .ok_or_else(|| StorageError::Corrupt("parallel group writers without an owner".into()))?;
             let first: i64 = sqlx::query_scalar(RESERVE_POSITIONS)
                 .bind(count)
-                .bind(owner.pid.load(Ordering::Relaxed))
-                .fetch_one(reserve_pool)
+                .bind(reserving.owner.pid.load(Ordering::Relaxed))
+                .fetch_one(&reserving.pool)
                 .await?;
             // Until this group has written or released it (also if it panics or returns early).
-            let _held = owner.hold(first);
+            let _held = reserving.owner.hold(first);
             let first = to_u64(first, "reservation")?;
             let guard = WriteGuard::of(group, &read);
             let plan = plan::plan_group(group, read.states, read.existing, &read.erasing, first - 1, now_us);
@@ -596,8 +597,8 @@ impl EngineStorage for PostgresStorage {
     async fn append_group(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
         // The optimistic way first, unless it lost lately: then other lock holders are busy
         // (another process appending) and the lock is the cheaper way for a while.
-        if let Some(reserve_pool) = &self.reserve_pool {
-            return self.append_group_reserved(reserve_pool, group).await;
+        if let Some(reserving) = &self.reserving {
+            return self.append_group_reserved(reserving, group).await;
         }
         let lost = self.optimistic_lost.load(Ordering::Relaxed);
         if lost == 0 {
@@ -752,8 +753,8 @@ impl EngineStorage for PostgresStorage {
     async fn close(&self) {
         let _ = self.stop_listening.send(true);
         self.append_pool.close().await;
-        if let Some(reserve_pool) = &self.reserve_pool {
-            reserve_pool.close().await;
+        if let Some(reserving) = &self.reserving {
+            reserving.pool.close().await;
         }
         self.pool.close().await;
     }
