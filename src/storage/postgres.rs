@@ -348,6 +348,10 @@ async fn reap_reservations_every(pool: PgPool, owner: Option<Arc<ReservationOwne
     }
 }
 
+/// The `application_name` of a reservation owner's connection (how an operator, or a test,
+/// tells it in `pg_stat_activity`).
+pub(crate) const RESERVATION_OWNER_APPLICATION: &str = "lethe-reservation-owner";
+
 /// A connection a process with parallel group writers keeps open and idle for as long as it
 /// lives; its reservations name its backend (`owner_pid`). An idle session ends as soon as its
 /// process dies, which is what the reaper looks for. (The backend that made a reservation would
@@ -423,7 +427,8 @@ impl ReservationOwner {
 
     async fn open(options: &PgConnectOptions) -> Result<(PgConnection, i32), StorageError> {
         use sqlx::Connection;
-        let mut connection = PgConnection::connect_with(options).await?;
+        let options = options.clone().application_name(RESERVATION_OWNER_APPLICATION);
+        let mut connection = PgConnection::connect_with(&options).await?;
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut connection)
             .await?;

@@ -563,3 +563,97 @@ async fn postgres_an_abandoned_reservation_of_a_live_session_is_reaped() {
         .unwrap();
     assert_eq!(open, 0);
 }
+
+/// The backend of a parallel store's reservation owner connection (`lethe-reservation-owner`).
+async fn owner_pid(conn: &mut sqlx::PgConnection) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE application_name = 'lethe-reservation-owner' AND datname = current_database()",
+    )
+    .fetch_optional(conn)
+    .await
+    .unwrap()
+}
+
+/// A reservation its own (live) process lost track of — its reply lost after it committed,
+/// its release failed — is reaped after a second, not after the minute a hung writer gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_stray_reservation_of_a_live_process_is_reaped() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.open_parallel(4).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let owner = owner_pid(&mut conn).await.expect("the store's owner connection");
+    let first: i64 = sqlx::query_scalar(
+        "WITH h AS (UPDATE log_head SET position = position + 2, generation = generation + 1 \
+           WHERE id = 1 RETURNING position) \
+         INSERT INTO log_reservations (first, last, owner_pid, reserved_at) \
+         SELECT position - 1, position, $1, now() - interval '2 seconds' FROM h RETURNING first",
+    )
+    .bind(owner)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let appended = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.append(append(
+            "after",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("e", json!({}))],
+        )),
+    )
+    .await
+    .expect("acknowledged once the stray reservation is reaped")
+    .unwrap();
+    assert_eq!(appended.first_position, first as u64 + 2);
+    let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+}
+
+/// When the owner connection is lost (here terminated), the store opens a new one and goes on
+/// appending; its new reservations name the new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_lost_reservation_owner_connection_is_opened_again() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.open_parallel(4).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let before = owner_pid(&mut conn).await.expect("the store's owner connection");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(before)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        if let Some(pid) = owner_pid(&mut conn).await.filter(|pid| *pid != before) {
+            break pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new owner connection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(after, before);
+    for i in 0..20 {
+        store
+            .append(append(
+                &format!("s-{i}"),
+                ExpectedVersion::Any,
+                vec![NewEvent::new("e", json!({}))],
+            ))
+            .await
+            .unwrap();
+    }
+    let page = store.read_log(1, &LogFilter::default(), 100).await.unwrap();
+    assert_eq!(page.events.len(), 20);
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM log_reservations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+}
