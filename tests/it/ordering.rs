@@ -368,15 +368,7 @@ async fn postgres_a_group_that_dies_between_reservation_and_commit_leaves_a_gap(
 
     // The dying writer: its reservation commits, its group's transaction never does.
     let mut dying = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let first: i64 = sqlx::query_scalar(
-        "WITH h AS (UPDATE log_head SET position = position + 3, generation = generation + 1 \
-           WHERE id = 1 RETURNING position) \
-         INSERT INTO log_reservations (first, last, owner_pid) \
-         SELECT position - 2, position, pg_backend_pid() FROM h RETURNING first",
-    )
-    .fetch_one(&mut dying)
-    .await
-    .unwrap();
+    let first = reserve_by_hand(&mut dying, 3, None, 0.0).await;
     assert_eq!(first as u64, before.last_position + 1);
     sqlx::query("BEGIN").execute(&mut dying).await.unwrap();
     sqlx::query(
@@ -529,29 +521,9 @@ async fn postgres_an_abandoned_reservation_of_a_live_session_is_reaped() {
     };
     let store = db.open_parallel(4).await;
     let mut hung = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let abandoned_for = lethe::limits::RESERVATION_ABANDONED_AFTER.as_secs() + 1;
-    let first: i64 = sqlx::query_scalar(
-        "WITH h AS (UPDATE log_head SET position = position + 2, generation = generation + 1 \
-           WHERE id = 1 RETURNING position) \
-         INSERT INTO log_reservations (first, last, owner_pid, reserved_at) \
-         SELECT position - 1, position, pg_backend_pid(), now() - make_interval(secs => $1) FROM h \
-         RETURNING first",
-    )
-    .bind(abandoned_for as f64)
-    .fetch_one(&mut hung)
-    .await
-    .unwrap();
-    let appended = tokio::time::timeout(
-        Duration::from_secs(20),
-        store.append(append(
-            "after",
-            ExpectedVersion::Any,
-            vec![NewEvent::new("e", json!({}))],
-        )),
-    )
-    .await
-    .expect("acknowledged once the abandoned reservation is reaped")
-    .unwrap();
+    let abandoned_for = lethe::limits::RESERVATION_ABANDONED_AFTER.as_secs_f64() + 1.0;
+    let first = reserve_by_hand(&mut hung, 2, None, abandoned_for).await;
+    let appended = append_once_reaped(&store, "the abandoned reservation").await;
     assert_eq!(appended.first_position, first as u64 + 2);
     let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
     let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
@@ -587,27 +559,8 @@ async fn postgres_a_stray_reservation_of_a_live_process_is_reaped() {
     let store = db.open_parallel(4).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let owner = owner_pid(&mut conn).await.expect("the store's owner connection");
-    let first: i64 = sqlx::query_scalar(
-        "WITH h AS (UPDATE log_head SET position = position + 2, generation = generation + 1 \
-           WHERE id = 1 RETURNING position) \
-         INSERT INTO log_reservations (first, last, owner_pid, reserved_at) \
-         SELECT position - 1, position, $1, now() - interval '2 seconds' FROM h RETURNING first",
-    )
-    .bind(owner)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    let appended = tokio::time::timeout(
-        Duration::from_secs(20),
-        store.append(append(
-            "after",
-            ExpectedVersion::Any,
-            vec![NewEvent::new("e", json!({}))],
-        )),
-    )
-    .await
-    .expect("acknowledged once the stray reservation is reaped")
-    .unwrap();
+    let first = reserve_by_hand(&mut conn, 2, Some(owner), 2.0).await;
+    let appended = append_once_reaped(&store, "the stray reservation").await;
     assert_eq!(appended.first_position, first as u64 + 2);
     let page = store.read_log(1, &LogFilter::default(), 10).await.unwrap();
     assert_eq!(page.events.len(), 1);
@@ -656,4 +609,38 @@ async fn postgres_a_lost_reservation_owner_connection_is_opened_again() {
         .await
         .unwrap();
     assert_eq!(open, 0);
+}
+
+/// Reserves `count` positions as a parallel group writer does, by hand: owned by `owner` (this
+/// session if `None`), made `age_secs` ago. Returns the first position.
+async fn reserve_by_hand(conn: &mut sqlx::PgConnection, count: i64, owner: Option<i32>, age_secs: f64) -> i64 {
+    sqlx::query_scalar(
+        "WITH h AS (UPDATE log_head SET position = position + $1, generation = generation + 1 \
+           WHERE id = 1 RETURNING position) \
+         INSERT INTO log_reservations (first, last, owner_pid, reserved_at) \
+         SELECT position - $1 + 1, position, COALESCE($2, pg_backend_pid()), now() - make_interval(secs => $3) \
+         FROM h RETURNING first",
+    )
+    .bind(count)
+    .bind(owner)
+    .bind(age_secs)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// Appends one event and waits for its acknowledgement, which comes once `what` (an open
+/// reservation below it) is reaped.
+async fn append_once_reaped(store: &EventStore, what: &str) -> lethe::AppendResult {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        store.append(append(
+            "after",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("e", json!({}))],
+        )),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("not acknowledged: {what} was not reaped"))
+    .unwrap()
 }
