@@ -13,7 +13,7 @@
 //! transaction of its own (`log_head` advanced, a `log_reservations` row inserted, committed
 //! without waiting for the flush), then writes its rows in its own transaction, concurrently
 //! with other groups, and deletes its reservation there. Readers read only below the oldest
-//! reservation (`HORIZON`), so what a reader has passed is never filled in later; a group is
+//! reservation (`SELECT_HORIZON`), so what a reader has passed is never filled in later; a group is
 //! acknowledged once that horizon has passed it. ARCHITECTURE.md, "Parallel group writers".
 
 use std::collections::{HashMap, HashSet};
@@ -315,7 +315,7 @@ const REAP_RESERVATIONS: &str = "DELETE FROM log_reservations WHERE first IN ( \
      RETURNING first, last";
 
 /// Removes reservations left behind, now; the positions they held stay a gap in the log.
-pub(crate) async fn reap_reservations(pool: &PgPool) -> Result<usize, StorageError> {
+async fn reap_reservations(pool: &PgPool) -> Result<(), StorageError> {
     let reaped: Vec<(i64, i64)> = sqlx::query_as(REAP_RESERVATIONS)
         .bind(RESERVATION_ABANDONED_AFTER.as_secs_f64())
         .fetch_all(pool)
@@ -327,7 +327,7 @@ pub(crate) async fn reap_reservations(pool: &PgPool) -> Result<usize, StorageErr
             "reaped positions reserved by a group that never wrote them"
         );
     }
-    Ok(reaped.len())
+    Ok(())
 }
 
 async fn reap_reservations_every(pool: PgPool, owner: Option<Arc<ReservationOwner>>, mut stop: watch::Receiver<bool>) {
