@@ -35,9 +35,12 @@ impl Core {
         let field_keys = self.subject_field_keys(&schemas).await?;
         let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
         let (mut new_keys, mut new_streams) = (Vec::new(), Vec::new());
+        let by_pair = self.storage.field_index_by_pair();
         for write in &mut atomic.writes {
             for field in &mut write.field_subjects {
-                let (key, stream) = self.field_index.recorded(field.subject.as_str(), write.stream.as_str());
+                let (key, stream) = self
+                    .field_index
+                    .recorded(field.subject.as_str(), by_pair.then_some(write.stream.as_str()));
                 (field.key_recorded, field.stream_recorded) = (key, stream);
                 if !key {
                     new_keys.push(field.subject.to_string());
@@ -336,6 +339,8 @@ fn encode_append(
         let cipher = sealed.then(|| dek.clone());
         for (in_stream, event) in append.events.into_iter().enumerate() {
             let mut part = EventSchemaPart::default();
+            // The event's subjects, each once (an event names few: a list beats hashing).
+            let mut event_subjects: Vec<SubjectId> = Vec::new();
             if let Some(plan) = plans.get(in_stream) {
                 part.version = plan.version;
                 for (pointer, subject) in &plan.fields {
@@ -347,6 +352,9 @@ fn encode_append(
                         key_id: field_key.id,
                         key: &field_key.cipher,
                     });
+                    if !event_subjects.contains(subject) {
+                        event_subjects.push(subject.clone());
+                    }
                     if seen_subjects.insert(subject.as_str()) {
                         field_subjects.push(FieldSubject {
                             subject: subject.clone(),
@@ -357,11 +365,13 @@ fn encode_append(
                     }
                 }
             }
-            let (encoded, event_bytes) = payload::encode(append.stream.as_str(), event, index, cipher.as_deref(), part)
-                .map_err(|e| match e {
-                    Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
-                    other => other,
-                })?;
+            let (mut encoded, event_bytes) =
+                payload::encode(append.stream.as_str(), event, index, cipher.as_deref(), part).map_err(
+                    |e| match e {
+                        Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
+                        other => other,
+                    },
+                )?;
             // Data and metadata as given: neither the envelope nor sealed fields count.
             bytes += event_bytes;
             if bytes > APPEND_BYTES_MAX {
@@ -371,6 +381,7 @@ fn encode_append(
                 }
                 .into());
             }
+            encoded.field_subjects = event_subjects;
             index += 1;
             events.push(encoded);
         }

@@ -19,7 +19,8 @@ pub(crate) struct FieldIndexCache {
     key_ids: Mutex<LruCache<String, KeyId>>,
     /// Subjects whose key row is known to be stored.
     keys_recorded: Mutex<LruCache<String, ()>>,
-    /// `subject \n stream` pairs known to be in the index (a name holds no line break).
+    /// `subject \n stream` pairs known to be in the index (a name holds no line break), for
+    /// engines that keep a row per pair (`Storage::field_index_by_pair`).
     streams_recorded: Mutex<LruCache<String, ()>>,
 }
 
@@ -42,10 +43,11 @@ impl FieldIndexCache {
     }
 
     /// Whether the subject's key row, and the pair of subject and stream, are known stored.
-    pub(crate) fn recorded(&self, subject: &str, stream: &str) -> (bool, bool) {
+    /// With no stream (an engine that keeps no pair rows) the pair counts as stored.
+    pub(crate) fn recorded(&self, subject: &str, stream: Option<&str>) -> (bool, bool) {
         (
             lock(&self.keys_recorded).contains(subject),
-            lock(&self.streams_recorded).contains(&pair(subject, stream)),
+            stream.is_none_or(|stream| lock(&self.streams_recorded).contains(&pair(subject, stream))),
         )
     }
 

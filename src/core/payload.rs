@@ -112,6 +112,7 @@ pub(crate) fn encode(
         metadata,
         digest,
         schema_version: schema.version,
+        field_subjects: Vec::new(),
     };
     Ok((encoded, bytes))
 }

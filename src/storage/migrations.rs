@@ -89,6 +89,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         "log_reservations",
         include_str!("../../migrations/postgres/0011_log_reservations.sql"),
     ),
+    (
+        12,
+        "field_subjects",
+        include_str!("../../migrations/postgres/0012_field_subjects.sql"),
+    ),
 ];
 
 #[derive(Debug)]

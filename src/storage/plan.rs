@@ -462,6 +462,7 @@ mod tests {
             metadata: "{}".into(),
             digest: [digest; 32],
             schema_version: None,
+            field_subjects: Vec::new(),
         }
     }
 

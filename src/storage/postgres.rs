@@ -38,7 +38,7 @@ use crate::limits::{
     POSTGRES_WRITE_CONNECTIONS_MAX, RESERVATION_ABANDONED_AFTER, RESERVATION_REAP_EVERY, RESERVATION_WAIT_POLL,
     RESERVED_GROUP_ATTEMPTS, REVOKED_KEYS_PER_NOTIFY,
 };
-use crate::model::{ErasureStatus, LogFilter, StreamStatus};
+use crate::model::{ErasureStatus, LogFilter, StreamStatus, SubjectId};
 
 /// The NOTIFY channel on which every commit announces the new head position.
 const COMMITS_CHANNEL: &str = "lethe_commits";
@@ -490,17 +490,15 @@ const WRITE_GROUP: &str = "WITH head AS ( \
      new_events AS ( \
        INSERT INTO events \
          (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
-          schema_version) \
-       SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
-                            $6::bytea[], $7::text[], $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[]) \
+          schema_version, field_subjects) \
+       SELECT u.p, u.s, u.v, u.id, u.t, u.pl, u.m, u.k, u.d, u.r, u.sv, string_to_array(u.fs, ' ') \
+       FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], \
+                   $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[], $28::text[]) \
+            AS u(p, s, v, id, t, pl, m, k, d, r, sv, fs) \
        WHERE EXISTS (SELECT 1 FROM head)), \
      new_subject_keys AS ( \
        INSERT INTO subject_keys (subject, key_id) \
        SELECT * FROM UNNEST($26::text[], $27::uuid[]) WHERE EXISTS (SELECT 1 FROM head) \
-       ON CONFLICT DO NOTHING), \
-     new_field_streams AS ( \
-       INSERT INTO field_streams (subject, stream) \
-       SELECT * FROM UNNEST($28::text[], $29::text[]) WHERE EXISTS (SELECT 1 FROM head) \
        ON CONFLICT DO NOTHING), \
      new_streams AS ( \
        INSERT INTO streams (name, subject, status, version, key_id, created_at) \
@@ -549,6 +547,11 @@ impl Engine for PostgresStorage {
     }
 
     const SELECT_HEAD: &'static str = SELECT_HORIZON;
+    // The field index is the events' `field_subjects` under a GIN index (migration 0012): an
+    // append adds an entry to its pending list, far cheaper in the serialized group write
+    // than a B-tree row per (subject, stream) pair.
+    const SELECT_FIELD_STREAMS: &'static str = "SELECT DISTINCT stream FROM events \
+         WHERE field_subjects @> ARRAY[$1::text] AND field_subjects IS NOT NULL ORDER BY stream";
 
     async fn lock_commit_order(conn: &mut PgConnection) -> Result<(), StorageError> {
         // The commit-order lock, held until COMMIT. Raising the generation makes an optimistic
@@ -751,6 +754,10 @@ impl EngineStorage for PostgresStorage {
         false
     }
 
+    fn field_index_by_pair(&self) -> bool {
+        false
+    }
+
     fn group_writers(&self) -> usize {
         self.group_writers
     }
@@ -886,15 +893,14 @@ const WRITE_RESERVED_GROUP: &str = "WITH res AS ( \
      new_events AS ( \
        INSERT INTO events \
          (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
-          schema_version) \
-       SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], \
-                            $6::bytea[], $7::text[], $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[])), \
+          schema_version, field_subjects) \
+       SELECT u.p, u.s, u.v, u.id, u.t, u.pl, u.m, u.k, u.d, u.r, u.sv, string_to_array(u.fs, ' ') \
+       FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], \
+                   $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[], $28::text[]) \
+            AS u(p, s, v, id, t, pl, m, k, d, r, sv, fs)), \
      new_subject_keys AS ( \
        INSERT INTO subject_keys (subject, key_id) \
        SELECT * FROM UNNEST($26::text[], $27::uuid[]) ON CONFLICT DO NOTHING), \
-     new_field_streams AS ( \
-       INSERT INTO field_streams (subject, stream) \
-       SELECT * FROM UNNEST($28::text[], $29::text[]) ON CONFLICT DO NOTHING), \
      new_streams AS ( \
        INSERT INTO streams (name, subject, status, version, key_id, created_at) \
        SELECT u.name, u.subject, u.status, u.version, u.key_id, $16 \
@@ -1064,7 +1070,13 @@ fn bind_rows_and_streams<'q>(
         .bind(old.iter().map(|s| s.state.key_id).collect::<Vec<_>>())
 }
 
-/// Binds `$25`–`$29` of a group write: the events' schema versions and the field index rows.
+/// An event's field subjects as one `$28` element: space-separated, or NULL for none.
+fn field_subjects_text(subjects: &[SubjectId]) -> Option<String> {
+    (!subjects.is_empty()).then(|| subjects.iter().map(SubjectId::as_str).collect::<Vec<_>>().join(" "))
+}
+
+/// Binds `$25`–`$28` of a group write: the events' schema versions, the subjects' new key
+/// rows and each event's field subjects.
 fn bind_schemas_and_fields<'q>(query: PgQuery<'q>, plan: &'q plan::GroupPlan<'_>) -> PgQuery<'q> {
     let index = &plan.field_index;
     query
@@ -1076,8 +1088,14 @@ fn bind_schemas_and_fields<'q>(query: PgQuery<'q>, plan: &'q plan::GroupPlan<'_>
         )
         .bind(index.keys.iter().map(|(subject, _)| *subject).collect::<Vec<_>>())
         .bind(index.keys.iter().map(|(_, key_id)| *key_id).collect::<Vec<_>>())
-        .bind(index.streams.iter().map(|(subject, _)| *subject).collect::<Vec<_>>())
-        .bind(index.streams.iter().map(|(_, stream)| *stream).collect::<Vec<_>>())
+        // The field index: each event row lists the subjects of its personal fields (joined
+        // by spaces, which no subject id holds), indexed by GIN (see migration 0012).
+        .bind(
+            plan.rows
+                .iter()
+                .map(|r| field_subjects_text(&r.event.field_subjects))
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// Up to `$5` events of the log from position `$1` to `$2` (never past the head), filtered by

@@ -27,6 +27,9 @@ pub struct EncodedEvent {
     pub digest: [u8; 32],
     /// The schema version the event was validated (and its personal fields sealed) under.
     pub schema_version: Option<u32>,
+    /// The subjects whose personal fields the event seals, each once (PostgreSQL's field index
+    /// is this list on the event row).
+    pub field_subjects: Vec<SubjectId>,
 }
 
 /// A subject whose personal fields one stream write seals with its field key.

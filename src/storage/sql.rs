@@ -58,7 +58,6 @@ fn list_placeholders(first: usize, count: usize) -> String {
 
 /// A subject's legal hold (`$1`), as [`DecodeRow::decode_hold`] reads it.
 const SELECT_HOLD: &str = "SELECT subject, reason, until, placed_at FROM legal_holds WHERE subject = $1";
-const SELECT_FIELD_STREAMS: &str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
 
 /// The subjects a retention policy covers, one row each: `FROM` … `WHERE` of the retention
 /// queries below, grouped by subject after it. `$1` the stream prefix, `$2` the anchor
@@ -130,6 +129,9 @@ pub(crate) trait Engine: EngineStorage {
     const SELECT_AUDIT_HEAD_LOCKED: &'static str;
     /// The position readers may read up to (`Storage::head`).
     const SELECT_HEAD: &'static str = "SELECT position FROM log_head WHERE id = 1";
+    /// The streams holding personal fields of subject `$1`, each once, in name order (the
+    /// field index, which each engine keeps its own way).
+    const SELECT_FIELD_STREAMS: &'static str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
     /// An erasure request by id (`$1`), [`select_erasures`]'s columns, locked likewise.
     const SELECT_ERASURE_LOCKED: &'static str;
 
@@ -469,7 +471,7 @@ where
     }
 
     async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(SELECT_FIELD_STREAMS)
+        Ok(sqlx::query_scalar(E::SELECT_FIELD_STREAMS)
             .bind(subject.as_str())
             .fetch_all(self.pools().reader)
             .await?)
@@ -638,7 +640,7 @@ where
                 .await?;
                 let streams: Vec<String> = match key {
                     Some(_) => {
-                        sqlx::query_scalar(SELECT_FIELD_STREAMS)
+                        sqlx::query_scalar(E::SELECT_FIELD_STREAMS)
                             .bind(subject.as_str())
                             .fetch_all(&mut *tx)
                             .await?

@@ -887,3 +887,79 @@ async fn independent_field_decryption(db: &TestDb, events: &mut sqlx::SqliteConn
     assert_eq!(answer["value"], format!("{SENDER_MARKER}-alice"));
     assert_eq!(answer["payload"]["amount"], 10, "the payload opens with the stream key");
 }
+
+/// Migration 0012 moves PostgreSQL's field index from the `field_streams` table onto the
+/// events (`field_subjects`): applied to a database of the older shape, every subject's field
+/// streams are answered as before, by the query the store runs.
+#[tokio::test]
+async fn postgres_upgrade_moves_the_field_index_onto_the_events() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let migrations = [
+        include_str!("../../migrations/postgres/0001_events.sql"),
+        include_str!("../../migrations/postgres/0002_erasures.sql"),
+        include_str!("../../migrations/postgres/0003_access.sql"),
+        include_str!("../../migrations/postgres/0004_erasure_workflow.sql"),
+        include_str!("../../migrations/postgres/0005_audit.sql"),
+        include_str!("../../migrations/postgres/0006_hold_lapses.sql"),
+        include_str!("../../migrations/postgres/0007_write_generation.sql"),
+        include_str!("../../migrations/postgres/0008_personal_fields.sql"),
+        include_str!("../../migrations/postgres/0009_audit_once.sql"),
+        include_str!("../../migrations/postgres/0010_retention.sql"),
+        include_str!("../../migrations/postgres/0011_log_reservations.sql"),
+    ];
+    for sql in migrations {
+        db.execute(sql).await;
+    }
+    let event = |position: u32, stream: &str, version: u32, schema: &str| {
+        format!(
+            "INSERT INTO events (position, stream, version, event_id, event_type, payload, metadata, key_id, \
+             digest, recorded_at, schema_version) VALUES ({position}, '{stream}', {version}, gen_random_uuid(), \
+             'MoneyTransferred', '\\x00', '{{}}', gen_random_uuid(), '\\x00', 0, {schema});"
+        )
+    };
+    db.execute(
+        &[
+            event(1, "transfer-1", 0, "1"),
+            event(2, "transfer-1", 1, "1"),
+            event(3, "public-2", 0, "1"),
+            event(4, "other-3", 0, "NULL"),
+            "INSERT INTO field_streams (subject, stream) VALUES ('p-1', 'transfer-1'), ('p-2', 'transfer-1'), \
+         ('p-1', 'public-2');"
+                .to_owned(),
+        ]
+        .concat(),
+    )
+    .await;
+    db.execute(include_str!("../../migrations/postgres/0012_field_subjects.sql"))
+        .await;
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let streams_of = async |conn: &mut sqlx::PgConnection, subject: &str| -> Vec<String> {
+        // The store's query (`SELECT_FIELD_STREAMS` of the PostgreSQL engine).
+        sqlx::query_scalar(
+            "SELECT DISTINCT stream FROM events WHERE field_subjects @> ARRAY[$1::text] \
+             AND field_subjects IS NOT NULL ORDER BY stream",
+        )
+        .bind(subject)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+    };
+    assert_eq!(streams_of(&mut conn, "p-1").await, ["public-2", "transfer-1"]);
+    assert_eq!(streams_of(&mut conn, "p-2").await, ["transfer-1"]);
+    assert!(streams_of(&mut conn, "p-3").await.is_empty());
+    let unmarked: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT field_subjects FROM events WHERE stream = 'other-3'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(unmarked, None, "an event without a schema carries no field subjects");
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('field_streams')::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(table, None, "the old table is gone");
+}
