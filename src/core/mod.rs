@@ -17,6 +17,7 @@
 
 pub(crate) mod append;
 pub(crate) mod field_index;
+pub(crate) mod field_key_checks;
 pub(crate) mod group_commit;
 pub(crate) mod payload;
 pub(crate) mod read;
@@ -43,6 +44,7 @@ use crate::model::{ErasureFault, NewAuditEntry};
 use crate::storage::{self, ChangeFeed, Storage};
 use append::StateReads;
 use field_index::FieldIndexCache;
+use field_key_checks::FieldKeyChecks;
 use group_commit::{GroupCommitter, WriterStats};
 use schemas::Schemas;
 use token_cache::TokenCache;
@@ -135,6 +137,8 @@ pub(crate) struct Core {
     pub(crate) schemas: Arc<Schemas>,
     /// Subjects' field key ids and field-index rows already known ([`field_index`]).
     field_index: FieldIndexCache,
+    /// Field keys found not forgotten, and under which forget token ([`field_key_checks`]).
+    field_key_checks: FieldKeyChecks,
     /// The erasure journal, if the store keeps one.
     pub(crate) journal: Option<Journal>,
     /// Whether the façade reconciles at open.
@@ -199,6 +203,7 @@ impl Core {
             tokens,
             schemas,
             field_index: FieldIndexCache::new(),
+            field_key_checks: FieldKeyChecks::default(),
             journal,
             reconcile_at_open: config.reconcile_at_open,
             erasure_fault: config.erasure_fault,

@@ -130,7 +130,7 @@ pub(crate) fn open_fields(
         return Ok(());
     };
     for field in fields {
-        let Some(value) = data.pointer_mut(&field.pointer) else {
+        let Some(value) = field.find_mut(data) else {
             continue;
         };
         let (key_id, sealed) = sealed_field(value).ok_or_else(|| Error::Corrupt {

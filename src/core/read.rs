@@ -188,7 +188,7 @@ impl Core {
                 }
             };
             for field in &schema.personal {
-                if let Some(id) = data.pointer(&field.pointer).and_then(payload::sealed_field_key) {
+                if let Some(id) = field.find(data).and_then(payload::sealed_field_key) {
                     needed.insert(id);
                 }
             }
@@ -198,13 +198,18 @@ impl Core {
         }
         let forgotten: Vec<KeyId> = match check {
             ForgottenCheck::Database => {
-                let ids: Vec<uuid::Uuid> = needed.iter().map(|id| id.0).collect();
-                self.storage
-                    .forgotten_field_keys(&ids)
-                    .await?
-                    .into_iter()
-                    .map(KeyId)
-                    .collect()
+                // Only keys not found live since the last forget (`field_key_checks`).
+                let token = self.storage.field_key_forgets().await?;
+                let unchecked = self.field_key_checks.unchecked(token, needed.iter().copied());
+                if unchecked.is_empty() {
+                    Vec::new()
+                } else {
+                    let ids: Vec<uuid::Uuid> = unchecked.iter().map(|id| id.0).collect();
+                    let forgotten = self.storage.forgotten_field_keys(&ids).await?;
+                    self.field_key_checks
+                        .found_live(token, unchecked.into_iter().filter(|id| !forgotten.contains(&id.0)));
+                    forgotten.into_iter().map(KeyId).collect()
+                }
             }
             ForgottenCheck::Revocations => Vec::new(),
         };

@@ -82,6 +82,38 @@ pub struct PersonalField {
     pub subject: SubjectSource,
     /// What the field reads as once its subject is forgotten (`null` unless the schema says).
     pub erased: Value,
+    /// The pointer's reference tokens, unescaped once (reads look a field up in every event).
+    tokens: Vec<String>,
+}
+
+impl PersonalField {
+    /// The field's value in `data`: what `data.pointer(&self.pointer)` finds, without parsing
+    /// the pointer (and allocating each token) again.
+    pub fn find<'v>(&self, data: &'v Value) -> Option<&'v Value> {
+        self.tokens.iter().try_fold(data, |target, token| match target {
+            Value::Object(map) => map.get(token),
+            Value::Array(list) => array_index(token).and_then(|i| list.get(i)),
+            _ => None,
+        })
+    }
+
+    /// [`PersonalField::find`], mutable.
+    pub fn find_mut<'v>(&self, data: &'v mut Value) -> Option<&'v mut Value> {
+        self.tokens.iter().try_fold(data, |target, token| match target {
+            Value::Object(map) => map.get_mut(token),
+            Value::Array(list) => array_index(token).and_then(move |i| list.get_mut(i)),
+            _ => None,
+        })
+    }
+}
+
+/// A reference token as an array index, as `serde_json::Value::pointer` reads one (no sign, no
+/// leading zero).
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
 }
 
 // The replacement value is the schema author's, but keep Debug output about structure only.
@@ -105,7 +137,7 @@ pub fn personal_fields(schema: &Value) -> Result<Vec<PersonalField>, ValidationE
         ));
     }
     let mut fields = Vec::new();
-    collect(schema, "", false, &mut fields)?;
+    collect(schema, "", &[], false, &mut fields)?;
     // Every occurrence of the keywords must have been one of the fields found.
     let (personal, erased) = count_keywords(schema);
     let erased_found = fields.iter().filter(|f| f.erased_declared).count();
@@ -224,7 +256,13 @@ fn invalid(reason: &str) -> ValidationError {
 }
 
 /// Walks `properties` from `node` (at data pointer `pointer`), collecting personal fields.
-fn collect(node: &Value, pointer: &str, inside_personal: bool, out: &mut Vec<Found>) -> Result<(), ValidationError> {
+fn collect(
+    node: &Value,
+    pointer: &str,
+    tokens: &[String],
+    inside_personal: bool,
+    out: &mut Vec<Found>,
+) -> Result<(), ValidationError> {
     let Some(properties) = node
         .as_object()
         .and_then(|o| o.get("properties"))
@@ -234,6 +272,7 @@ fn collect(node: &Value, pointer: &str, inside_personal: bool, out: &mut Vec<Fou
     };
     for (name, subschema) in properties {
         let here = format!("{pointer}/{}", escape_token(name));
+        let here_tokens: Vec<String> = tokens.iter().cloned().chain([name.clone()]).collect();
         let Some(object) = subschema.as_object() else {
             continue;
         };
@@ -254,6 +293,7 @@ fn collect(node: &Value, pointer: &str, inside_personal: bool, out: &mut Vec<Fou
                         subject: parse_declaration(&here, declaration)?,
                         erased: object.get(ERASED_KEYWORD).cloned().unwrap_or(Value::Null),
                         pointer: here.clone(),
+                        tokens: here_tokens.clone(),
                     },
                     erased_declared: object.contains_key(ERASED_KEYWORD),
                 });
@@ -261,7 +301,7 @@ fn collect(node: &Value, pointer: &str, inside_personal: bool, out: &mut Vec<Fou
             }
             None => false,
         };
-        collect(subschema, &here, inside_personal || personal, out)?;
+        collect(subschema, &here, &here_tokens, inside_personal || personal, out)?;
     }
     Ok(())
 }
@@ -322,6 +362,43 @@ mod tests {
         personal_fields(&schema)
             .map(|fields| fields.into_iter().map(|f| (f.pointer, f.subject, f.erased)).collect())
             .map_err(|e| e.to_string())
+    }
+
+    /// `find` and `find_mut` answer exactly what `Value::pointer` does with the field's pointer,
+    /// for escaped names and for data of another shape than the schema's (warn mode stores it).
+    #[test]
+    fn a_field_is_found_where_its_pointer_points() {
+        let fields = personal_fields(&json!({
+            "properties": {
+                "name": {"x-lethe-personal": {"subject": "$stream"}},
+                "0": {"x-lethe-personal": {"subject": "$stream"}},
+                "01": {"x-lethe-personal": {"subject": "$stream"}},
+                "a": {"properties": {"iban/no~": {"x-lethe-personal": {"subject": "$stream"}},
+                                     "1": {"x-lethe-personal": {"subject": "$stream"}}}}
+            }
+        }))
+        .unwrap();
+        assert_eq!(fields.len(), 5);
+        let shapes = [
+            json!({"name": "Ann", "0": 1, "01": 2, "a": {"iban/no~": "DE1", "1": true}}),
+            json!(["zero", "one"]),
+            json!({"a": ["x", "y"]}),
+            json!({"a": "flat", "name": null}),
+            json!(7),
+        ];
+        for data in shapes {
+            for field in &fields {
+                assert_eq!(
+                    field.find(&data),
+                    data.pointer(&field.pointer),
+                    "{} in {data}",
+                    field.pointer
+                );
+                let mut copy = data.clone();
+                let expected = copy.pointer_mut(&field.pointer).map(|v| v.clone());
+                assert_eq!(field.find_mut(&mut copy).map(|v| v.clone()), expected);
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         "retention",
         include_str!("../../migrations/sqlite/0010_retention.sql"),
     ),
+    (
+        13,
+        "field_key_forgets",
+        include_str!("../../migrations/sqlite/0013_field_key_forgets.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[
@@ -93,6 +98,11 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
         12,
         "field_subjects",
         include_str!("../../migrations/postgres/0012_field_subjects.sql"),
+    ),
+    (
+        13,
+        "field_key_forgets",
+        include_str!("../../migrations/postgres/0013_field_key_forgets.sql"),
     ),
 ];
 

@@ -120,6 +120,9 @@ pub trait Storage: EngineStorage {
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;
     /// Streams holding personal fields of a subject, by name.
     async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError>;
+    /// The token the erasure step that marks a subject's field key forgotten sets anew (see
+    /// migration 0013): while it is unchanged, no field key was marked forgotten.
+    async fn field_key_forgets(&self) -> Result<i64, StorageError>;
 
     // Event schemas
     /// Every version of every event type's schema, by type and version.

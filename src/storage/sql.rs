@@ -470,6 +470,12 @@ where
         rows.iter().map(DecodeRow::decode_stream_info).collect()
     }
 
+    async fn field_key_forgets(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar("SELECT token FROM field_key_forgets WHERE id = 1")
+            .fetch_one(self.pools().reader)
+            .await?)
+    }
+
     async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError> {
         Ok(sqlx::query_scalar(E::SELECT_FIELD_STREAMS)
             .bind(subject.as_str())
@@ -640,6 +646,15 @@ where
                 .await?;
                 let streams: Vec<String> = match key {
                     Some(_) => {
+                        // Readers that found no field key forgotten check again (see
+                        // `core::field_key_checks`).
+                        let mut token = [0u8; 8];
+                        getrandom::fill(&mut token)
+                            .map_err(|e| StorageError::Corrupt(format!("no random token: {e}")))?;
+                        sqlx::query("UPDATE field_key_forgets SET token = $1 WHERE id = 1")
+                            .bind(i64::from_le_bytes(token))
+                            .execute(&mut *tx)
+                            .await?;
                         sqlx::query_scalar(E::SELECT_FIELD_STREAMS)
                             .bind(subject.as_str())
                             .fetch_all(&mut *tx)
