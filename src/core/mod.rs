@@ -17,7 +17,6 @@
 
 pub(crate) mod append;
 pub(crate) mod field_index;
-pub(crate) mod field_key_checks;
 pub(crate) mod group_commit;
 pub(crate) mod payload;
 pub(crate) mod read;
@@ -41,10 +40,10 @@ use crate::limits::{
     WEBHOOK_RETRY_BASE_DEFAULT,
 };
 use crate::model::{ErasureFault, NewAuditEntry};
+use crate::storage::TokenChecks;
 use crate::storage::{self, ChangeFeed, Storage};
 use append::StateReads;
 use field_index::FieldIndexCache;
-use field_key_checks::FieldKeyChecks;
 use group_commit::{GroupCommitter, WriterStats};
 use schemas::Schemas;
 use token_cache::TokenCache;
@@ -137,8 +136,9 @@ pub(crate) struct Core {
     pub(crate) schemas: Arc<Schemas>,
     /// Subjects' field key ids and field-index rows already known ([`field_index`]).
     field_index: FieldIndexCache,
-    /// Field keys found not forgotten, and under which forget token ([`field_key_checks`]).
-    field_key_checks: FieldKeyChecks,
+    /// Field keys found not forgotten, and under which change token
+    /// ([`crate::storage::TokenChecks`]).
+    field_key_checks: TokenChecks<lethe_keyvault::KeyId>,
     /// The erasure journal, if the store keeps one.
     pub(crate) journal: Option<Journal>,
     /// Whether the façade reconciles at open.
@@ -203,7 +203,7 @@ impl Core {
             tokens,
             schemas,
             field_index: FieldIndexCache::new(),
-            field_key_checks: FieldKeyChecks::default(),
+            field_key_checks: TokenChecks::default(),
             journal,
             reconcile_at_open: config.reconcile_at_open,
             erasure_fault: config.erasure_fault,

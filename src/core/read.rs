@@ -198,16 +198,21 @@ impl Core {
         }
         let forgotten: Vec<KeyId> = match check {
             ForgottenCheck::Database => {
-                // Only keys not found live since the last forget (`field_key_checks`).
-                let token = self.storage.field_key_forgets().await?;
-                let unchecked = self.field_key_checks.unchecked(token, needed.iter().copied());
+                // Only keys not found live since the last forget (`storage::TokenChecks`).
+                let token = self.storage.field_key_forgotten_token().await?;
+                let unchecked: Vec<KeyId> = self
+                    .field_key_checks
+                    .unchecked(token, &needed)
+                    .into_iter()
+                    .copied()
+                    .collect();
                 if unchecked.is_empty() {
                     Vec::new()
                 } else {
                     let ids: Vec<uuid::Uuid> = unchecked.iter().map(|id| id.0).collect();
                     let forgotten = self.storage.forgotten_field_keys(&ids).await?;
                     self.field_key_checks
-                        .found_live(token, unchecked.into_iter().filter(|id| !forgotten.contains(&id.0)));
+                        .found_clear(token, unchecked.into_iter().filter(|id| !forgotten.contains(&id.0)));
                     forgotten.into_iter().map(KeyId).collect()
                 }
             }

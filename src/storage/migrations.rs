@@ -45,8 +45,8 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
     ),
     (
         13,
-        "field_key_forgets",
-        include_str!("../../migrations/sqlite/0013_field_key_forgets.sql"),
+        "change_tokens",
+        include_str!("../../migrations/sqlite/0013_change_tokens.sql"),
     ),
 ];
 
@@ -101,8 +101,8 @@ pub(crate) const POSTGRES: &[MigrationFile] = &[
     ),
     (
         13,
-        "field_key_forgets",
-        include_str!("../../migrations/postgres/0013_field_key_forgets.sql"),
+        "change_tokens",
+        include_str!("../../migrations/postgres/0013_change_tokens.sql"),
     ),
 ];
 

@@ -28,6 +28,7 @@ pub(crate) mod records;
 pub(crate) mod rows;
 pub(crate) mod sql;
 pub(crate) mod sqlite;
+pub(crate) mod token_checks;
 
 mod migrations;
 
@@ -42,6 +43,7 @@ pub(crate) use records::{
     AppendReply, AtomicAppend, ChangeFeed, Delivery, EncodedEvent, FieldSubject, KeyedStream, RetentionBatch,
     StoredEvent, StreamWrite, SubjectKeyRow, advance_head,
 };
+pub(crate) use token_checks::TokenChecks;
 
 use crate::error::StorageError;
 use crate::model::{
@@ -120,9 +122,9 @@ pub trait Storage: EngineStorage {
     async fn subject_streams(&self, subject: &SubjectId) -> Result<Vec<StreamInfo>, StorageError>;
     /// Streams holding personal fields of a subject, by name.
     async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError>;
-    /// The token the erasure step that marks a subject's field key forgotten sets anew (see
-    /// migration 0013): while it is unchanged, no field key was marked forgotten.
-    async fn field_key_forgets(&self) -> Result<i64, StorageError>;
+    /// The change token that the erasure step marking a subject's field key forgotten sets
+    /// anew ([`TokenChecks`]): while it is unchanged, no field key was marked forgotten.
+    async fn field_key_forgotten_token(&self) -> Result<i64, StorageError>;
 
     // Event schemas
     /// Every version of every event type's schema, by type and version.

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::{AppendReply, AtomicAppend, EncodedEvent};
+use super::{AppendReply, AtomicAppend, EncodedEvent, TokenChecks};
 use crate::error::{Error, VersionConflict};
 use crate::model::{AppendOutcome, AppendResult, ExpectedVersion, StreamStatus};
 
@@ -445,6 +445,30 @@ pub fn check_writes(writes: &[WriteHead<'_>], states: &HashMap<String, StreamSta
     } else {
         Err(Error::WrongExpectedVersion { conflicts })
     }
+}
+
+/// The subjects of a group that the engine must look up in `erasure_requests` (the group's
+/// `SELECT_ERASING`), given the `subject_erasure_filed` change token the plan read: those not
+/// found without a request under that token ([`TokenChecks`]).
+pub fn subjects_to_check<'a>(checks: &TokenChecks<String>, token: i64, subjects: &[&'a str]) -> Vec<&'a str> {
+    checks.unchecked(token, subjects.iter().copied())
+}
+
+/// Records, of the subjects looked up, those that have no erasure request (absent from
+/// `erasing`), as found under `token`.
+pub fn record_clear_subjects(
+    checks: &TokenChecks<String>,
+    token: i64,
+    looked_up: &[&str],
+    erasing: &HashMap<String, SubjectErasure>,
+) {
+    checks.found_clear(
+        token,
+        looked_up
+            .iter()
+            .filter(|s| !erasing.contains_key(**s))
+            .map(|s| (*s).to_owned()),
+    );
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
 use super::rows::{DecodeRow, erasure_statuses, parse_status, select_erasures, to_i64, to_u64};
 use super::sql::{Engine, Pools};
-use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, advance_head};
+use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, TokenChecks, advance_head};
 use crate::error::StorageError;
 use crate::limits::{
     LISTEN_RETRY, POSTGRES_ACQUIRE_TIMEOUT, POSTGRES_CONNECTIONS_MAX, POSTGRES_GROUP_WRITERS_MAX,
@@ -82,6 +82,8 @@ pub struct PostgresStorage {
     optimistic_lost: AtomicU32,
     /// Where appends read the time they record.
     clock: Arc<dyn VaultClock>,
+    /// Subjects the group writers found without an erasure request ([`TokenChecks`]).
+    erasure_checks: TokenChecks<String>,
 }
 
 /// Parallel group writers' connections for their reservations.
@@ -157,6 +159,7 @@ impl PostgresStorage {
             reserving,
             stop_listening,
             optimistic_lost: AtomicU32::new(0),
+            erasure_checks: TokenChecks::default(),
             clock,
         })
     }
@@ -176,7 +179,7 @@ impl PostgresStorage {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let read = read_for_plan(&mut conn, group, false).await?;
+            let read = read_for_plan(&mut conn, group, false, &self.erasure_checks).await?;
             let now_us = self.clock.now_micros();
             // Decided once to count the rows, then again on the reserved positions: the plan is
             // a pure function of what was read, so both decide alike.
@@ -248,7 +251,7 @@ impl PostgresStorage {
     /// every parallel group writer that reserved before it has written).
     async fn append_group_locked(&self, group: &[AtomicAppend]) -> Result<Vec<AppendReply>, StorageError> {
         let mut tx = self.append_pool.begin().await?;
-        let read = read_for_plan(&mut tx, group, true).await?;
+        let read = read_for_plan(&mut tx, group, true, &self.erasure_checks).await?;
         let (head, generation) = (read.head, read.generation);
         let plan = read.plan(group, self.clock.now_micros());
         if !write_group(&mut tx, &plan, head, generation).await? {
@@ -467,10 +470,11 @@ async fn release_reservation(pool: &PgPool, first: u64) {
 }
 
 /// The log head (position and generation), whether a parallel group writer holds a
-/// reservation, and the stored states of the named streams: one row per stream found, or one
-/// row of NULL stream columns if none is.
+/// reservation, the `subject_erasure_filed` change token, and the stored states of the named
+/// streams: one row per stream found, or one row of NULL stream columns if none is.
 const SELECT_HEAD_AND_STATES: &str = "SELECT s.name, s.version, s.status, s.subject, s.key_id, h.position, h.generation, \
-       EXISTS (SELECT 1 FROM log_reservations) \
+       EXISTS (SELECT 1 FROM log_reservations), \
+       (SELECT subject_erasure_filed FROM change_tokens WHERE id = 1) \
      FROM log_head h LEFT JOIN streams s ON s.name = ANY($1) WHERE h.id = 1";
 
 /// A group's writes — its events, its new streams, its streams' new versions, the new head
@@ -611,7 +615,7 @@ impl EngineStorage for PostgresStorage {
         let lost = self.optimistic_lost.load(Ordering::Relaxed);
         if lost == 0 {
             let mut conn = self.append_pool.acquire().await?;
-            let read = read_for_plan(&mut conn, group, false).await?;
+            let read = read_for_plan(&mut conn, group, false, &self.erasure_checks).await?;
             // A parallel group writer (another process) may be writing what was read, without
             // the lock, so the head's check below would not see it: take the lock, which waits
             // for it. (None can reserve after this read without moving the head.)
@@ -799,6 +803,7 @@ async fn read_for_plan(
     conn: &mut sqlx::PgConnection,
     group: &[AtomicAppend],
     locked: bool,
+    erasure_checks: &TokenChecks<String>,
 ) -> Result<PlanInputs, StorageError> {
     let lookups = plan::lookups(group);
     if locked {
@@ -809,7 +814,7 @@ async fn read_for_plan(
             .await?;
         wait_out_reservations(conn).await?;
     }
-    let (mut head, mut generation, mut reservations_open) = (None, 0, false);
+    let (mut head, mut generation, mut reservations_open, mut filed_token) = (None, 0, false, 0);
     let mut states: HashMap<String, StreamState> = HashMap::new();
     for row in sqlx::query(SELECT_HEAD_AND_STATES)
         .bind(&lookups.streams)
@@ -819,6 +824,7 @@ async fn read_for_plan(
         head = Some(row.try_get::<i64, _>(5)?);
         generation = row.try_get(6)?;
         reservations_open = row.try_get(7)?;
+        filed_token = row.try_get(8)?;
         if row.try_get::<Option<String>, _>(0)?.is_some() {
             let (name, state) = row.decode_stream_state()?;
             states.insert(name, state);
@@ -839,13 +845,17 @@ async fn read_for_plan(
         }
     }
 
+    // Only subjects not found without an erasure request since the last filing: the token
+    // was read in the same snapshot as the head (`TokenChecks`).
     let mut erasing = HashMap::new();
-    if !lookups.subjects.is_empty() {
+    let subjects = plan::subjects_to_check(erasure_checks, filed_token, &lookups.subjects);
+    if !subjects.is_empty() {
         let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
-            .bind(&lookups.subjects)
+            .bind(&subjects)
             .fetch_all(&mut *conn)
             .await?;
         erasing = plan::subject_erasures(rows);
+        plan::record_clear_subjects(erasure_checks, filed_token, &subjects, &erasing);
     }
     Ok(PlanInputs {
         head: to_u64(head, "head")?,
@@ -909,13 +919,13 @@ const WRITE_RESERVED_GROUP: &str = "WITH res AS ( \
        ON CONFLICT (name) DO NOTHING RETURNING 1), \
      old_streams AS ( \
        UPDATE streams s SET version = u.version, key_id = u.key_id \
-       FROM UNNEST($17::text[], $18::bigint[], $19::uuid[], $23::bigint[], $31::text[]) \
+       FROM UNNEST($17::text[], $18::bigint[], $19::uuid[], $23::bigint[], $30::text[]) \
             AS u(name, version, key_id, read_version, read_status) \
        WHERE s.name = u.name AND s.version IS NOT DISTINCT FROM u.read_version AND s.status = u.read_status \
        RETURNING 1), \
      erasing AS ( \
        SELECT 1 FROM erasure_requests \
-       WHERE kind = 'subject' AND status <> 'refused' AND subject = ANY($30::text[]) LIMIT 1), \
+       WHERE kind = 'subject' AND status <> 'refused' AND subject = ANY($29::text[]) LIMIT 1), \
      older AS (SELECT 1 FROM log_reservations WHERE first < $20 LIMIT 1), \
      notified AS (SELECT pg_notify($22, $24::text) WHERE $21 AND NOT EXISTS (SELECT 1 FROM older)) \
 SELECT CASE \

@@ -372,6 +372,13 @@ where
             }
             inserted.extend(ids);
         }
+        // The group writers' findings of subjects with no erasure request are void now.
+        if erasures.iter().any(|e| matches!(e.target, ErasureTarget::Subject(_))) {
+            sqlx::query("UPDATE change_tokens SET subject_erasure_filed = $1 WHERE id = 1")
+                .bind(super::token_checks::new_token()?)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(inserted)
     }
 
@@ -470,10 +477,12 @@ where
         rows.iter().map(DecodeRow::decode_stream_info).collect()
     }
 
-    async fn field_key_forgets(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar("SELECT token FROM field_key_forgets WHERE id = 1")
-            .fetch_one(self.pools().reader)
-            .await?)
+    async fn field_key_forgotten_token(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT field_key_forgotten FROM change_tokens WHERE id = 1")
+                .fetch_one(self.pools().reader)
+                .await?,
+        )
     }
 
     async fn field_streams(&self, subject: &SubjectId) -> Result<Vec<String>, StorageError> {
@@ -646,13 +655,9 @@ where
                 .await?;
                 let streams: Vec<String> = match key {
                     Some(_) => {
-                        // Readers that found no field key forgotten check again (see
-                        // `core::field_key_checks`).
-                        let mut token = [0u8; 8];
-                        getrandom::fill(&mut token)
-                            .map_err(|e| StorageError::Corrupt(format!("no random token: {e}")))?;
-                        sqlx::query("UPDATE field_key_forgets SET token = $1 WHERE id = 1")
-                            .bind(i64::from_le_bytes(token))
+                        // Readers that found no field key forgotten check again (`TokenChecks`).
+                        sqlx::query("UPDATE change_tokens SET field_key_forgotten = $1 WHERE id = 1")
+                            .bind(super::token_checks::new_token()?)
                             .execute(&mut *tx)
                             .await?;
                         sqlx::query_scalar(E::SELECT_FIELD_STREAMS)

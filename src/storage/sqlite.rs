@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::plan::{self, ExistingEvent, StreamState, SubjectErasure};
 use super::rows::{DecodeRow, erasure_statuses, select_erasures, select_events, to_i64, to_u64};
 use super::sql::{Engine, Pools};
-use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent};
+use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, TokenChecks};
 use crate::error::StorageError;
 use crate::limits::{SQLITE_BUSY_TIMEOUT, SQLITE_READ_CONNECTIONS_MAX};
 use crate::model::{ErasureStatus, LogFilter};
@@ -31,6 +31,8 @@ pub struct SqliteStorage {
     readers: SqlitePool,
     /// Where appends read the time they record.
     clock: Arc<dyn VaultClock>,
+    /// Subjects the group writer found without an erasure request ([`TokenChecks`]).
+    erasure_checks: TokenChecks<String>,
 }
 
 impl SqliteStorage {
@@ -55,7 +57,12 @@ impl SqliteStorage {
             .max_connections(SQLITE_READ_CONNECTIONS_MAX)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers, clock })
+        Ok(Self {
+            writer,
+            readers,
+            clock,
+            erasure_checks: TokenChecks::default(),
+        })
     }
 }
 
@@ -172,14 +179,22 @@ impl EngineStorage for SqliteStorage {
             }
         }
 
+        // Only subjects not found without an erasure request since the last filing
+        // (`TokenChecks`); the token is read in this transaction, which holds the writer lock.
         let mut erasing = HashMap::new();
         if !lookups.subjects.is_empty() {
-            let subjects_json = json(&lookups.subjects)?;
-            let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
-                .bind(subjects_json)
-                .fetch_all(&mut *tx)
+            let token: i64 = sqlx::query_scalar("SELECT subject_erasure_filed FROM change_tokens WHERE id = 1")
+                .fetch_one(&mut *tx)
                 .await?;
-            erasing = plan::subject_erasures(rows);
+            let subjects = plan::subjects_to_check(&self.erasure_checks, token, &lookups.subjects);
+            if !subjects.is_empty() {
+                let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
+                    .bind(json(&subjects)?)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                erasing = plan::subject_erasures(rows);
+                plan::record_clear_subjects(&self.erasure_checks, token, &subjects, &erasing);
+            }
         }
 
         let plan = plan::plan_group(
