@@ -477,6 +477,21 @@ const SELECT_HEAD_AND_STATES: &str = "SELECT s.name, s.version, s.status, s.subj
        (SELECT subject_erasure_filed FROM change_tokens WHERE id = 1) \
      FROM log_head h LEFT JOIN streams s ON s.name = ANY($1) WHERE h.id = 1";
 
+/// The group's event rows, `$1`–`$10`, `$25` (schema versions) and `$28` (each event's field
+/// subjects, space-separated): the `INSERT` both group writes make (a macro, so that each
+/// statement stays one `&'static str` built with `concat!`).
+macro_rules! insert_group_events {
+    () => {
+        "INSERT INTO events \
+         (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
+          schema_version, field_subjects) \
+       SELECT u.p, u.s, u.v, u.id, u.t, u.pl, u.m, u.k, u.d, u.r, u.sv, string_to_array(u.fs, ' ') \
+       FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], \
+                   $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[], $28::text[]) \
+            AS u(p, s, v, id, t, pl, m, k, d, r, sv, fs)"
+    };
+}
+
 /// A group's writes — its events, its new streams, its streams' new versions, the new head
 /// with its notification — in one statement, applied only if the head is still where the plan
 /// was made ($23, $24); it answers one row if it was, none if not.
@@ -488,18 +503,13 @@ const SELECT_HEAD_AND_STATES: &str = "SELECT s.name, s.version, s.status, s.subj
 /// FROM head)`. So the statement applies exactly when no lock holder committed since the plan
 /// read the head, i.e. when everything the plan read is still current; it then holds the lock
 /// until it commits, like a locked transaction. Data-modifying CTEs all run, each on its own rows.
-const WRITE_GROUP: &str = "WITH head AS ( \
+const WRITE_GROUP: &str = concat!(
+    "WITH head AS ( \
        UPDATE log_head SET position = $20, generation = generation + 1 \
        WHERE id = 1 AND position = $23 AND generation = $24 RETURNING position), \
-     new_events AS ( \
-       INSERT INTO events \
-         (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
-          schema_version, field_subjects) \
-       SELECT u.p, u.s, u.v, u.id, u.t, u.pl, u.m, u.k, u.d, u.r, u.sv, string_to_array(u.fs, ' ') \
-       FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], \
-                   $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[], $28::text[]) \
-            AS u(p, s, v, id, t, pl, m, k, d, r, sv, fs) \
-       WHERE EXISTS (SELECT 1 FROM head)), \
+     new_events AS ( ",
+    insert_group_events!(),
+    " WHERE EXISTS (SELECT 1 FROM head)), \
      new_subject_keys AS ( \
        INSERT INTO subject_keys (subject, key_id) \
        SELECT * FROM UNNEST($26::text[], $27::uuid[]) WHERE EXISTS (SELECT 1 FROM head) \
@@ -515,7 +525,8 @@ const WRITE_GROUP: &str = "WITH head AS ( \
        FROM UNNEST($17::text[], $18::bigint[], $19::uuid[]) AS u(name, version, key_id) \
        WHERE s.name = u.name AND EXISTS (SELECT 1 FROM head)), \
      notified AS (SELECT pg_notify($22, position::text) FROM head WHERE $21) \
-SELECT position, (SELECT count(*) FROM notified) FROM head";
+SELECT position, (SELECT count(*) FROM notified) FROM head"
+);
 
 /// After an optimistic group write loses (another lock holder committed between its read and
 /// its write), this many groups take the lock instead.
@@ -898,16 +909,12 @@ async fn write_group(
 /// announces the commit to other processes only then (the `NOTIFY` payload is never past what
 /// readers can read, or a listener would take it as seen and sleep through the commit that
 /// makes it readable).
-const WRITE_RESERVED_GROUP: &str = "WITH res AS ( \
+const WRITE_RESERVED_GROUP: &str = concat!(
+    "WITH res AS ( \
        DELETE FROM log_reservations WHERE first = $20 RETURNING first), \
-     new_events AS ( \
-       INSERT INTO events \
-         (position, stream, version, event_id, event_type, payload, metadata, key_id, digest, recorded_at, \
-          schema_version, field_subjects) \
-       SELECT u.p, u.s, u.v, u.id, u.t, u.pl, u.m, u.k, u.d, u.r, u.sv, string_to_array(u.fs, ' ') \
-       FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], \
-                   $8::uuid[], $9::bytea[], $10::bigint[], $25::bigint[], $28::text[]) \
-            AS u(p, s, v, id, t, pl, m, k, d, r, sv, fs)), \
+     new_events AS ( ",
+    insert_group_events!(),
+    "), \
      new_subject_keys AS ( \
        INSERT INTO subject_keys (subject, key_id) \
        SELECT * FROM UNNEST($26::text[], $27::uuid[]) ON CONFLICT DO NOTHING), \
@@ -934,7 +941,8 @@ SELECT CASE \
            OR (SELECT count(*) FROM old_streams) <> cardinality($17::text[]) THEN lethe_group_lost('streams') \
          WHEN EXISTS (SELECT 1 FROM erasing) THEN lethe_group_lost('erasure') \
          ELSE (SELECT count(*) FROM notified) END, \
-       EXISTS (SELECT 1 FROM older)";
+       EXISTS (SELECT 1 FROM older)"
+);
 
 /// Why a parallel group's write did not apply.
 enum Lost {
