@@ -447,15 +447,9 @@ pub fn check_writes(writes: &[WriteHead<'_>], states: &HashMap<String, StreamSta
     }
 }
 
-/// The subjects of a group that the engine must look up in `erasure_requests` (the group's
-/// `SELECT_ERASING`), given the `subject_erasure_filed` change token the plan read: those not
-/// found without a request under that token ([`TokenChecks`]).
-pub fn subjects_to_check<'a>(checks: &TokenChecks<String>, token: i64, subjects: &[&'a str]) -> Vec<&'a str> {
-    checks.unchecked(token, subjects.iter().copied())
-}
-
-/// Records, of the subjects looked up, those that have no erasure request (absent from
-/// `erasing`), as found under `token`.
+/// Records, of the subjects a group looked up in `erasure_requests` (those
+/// [`TokenChecks::unchecked`] left under the `subject_erasure_filed` token the plan read), the
+/// ones that have no erasure request (absent from `erasing`), as found under `token`.
 pub fn record_clear_subjects(
     checks: &TokenChecks<String>,
     token: i64,

@@ -859,7 +859,7 @@ async fn read_for_plan(
     // Only subjects not found without an erasure request since the last filing: the token
     // was read in the same snapshot as the head (`TokenChecks`).
     let mut erasing = HashMap::new();
-    let subjects = plan::subjects_to_check(erasure_checks, filed_token, &lookups.subjects);
+    let subjects = erasure_checks.unchecked(filed_token, lookups.subjects.iter().copied());
     if !subjects.is_empty() {
         let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
             .bind(&subjects)

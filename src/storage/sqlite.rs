@@ -186,7 +186,7 @@ impl EngineStorage for SqliteStorage {
             let token: i64 = sqlx::query_scalar("SELECT subject_erasure_filed FROM change_tokens WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
-            let subjects = plan::subjects_to_check(&self.erasure_checks, token, &lookups.subjects);
+            let subjects = self.erasure_checks.unchecked(token, lookups.subjects.iter().copied());
             if !subjects.is_empty() {
                 let rows: Vec<(String, String)> = sqlx::query_as(SELECT_ERASING)
                     .bind(json(&subjects)?)
