@@ -304,11 +304,17 @@ impl Batched for KeyCreation {
 /// A DEK prepared to seal, open and digest many events (`envelope::DekCipher`): the key cache
 /// holds keys so prepared, so the AES key schedule and the digest sub-key are computed once per
 /// key as it enters the cache, not per event or per page. Wiped on drop, like the `Dek`.
-pub(crate) use lethe_keyvault::envelope::DekCipher;
+pub(crate) use lethe_keyvault::envelope::{DekCipher, Nonces};
 
 /// Seals an event's serialized data with its stream's DEK.
-pub(crate) fn seal_event(dek: &DekCipher, stream: &str, event_id: &Uuid, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-    dek.seal(&envelope::event_aad(stream, event_id), plaintext)
+pub(crate) fn seal_event(
+    dek: &DekCipher,
+    nonces: &mut Nonces,
+    stream: &str,
+    event_id: &Uuid,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    dek.seal_from(nonces, &envelope::event_aad(stream, event_id), plaintext)
         .map_err(|e| Error::Corrupt {
             detail: format!("cannot encrypt event {event_id}: {e}"),
         })
@@ -362,6 +368,7 @@ pub(crate) fn field_aad(stream: &str, event_id: &Uuid, pointer: &str) -> Vec<u8>
 pub(crate) fn seal_field(
     key: &DekCipher,
     key_id: KeyId,
+    nonces: &mut Nonces,
     stream: &str,
     event_id: &Uuid,
     pointer: &str,
@@ -369,15 +376,17 @@ pub(crate) fn seal_field(
 ) -> Result<String, Error> {
     use base64::Engine as _;
     let sealed = key
-        .seal(&field_aad(stream, event_id, pointer), plaintext)
+        .seal_from(nonces, &field_aad(stream, event_id, pointer), plaintext)
         .map_err(|e| Error::Corrupt {
             detail: format!("cannot encrypt a personal field of event {event_id}: {e}"),
         })?;
-    Ok(format!(
-        "{SEALED_FIELD_PREFIX}{}:{}",
-        key_id.0.hyphenated(),
-        base64::engine::general_purpose::STANDARD.encode(sealed)
-    ))
+    // Written in place rather than with `format!`: an append seals every field of every event.
+    let mut text = String::with_capacity(SEALED_FIELD_PREFIX.len() + 37 + sealed.len().div_ceil(3) * 4);
+    text.push_str(SEALED_FIELD_PREFIX);
+    text.push_str(key_id.0.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    text.push(':');
+    base64::engine::general_purpose::STANDARD.encode_string(sealed, &mut text);
+    Ok(text)
 }
 
 /// The field key id of a sealed personal field, if `value` looks like one.

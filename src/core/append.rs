@@ -11,14 +11,16 @@ use lethe_keyvault::{KeyId, NewKey};
 
 use super::Core;
 use super::payload::{self, EventSchemaPart, FieldSeal};
+use super::schemas::Registry;
 use crate::coalesce::Batched;
-use crate::crypto::{DekCipher, KeyState};
+use crate::crypto::{DekCipher, KeyState, Nonces};
 use crate::error::Error;
 use crate::limits::{APPEND_BYTES_MAX, APPEND_STREAMS_MAX};
 use crate::model::schema::field_subjects;
 use crate::model::validation::check_append;
 use crate::model::{
-    AppendOutcome, ExpectedVersion, SchemaMode, StreamAppend, StreamStatus, SubjectId, ValidationError, VersionConflict,
+    AppendOutcome, ExpectedVersion, PersonalField, SchemaMode, StreamAppend, StreamStatus, SubjectId, ValidationError,
+    VersionConflict,
 };
 use crate::storage::plan::StreamState;
 use crate::storage::{AtomicAppend, FieldSubject, Storage, StreamWrite};
@@ -30,41 +32,35 @@ impl Core {
         check_append(&appends)?;
         let names: Vec<String> = appends.iter().map(|a| a.stream.to_string()).collect();
         let states = self.state_reads.call(names).await?;
-        let schemas = self.check_schemas(&appends, &states).await?;
+        let registry = self.schemas.current().await?;
+        let schemas = self.check_schemas(&registry, &appends, &states)?;
         let keys = self.keys_for_append(&appends, &states).await?;
         let field_keys = self.subject_field_keys(&schemas).await?;
         let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
-        let (mut new_keys, mut new_streams) = (Vec::new(), Vec::new());
-        let by_pair = self.storage.field_index_by_pair();
+        let mut new_keys = Vec::new();
         for write in &mut atomic.writes {
             for field in &mut write.field_subjects {
-                let (key, stream) = self
-                    .field_index
-                    .recorded(field.subject.as_str(), by_pair.then_some(write.stream.as_str()));
-                (field.key_recorded, field.stream_recorded) = (key, stream);
-                if !key {
+                field.key_recorded = self.field_index.key_recorded(field.subject.as_str());
+                if !field.key_recorded {
                     new_keys.push(field.subject.to_string());
-                }
-                if !stream {
-                    new_streams.push((field.subject.to_string(), write.stream.to_string()));
                 }
             }
         }
         let mut outcome = self.committer.submit(atomic).await?;
         outcome.data_bytes = data_bytes;
-        self.field_index.remember(new_keys, new_streams);
+        self.field_index.remember(new_keys);
         Ok(outcome)
     }
 
     /// Validates each event against the latest schema of its type (refusing the append on a
     /// violation in `enforce` mode, counting it in `warn`) and finds the subject of each
     /// personal field it carries. One entry per stream, one per event.
-    async fn check_schemas(
+    fn check_schemas<'r>(
         &self,
+        registry: &'r Registry,
         appends: &[StreamAppend],
         states: &HashMap<String, StreamState>,
-    ) -> Result<Vec<Vec<EventSchemaPlan>>, Error> {
-        let registry = self.schemas.current().await?;
+    ) -> Result<Vec<Vec<EventSchemaPlan<'r>>>, Error> {
         let mut plans = Vec::with_capacity(appends.len());
         for append in appends {
             let stream = append.stream.as_str();
@@ -92,10 +88,7 @@ impl Core {
                     }
                 }
                 let fields = field_subjects(&schema.personal, &event.data, bound.as_ref())
-                    .map_err(|e| e.in_part(stream, index))?
-                    .into_iter()
-                    .map(|(field, subject)| (field.pointer.clone(), subject))
-                    .collect();
+                    .map_err(|e| e.in_part(stream, index))?;
                 events.push(EventSchemaPlan {
                     version: Some(schema.schema.version),
                     fields,
@@ -110,7 +103,10 @@ impl Core {
     /// from the cache or the vault, the others' created (or found) in the vault in one call.
     /// A subject being forgotten, or forgotten, takes no field (checked again at commit, under
     /// the commit-order lock).
-    async fn subject_field_keys(&self, schemas: &[Vec<EventSchemaPlan>]) -> Result<HashMap<String, FieldKey>, Error> {
+    async fn subject_field_keys(
+        &self,
+        schemas: &[Vec<EventSchemaPlan<'_>>],
+    ) -> Result<HashMap<String, FieldKey>, Error> {
         let mut seen: HashSet<&SubjectId> = HashSet::new();
         let subjects: Vec<&SubjectId> = schemas
             .iter()
@@ -300,11 +296,11 @@ impl Batched for StateReads {
 
 /// What the schemas say about one event of an append.
 #[derive(Default)]
-pub(crate) struct EventSchemaPlan {
+pub(crate) struct EventSchemaPlan<'r> {
     /// The schema version it was checked under.
     version: Option<u32>,
-    /// Its personal fields present in its data (pointer), each with its subject.
-    fields: Vec<(String, SubjectId)>,
+    /// Its personal fields present in its data, each with its subject.
+    fields: Vec<(&'r PersonalField, SubjectId)>,
 }
 
 /// A subject's field key, for sealing.
@@ -319,13 +315,17 @@ pub(crate) struct FieldKey {
 fn encode_append(
     appends: Vec<StreamAppend>,
     keys: &HashMap<String, (KeyId, Arc<DekCipher>)>,
-    schemas: &[Vec<EventSchemaPlan>],
+    schemas: &[Vec<EventSchemaPlan<'_>>],
     field_keys: &HashMap<String, FieldKey>,
     sealed: bool,
 ) -> Result<(AtomicAppend, usize), Error> {
     let mut bytes = 0;
     let mut index = 0;
     let mut writes = Vec::with_capacity(appends.len());
+    // One nonce per event and per personal field, drawn from the OS at once.
+    let seals = appends.iter().map(|a| a.events.len()).sum::<usize>()
+        + schemas.iter().flatten().map(|plan| plan.fields.len()).sum::<usize>();
+    let mut nonces = Nonces::new(seals);
     let no_schemas = Vec::new();
     for (append_index, append) in appends.into_iter().enumerate() {
         let (key_id, dek) = keys.get(append.stream.as_str()).ok_or_else(|| Error::Corrupt {
@@ -343,12 +343,12 @@ fn encode_append(
             let mut event_subjects: Vec<SubjectId> = Vec::new();
             if let Some(plan) = plans.get(in_stream) {
                 part.version = plan.version;
-                for (pointer, subject) in &plan.fields {
+                for (field, subject) in &plan.fields {
                     let field_key = field_keys.get(subject.as_str()).ok_or_else(|| Error::Corrupt {
                         detail: format!("no field key for subject {subject:?}"),
                     })?;
                     part.fields.push(FieldSeal {
-                        pointer,
+                        field,
                         key_id: field_key.id,
                         key: &field_key.cipher,
                     });
@@ -360,18 +360,22 @@ fn encode_append(
                             subject: subject.clone(),
                             key_id: field_key.id.0,
                             key_recorded: false,
-                            stream_recorded: false,
                         });
                     }
                 }
             }
-            let (mut encoded, event_bytes) =
-                payload::encode(append.stream.as_str(), event, index, cipher.as_deref(), part).map_err(
-                    |e| match e {
-                        Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
-                        other => other,
-                    },
-                )?;
+            let (mut encoded, event_bytes) = payload::encode(
+                append.stream.as_str(),
+                event,
+                index,
+                cipher.as_deref(),
+                &mut nonces,
+                part,
+            )
+            .map_err(|e| match e {
+                Error::Invalid(v) => Error::Invalid(v.in_part(append.stream.as_str(), in_stream)),
+                other => other,
+            })?;
             // Data and metadata as given: neither the envelope nor sealed fields count.
             bytes += event_bytes;
             if bytes > APPEND_BYTES_MAX {

@@ -1,9 +1,10 @@
-//! What this process knows of the field index already, so that appends carrying personal
-//! fields neither ask the vault for a subject's field key id nor write the index rows again
-//! each time.
+//! What this process knows of subjects' field keys already, so that appends carrying personal
+//! fields neither ask the vault for a subject's field key id nor write its key row again each
+//! time. (The field index proper is written with every event that seals fields: nothing to
+//! remember about it.)
 //!
 //! Both facts never change once true: a subject's field key id is fixed (the vault answers the
-//! same key for a subject every time, until it refuses it for good), and index rows are never
+//! same key for a subject every time, until it refuses it for good), and key rows are never
 //! removed. So nothing here is ever invalidated; the caches are only bounded.
 
 use std::num::NonZeroUsize;
@@ -19,9 +20,6 @@ pub(crate) struct FieldIndexCache {
     key_ids: Mutex<LruCache<String, KeyId>>,
     /// Subjects whose key row is known to be stored.
     keys_recorded: Mutex<LruCache<String, ()>>,
-    /// `subject \n stream` pairs known to be in the index (a name holds no line break), for
-    /// engines that keep a row per pair (`Storage::field_index_by_pair`).
-    streams_recorded: Mutex<LruCache<String, ()>>,
 }
 
 impl FieldIndexCache {
@@ -30,7 +28,6 @@ impl FieldIndexCache {
         Self {
             key_ids: Mutex::new(LruCache::new(capacity)),
             keys_recorded: Mutex::new(LruCache::new(capacity)),
-            streams_recorded: Mutex::new(LruCache::new(capacity)),
         }
     }
 
@@ -42,38 +39,20 @@ impl FieldIndexCache {
         lock(&self.key_ids).put(subject.to_owned(), id);
     }
 
-    /// Whether the subject's key row, and the pair of subject and stream, are known stored.
-    /// With no stream (an engine that keeps no pair rows) the pair counts as stored.
-    pub(crate) fn recorded(&self, subject: &str, stream: Option<&str>) -> (bool, bool) {
-        (
-            lock(&self.keys_recorded).contains(subject),
-            stream.is_none_or(|stream| lock(&self.streams_recorded).contains(&pair(subject, stream))),
-        )
+    /// Whether the subject's key row is known stored.
+    pub(crate) fn key_recorded(&self, subject: &str) -> bool {
+        lock(&self.keys_recorded).contains(subject)
     }
 
-    /// What an append just committed (so its rows exist): subjects' key rows and pairs.
-    pub(crate) fn remember(&self, keys: Vec<String>, streams: Vec<(String, String)>) {
+    /// Subjects whose key rows an append just committed (so the rows exist).
+    pub(crate) fn remember(&self, keys: Vec<String>) {
         if !keys.is_empty() {
             let mut recorded = lock(&self.keys_recorded);
             for subject in keys {
                 recorded.put(subject, ());
             }
         }
-        if !streams.is_empty() {
-            let mut recorded = lock(&self.streams_recorded);
-            for (subject, stream) in streams {
-                recorded.put(pair(&subject, &stream), ());
-            }
-        }
     }
-}
-
-fn pair(subject: &str, stream: &str) -> String {
-    let mut pair = String::with_capacity(subject.len() + 1 + stream.len());
-    pair.push_str(subject);
-    pair.push('\n');
-    pair.push_str(stream);
-    pair
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

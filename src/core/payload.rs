@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, DekCipher, KeyState};
+use crate::crypto::{self, DekCipher, KeyState, Nonces};
 use crate::error::{Error, ValidationError};
 use crate::limits::EVENT_BYTES_MAX;
 use crate::model::{NewEvent, PersonalField, RecordedEvent, StreamStatus};
@@ -20,7 +20,7 @@ use crate::storage::{EncodedEvent, StoredEvent};
 
 /// A personal field to seal with its subject's field key as an event is encoded.
 pub(crate) struct FieldSeal<'a> {
-    pub(crate) pointer: &'a str,
+    pub(crate) field: &'a PersonalField,
     pub(crate) key_id: KeyId,
     pub(crate) key: &'a DekCipher,
 }
@@ -34,72 +34,78 @@ pub(crate) struct EventSchemaPart<'a> {
 }
 
 /// Serializes (and, given a DEK, encrypts) an event for storage, and answers the bytes of its
-/// data and metadata as given (what the size limits count). `index` names the event in errors. Personal fields are sealed with their subjects' keys first, inside the data that is
-/// then sealed with the stream's key; the size limits count the data as given, and the retry
-/// digest the data as given with each personal field replaced by a digest under its own key.
+/// data and metadata as given (what the size limits count). `index` names the event in errors;
+/// every seal takes its nonce from `nonces`. Personal fields are sealed with their subjects'
+/// keys first, inside the data that is then sealed with the stream's key; the retry digest
+/// covers the data as given with each personal field replaced by a digest under its own key.
 pub(crate) fn encode(
     stream: &str,
     mut event: NewEvent,
     index: usize,
     dek: Option<&DekCipher>,
+    nonces: &mut Nonces,
     schema: EventSchemaPart<'_>,
 ) -> Result<(EncodedEvent, usize), Error> {
     let id_given = event.id.is_some();
     let id = event.id.unwrap_or_else(Uuid::now_v7);
-    // serde_json::Value always serializes; the error arm is unreachable in practice.
-    let data = Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?);
     let metadata = match &event.metadata {
+        // serde_json::Value always serializes; the error arm is unreachable in practice.
         Some(m) => serde_json::to_string(m).map_err(|_| ValidationError::InvalidData)?,
         None => "{}".to_owned(),
     };
-    let bytes = data.len() + metadata.len();
-    if bytes > EVENT_BYTES_MAX {
-        return Err(ValidationError::EventTooLarge {
-            index,
-            bytes,
-            max: EVENT_BYTES_MAX,
-        }
-        .into());
-    }
-    let (content, data) = if schema.fields.is_empty() {
-        (content_for_digest(&event.event_type, &metadata, &data), data)
+    let (content, data, bytes) = if schema.fields.is_empty() {
+        let data = Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?);
+        let bytes = within_event_limit(index, data.len() + metadata.len())?;
+        (content_for_digest(&event.event_type, &metadata, &data), data, bytes)
     } else {
         // The retry digest must not let the stream key confirm a guess of a personal field once
         // its subject is forgotten: each field enters it only as a digest keyed by the field's
         // own key (and so becomes unverifiable with that key's destruction).
         let mut sealed = Vec::with_capacity(schema.fields.len());
-        for field in &schema.fields {
-            if let Some(value) = event.data.pointer_mut(field.pointer) {
+        // The JSON text of the fields as given, and of the digests that stand in for them.
+        let (mut given_len, mut digests_len) = (0, 0);
+        for seal in &schema.fields {
+            if let Some(value) = seal.field.find_mut(&mut event.data) {
                 let plaintext = Zeroizing::new(serde_json::to_vec(value).map_err(|_| ValidationError::InvalidData)?);
+                let pointer = seal.field.pointer.as_str();
                 sealed.push(crypto::seal_field(
-                    field.key,
-                    field.key_id,
+                    seal.key,
+                    seal.key_id,
+                    nonces,
                     stream,
                     &id,
-                    field.pointer,
+                    pointer,
                     &plaintext,
                 )?);
-                let keyed = field.key.keyed_digest(&field_digest_input(field.pointer, &plaintext));
+                let keyed = hex_lower(&seal.key.keyed_digest(&field_digest_input(pointer, &plaintext)));
+                given_len += plaintext.len();
+                // The digest's JSON string: its hex digits and two quotes.
+                digests_len += keyed.len() + 2;
                 // The plaintext value is dropped here; `Value` cannot zeroize itself.
-                *value = serde_json::Value::String(hex::encode(keyed));
+                *value = serde_json::Value::String(keyed);
             }
         }
         let masked = serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?;
+        // Compact JSON text is the concatenation of its values' texts, so the data as given is
+        // the masked text with each digest's string swapped back for the field's own text:
+        // no third serialization just to count it.
+        let data_len = masked.len().saturating_sub(digests_len) + given_len;
+        let bytes = within_event_limit(index, data_len + metadata.len())?;
         let content = content_for_digest(&event.event_type, &metadata, &masked);
         let mut sealed = sealed.into_iter();
-        for field in &schema.fields {
-            if let Some(value) = event.data.pointer_mut(field.pointer)
+        for seal in &schema.fields {
+            if let Some(value) = seal.field.find_mut(&mut event.data)
                 && let Some(sealed) = sealed.next()
             {
                 *value = serde_json::Value::String(sealed);
             }
         }
         let data = Zeroizing::new(serde_json::to_vec(&event.data).map_err(|_| ValidationError::InvalidData)?);
-        (content, data)
+        (content, data, bytes)
     };
     let (payload, digest) = match dek {
         Some(dek) => (
-            crypto::seal_event(dek, stream, &id, &data)?,
+            crypto::seal_event(dek, nonces, stream, &id, &data)?,
             crypto::keyed_digest(dek, &content),
         ),
         None => (data.to_vec(), Sha256::digest(&content).into()),
@@ -165,6 +171,31 @@ pub(crate) fn sealed_field_key(value: &serde_json::Value) -> Option<KeyId> {
 /// The field key id and envelope of a sealed personal field's stored value.
 pub(crate) fn sealed_field(value: &serde_json::Value) -> Option<(KeyId, Vec<u8>)> {
     value.as_str().and_then(crypto::parse_sealed_field)
+}
+
+/// `bytes` of an event's data and metadata, if within [`EVENT_BYTES_MAX`].
+fn within_event_limit(index: usize, bytes: usize) -> Result<usize, Error> {
+    if bytes > EVENT_BYTES_MAX {
+        return Err(ValidationError::EventTooLarge {
+            index,
+            bytes,
+            max: EVENT_BYTES_MAX,
+        }
+        .into());
+    }
+    Ok(bytes)
+}
+
+/// Lower-case hex, written directly (`hex::encode` goes through a `char` iterator, and an
+/// append writes one per personal field).
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// What a personal field contributes to the retry digest (keyed by its field key): its pointer
@@ -237,4 +268,58 @@ pub(crate) fn decode(stored: StoredEvent, key: Option<&KeyState>) -> Result<Reco
         metadata,
         recorded_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use lethe_keyvault::Dek;
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::schema::personal_fields;
+
+    /// The size limits count an event's data as given, also when its personal fields are
+    /// sealed (and the size is worked out from the masked text): escapes, non-ASCII text,
+    /// nested and absent fields, and fields of an unexpected shape alike.
+    #[test]
+    fn sealed_events_count_their_data_as_given() {
+        let fields = personal_fields(&json!({"properties": {
+            "name": {"x-lethe-personal": {"subject": "$stream"}},
+            "address": {"properties": {"line/1": {"x-lethe-personal": {"subject": "$stream"}}}},
+            "absent": {"x-lethe-personal": {"subject": "$stream"}}
+        }}))
+        .unwrap();
+        let key = DekCipher::new(&Dek::generate().unwrap());
+        let shapes = [
+            json!({"name": "Zoë \"Q\" \n\u{1}", "address": {"line/1": ["a", {"b": 1.5}], "city": "Köln"}, "n": -1}),
+            json!({"name": null, "address": {"line/1": 12345678901234567u64}}),
+            json!({"address": "flat", "name": {"first": "Ann"}}),
+            json!({}),
+        ];
+        for data in shapes {
+            let given = serde_json::to_vec(&data).unwrap().len() + r#"{"m":"é"}"#.len();
+            let mut event = NewEvent::new("Moved", data.clone());
+            event.metadata = Some(json!({"m": "é"}));
+            let seals = fields
+                .iter()
+                .map(|field| FieldSeal {
+                    field,
+                    key_id: KeyId(Uuid::nil()),
+                    key: &key,
+                })
+                .collect();
+            let part = EventSchemaPart {
+                version: Some(1),
+                fields: seals,
+            };
+            let (_, bytes) = encode("s-1", event, 0, Some(&key), &mut Nonces::new(4), part).unwrap();
+            assert_eq!(bytes, given, "{data}");
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case_hex() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex_lower(&bytes), hex::encode(&bytes));
+    }
 }

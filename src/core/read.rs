@@ -246,12 +246,12 @@ impl Core {
         let mut carries = false;
         let mut others = Vec::new();
         for field in &schema.personal {
-            if data.pointer(&field.pointer).is_none() {
+            if field.find(data).is_none() {
                 continue;
             }
             let owner = match &field.subject {
                 SubjectSource::Stream => bound.map(SubjectId::as_str),
-                SubjectSource::Pointer(pointer) => data.pointer(pointer).and_then(serde_json::Value::as_str),
+                SubjectSource::Pointer(pointer) => pointer.find(data).and_then(serde_json::Value::as_str),
             };
             if owner == Some(subject.as_str()) {
                 carries = true;

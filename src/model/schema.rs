@@ -69,7 +69,7 @@ pub struct EventSchema {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubjectSource {
     /// At this JSON pointer into the same event's data (a string subject id).
-    Pointer(String),
+    Pointer(JsonPointer),
     /// The stream's bound subject (`"$stream"`).
     Stream,
 }
@@ -90,21 +90,74 @@ impl PersonalField {
     /// The field's value in `data`: what `data.pointer(&self.pointer)` finds, without parsing
     /// the pointer (and allocating each token) again.
     pub fn find<'v>(&self, data: &'v Value) -> Option<&'v Value> {
-        self.tokens.iter().try_fold(data, |target, token| match target {
-            Value::Object(map) => map.get(token),
-            Value::Array(list) => array_index(token).and_then(|i| list.get(i)),
-            _ => None,
-        })
+        find(&self.tokens, data)
     }
 
     /// [`PersonalField::find`], mutable.
     pub fn find_mut<'v>(&self, data: &'v mut Value) -> Option<&'v mut Value> {
-        self.tokens.iter().try_fold(data, |target, token| match target {
-            Value::Object(map) => map.get_mut(token),
-            Value::Array(list) => array_index(token).and_then(move |i| list.get_mut(i)),
-            _ => None,
+        find_mut(&self.tokens, data)
+    }
+}
+
+/// A well-formed RFC 6901 JSON pointer, with its reference tokens unescaped once: appends and
+/// reads look one up in every event, and `Value::pointer` parses (and allocates) each time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonPointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl JsonPointer {
+    /// The pointer `text`, if it is a well-formed, non-empty one ([`is_json_pointer`]).
+    pub fn parse(text: &str) -> Option<Self> {
+        is_json_pointer(text).then(|| Self {
+            text: text.to_owned(),
+            tokens: text
+                .split('/')
+                .skip(1)
+                .map(|token| token.replace("~1", "/").replace("~0", "~"))
+                .collect(),
         })
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// What `data.pointer(self.as_str())` finds.
+    pub fn find<'v>(&self, data: &'v Value) -> Option<&'v Value> {
+        find(&self.tokens, data)
+    }
+}
+
+impl fmt::Display for JsonPointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for JsonPointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+/// The value that unescaped reference `tokens` reach in `data`, as `Value::pointer` finds it.
+fn find<'v>(tokens: &[String], data: &'v Value) -> Option<&'v Value> {
+    tokens.iter().try_fold(data, |target, token| match target {
+        Value::Object(map) => map.get(token),
+        Value::Array(list) => array_index(token).and_then(|i| list.get(i)),
+        _ => None,
+    })
+}
+
+/// [`find`], mutable.
+fn find_mut<'v>(tokens: &[String], data: &'v mut Value) -> Option<&'v mut Value> {
+    tokens.iter().try_fold(data, |target, token| match target {
+        Value::Object(map) => map.get_mut(token),
+        Value::Array(list) => array_index(token).and_then(move |i| list.get_mut(i)),
+        _ => None,
+    })
 }
 
 /// A reference token as an array index, as `serde_json::Value::pointer` reads one (no sign, no
@@ -158,9 +211,9 @@ pub fn personal_fields(schema: &Value) -> Result<Vec<PersonalField>, ValidationE
     }
     for field in &fields {
         if let SubjectSource::Pointer(subject) = &field.field.subject
-            && let Some(other) = fields
-                .iter()
-                .find(|f| is_within(subject, &f.field.pointer) || is_within(&f.field.pointer, subject))
+            && let Some(other) = fields.iter().find(|f| {
+                is_within(subject.as_str(), &f.field.pointer) || is_within(&f.field.pointer, subject.as_str())
+            })
         {
             return Err(ValidationError::InvalidSchema {
                 reason: format!(
@@ -185,7 +238,7 @@ pub fn field_subjects<'f>(
 ) -> Result<Vec<(&'f PersonalField, SubjectId)>, ValidationError> {
     let mut found = Vec::new();
     for field in fields {
-        if data.pointer(&field.pointer).is_none() {
+        if field.find(data).is_none() {
             continue;
         }
         let invalid = |reason: &'static str| ValidationError::InvalidFieldSubject {
@@ -196,7 +249,7 @@ pub fn field_subjects<'f>(
             SubjectSource::Stream => stream_subject
                 .cloned()
                 .ok_or_else(|| invalid("is the stream's subject (\"$stream\"), but the stream is bound to none"))?,
-            SubjectSource::Pointer(pointer) => match data.pointer(pointer) {
+            SubjectSource::Pointer(pointer) => match pointer.find(data) {
                 None => return Err(invalid("is missing: the field's subject pointer finds nothing")),
                 Some(Value::String(id)) => SubjectId::new(id.as_str()).map_err(|_| {
                     invalid("is not a legal subject id (1-200 characters of [A-Za-z0-9_.:@-], no leading '$')")
@@ -319,10 +372,11 @@ fn parse_declaration(field: &str, declaration: &Value) -> Result<SubjectSource, 
     }
     match object.get("subject").and_then(Value::as_str) {
         Some(STREAM_SUBJECT) => Ok(SubjectSource::Stream),
-        Some(pointer) if is_json_pointer(pointer) => Ok(SubjectSource::Pointer(pointer.to_owned())),
-        Some(_) => Err(malformed(
-            "\"subject\" must be an RFC 6901 JSON pointer into the event's data (like \"/sender_id\") or \"$stream\"",
-        )),
+        Some(text) => JsonPointer::parse(text).map(SubjectSource::Pointer).ok_or_else(|| {
+            malformed(
+                "\"subject\" must be an RFC 6901 JSON pointer into the event's data (like \"/sender_id\") or \"$stream\"",
+            )
+        }),
         None => Err(malformed("\"subject\" is missing or not a string")),
     }
 }
@@ -364,7 +418,7 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    /// `find` and `find_mut` answer exactly what `Value::pointer` does with the field's pointer,
+    /// `find` and `find_mut` (and a parsed [`JsonPointer`]'s `find`) answer exactly what `Value::pointer` does with the field's pointer,
     /// for escaped names and for data of another shape than the schema's (warn mode stores it).
     #[test]
     fn a_field_is_found_where_its_pointer_points() {
@@ -394,6 +448,8 @@ mod tests {
                     "{} in {data}",
                     field.pointer
                 );
+                let parsed = JsonPointer::parse(&field.pointer).unwrap();
+                assert_eq!(parsed.find(&data), data.pointer(&field.pointer));
                 let mut copy = data.clone();
                 let expected = copy.pointer_mut(&field.pointer).map(|v| v.clone());
                 assert_eq!(field.find_mut(&mut copy).map(|v| v.clone()), expected);
@@ -422,12 +478,12 @@ mod tests {
                 ("/owner_name".into(), SubjectSource::Stream, Value::Null),
                 (
                     "/receiver/iban~1no~0".into(),
-                    SubjectSource::Pointer("/receiver/id".into()),
+                    SubjectSource::Pointer(JsonPointer::parse("/receiver/id").unwrap()),
                     Value::Null
                 ),
                 (
                     "/sender_name".into(),
-                    SubjectSource::Pointer("/sender_id".into()),
+                    SubjectSource::Pointer(JsonPointer::parse("/sender_id").unwrap()),
                     json!("[erased]")
                 ),
             ]

@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::core::payload;
+use crate::crypto::Nonces;
 use crate::error::Error;
 use crate::limits::{ERASURE_RESUME_INTERVAL, ERASURES_LIST_MAX, REASON_LEN_MAX};
 use crate::model::validation::{check_limit, check_reason, check_text};
@@ -265,7 +266,8 @@ fn system_write(
     data: &serde_json::Value,
 ) -> Result<StreamWrite, Error> {
     let event = NewEvent::new(event_type, data.clone()).with_id(id);
-    let (encoded, _): (EncodedEvent, _) = payload::encode(stream.as_str(), event, 0, None, Default::default())?;
+    let (encoded, _): (EncodedEvent, _) =
+        payload::encode(stream.as_str(), event, 0, None, &mut Nonces::new(0), Default::default())?;
     Ok(StreamWrite {
         stream,
         expected: ExpectedVersion::Any,

@@ -48,6 +48,11 @@ pub(crate) const SQLITE: &[MigrationFile] = &[
         "change_tokens",
         include_str!("../../migrations/sqlite/0013_change_tokens.sql"),
     ),
+    (
+        14,
+        "field_index",
+        include_str!("../../migrations/sqlite/0014_field_index.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[MigrationFile] = &[

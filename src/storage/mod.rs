@@ -85,12 +85,6 @@ pub trait EngineStorage: Send + Sync + 'static {
     /// Whether every write transaction waits for every other one (SQLite's one writer), so
     /// that long background writes hold up appends.
     fn single_writer(&self) -> bool;
-    /// Whether the field index keeps a row per (subject, stream) pair, which an append writes
-    /// only for pairs new to it ([`plan::FieldIndex::streams`]; SQLite), rather than deriving
-    /// the pairs from the subjects each event row lists (PostgreSQL).
-    fn field_index_by_pair(&self) -> bool {
-        true
-    }
     /// How many group writers may call [`EngineStorage::append_group`] at once (PostgreSQL's
     /// parallel group writers; 1 elsewhere).
     fn group_writers(&self) -> usize {

@@ -110,14 +110,13 @@ pub struct ExistingEvent {
     pub digest: Vec<u8>,
 }
 
-/// The field index rows a group writes: subjects' field keys and the streams holding each
-/// subject's fields, each once (rows that exist are ignored when inserted).
+/// The subject key rows a group writes: each subject's field key id, each once (rows that
+/// exist are ignored when inserted). The field index itself is the events' own
+/// [`EncodedEvent::field_subjects`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FieldIndex<'a> {
     /// `(subject, key id)`.
     pub keys: Vec<(&'a str, Uuid)>,
-    /// `(subject, stream)`.
-    pub streams: Vec<(&'a str, &'a str)>,
 }
 
 /// One event row to insert.
@@ -175,7 +174,7 @@ pub fn plan_group<'a>(
     let mut touched: Vec<(String, bool)> = Vec::new();
     let mut touched_names: HashSet<String> = HashSet::new();
     let mut field_index = FieldIndex::default();
-    let (mut keys_seen, mut streams_seen) = (HashSet::new(), HashSet::new());
+    let mut keys_seen = HashSet::new();
 
     for append in group {
         let reply = match check_retry(append, &states, &existing) {
@@ -232,9 +231,6 @@ pub fn plan_group<'a>(
                             let subject = field.subject.as_str();
                             if !field.key_recorded && keys_seen.insert(subject) {
                                 field_index.keys.push((subject, field.key_id));
-                            }
-                            if !field.stream_recorded && streams_seen.insert((subject, name)) {
-                                field_index.streams.push((subject, name));
                             }
                         }
                         let last_version = first_version + write.events.len() as u64 - 1;
@@ -675,7 +671,6 @@ mod tests {
             subject: SubjectId::new(subject).unwrap(),
             key_id: Uuid::from_u128(7),
             key_recorded: recorded,
-            stream_recorded: recorded,
         };
         let mut a = write("a", ExpectedVersion::Any, vec![event(1, 1)]);
         a.field_subjects = vec![field("alice", false), field("bob", true)];
@@ -688,7 +683,6 @@ mod tests {
             plan.field_index,
             FieldIndex {
                 keys: vec![("alice", Uuid::from_u128(7))],
-                streams: vec![("alice", "a")],
             }
         );
         for (status, code_wanted) in [("pending", "erasure_in_progress"), ("completed", "subject_forgotten")] {

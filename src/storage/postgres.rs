@@ -769,10 +769,6 @@ impl EngineStorage for PostgresStorage {
         false
     }
 
-    fn field_index_by_pair(&self) -> bool {
-        false
-    }
-
     fn group_writers(&self) -> usize {
         self.group_writers
     }

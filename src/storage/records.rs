@@ -27,8 +27,8 @@ pub struct EncodedEvent {
     pub digest: [u8; 32],
     /// The schema version the event was validated (and its personal fields sealed) under.
     pub schema_version: Option<u32>,
-    /// The subjects whose personal fields the event seals, each once (PostgreSQL's field index
-    /// is this list on the event row).
+    /// The subjects whose personal fields the event seals, each once: the event's entry in the
+    /// field index (a column of the event row on PostgreSQL, a row of `field_index` on SQLite).
     pub field_subjects: Vec<SubjectId>,
 }
 
@@ -40,8 +40,6 @@ pub struct FieldSubject {
     pub key_id: Uuid,
     /// The subject's key row is known to be stored already: nothing to write for it.
     pub key_recorded: bool,
-    /// This stream is known to be in the subject's field index already: nothing to write.
-    pub stream_recorded: bool,
 }
 
 /// One stream's part of an atomic append.

@@ -129,9 +129,12 @@ pub(crate) trait Engine: EngineStorage {
     const SELECT_AUDIT_HEAD_LOCKED: &'static str;
     /// The position readers may read up to (`Storage::head`).
     const SELECT_HEAD: &'static str = "SELECT position FROM log_head WHERE id = 1";
-    /// The streams holding personal fields of subject `$1`, each once, in name order (the
-    /// field index, which each engine keeps its own way).
-    const SELECT_FIELD_STREAMS: &'static str = "SELECT stream FROM field_streams WHERE subject = $1 ORDER BY stream";
+    /// The streams holding personal fields of subject `$1`, each once, in name order: the
+    /// distinct streams of the events whose row in the field index lists the subject (each
+    /// engine keeps that index its own way; this is SQLite's FTS5 table of migration 0014,
+    /// whose entries are subject ids in lower-case hex).
+    const SELECT_FIELD_STREAMS: &'static str = "SELECT DISTINCT stream FROM events WHERE position IN \
+         (SELECT rowid FROM field_index WHERE field_index MATCH '\"' || lower(hex($1)) || '\"') ORDER BY stream";
     /// An erasure request by id (`$1`), [`select_erasures`]'s columns, locked likewise.
     const SELECT_ERASURE_LOCKED: &'static str;
 

@@ -24,7 +24,7 @@ use super::sql::{Engine, Pools};
 use super::{AppendReply, AtomicAppend, ChangeFeed, EngineStorage, StoredEvent, TokenChecks};
 use crate::error::StorageError;
 use crate::limits::{SQLITE_BUSY_TIMEOUT, SQLITE_READ_CONNECTIONS_MAX};
-use crate::model::{ErasureStatus, LogFilter};
+use crate::model::{ErasureStatus, LogFilter, SubjectId};
 
 pub struct SqliteStorage {
     writer: SqlitePool,
@@ -80,9 +80,10 @@ const INSERT_EVENT: &str = "INSERT INTO events \
 /// fields).
 const INSERT_SUBJECT_KEYS: &str = "INSERT INTO subject_keys (subject, key_id) \
      SELECT value ->> 0, unhex(value ->> 1) FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING";
-/// A group's new field streams, `[[subject, stream], …]`, likewise.
-const INSERT_FIELD_STREAMS: &str = "INSERT INTO field_streams (subject, stream) \
-     SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING";
+/// The field index rows of a group's events that seal personal fields,
+/// `[[position, "<subject hex> <subject hex> …"], …]`, likewise (see migration 0014).
+const INSERT_FIELD_INDEX: &str = "INSERT INTO field_index (rowid, subjects) \
+     SELECT value ->> 0, value ->> 1 FROM json_each(?1)";
 const INSERT_STREAM: &str = "INSERT INTO streams (name, subject, status, version, key_id, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const UPDATE_STREAM: &str = "UPDATE streams SET version = ?2, key_id = ?3 WHERE name = ?1";
@@ -234,9 +235,15 @@ impl EngineStorage for SqliteStorage {
                 .execute(&mut *tx)
                 .await?;
         }
-        if !plan.field_index.streams.is_empty() {
-            sqlx::query(INSERT_FIELD_STREAMS)
-                .bind(json(&plan.field_index.streams)?)
+        let indexed: Vec<(i64, String)> = plan
+            .rows
+            .iter()
+            .filter(|row| !row.event.field_subjects.is_empty())
+            .map(|row| (to_i64(row.position), field_index_entry(&row.event.field_subjects)))
+            .collect();
+        if !indexed.is_empty() {
+            sqlx::query(INSERT_FIELD_INDEX)
+                .bind(json(&indexed)?)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -367,6 +374,19 @@ impl EngineStorage for SqliteStorage {
 }
 
 /// A list bound as one JSON array (`json_each(?N)` reads it): SQLite has no array parameters.
+/// An event's entry in the field index: its subjects, each as the lower-case hex of its bytes
+/// (one FTS5 token that no tokenizer folds or splits), separated by spaces.
+fn field_index_entry(subjects: &[SubjectId]) -> String {
+    let mut entry = String::new();
+    for subject in subjects {
+        if !entry.is_empty() {
+            entry.push(' ');
+        }
+        entry.push_str(&hex::encode(subject.as_str()));
+    }
+    entry
+}
+
 fn json<T: serde::Serialize + ?Sized>(list: &T) -> Result<String, StorageError> {
     serde_json::to_string(list).map_err(|e| StorageError::Corrupt(e.to_string()))
 }

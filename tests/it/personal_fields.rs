@@ -118,7 +118,46 @@ backend_tests!(
     export_includes_own_fields_from_other_streams_only,
     the_registry_survives_a_restart,
     a_big_page_opens_every_field,
+    the_field_index_tells_subject_ids_apart_exactly,
 );
+
+/// The field index answers exactly the streams holding a subject's fields: ids that differ
+/// only in case, that extend another, or that hold every character a subject id may, each get
+/// their own streams (SQLite keeps the index as FTS5 tokens, which are case-folded and split
+/// on punctuation unless encoded).
+async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
+    let store = db.open().await;
+    with_transfer_schema(&store).await;
+    let odd = "Ann:1@x.y_z-W";
+    for (stream, sender, receiver) in [
+        ("ledger-1", "Ann", "ann"),
+        ("ledger-2", "ann", odd),
+        ("ledger-3", "ann-x", "bob"),
+    ] {
+        store
+            .append(append(
+                stream,
+                ExpectedVersion::Any,
+                vec![transfer(sender, receiver, 1)],
+            ))
+            .await
+            .unwrap();
+    }
+    for (id, streams) in [
+        ("Ann", vec!["ledger-1"]),
+        ("ann", vec!["ledger-1", "ledger-2"]),
+        (odd, vec!["ledger-2"]),
+        ("ann-x", vec!["ledger-3"]),
+        ("an", vec![]),
+        ("ANN", vec![]),
+    ] {
+        assert_eq!(
+            store.subject_field_streams(&subject(id)).await.unwrap(),
+            streams,
+            "{id}"
+        );
+    }
+}
 
 async fn a_two_subject_event_in_a_public_stream_forgets_only_one_subject(db: TestDb) {
     let store = db.open().await;
@@ -961,5 +1000,92 @@ async fn postgres_upgrade_moves_the_field_index_onto_the_events() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
+    assert_eq!(table, None, "the old table is gone");
+}
+
+/// Migration 0014 moves SQLite's field index from the `field_streams` table into the FTS5
+/// table `field_index`: applied to a database of the older shape, every subject's field streams
+/// are answered as before by the query the store runs, and subject ids that differ only in case
+/// (or carry every character a subject id may hold) stay apart.
+#[tokio::test]
+async fn sqlite_upgrade_moves_the_field_index_into_an_inverted_index() {
+    use sqlx::Connection;
+    let db = TestDb::sqlite().await;
+    let url = format!("{}?mode=rwc", db.url);
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let migrations = [
+        include_str!("../../migrations/sqlite/0001_events.sql"),
+        include_str!("../../migrations/sqlite/0002_erasures.sql"),
+        include_str!("../../migrations/sqlite/0003_access.sql"),
+        include_str!("../../migrations/sqlite/0004_erasure_workflow.sql"),
+        include_str!("../../migrations/sqlite/0005_audit.sql"),
+        include_str!("../../migrations/sqlite/0006_hold_lapses.sql"),
+        include_str!("../../migrations/sqlite/0008_personal_fields.sql"),
+        include_str!("../../migrations/sqlite/0009_audit_once.sql"),
+        include_str!("../../migrations/sqlite/0010_retention.sql"),
+        include_str!("../../migrations/sqlite/0013_change_tokens.sql"),
+    ];
+    let run = async |conn: &mut sqlx::SqliteConnection, sql: String| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await.unwrap();
+    };
+    for sql in migrations {
+        run(&mut conn, sql.to_owned()).await;
+    }
+    let event = |position: u32, stream: &str, version: u32, schema: &str| {
+        format!(
+            "INSERT INTO events (position, stream, version, event_id, event_type, payload, metadata, key_id, \
+             digest, recorded_at, schema_version) VALUES ({position}, '{stream}', {version}, randomblob(16), \
+             'MoneyTransferred', x'00', '{{}}', randomblob(16), x'00', 0, {schema});"
+        )
+    };
+    let odd = "Ann:1@x.y_z-W";
+    run(
+        &mut conn,
+        [
+            event(1, "transfer-1", 0, "1"),
+            event(2, "transfer-1", 1, "1"),
+            event(3, "public-2", 0, "1"),
+            event(4, "other-3", 0, "NULL"),
+            event(5, "notes-4", 0, "1"),
+            format!(
+                "INSERT INTO field_streams (subject, stream) VALUES ('p-1', 'transfer-1'), ('p-2', 'transfer-1'), \
+                 ('p-1', 'public-2'), ('P-1', 'notes-4'), ('{odd}', 'notes-4');"
+            ),
+        ]
+        .concat(),
+    )
+    .await;
+    run(
+        &mut conn,
+        include_str!("../../migrations/sqlite/0014_field_index.sql").to_owned(),
+    )
+    .await;
+
+    let streams_of = async |conn: &mut sqlx::SqliteConnection, subject: &str| -> Vec<String> {
+        // The store's query (`SELECT_FIELD_STREAMS` of the SQLite engine).
+        sqlx::query_scalar(
+            "SELECT DISTINCT stream FROM events WHERE position IN \
+             (SELECT rowid FROM field_index WHERE field_index MATCH '\"' || lower(hex($1)) || '\"') ORDER BY stream",
+        )
+        .bind(subject)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+    };
+    assert_eq!(streams_of(&mut conn, "p-1").await, ["public-2", "transfer-1"]);
+    assert_eq!(streams_of(&mut conn, "p-2").await, ["transfer-1"]);
+    assert_eq!(
+        streams_of(&mut conn, "P-1").await,
+        ["notes-4"],
+        "ids differing in case stay apart"
+    );
+    assert_eq!(streams_of(&mut conn, odd).await, ["notes-4"]);
+    assert!(streams_of(&mut conn, "p-3").await.is_empty());
+    assert!(streams_of(&mut conn, "p").await.is_empty(), "no prefix matches");
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'field_streams'")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(table, None, "the old table is gone");
 }

@@ -365,12 +365,13 @@ mod tests {
     #[test]
     fn transfers_name_two_different_subjects_whose_names_the_schema_makes_personal() {
         use lethe::model::SubjectSource::Pointer;
-        use lethe::model::schema::{field_subjects, personal_fields};
+        use lethe::model::schema::{JsonPointer, field_subjects, personal_fields};
 
         let fields = personal_fields(&transfer_schema()).unwrap();
         // By property name.
         let declared: Vec<_> = fields.iter().map(|f| (f.pointer.as_str(), &f.subject)).collect();
-        let (sender, receiver) = (Pointer("/sender_id".into()), Pointer("/receiver_id".into()));
+        let pointer = |text| Pointer(JsonPointer::parse(text).unwrap());
+        let (sender, receiver) = (pointer("/sender_id"), pointer("/receiver_id"));
         assert_eq!(declared, vec![("/receiver_name", &receiver), ("/sender_name", &sender)]);
         let mut rng = Rng::new(3);
         for _ in 0..1_000 {
