@@ -121,9 +121,9 @@ backend_tests!(
     the_field_index_tells_subject_ids_apart_exactly,
 );
 
-/// The field index answers exactly the streams holding a subject's fields: ids that differ
-/// only in case, that extend another, or that hold every character a subject id may, each get
-/// their own streams (SQLite keeps the index as FTS5 tokens, which are case-folded and split
+/// The field index answers exactly the streams holding a subject's fields, of single events
+/// and of several events and streams per append: ids that differ only in case, that extend
+/// another, or that hold every character a subject id may, each get their own streams (SQLite keeps the index as FTS5 tokens, which are case-folded and split
 /// on punctuation unless encoded).
 async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
     let store = db.open().await;
@@ -143,6 +143,18 @@ async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
             .await
             .unwrap();
     }
+    // Several events per stream, several streams per append: each subject of each is found.
+    store
+        .append_multi(vec![
+            append(
+                "ledger-4",
+                ExpectedVersion::Any,
+                vec![transfer("zoe", "yan", 1), transfer("yan", "zoe", 1), transfer("bob", "xi", 1)],
+            ),
+            append("ledger-5", ExpectedVersion::Any, vec![transfer("xi", "zoe", 1)]),
+        ])
+        .await
+        .unwrap();
     for (id, streams) in [
         ("Ann", vec!["ledger-1"]),
         ("ann", vec!["ledger-1", "ledger-2"]),
@@ -150,6 +162,10 @@ async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
         ("ann-x", vec!["ledger-3"]),
         ("an", vec![]),
         ("ANN", vec![]),
+        ("zoe", vec!["ledger-4", "ledger-5"]),
+        ("yan", vec!["ledger-4"]),
+        ("bob", vec!["ledger-3", "ledger-4"]),
+        ("xi", vec!["ledger-4", "ledger-5"]),
     ] {
         assert_eq!(
             store.subject_field_streams(&subject(id)).await.unwrap(),
