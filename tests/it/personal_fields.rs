@@ -123,8 +123,9 @@ backend_tests!(
 
 /// The field index answers exactly the streams holding a subject's fields, of single events
 /// and of several events and streams per append: ids that differ only in case, that extend
-/// another, or that hold every character a subject id may, each get their own streams (SQLite keeps the index as FTS5 tokens, which are case-folded and split
-/// on punctuation unless encoded).
+/// another, or that hold every character a subject id may, each get their own streams (SQLite
+/// keeps the index as FTS5 tokens, which are case-folded and split on punctuation unless
+/// encoded).
 async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
     let store = db.open().await;
     with_transfer_schema(&store).await;
@@ -134,14 +135,7 @@ async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
         ("ledger-2", "ann", odd),
         ("ledger-3", "ann-x", "bob"),
     ] {
-        store
-            .append(append(
-                stream,
-                ExpectedVersion::Any,
-                vec![transfer(sender, receiver, 1)],
-            ))
-            .await
-            .unwrap();
+        pay(&store, stream, sender, receiver).await.unwrap();
     }
     // Several events per stream, several streams per append: each subject of each is found.
     store
@@ -149,7 +143,11 @@ async fn the_field_index_tells_subject_ids_apart_exactly(db: TestDb) {
             append(
                 "ledger-4",
                 ExpectedVersion::Any,
-                vec![transfer("zoe", "yan", 1), transfer("yan", "zoe", 1), transfer("bob", "xi", 1)],
+                vec![
+                    transfer("zoe", "yan", 1),
+                    transfer("yan", "zoe", 1),
+                    transfer("bob", "xi", 1),
+                ],
             ),
             append("ledger-5", ExpectedVersion::Any, vec![transfer("xi", "zoe", 1)]),
         ])
