@@ -19,10 +19,11 @@ CREATE VIRTUAL TABLE field_index USING fts5(
 -- Events written before this migration: which event sealed which subject's field is not
 -- recorded, only which streams hold each subject's fields; each event with a schema version
 -- in such a stream takes that stream's subjects, which answers the same streams.
+-- (Each stream's list is built once: `field_streams` is keyed by subject first.)
 INSERT INTO field_index (rowid, subjects)
-SELECT e.position,
-       (SELECT group_concat(lower(hex(f.subject)), ' ') FROM field_streams f WHERE f.stream = e.stream)
-FROM events e
-WHERE e.schema_version IS NOT NULL AND e.stream IN (SELECT stream FROM field_streams);
+SELECT e.position, s.subjects
+FROM (SELECT stream, group_concat(lower(hex(subject)), ' ') AS subjects FROM field_streams GROUP BY stream) s
+JOIN events e ON e.stream = s.stream
+WHERE e.schema_version IS NOT NULL;
 
 DROP TABLE field_streams;
