@@ -144,14 +144,14 @@ pub(crate) fn open_fields(
         })?;
         match keys.get(&key_id) {
             Some(KeyState::Live(key)) => {
-                let plaintext = crypto::open_field(key, stream, &id, &field.pointer, &sealed)?;
+                let plaintext = crypto::open_field(key, stream, &id, field.pointer.as_str(), &sealed)?;
                 *value = serde_json::from_slice(&plaintext).map_err(|_| Error::Corrupt {
                     detail: format!("personal field {:?} of event {id} is not JSON", field.pointer),
                 })?;
             }
             Some(KeyState::Destroyed | KeyState::Unreadable { .. }) => {
                 *value = field.erased.clone();
-                event.erased_fields.push(field.pointer.clone());
+                event.erased_fields.push(field.pointer.to_string());
             }
             None => {
                 return Err(Error::Corrupt {

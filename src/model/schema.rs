@@ -78,24 +78,21 @@ pub enum SubjectSource {
 #[derive(Clone, PartialEq)]
 pub struct PersonalField {
     /// RFC 6901 pointer to the field in the event's data.
-    pub pointer: String,
+    pub pointer: JsonPointer,
     pub subject: SubjectSource,
     /// What the field reads as once its subject is forgotten (`null` unless the schema says).
     pub erased: Value,
-    /// The pointer's reference tokens, unescaped once (reads look a field up in every event).
-    tokens: Vec<String>,
 }
 
 impl PersonalField {
-    /// The field's value in `data`: what `data.pointer(&self.pointer)` finds, without parsing
-    /// the pointer (and allocating each token) again.
+    /// The field's value in `data` (see [`JsonPointer::find`]).
     pub fn find<'v>(&self, data: &'v Value) -> Option<&'v Value> {
-        find(&self.tokens, data)
+        self.pointer.find(data)
     }
 
     /// [`PersonalField::find`], mutable.
     pub fn find_mut<'v>(&self, data: &'v mut Value) -> Option<&'v mut Value> {
-        find_mut(&self.tokens, data)
+        self.pointer.find_mut(data)
     }
 }
 
@@ -124,9 +121,23 @@ impl JsonPointer {
         &self.text
     }
 
-    /// What `data.pointer(self.as_str())` finds.
+    /// What `data.pointer(self.as_str())` finds, without parsing the pointer (and allocating
+    /// each token) again.
     pub fn find<'v>(&self, data: &'v Value) -> Option<&'v Value> {
-        find(&self.tokens, data)
+        self.tokens.iter().try_fold(data, |target, token| match target {
+            Value::Object(map) => map.get(token),
+            Value::Array(list) => array_index(token).and_then(|i| list.get(i)),
+            _ => None,
+        })
+    }
+
+    /// [`JsonPointer::find`], mutable.
+    pub fn find_mut<'v>(&self, data: &'v mut Value) -> Option<&'v mut Value> {
+        self.tokens.iter().try_fold(data, |target, token| match target {
+            Value::Object(map) => map.get_mut(token),
+            Value::Array(list) => array_index(token).and_then(move |i| list.get_mut(i)),
+            _ => None,
+        })
     }
 }
 
@@ -140,24 +151,6 @@ impl fmt::Debug for JsonPointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.text, f)
     }
-}
-
-/// The value that unescaped reference `tokens` reach in `data`, as `Value::pointer` finds it.
-fn find<'v>(tokens: &[String], data: &'v Value) -> Option<&'v Value> {
-    tokens.iter().try_fold(data, |target, token| match target {
-        Value::Object(map) => map.get(token),
-        Value::Array(list) => array_index(token).and_then(|i| list.get(i)),
-        _ => None,
-    })
-}
-
-/// [`find`], mutable.
-fn find_mut<'v>(tokens: &[String], data: &'v mut Value) -> Option<&'v mut Value> {
-    tokens.iter().try_fold(data, |target, token| match target {
-        Value::Object(map) => map.get_mut(token),
-        Value::Array(list) => array_index(token).and_then(move |i| list.get_mut(i)),
-        _ => None,
-    })
 }
 
 /// A reference token as an array index, as `serde_json::Value::pointer` reads one (no sign, no
@@ -212,7 +205,8 @@ pub fn personal_fields(schema: &Value) -> Result<Vec<PersonalField>, ValidationE
     for field in &fields {
         if let SubjectSource::Pointer(subject) = &field.field.subject
             && let Some(other) = fields.iter().find(|f| {
-                is_within(subject.as_str(), &f.field.pointer) || is_within(&f.field.pointer, subject.as_str())
+                is_within(subject.as_str(), f.field.pointer.as_str())
+                    || is_within(f.field.pointer.as_str(), subject.as_str())
             })
         {
             return Err(ValidationError::InvalidSchema {
@@ -242,7 +236,7 @@ pub fn field_subjects<'f>(
             continue;
         }
         let invalid = |reason: &'static str| ValidationError::InvalidFieldSubject {
-            field: field.pointer.clone(),
+            field: field.pointer.to_string(),
             reason,
         };
         let subject = match &field.subject {
@@ -345,8 +339,10 @@ fn collect(
                     field: PersonalField {
                         subject: parse_declaration(&here, declaration)?,
                         erased: object.get(ERASED_KEYWORD).cloned().unwrap_or(Value::Null),
-                        pointer: here.clone(),
-                        tokens: here_tokens.clone(),
+                        pointer: JsonPointer {
+                            text: here.clone(),
+                            tokens: here_tokens.clone(),
+                        },
                     },
                     erased_declared: object.contains_key(ERASED_KEYWORD),
                 });
@@ -414,7 +410,12 @@ mod tests {
 
     fn check(schema: Value) -> Result<Vec<(String, SubjectSource, Value)>, String> {
         personal_fields(&schema)
-            .map(|fields| fields.into_iter().map(|f| (f.pointer, f.subject, f.erased)).collect())
+            .map(|fields| {
+                fields
+                    .into_iter()
+                    .map(|f| (f.pointer.to_string(), f.subject, f.erased))
+                    .collect()
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -444,14 +445,14 @@ mod tests {
             for field in &fields {
                 assert_eq!(
                     field.find(&data),
-                    data.pointer(&field.pointer),
+                    data.pointer(field.pointer.as_str()),
                     "{} in {data}",
                     field.pointer
                 );
-                let parsed = JsonPointer::parse(&field.pointer).unwrap();
-                assert_eq!(parsed.find(&data), data.pointer(&field.pointer));
+                let parsed = JsonPointer::parse(field.pointer.as_str()).unwrap();
+                assert_eq!(parsed.find(&data), data.pointer(field.pointer.as_str()));
                 let mut copy = data.clone();
-                let expected = copy.pointer_mut(&field.pointer).map(|v| v.clone());
+                let expected = copy.pointer_mut(field.pointer.as_str()).map(|v| v.clone());
                 assert_eq!(field.find_mut(&mut copy).map(|v| v.clone()), expected);
             }
         }
