@@ -12,7 +12,6 @@
 //! forgotten subjects are *revoked*: evicted and refused re-entry, so a vault fetch that was in flight while a
 //! forget ran cannot put a destroyed key back into the cache.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::coalesce::{Batched, Coalescer};
+use crate::collections::{FastMap, bounded_lru};
 use crate::error::Error;
 use crate::limits::REVOKED_KEYS_MAX;
 
@@ -97,8 +97,8 @@ impl Keyring {
         Self {
             creator: Coalescer::start(KeyCreation { vault: vault.clone() }),
             vault,
-            cache: Mutex::new(LruCache::new(capacity)),
-            revoked: Mutex::new(LruCache::new(revoked)),
+            cache: Mutex::new(bounded_lru(capacity)),
+            revoked: Mutex::new(bounded_lru(revoked)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -129,8 +129,8 @@ impl Keyring {
     }
 
     /// Looks keys up: cache first, then one vault call for every miss.
-    pub(crate) async fn lookup(&self, ids: &[KeyId]) -> Result<HashMap<KeyId, KeyState>, Error> {
-        let mut found = HashMap::with_capacity(ids.len());
+    pub(crate) async fn lookup(&self, ids: &[KeyId]) -> Result<FastMap<KeyId, KeyState>, Error> {
+        let mut found = FastMap::with_capacity_and_hasher(ids.len(), Default::default());
         let mut missing = Vec::new();
         {
             let mut cache = self.lock_cache();

@@ -10,7 +10,7 @@
 //! 1. [`model`] and [`limits`]: the records, no I/O;
 //! 2. [`error`]: the typed errors;
 //! 3. `storage` (the event database), `crypto` (keys and sealing) and `journal` (the erasure
-//!    journal), beside `coalesce`;
+//!    journal), beside `coalesce` and `collections`;
 //! 4. `core`: one open store's machinery — the append and read paths;
 //! 5. `services`: erasure, tokens, consumers, audit, webhooks, subscriptions, catch-up,
 //!    export, report;
@@ -25,6 +25,7 @@ pub mod server;
 pub mod store;
 
 mod coalesce;
+mod collections;
 mod core;
 mod crypto;
 mod journal;

@@ -12,9 +12,9 @@
 //! Architecture invariant: this module never stores, logs or formats a key; errors say what
 //! was wrong with the *ciphertext*, never what the key was.
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::aead::{AeadInPlace, KeyInit as _};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -116,18 +116,25 @@ fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
 /// One DEK, ready to seal, open and digest many messages: the AES key schedule and the keyed
 /// HMAC state of the digest sub-key are computed once instead of per message (for a page of
 /// reads or an append of many events this was a large share of the CPU time). Same format and
-/// results as [`try_seal`], [`open`] and [`keyed_digest`]. Both parts are wiped on drop (the
-/// `zeroize` features of `aes` and `sha2`: the HMAC state is two SHA-256 states, each wiped
-/// by its own `Drop`).
+/// results as [`try_seal`], [`open`] and [`keyed_digest`]. The AES key schedule and the HMAC
+/// state are wiped on drop (the `zeroize` features of `aes` and `sha2`: the HMAC state is two
+/// SHA-256 states, each wiped by its own `Drop`). The GHASH key `H = AES_K(0)` that the cipher
+/// also holds is not: aes-gcm 0.10 does not wipe it (SECURITY.md, "Key lifecycle", "Use").
+///
+/// aes-gcm is 0.10 rather than 0.11 on purpose: 0.11's `aes` 0.9 takes its VAES-512 path on
+/// CPUs with AVX-512 and sets up 512-bit round keys on every call, which made one seal of a
+/// personal field (a few dozen bytes) take twice as long as with 0.10's AES-NI path.
 pub struct DekCipher {
     cipher: Aes256Gcm,
     digest_mac: Hmac<Sha256>,
 }
 
-// The HMAC state is as good as the key: only cache it because SHA-256 states wipe themselves.
+// The HMAC state is as good as the key: only cache it because SHA-256 states wipe themselves;
+// and the AES key schedule is the key.
 const _: fn() = || {
     fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
     wiped_on_drop::<sha2::block_api::Sha256VarCore>();
+    wiped_on_drop::<aes::Aes256>();
 };
 
 impl DekCipher {
@@ -239,7 +246,7 @@ fn seal_with_nonce(
     let body_start = out.len();
     out.extend_from_slice(plaintext);
     let tag = cipher
-        .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[body_start..]).into())
+        .encrypt_in_place_detached(&Nonce::from(nonce), aad, &mut out[body_start..])
         .map_err(|_| {
             // Only reachable for > 64 GiB plaintexts; scrub the plaintext we copied in.
             zeroize::Zeroize::zeroize(&mut out);
@@ -271,7 +278,7 @@ fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<
     tag.copy_from_slice(&sealed[tag_start..]);
     let mut plain = Zeroizing::new(sealed[nonce_end..tag_start].to_vec());
     cipher
-        .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut plain[..]).into(), &Tag::from(tag))
+        .decrypt_in_place_detached(&Nonce::from(nonce), aad, &mut plain[..], &Tag::from(tag))
         .map_err(|_| EnvelopeError::Authentication)?;
     Ok(plain)
 }

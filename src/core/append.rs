@@ -4,15 +4,17 @@
 //! any event is written with them, so a failed append stores nothing. Encryption happens here,
 //! on the caller's task, so it never extends the time the commit-order lock is held.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use lethe_keyvault::{KeyId, NewKey};
 
 use super::Core;
+use super::field_index::KnownKey;
 use super::payload::{self, EventSchemaPart, FieldSeal};
 use super::schemas::Registry;
 use crate::coalesce::Batched;
+use crate::collections::{FastMap, FastSet};
 use crate::crypto::{DekCipher, KeyState, Nonces};
 use crate::error::Error;
 use crate::limits::{APPEND_BYTES_MAX, APPEND_STREAMS_MAX};
@@ -36,16 +38,14 @@ impl Core {
         let schemas = self.check_schemas(&registry, &appends, &states)?;
         let keys = self.keys_for_append(&appends, &states).await?;
         let field_keys = self.subject_field_keys(&schemas).await?;
-        let (mut atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
-        let mut new_keys = Vec::new();
-        for write in &mut atomic.writes {
-            for field in &mut write.field_subjects {
-                field.key_recorded = self.field_index.key_recorded(field.subject.as_str());
-                if !field.key_recorded {
-                    new_keys.push(field.subject.to_string());
-                }
-            }
-        }
+        let (atomic, data_bytes) = encode_append(appends, &keys, &schemas, &field_keys, !self.noop_cipher)?;
+        let new_keys: Vec<(String, KeyId)> = atomic
+            .writes
+            .iter()
+            .flat_map(|write| &write.field_subjects)
+            .filter(|field| !field.key_recorded)
+            .map(|field| (field.subject.to_string(), KeyId(field.key_id)))
+            .collect();
         let mut outcome = self.committer.submit(atomic).await?;
         outcome.data_bytes = data_bytes;
         self.field_index.remember(new_keys);
@@ -103,58 +103,68 @@ impl Core {
     /// from the cache or the vault, the others' created (or found) in the vault in one call.
     /// A subject being forgotten, or forgotten, takes no field (checked again at commit, under
     /// the commit-order lock).
-    async fn subject_field_keys(
+    async fn subject_field_keys<'p>(
         &self,
-        schemas: &[Vec<EventSchemaPlan<'_>>],
-    ) -> Result<HashMap<String, FieldKey>, Error> {
-        let mut seen: HashSet<&SubjectId> = HashSet::new();
-        let subjects: Vec<&SubjectId> = schemas
+        schemas: &'p [Vec<EventSchemaPlan<'_>>],
+    ) -> Result<FastMap<&'p str, FieldKey>, Error> {
+        let mut seen: FastSet<&str> = FastSet::default();
+        let subjects: Vec<&str> = schemas
             .iter()
             .flatten()
-            .flat_map(|e| e.fields.iter().map(|(_, subject)| subject))
+            .flat_map(|e| e.fields.iter().map(|(_, subject)| subject.as_str()))
             .filter(|subject| seen.insert(subject))
             .collect();
         if subjects.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(FastMap::default());
         }
-        let (known, unknown): (Vec<(&SubjectId, Option<KeyId>)>, Vec<_>) = subjects
+        let (known, unknown): (Vec<(&str, Option<KnownKey>)>, Vec<_>) = subjects
             .iter()
-            .map(|s| (*s, self.field_index.key_of(s.as_str())))
-            .partition(|(_, id)| id.is_some());
-        let mut keys = HashMap::with_capacity(subjects.len());
+            .copied()
+            .zip(self.field_index.known(&subjects))
+            .partition(|(_, known)| known.is_some());
+        let mut keys = FastMap::with_capacity_and_hasher(subjects.len(), Default::default());
         if !unknown.is_empty() {
-            let names: Vec<&str> = unknown.iter().map(|(s, _)| s.as_str()).collect();
+            let names: Vec<&str> = unknown.iter().map(|(s, _)| *s).collect();
             if let Some((subject, state)) = self.storage.subject_erasures(&names).await?.into_iter().next() {
                 return Err(state.error(&subject));
             }
-            let requests: Vec<NewKey> = unknown.iter().map(|(s, _)| NewKey::subject_key(s.as_str())).collect();
+            let requests: Vec<NewKey> = names.iter().map(|s| NewKey::subject_key(s)).collect();
             // A forgotten subject's key is refused by the vault as `subject_forgotten`.
             let created = self.keyring.create(&requests).await?;
-            for ((subject, _), (id, live)) in unknown.iter().zip(created) {
-                self.field_index.learn(subject.as_str(), id);
-                keys.insert(subject.to_string(), FieldKey { id, cipher: live });
+            let learnt: Vec<(&str, KeyId)> = names.iter().copied().zip(created.iter().map(|(id, _)| *id)).collect();
+            self.field_index.learn(&learnt);
+            for (subject, (id, live)) in names.into_iter().zip(created) {
+                keys.insert(
+                    subject,
+                    FieldKey {
+                        id,
+                        cipher: live,
+                        recorded: false,
+                    },
+                );
             }
         }
-        let ids: Vec<KeyId> = known.iter().filter_map(|(_, id)| *id).collect();
+        let ids: Vec<KeyId> = known.iter().filter_map(|(_, known)| known.map(|k| k.id)).collect();
         let found = self.keyring.lookup(&ids).await?;
-        for (subject, id) in known {
-            let Some(id) = id else { continue };
-            match found.get(&id) {
+        for (subject, known) in known {
+            let Some(known) = known else { continue };
+            match found.get(&known.id) {
                 Some(KeyState::Live(live)) => {
                     keys.insert(
-                        subject.to_string(),
+                        subject,
                         FieldKey {
-                            id,
+                            id: known.id,
                             cipher: live.clone(),
+                            recorded: known.recorded,
                         },
                     );
                 }
                 _ => {
-                    let state = self.storage.subject_erasures(&[subject.as_str()]).await?;
-                    return Err(match state.get(subject.as_str()) {
-                        Some(state) => state.error(subject.as_str()),
+                    let state = self.storage.subject_erasures(&[subject]).await?;
+                    return Err(match state.get(subject) {
+                        Some(state) => state.error(subject),
                         None => Error::SubjectForgotten {
-                            subject: subject.to_string(),
+                            subject: subject.to_owned(),
                         },
                     });
                 }
@@ -307,6 +317,8 @@ pub(crate) struct EventSchemaPlan<'r> {
 pub(crate) struct FieldKey {
     id: KeyId,
     cipher: Arc<DekCipher>,
+    /// Its key row is known to be stored already.
+    recorded: bool,
 }
 
 /// Encrypts an append's events with their streams' keys (and their personal fields with their
@@ -316,7 +328,7 @@ fn encode_append(
     appends: Vec<StreamAppend>,
     keys: &HashMap<String, (KeyId, Arc<DekCipher>)>,
     schemas: &[Vec<EventSchemaPlan<'_>>],
-    field_keys: &HashMap<String, FieldKey>,
+    field_keys: &FastMap<&str, FieldKey>,
     sealed: bool,
 ) -> Result<(AtomicAppend, usize), Error> {
     let mut bytes = 0;
@@ -334,7 +346,7 @@ fn encode_append(
         let plans = schemas.get(append_index).unwrap_or(&no_schemas);
         let mut events = Vec::with_capacity(append.events.len());
         let mut field_subjects: Vec<FieldSubject> = Vec::new();
-        let mut seen_subjects: HashSet<&str> = HashSet::new();
+        let mut seen_subjects: FastSet<&str> = FastSet::default();
         // The DEK prepared once for all of this stream's events (not once per event).
         let cipher = sealed.then(|| dek.clone());
         for (in_stream, event) in append.events.into_iter().enumerate() {
@@ -359,7 +371,7 @@ fn encode_append(
                         field_subjects.push(FieldSubject {
                             subject: subject.clone(),
                             key_id: field_key.id.0,
-                            key_recorded: false,
+                            key_recorded: field_key.recorded,
                         });
                     }
                 }

@@ -4,14 +4,13 @@
 //! back. User events are sealed with their stream's DEK ([`crate::crypto`]); Lethe's own system
 //! events (tombstones) carry ids only and are stored in clear, with no key.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use lethe_keyvault::KeyId;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::collections::FastMap;
 use crate::crypto::{self, DekCipher, KeyState, Nonces};
 use crate::error::{Error, ValidationError};
 use crate::limits::EVENT_BYTES_MAX;
@@ -129,7 +128,7 @@ pub(crate) fn encode(
 pub(crate) fn open_fields(
     event: &mut RecordedEvent,
     fields: &[PersonalField],
-    keys: &HashMap<KeyId, KeyState>,
+    keys: &FastMap<KeyId, KeyState>,
 ) -> Result<(), Error> {
     let (stream, id) = (event.stream.as_str(), event.id);
     let Some(data) = event.data.as_mut() else {

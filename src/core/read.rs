@@ -3,7 +3,6 @@
 //! then [`payload::decode`] opens each row — unless its stream is shredded, whose events come
 //! back `erased` with everything but `data` intact.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use lethe_keyvault::KeyId;
@@ -11,6 +10,7 @@ use lethe_keyvault::KeyId;
 use super::Core;
 use super::payload;
 use super::schemas::CompiledSchema;
+use crate::collections::{FastMap, FastSet};
 use crate::crypto::KeyState;
 use crate::error::Error;
 use crate::model::schema::{SubjectSource, remove_at};
@@ -172,9 +172,9 @@ impl Core {
         &self,
         events: &[RecordedEvent],
         check: ForgottenCheck,
-    ) -> Result<(PageSchemas, HashMap<KeyId, KeyState>), Error> {
+    ) -> Result<(PageSchemas, FastMap<KeyId, KeyState>), Error> {
         let mut schemas = PageSchemas::default();
-        let mut needed: HashSet<KeyId> = HashSet::new();
+        let mut needed: FastSet<KeyId> = FastSet::default();
         for event in events {
             let (Some(version), Some(data)) = (event.schema_version, event.data.as_ref()) else {
                 continue;
@@ -194,7 +194,7 @@ impl Core {
             }
         }
         if needed.is_empty() {
-            return Ok((schemas, HashMap::new()));
+            return Ok((schemas, FastMap::default()));
         }
         let forgotten: Vec<KeyId> = match check {
             ForgottenCheck::Database => {
@@ -322,9 +322,9 @@ impl Core {
 
     /// The keys of a page's live events (at most one vault call); keys of shredded streams
     /// are revoked instead.
-    async fn page_keys(&self, stored: &[StoredEvent]) -> Result<HashMap<KeyId, KeyState>, Error> {
-        let mut needed = HashSet::new();
-        let mut revoked = HashSet::new();
+    async fn page_keys(&self, stored: &[StoredEvent]) -> Result<FastMap<KeyId, KeyState>, Error> {
+        let mut needed = FastSet::default();
+        let mut revoked = FastSet::default();
         for event in stored {
             if let Some(key) = event.key_id.map(KeyId) {
                 if payload::is_shredded(event) {
@@ -347,7 +347,7 @@ impl Core {
 fn open_page_fields(
     events: &mut [RecordedEvent],
     schemas: &PageSchemas,
-    keys: &HashMap<KeyId, KeyState>,
+    keys: &FastMap<KeyId, KeyState>,
 ) -> Result<(), Error> {
     let open_all = |events: &mut [RecordedEvent]| -> Result<(), Error> {
         for event in events {

@@ -18,7 +18,7 @@ use syn::visit::Visit;
 /// its own layer or of any layer below, within the rules below.
 const LAYERS: &[&[&str]] = &[
     &["model", "limits"],
-    &["error", "coalesce"],
+    &["error", "coalesce", "collections"],
     &["storage", "crypto", "journal"],
     &["core"],
     &["services"],
