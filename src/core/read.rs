@@ -153,25 +153,44 @@ impl Core {
         stored: Vec<StoredEvent>,
         check: ForgottenCheck,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let with_schema = stored.iter().any(|e| e.schema_version.is_some());
-        let mut events = self.decode_payloads(stored).await?;
-        if with_schema {
-            let (schemas, keys) = self.field_keys(&events, check).await?;
-            open_page_fields(&mut events, &schemas, &keys)?;
+        if !stored.iter().any(|e| e.schema_version.is_some()) {
+            return self.decode_payloads(stored).await;
         }
+        // The change token is read on another task while this one decrypts the payloads (CPU
+        // work that blocks it): its round trip no longer stalls every page with fields. It is
+        // still read after the page's rows and before the forgotten keys are asked for.
+        let token = match check {
+            ForgottenCheck::Database => {
+                let storage = self.storage.clone();
+                Some(tokio::spawn(async move { storage.field_key_forgotten_token().await }))
+            }
+            ForgottenCheck::Revocations => None,
+        };
+        let mut events = self.decode_payloads(stored).await?;
+        let token = match token {
+            Some(read) => Some(match read.await {
+                Ok(token) => token?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return Err(Error::ShuttingDown),
+            }),
+            None => None,
+        };
+        let (schemas, keys) = self.field_keys(&events, token).await?;
+        open_page_fields(&mut events, &schemas, &keys)?;
         Ok(events)
     }
 
     /// The schemas of a decoded page's events and the keys of their sealed personal fields,
-    /// looked up once for the page (cache, then at most one vault call). With
-    /// [`ForgottenCheck::Database`] the event database is asked first which of them belong to
-    /// forgotten subjects — the source of truth, as the stream status is for stream keys, so
+    /// looked up once for the page (cache, then at most one vault call). Given the
+    /// `field_key_forgotten` change token read after the page's rows
+    /// ([`ForgottenCheck::Database`]), the event database is asked first which of them belong
+    /// to forgotten subjects — the source of truth, as the stream status is for stream keys, so
     /// that a key still cached in a process that missed a revocation opens nothing — and those
     /// are revoked.
     async fn field_keys(
         &self,
         events: &[RecordedEvent],
-        check: ForgottenCheck,
+        forgotten_token: Option<i64>,
     ) -> Result<(PageSchemas, FastMap<KeyId, KeyState>), Error> {
         let mut schemas = PageSchemas::default();
         let mut needed: FastSet<KeyId> = FastSet::default();
@@ -196,10 +215,9 @@ impl Core {
         if needed.is_empty() {
             return Ok((schemas, FastMap::default()));
         }
-        let forgotten: Vec<KeyId> = match check {
-            ForgottenCheck::Database => {
+        let forgotten: Vec<KeyId> = match forgotten_token {
+            Some(token) => {
                 // Only keys not found live since the last forget (`storage::TokenChecks`).
-                let token = self.storage.field_key_forgotten_token().await?;
                 let unchecked: Vec<KeyId> = self
                     .field_key_checks
                     .unchecked(token, &needed)
@@ -216,7 +234,7 @@ impl Core {
                     forgotten.into_iter().map(KeyId).collect()
                 }
             }
-            ForgottenCheck::Revocations => Vec::new(),
+            None => Vec::new(),
         };
         if !forgotten.is_empty() {
             self.keyring.revoke(&forgotten);
@@ -315,7 +333,8 @@ impl Core {
         let with_schema: Vec<StoredEvent> = stored.iter().filter(|e| e.schema_version.is_some()).cloned().collect();
         if !with_schema.is_empty() {
             let events = self.decode_payloads(with_schema).await?;
-            self.field_keys(&events, ForgottenCheck::Database).await?;
+            let token = self.storage.field_key_forgotten_token().await?;
+            self.field_keys(&events, Some(token)).await?;
         }
         Ok(())
     }
