@@ -85,7 +85,7 @@ pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const KEY_CACHE_KEYS_DEFAULT: usize = 10_000;
 /// Destroyed key ids remembered so that a vault fetch racing a forget cannot cache them again.
 pub const REVOKED_KEYS_MAX: usize = 100_000;
-/// Subjects' field key ids, and (subject, stream) pairs of the field index, each remembered at
+/// Subjects whose field key (its id, and whether its key row is stored) a process remembers at
 /// most (`core::field_index`).
 pub const FIELD_INDEX_CACHE_ENTRIES_MAX: usize = 100_000;
 /// Verified API tokens remembered at most (a deployment has a handful; the bound is for safety).
