@@ -24,7 +24,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::coalesce::{Batched, Coalescer};
-use crate::collections::{FastMap, bounded_lru};
+use crate::collections::FastMap;
 use crate::error::Error;
 use crate::limits::REVOKED_KEYS_MAX;
 
@@ -97,8 +97,9 @@ impl Keyring {
         Self {
             creator: Coalescer::start(KeyCreation { vault: vault.clone() }),
             vault,
-            cache: Mutex::new(bounded_lru(capacity)),
-            revoked: Mutex::new(bounded_lru(revoked)),
+            // `sparse`: tables that grow with their contents (see `collections`).
+            cache: Mutex::new(LruCache::sparse(capacity)),
+            revoked: Mutex::new(LruCache::sparse(revoked)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }

@@ -43,7 +43,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::collections::bounded_lru;
 use crate::error::JournalError;
 use crate::limits::{JOURNAL_ENTRY_KEYS_MAX, JOURNAL_LINE_BYTES_MAX, JOURNAL_RECENT_REQUESTS_MAX};
 use crate::model::{Erasure, ErasureTarget, StreamName, SubjectId};
@@ -254,7 +253,7 @@ impl Inner {
         let file = open_file(&path)?;
         let mut chain = Chain::START;
         let capacity = NonZeroUsize::new(JOURNAL_RECENT_REQUESTS_MAX).unwrap_or(NonZeroUsize::MIN);
-        let mut recent = bounded_lru(capacity);
+        let mut recent = LruCache::sparse(capacity);
         {
             let _locked = Locked::new(&file, &path)?;
             for id in catch_up(&path, &file, &mut chain)? {

@@ -86,7 +86,8 @@ pub const KEY_CACHE_KEYS_DEFAULT: usize = 10_000;
 /// Destroyed key ids remembered so that a vault fetch racing a forget cannot cache them again.
 pub const REVOKED_KEYS_MAX: usize = 100_000;
 /// Subjects whose field key (its id, and whether its key row is stored) a process remembers at
-/// most (`core::field_index`).
+/// most (`core::field_index`); also the bound of each change token's set of items found clear
+/// (`storage::token_checks`).
 pub const FIELD_INDEX_CACHE_ENTRIES_MAX: usize = 100_000;
 /// Verified API tokens remembered at most (a deployment has a handful; the bound is for safety).
 pub const TOKEN_CACHE_ENTRIES_MAX: usize = 1_024;

@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use lethe_keyvault::KeyId;
 use lru::LruCache;
 
-use crate::collections::bounded_lru;
 use crate::limits::FIELD_INDEX_CACHE_ENTRIES_MAX;
 
 /// What is known of one subject's field key.
@@ -37,7 +36,7 @@ impl FieldIndexCache {
     pub(crate) fn new() -> Self {
         let capacity = NonZeroUsize::new(FIELD_INDEX_CACHE_ENTRIES_MAX).unwrap_or(NonZeroUsize::MIN);
         Self {
-            keys: Mutex::new(bounded_lru(capacity)),
+            keys: Mutex::new(LruCache::sparse(capacity)),
         }
     }
 
@@ -47,7 +46,9 @@ impl FieldIndexCache {
         subjects.iter().map(|subject| keys.get(*subject).copied()).collect()
     }
 
-    /// Subjects' field key ids, learnt from the vault (their rows not known stored yet).
+    /// Subjects' field key ids, learnt from the vault: a subject new to this cache (or whose
+    /// id differs) is entered with its row not known stored; one already known keeps what is
+    /// known of its row.
     pub(crate) fn learn(&self, learnt: &[(&str, KeyId)]) {
         let mut keys = self.lock();
         for (subject, id) in learnt {

@@ -153,7 +153,8 @@ impl Core {
         stored: Vec<StoredEvent>,
         check: ForgottenCheck,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        if !stored.iter().any(|e| e.schema_version.is_some()) {
+        let schemas = self.page_schemas(&stored).await?;
+        if schemas.0.is_empty() {
             return self.decode_payloads(stored).await;
         }
         // The change token is read on another task while this one decrypts the payloads (CPU
@@ -175,13 +176,27 @@ impl Core {
             }),
             None => None,
         };
-        let (schemas, keys) = self.field_keys(&events, token).await?;
+        let keys = self.field_keys(&events, &schemas, token).await?;
         open_page_fields(&mut events, &schemas, &keys)?;
         Ok(events)
     }
 
-    /// The schemas of a decoded page's events and the keys of their sealed personal fields,
-    /// looked up once for the page (cache, then at most one vault call). Given the
+    /// The schema versions of a page's events that declare personal fields (none: the page has
+    /// no field to open, and the event database need not be asked about any).
+    async fn page_schemas(&self, stored: &[StoredEvent]) -> Result<PageSchemas, Error> {
+        let mut schemas = PageSchemas::default();
+        for event in stored {
+            let Some(version) = event.schema_version else { continue };
+            if schemas.find(&event.event_type, version).is_none() {
+                schemas.0.push(self.schemas.version(&event.event_type, version).await?);
+            }
+        }
+        schemas.0.retain(|schema| !schema.personal.is_empty());
+        Ok(schemas)
+    }
+
+    /// The keys of the sealed personal fields of a decoded page (`schemas`: its events' schema
+    /// versions that declare personal fields), looked up once for the page (cache, then at most one vault call). Given the
     /// `field_key_forgotten` change token read after the page's rows
     /// ([`ForgottenCheck::Database`]), the event database is asked first which of them belong
     /// to forgotten subjects — the source of truth, as the stream status is for stream keys, so
@@ -190,21 +205,16 @@ impl Core {
     async fn field_keys(
         &self,
         events: &[RecordedEvent],
+        schemas: &PageSchemas,
         forgotten_token: Option<i64>,
-    ) -> Result<(PageSchemas, FastMap<KeyId, KeyState>), Error> {
-        let mut schemas = PageSchemas::default();
+    ) -> Result<FastMap<KeyId, KeyState>, Error> {
         let mut needed: FastSet<KeyId> = FastSet::default();
         for event in events {
             let (Some(version), Some(data)) = (event.schema_version, event.data.as_ref()) else {
                 continue;
             };
-            let schema = match schemas.find(&event.event_type, version) {
-                Some(schema) => schema.clone(),
-                None => {
-                    let schema = self.schemas.version(&event.event_type, version).await?;
-                    schemas.0.push(schema.clone());
-                    schema
-                }
+            let Some(schema) = schemas.find(&event.event_type, version) else {
+                continue;
             };
             for field in &schema.personal {
                 if let Some(id) = field.find(data).and_then(payload::sealed_field_key) {
@@ -213,7 +223,7 @@ impl Core {
             }
         }
         if needed.is_empty() {
-            return Ok((schemas, FastMap::default()));
+            return Ok(FastMap::default());
         }
         let forgotten: Vec<KeyId> = match forgotten_token {
             Some(token) => {
@@ -242,7 +252,7 @@ impl Core {
         let live: Vec<KeyId> = needed.into_iter().filter(|id| !forgotten.contains(id)).collect();
         let mut keys = self.keyring.lookup(&live).await?;
         keys.extend(forgotten.into_iter().map(|id| (id, KeyState::Destroyed)));
-        Ok((schemas, keys))
+        Ok(keys)
     }
 
     /// Keeps, of a decoded event's personal fields, only those of `subject` (and everything
@@ -330,12 +340,21 @@ impl Core {
         // Personal fields: their key ids are inside the payloads, so the page's events with a
         // schema are opened once here to learn them, ask the event database which are
         // forgotten (revoking those) and cache the rest; `decode_warmed` then needs no query.
-        let with_schema: Vec<StoredEvent> = stored.iter().filter(|e| e.schema_version.is_some()).cloned().collect();
-        if !with_schema.is_empty() {
-            let events = self.decode_payloads(with_schema).await?;
-            let token = self.storage.field_key_forgotten_token().await?;
-            self.field_keys(&events, Some(token)).await?;
+        let schemas = self.page_schemas(stored).await?;
+        if schemas.0.is_empty() {
+            return Ok(());
         }
+        let with_fields: Vec<StoredEvent> = stored
+            .iter()
+            .filter(|e| {
+                e.schema_version
+                    .is_some_and(|v| schemas.find(&e.event_type, v).is_some())
+            })
+            .cloned()
+            .collect();
+        let events = self.decode_payloads(with_fields).await?;
+        let token = self.storage.field_key_forgotten_token().await?;
+        self.field_keys(&events, &schemas, Some(token)).await?;
         Ok(())
     }
 
