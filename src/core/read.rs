@@ -196,10 +196,10 @@ impl Core {
     }
 
     /// The keys of the sealed personal fields of a decoded page (`schemas`: its events' schema
-    /// versions that declare personal fields), looked up once for the page (cache, then at most one vault call). Given the
-    /// `field_key_forgotten` change token read after the page's rows
-    /// ([`ForgottenCheck::Database`]), the event database is asked first which of them belong
-    /// to forgotten subjects — the source of truth, as the stream status is for stream keys, so
+    /// versions that declare personal fields), looked up once for the page (cache, then at
+    /// most one vault call). Given the `field_key_forgotten` change token read after the page's
+    /// rows ([`ForgottenCheck::Database`]), the event database is asked first which of them
+    /// belong to forgotten subjects — the source of truth, as the stream status is for stream keys, so
     /// that a key still cached in a process that missed a revocation opens nothing — and those
     /// are revoked.
     async fn field_keys(
