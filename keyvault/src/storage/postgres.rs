@@ -221,6 +221,22 @@ impl Engine for PgStorage {
                 existing.insert(row.try_get("stream")?, row);
             }
         }
+        // A forget that committed after the statement (it waited for the statement's commit)
+        // destroyed its subject's keys, an existing one found here included: that subject is
+        // forgotten now, which is the answer, rather than the key it destroyed.
+        let mut met_destroyed = false;
+        for row in existing.values() {
+            met_destroyed |= row.try_get::<bool, _>("destroyed")?;
+        }
+        if met_destroyed {
+            let subjects: Vec<&str> = rows.iter().filter_map(|r| r.subject).collect();
+            let forgotten: Vec<String> =
+                sqlx::query_scalar("SELECT subject FROM forgotten_subjects WHERE subject = ANY($1)")
+                    .bind(&subjects)
+                    .fetch_all(&self.pool)
+                    .await?;
+            check_forgotten(rows, &forgotten)?;
+        }
         // A clash refuses the batch whichever row it is on (nothing went in then).
         for row in rows {
             if let Some(e) = existing.get(row.stream) {
