@@ -384,23 +384,121 @@ mod tests {
     /// On PostgreSQL when `LETHE_TEST_POSTGRES_URL` is set (in its own database, dropped after).
     #[tokio::test]
     async fn a_batch_of_a_changed_policy_files_nothing_postgres() {
-        let Ok(server) = std::env::var("LETHE_TEST_POSTGRES_URL") else {
+        let Some(db) = TestPostgres::create().await else {
             return;
         };
-        let name = format!("lethe_u_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&server).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
+        a_batch_of_a_changed_policy_files_nothing(open(&db.url).await.unwrap()).await;
+        db.drop_database().await;
+    }
+
+    /// A database of its own on the server `LETHE_TEST_POSTGRES_URL` names (none when unset).
+    struct TestPostgres {
+        admin: sqlx::PgPool,
+        name: String,
+        url: String,
+    }
+
+    impl TestPostgres {
+        async fn create() -> Option<Self> {
+            let server = std::env::var("LETHE_TEST_POSTGRES_URL").ok()?;
+            let name = format!("lethe_u_{}", uuid::Uuid::new_v4().simple());
+            let admin = sqlx::PgPool::connect(&server).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            let base = server.split('?').next().unwrap_or(&server);
+            let scheme_end = base.find("://").map_or(0, |i| i + 3);
+            let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+            let url = format!("{}/{name}", &base[..host_end]);
+            Some(Self { admin, name, url })
+        }
+
+        async fn drop_database(self) {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
+                .execute(&self.admin)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// `explain` of `query` with its one parameter, `$1`, written in as a string literal (so
+    /// that the statement is planned for a value, as it is when it runs with one bound).
+    fn explained(explain: &str, query: &str, subject: &str) -> String {
+        assert!(query.contains("$1") && !query.contains("$2"), "one parameter: {query}");
+        format!("{explain} {}", query.replace("$1", &format!("'{subject}'")))
+    }
+
+    /// The streams holding a subject's personal fields (for its erasure request, the subject
+    /// view and the export) are found through the field index, never by reading every event:
+    /// SQLite searches the FTS5 table by its MATCH and the events by their positions.
+    #[tokio::test]
+    async fn field_streams_are_found_through_the_field_index_sqlite() {
+        use sql::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("events.db").display());
+        let storage = sqlite::SqliteStorage::open(&url, Arc::new(SystemClock)).await.unwrap();
+        let query = explained("EXPLAIN QUERY PLAN", sqlite::SqliteStorage::SELECT_FIELD_STREAMS, "p-1");
+        let details: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(query))
+            .fetch_all(storage.pools().reader)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get(row, "detail"))
+            .collect();
+        assert!(
+            details
+                .iter()
+                .any(|d| d.contains("field_index VIRTUAL TABLE INDEX") && d.contains(":M")),
+            "the FTS5 table is searched by its MATCH: {details:?}"
+        );
+        assert!(
+            details
+                .iter()
+                .any(|d| d.starts_with("SEARCH events USING INTEGER PRIMARY KEY")),
+            "events are looked up by position: {details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN events")),
+            "no scan of the events: {details:?}"
+        );
+        storage.close().await;
+    }
+
+    /// The same on PostgreSQL: the GIN index over the events' `field_subjects` answers the
+    /// query (with sequential scans priced out, a plan that could not use the index would
+    /// still scan the table; an empty table would otherwise make a scan the cheapest plan).
+    #[tokio::test]
+    async fn field_streams_are_found_through_the_field_index_postgres() {
+        use sql::Engine as _;
+        let Some(db) = TestPostgres::create().await else {
+            return;
+        };
+        let storage = postgres::PostgresStorage::open(&db.url, Arc::new(SystemClock), 1)
             .await
             .unwrap();
-        let base = server.split('?').next().unwrap_or(&server);
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
-        let url = format!("{}/{name}", &base[..host_end]);
-        a_batch_of_a_changed_policy_files_nothing(open(&url).await.unwrap()).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .execute(&admin)
+        let mut conn = storage.pools().reader.acquire().await.unwrap();
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
             .await
             .unwrap();
+        let query = explained(
+            "EXPLAIN (COSTS OFF)",
+            postgres::PostgresStorage::SELECT_FIELD_STREAMS,
+            "p-1",
+        );
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Scan on events_by_field_subject"),
+            "the GIN index answers: {plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "no scan of the events: {plan}");
+        drop(conn);
+        storage.close().await;
+        db.drop_database().await;
     }
 }
